@@ -1,0 +1,9 @@
+"""fastgan: fused CUDA and Triton kernels for the hot paths of GAN training."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import ops, reference  # noqa: E402
+from ._backend import BackendUnavailableError  # noqa: E402
+
+__all__ = ["ops", "reference", "BackendUnavailableError", "__version__"]

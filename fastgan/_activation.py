@@ -1,0 +1,35 @@
+"""The activations a fused kernel can apply, and their codes for the kernels."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2}
+
+
+def activation_code(activation: str, negative_slope: float) -> tuple[int, float]:
+    """(kernel code, slope of the negative side) for ``activation``.
+
+    Kernels compute ``act(z) = z if z > 0 else slope * z`` (identity: slope 1,
+    relu: slope 0), and its derivative the same way, as PyTorch does.
+    """
+    if activation is None:
+        activation = "identity"
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"negative_slope must be a float, got {type(negative_slope).__name__}")
+    code = ACTIVATIONS[activation]
+    slope = {0: 1.0, 1: 0.0, 2: float(negative_slope)}[code]
+    return code, slope
+
+
+def apply_activation(z: torch.Tensor, activation: str, negative_slope: float) -> torch.Tensor:
+    """The activation in plain PyTorch (differentiable to any order)."""
+    if activation in (None, "identity"):
+        return z
+    if activation == "relu":
+        return F.relu(z)
+    if activation == "leaky_relu":
+        return F.leaky_relu(z, negative_slope)
+    raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")

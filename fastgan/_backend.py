@@ -1,0 +1,131 @@
+"""Backend selection: which implementation (ref, triton, cuda) runs an op.
+
+The rules are the contract's (``shared/design.md``, "Backends"):
+
+* every op takes ``impl=``; ``"auto"`` is the default and the environment
+  variable ``FASTGAN_IMPL`` (read at call time) replaces it;
+* ``auto`` picks ``cuda`` for CUDA tensors when ``fastgan._C`` is loaded,
+  else ``triton`` for CUDA tensors, else ``ref``;
+* an explicit backend that cannot run raises a clear error, a silent
+  downgrade under ``auto`` warns once naming the reason.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+IMPLS = ("auto", "ref", "triton", "cuda")
+_warned: set = set()
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run here."""
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_status() -> tuple[bool, str]:
+    """(importable, reason) for the Triton package."""
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        return False, f"Triton is not importable ({exc.__class__.__name__}: {exc})"
+    return True, f"Triton {triton.__version__}"
+
+
+def triton_reason_unusable(device: torch.device) -> Optional[str]:
+    """Why the Triton kernels can't run on ``device`` (None when they can)."""
+    ok, reason = triton_status()
+    if not ok:
+        return reason
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if interpreter_enabled():
+            return None
+        return ("Triton kernels run on CPU tensors only under TRITON_INTERPRET=1 "
+                "(set it before fastgan's kernels are imported)")
+    return f"Triton kernels do not run on {device.type} tensors"
+
+
+def cuda_reason_unusable(device: torch.device) -> Optional[str]:
+    """Why the CUDA extension can't run on ``device`` (None when it can)."""
+    if device.type != "cuda":
+        return f"the cuda backend needs CUDA tensors, got {device.type} tensors"
+    from . import _ext
+
+    loaded, reason = _ext.load()
+    return None if loaded else reason
+
+
+def requested_impl(impl: Optional[str]) -> str:
+    """The impl asked for: the argument, with FASTGAN_IMPL replacing ``auto``."""
+    if impl is None:
+        impl = "auto"
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        env = os.environ.get("FASTGAN_IMPL", "auto").strip().lower() or "auto"
+        if env not in IMPLS:
+            raise ValueError(f"FASTGAN_IMPL must be one of {IMPLS}, got {env!r}")
+        impl = env
+    return impl
+
+
+def resolve(impl: Optional[str], device: torch.device, op: str = "op") -> str:
+    """Return the concrete backend ("ref" | "triton" | "cuda") for ``device``."""
+    impl = requested_impl(impl)
+    if impl == "ref":
+        return "ref"
+    if impl == "triton":
+        reason = triton_reason_unusable(device)
+        if reason:
+            raise BackendUnavailableError(f"{op}: impl='triton' is unavailable: {reason}")
+        return "triton"
+    if impl == "cuda":
+        reason = cuda_reason_unusable(device)
+        if reason:
+            raise BackendUnavailableError(f"{op}: impl='cuda' is unavailable: {reason}")
+        return "cuda"
+    # auto
+    if device.type != "cuda":
+        return "ref"
+    cuda_reason = cuda_reason_unusable(device)
+    if cuda_reason is None:
+        return "cuda"
+    triton_reason = triton_reason_unusable(device)
+    if triton_reason is None:
+        _warn_once("auto-cuda", f"fastgan: CUDA extension unavailable ({cuda_reason}); "
+                                "using the Triton kernels instead")
+        return "triton"
+    _warn_once("auto-triton", f"fastgan: no fused backend for CUDA tensors (cuda: {cuda_reason}; "
+                              f"triton: {triton_reason}); using the pure-PyTorch reference")
+    return "ref"
+
+
+def kernels(backend: str, op_module: str):
+    """The module holding an op's kernels for a fast backend.
+
+    Triton kernels live in ``fastgan.kernels.<op_module>``; CUDA kernels are
+    registered as ``torch.ops.fastgan.<name>`` with the same names and
+    signatures, so one autograd Function drives either.
+    """
+    if backend == "triton":
+        return importlib.import_module(f"fastgan.kernels.{op_module}")
+    if backend == "cuda":
+        return torch.ops.fastgan
+    raise ValueError(f"no kernels for backend {backend!r}")

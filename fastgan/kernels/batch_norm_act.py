@@ -1,0 +1,304 @@
+"""Triton kernels of the per-channel normalization + activation family.
+
+Every big tensor of a call is viewed as (N, C, S) with the strides of x
+(``fastgan.ops._layout``); a channel's M = N * S elements are indexed by
+m = n * S + s.  Programs work on [BLOCK_C, BLOCK_M] tiles: channels-last
+inputs tile along C (contiguous), NC* inputs along m.
+
+Two kernel shapes serve every pass:
+
+* reductions over m per channel, written as [P, C] partials by P programs
+  per channel block and merged in a fixed order (deterministic): the
+  statistics (Welford within a tile, Chan merging across tiles and across
+  programs) and the gradient sums of the backward and double backward;
+* one elementwise map whose per-channel coefficients are computed by the
+  caller (``fastgan.ops.batch_norm_act``): forward, backward, double
+  backward.
+
+The mask of the activation is recomputed from x (z = x * scale + shift),
+never stored.  Accumulation is float32 (float64 for float64 inputs): the
+accumulator type is taken from the per-channel vectors' pointer type.
+
+The public functions here have the same names and signatures as the CUDA
+ops ``torch.ops.fastgan.*`` registered from ``csrc/batch_norm_act.cpp``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..ops._layout import strides_ncs
+
+MODE_FORWARD, MODE_BACKWARD, MODE_DOUBLE = 0, 1, 2
+
+
+@triton.jit
+def _tile(m_start, c_start, M, C, S, s_n, s_c, s_s,
+          BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+    """Offsets and mask of the [BLOCK_C, BLOCK_M] tile at (c_start, m_start)."""
+    m = m_start + tl.arange(0, BLOCK_M)
+    c = c_start + tl.arange(0, BLOCK_C)
+    if INDEX_64:
+        m = m.to(tl.int64)
+        c = c.to(tl.int64)
+    n_idx = m // S
+    s_idx = m - n_idx * S
+    offs = (c * s_c)[:, None] + (n_idx * s_n + s_idx * s_s)[None, :]
+    mask = (c < C)[:, None] & (m < M)[None, :]
+    return offs, mask, c
+
+
+@triton.jit
+def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, M, C, S, s_n, s_c, s_s, num_tiles, P,
+                          BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+    pid_c = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    acc_ty = mean_ptr.dtype.element_ty
+    run_n = tl.zeros([BLOCK_C], acc_ty)
+    run_mean = tl.zeros([BLOCK_C], acc_ty)
+    run_m2 = tl.zeros([BLOCK_C], acc_ty)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    for t in range(pid_p, num_tiles, P):
+        offs, mask, c = _tile(t * BLOCK_M, pid_c * BLOCK_C, M, C, S, s_n, s_c, s_s,
+                              BLOCK_M, BLOCK_C, INDEX_64)
+        v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        cnt = tl.minimum(M - t * BLOCK_M, BLOCK_M).to(acc_ty)
+        tile_mean = tl.sum(v, axis=1) / cnt
+        d = tl.where(mask, v - tile_mean[:, None], 0.0)
+        tile_m2 = tl.sum(d * d, axis=1)
+        # Chan et al.: merge (run_n, run_mean, run_m2) with the tile's moments.
+        new_n = run_n + cnt
+        delta = tile_mean - run_mean
+        run_mean = run_mean + delta * (cnt / new_n)
+        run_m2 = run_m2 + tile_m2 + delta * delta * (run_n * cnt / new_n)
+        run_n = new_n
+    cmask = c < C
+    out = pid_p * C + c
+    tl.store(cnt_ptr + out, run_n, mask=cmask)
+    tl.store(mean_ptr + out, run_mean, mask=cmask)
+    tl.store(m2_ptr + out, run_m2, mask=cmask)
+
+
+@triton.jit
+def _stats_finalize_kernel(cnt_ptr, mean_ptr, m2_ptr, out_mean_ptr, out_var_ptr, C, P,
+                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Chan's parallel merge of the P partial (count, mean, M2) of each channel."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.arange(0, BLOCK_P)
+    mask = (p < P)[:, None] & (c < C)[None, :]
+    idx = p[:, None] * C + c[None, :]
+    cnt = tl.load(cnt_ptr + idx, mask=mask, other=0.0)
+    mu = tl.load(mean_ptr + idx, mask=mask, other=0.0)
+    m2 = tl.load(m2_ptr + idx, mask=mask, other=0.0)
+    total = tl.maximum(tl.sum(cnt, axis=0), 1.0)  # masked channels: avoid 0/0
+    mean = tl.sum(cnt * mu, axis=0) / total
+    d = tl.where(mask, mu - mean[None, :], 0.0)
+    var = (tl.sum(m2, axis=0) + tl.sum(cnt * d * d, axis=0)) / total
+    cmask = c < C
+    tl.store(out_mean_ptr + c, mean, mask=cmask)
+    tl.store(out_var_ptr + c, var, mask=cmask)
+
+
+@triton.jit
+def _grad_sums_kernel(gy_ptr, x_ptr, u_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, out_ptr,
+                      M, C, S, s_n, s_c, s_s, num_tiles, P, slope_ptr,
+                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
+                      DOUBLE: tl.constexpr):
+    """Partial per-channel sums of gz, gz*xhat (and u, u*xhat, gz*u when DOUBLE)."""
+    pid_c = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    scale = tl.load(scale_ptr + c, mask=cmask, other=0.0)
+    acc_ty = scale.dtype
+    shift = tl.load(shift_ptr + c, mask=cmask, other=0.0)
+    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
+    slope = tl.load(slope_ptr)  # a tensor, not a float argument: float64 needs it exact
+    s_g = tl.zeros([BLOCK_C], acc_ty)
+    s_gx = tl.zeros([BLOCK_C], acc_ty)
+    s_u = tl.zeros([BLOCK_C], acc_ty)
+    s_ux = tl.zeros([BLOCK_C], acc_ty)
+    s_gu = tl.zeros([BLOCK_C], acc_ty)
+    for t in range(pid_p, num_tiles, P):
+        offs, mask, c = _tile(t * BLOCK_M, pid_c * BLOCK_C, M, C, S, s_n, s_c, s_s,
+                              BLOCK_M, BLOCK_C, INDEX_64)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        z = x * scale[:, None] + shift[:, None]
+        gz = gy * tl.where(z > 0, 1.0, slope)
+        xhat = (x - mean[:, None]) * invstd[:, None]
+        s_g += tl.sum(gz, axis=1)
+        s_gx += tl.sum(gz * xhat, axis=1)
+        if DOUBLE:
+            u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+            s_u += tl.sum(u, axis=1)
+            s_ux += tl.sum(u * xhat, axis=1)
+            s_gu += tl.sum(gz * u, axis=1)
+    stride = P * C
+    out = pid_p * C + c
+    tl.store(out_ptr + out, s_g, mask=cmask)
+    tl.store(out_ptr + stride + out, s_gx, mask=cmask)
+    if DOUBLE:
+        tl.store(out_ptr + 2 * stride + out, s_u, mask=cmask)
+        tl.store(out_ptr + 3 * stride + out, s_ux, mask=cmask)
+        tl.store(out_ptr + 4 * stride + out, s_gu, mask=cmask)
+
+
+@triton.jit
+def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
+                      coef_ptr, M, C, S, s_n, s_c, s_s, slope_ptr,
+                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
+                      MODE: tl.constexpr):
+    """MODE_FORWARD:  out = act(x * scale + shift)
+    MODE_BACKWARD: out = k1 * gz + k2 + k3 * xhat                   (dx)
+    MODE_DOUBLE:   out = b1 * gz + b2 * u + b3 + b4 * xhat          (d/dx)
+                   out2 = s * (a1 * u + a2 + a3 * xhat)            (d/dgy)
+    with coefficients (k1..k3 or a1..a3, b1..b4) as rows of coef [K, C]."""
+    offs, mask, c = _tile(tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_C, M, C, S,
+                          s_n, s_c, s_s, BLOCK_M, BLOCK_C, INDEX_64)
+    cmask = c < C
+    scale = tl.load(scale_ptr + c, mask=cmask, other=0.0)
+    acc_ty = scale.dtype
+    shift = tl.load(shift_ptr + c, mask=cmask, other=0.0)
+    slope = tl.load(slope_ptr)  # a tensor, not a float argument: float64 needs it exact
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+    z = x * scale[:, None] + shift[:, None]
+    if MODE == 0:
+        y = tl.where(z > 0, z, z * slope)
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
+        invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
+        xhat = (x - mean[:, None]) * invstd[:, None]
+        s = tl.where(z > 0, 1.0, slope)
+        gz = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(acc_ty) * s
+        k1 = tl.load(coef_ptr + c, mask=cmask, other=0.0)
+        k2 = tl.load(coef_ptr + C + c, mask=cmask, other=0.0)
+        k3 = tl.load(coef_ptr + 2 * C + c, mask=cmask, other=0.0)
+        if MODE == 1:
+            dx = k1[:, None] * gz + k2[:, None] + k3[:, None] * xhat
+            tl.store(out_ptr + offs, dx.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+            b1 = tl.load(coef_ptr + 3 * C + c, mask=cmask, other=0.0)
+            b2 = tl.load(coef_ptr + 4 * C + c, mask=cmask, other=0.0)
+            b3 = tl.load(coef_ptr + 5 * C + c, mask=cmask, other=0.0)
+            b4 = tl.load(coef_ptr + 6 * C + c, mask=cmask, other=0.0)
+            ggy = s * (k1[:, None] * u + k2[:, None] + k3[:, None] * xhat)
+            ggx = b1[:, None] * gz + b2[:, None] * u + b3[:, None] + b4[:, None] * xhat
+            tl.store(out_ptr + offs, ggx.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out2_ptr + offs, ggy.to(out2_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launch helpers
+
+
+def _geometry(x: torch.Tensor):
+    """(N, C, S, strides, M, BLOCK_M, BLOCK_C, INDEX_64, num_warps) for x's layout."""
+    n, c, s, s_n, s_c, s_s = strides_ncs(x)
+    m = n * s
+    if s_c == 1 and c > 1:  # channels are contiguous: tile along C
+        block_c = min(64, triton.next_power_of_2(c))
+        block_m = max(1, min(4096 // block_c, triton.next_power_of_2(m)))
+    else:  # spatial positions are contiguous: tile along m
+        block_c = 1
+        block_m = min(2048, triton.next_power_of_2(m))
+    index_64 = x.numel() >= 2**31 - 1
+    num_warps = 4 if block_c * block_m <= 1024 else 8
+    return n, c, s, (s_n, s_c, s_s), m, block_m, block_c, index_64, num_warps
+
+
+def _num_partials(x: torch.Tensor, num_tiles: int, num_cblocks: int) -> int:
+    """Programs per channel block for the reductions: enough to fill the GPU."""
+    if x.is_cuda:
+        target = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+    else:  # interpreter: few programs, but more than one so the merge is exercised
+        target = 2 * num_cblocks
+    return max(1, min(num_tiles, target // num_cblocks, 512))
+
+
+def _slope_tensor(slope: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((1,), slope, dtype=like.dtype, device=like.device)
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of x, in float32 (float64 for float64 x)."""
+    n, c, s, strides, m, block_m, block_c, index_64, warps = _geometry(x)
+    num_tiles = triton.cdiv(m, block_m)
+    num_cblocks = triton.cdiv(c, block_c)
+    p = _num_partials(x, num_tiles, num_cblocks)
+    acc = _acc_dtype(x)
+    parts = torch.empty((3, p, c), device=x.device, dtype=acc)
+    _stats_partial_kernel[(num_cblocks, p)](x, parts[0], parts[1], parts[2], m, c, s, *strides, num_tiles, p,
+                                            BLOCK_M=block_m, BLOCK_C=block_c, INDEX_64=index_64,
+                                            num_warps=warps)
+    mean = torch.empty(c, device=x.device, dtype=acc)
+    var = torch.empty(c, device=x.device, dtype=acc)
+    fin_c = min(64, triton.next_power_of_2(c))
+    _stats_finalize_kernel[(triton.cdiv(c, fin_c),)](parts[0], parts[1], parts[2], mean, var, c, p,
+                                                     BLOCK_P=triton.next_power_of_2(p), BLOCK_C=fin_c)
+    return mean, var
+
+
+def norm_act_forward(x, scale, shift, act: int, slope: float) -> torch.Tensor:
+    """y = act(x * scale + shift) with x's dtype and strides."""
+    y = torch.empty_like(x)
+    _launch_pointwise(MODE_FORWARD, x, None, None, y, None, scale, shift, scale, scale, scale, slope)
+    return y
+
+
+def _grad_sums(double: bool, gy, x, u, scale, shift, mean, invstd, slope):
+    n, c, s, strides, m, block_m, block_c, index_64, warps = _geometry(x)
+    num_tiles = triton.cdiv(m, block_m)
+    num_cblocks = triton.cdiv(c, block_c)
+    p = _num_partials(x, num_tiles, num_cblocks)
+    k = 5 if double else 2
+    parts = torch.empty((k, p, c), device=x.device, dtype=scale.dtype)
+    _grad_sums_kernel[(num_cblocks, p)](gy, x, x if u is None else u, scale, shift, mean, invstd, parts,
+                                        m, c, s, *strides, num_tiles, p, _slope_tensor(slope, scale),
+                                        BLOCK_M=block_m, BLOCK_C=block_c, INDEX_64=index_64,
+                                        DOUBLE=double, num_warps=warps)
+    return tuple(parts.sum(dim=1).unbind(0))
+
+
+def norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act: int, slope: float):
+    """(sum gz, sum gz * xhat) per channel, gz = gy * act'(x * scale + shift)."""
+    return _grad_sums(False, gy, x, None, scale, shift, mean, invstd, slope)
+
+
+def norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act: int, slope: float):
+    """dx = k1 * gz + k2 + k3 * xhat."""
+    dx = torch.empty_like(x)
+    coef = torch.stack([k1, k2, k3])
+    _launch_pointwise(MODE_BACKWARD, x, gy, None, dx, None, scale, shift, mean, invstd, coef, slope)
+    return dx
+
+
+def norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act: int, slope: float):
+    """(sum gz, sum gz*xhat, sum u, sum u*xhat, sum gz*u) per channel."""
+    return _grad_sums(True, gy, x, u, scale, shift, mean, invstd, slope)
+
+
+def norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, b2, b3, b4,
+                          act: int, slope: float):
+    """(ggx, ggy) = (b1*gz + b2*u + b3 + b4*xhat, s * (a1*u + a2 + a3*xhat))."""
+    ggx = torch.empty_like(x)
+    ggy = torch.empty_like(gy)
+    coef = torch.stack([a1, a2, a3, b1, b2, b3, b4])
+    _launch_pointwise(MODE_DOUBLE, x, gy, u, ggx, ggy, scale, shift, mean, invstd, coef, slope)
+    return ggx, ggy
+
+
+def _launch_pointwise(mode, x, gy, u, out, out2, scale, shift, mean, invstd, coef, slope):
+    n, c, s, strides, m, block_m, block_c, index_64, warps = _geometry(x)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(c, block_c))
+    _pointwise_kernel[grid](x, x if gy is None else gy, x if u is None else u, out,
+                            out if out2 is None else out2, scale, shift, mean, invstd, coef,
+                            m, c, s, *strides, _slope_tensor(slope, scale), BLOCK_M=block_m, BLOCK_C=block_c, INDEX_64=index_64,
+                            MODE=mode, num_warps=warps)

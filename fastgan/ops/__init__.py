@@ -1,0 +1,7 @@
+"""fastgan's fused ops: one module per op with its autograd Functions and dispatch.
+
+Each op takes ``impl="auto" | "ref" | "triton" | "cuda"``; see ``fastgan._backend``.
+"""
+from .batch_norm_act import batch_norm_act
+
+__all__ = ["batch_norm_act"]

@@ -1,0 +1,7 @@
+"""Pure-PyTorch implementations: the ground truth every fast path is tested against.
+
+They run anywhere, in any dtype, and are differentiable to any order.
+"""
+from .batch_norm_act import batch_norm_act
+
+__all__ = ["batch_norm_act"]

@@ -1,0 +1,53 @@
+"""Reference batch norm + activation: ``F.batch_norm`` then the activation,
+written out so that every step is plain differentiable PyTorch."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._activation import apply_activation
+
+
+def channel_view_shape(x: torch.Tensor) -> list[int]:
+    """Shape that broadcasts a (C,) vector over x of shape (N, C, *spatial)."""
+    return [1, x.shape[1]] + [1] * (x.dim() - 2)
+
+
+@torch.no_grad()
+def update_running_stats(running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                         mean: torch.Tensor, var: torch.Tensor, count: int, momentum: float) -> None:
+    """Exponential running averages as ``nn.BatchNorm`` keeps them (unbiased var)."""
+    if running_mean is not None:
+        running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+    if running_var is not None:
+        unbiased = var * (count / (count - 1))
+        running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                   weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool,
+                   momentum: float, eps: float, activation: str = "leaky_relu",
+                   negative_slope: float = 0.2) -> torch.Tensor:
+    """Batch statistics when ``training`` (or when there are no running stats),
+    running statistics otherwise; statistics in float32 (float64 for float64 x)."""
+    compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xc = x.to(compute_dtype)
+    shape = channel_view_shape(x)
+    reduce_dims = [0] + list(range(2, x.dim()))
+    use_batch_stats = training or running_mean is None or running_var is None
+    if use_batch_stats:
+        mean = xc.mean(dim=reduce_dims)
+        var = xc.var(dim=reduce_dims, unbiased=False)
+        if training:
+            count = x.numel() // x.shape[1]
+            update_running_stats(running_mean, running_var, mean.detach(), var.detach(), count, momentum)
+    else:
+        mean = running_mean.to(compute_dtype)
+        var = running_var.to(compute_dtype)
+    y = (xc - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+    if weight is not None:
+        y = y * weight.to(compute_dtype).view(shape)
+    if bias is not None:
+        y = y + bias.to(compute_dtype).view(shape)
+    return apply_activation(y, activation, negative_slope).to(x.dtype)
