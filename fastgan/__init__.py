@@ -3,7 +3,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import ops, reference  # noqa: E402
+from . import nn, ops, reference  # noqa: E402
 from ._backend import BackendUnavailableError  # noqa: E402
+from ._info import info  # noqa: E402
+from .nn.convert import convert  # noqa: E402
 
-__all__ = ["ops", "reference", "BackendUnavailableError", "__version__"]
+__all__ = ["nn", "ops", "reference", "convert", "info", "BackendUnavailableError", "__version__"]

@@ -1,0 +1,97 @@
+"""Drop-in fused BatchNorm + activation modules.
+
+Same constructor order, parameters and buffers as ``nn.BatchNorm1d/2d`` (so a
+``state_dict`` loads both ways), plus ``activation``, ``negative_slope`` and
+``impl``.  They derive from ``_NormBase``, not ``_BatchNorm``, on purpose:
+``nn.SyncBatchNorm.convert_sync_batchnorm`` would otherwise silently replace
+them with a SyncBatchNorm that drops the activation.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from .._activation import activation_code
+from ..ops.batch_norm_act import batch_norm_act
+
+
+class _BatchNormAct(_NormBase):
+    _expected_dims: tuple = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
+                 activation: str = "leaky_relu", negative_slope: float = 0.2, impl: str = "auto"):
+        activation_code(activation, negative_slope)  # validate early
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.activation = activation
+        self.negative_slope = negative_slope
+        self.impl = impl
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in self._expected_dims:
+            raise ValueError(f"{type(self).__name__}: x must have {' or '.join(map(str, self._expected_dims))} "
+                             f"dimensions, got shape {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        # Running-stat bookkeeping exactly as nn.BatchNorm does it.
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return batch_norm_act(x, self.running_mean if track else None, self.running_var if track else None,
+                              self.weight, self.bias, use_batch_stats, factor, self.eps,
+                              self.activation, self.negative_slope, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        act = self.activation
+        if act == "leaky_relu":
+            act += f", negative_slope={self.negative_slope}"
+        impl = "" if self.impl == "auto" else f", impl={self.impl!r}"
+        return f"{super().extra_repr()}, activation={act}{impl}"
+
+
+class BatchNormAct2d(_BatchNormAct):
+    """``nn.BatchNorm2d`` followed by an activation, fused.  x: (N, C, H, W)."""
+    _expected_dims = (4,)
+
+
+class BatchNormAct1d(_BatchNormAct):
+    """``nn.BatchNorm1d`` followed by an activation, fused.  x: (N, C) or (N, C, L)."""
+    _expected_dims = (2, 3)
+
+
+class BatchNormLeakyReLU2d(BatchNormAct2d):
+    """BatchNorm2d + LeakyReLU(negative_slope), fused."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 device=None, dtype=None, negative_slope: float = 0.2, impl: str = "auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
+                         activation="leaky_relu", negative_slope=negative_slope, impl=impl)
+
+
+class BatchNormReLU2d(BatchNormAct2d):
+    """BatchNorm2d + ReLU, fused."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 device=None, dtype=None, impl: str = "auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
+                         activation="relu", impl=impl)
+
+
+def from_batch_norm(bn: nn.modules.batchnorm._BatchNorm, activation: str = "identity",
+                    negative_slope: float = 0.2, impl: str = "auto") -> _BatchNormAct:
+    """A fused module with ``bn``'s configuration, weights, buffers and mode."""
+    cls = BatchNormAct2d if isinstance(bn, nn.BatchNorm2d) else BatchNormAct1d
+    ref = bn.weight if bn.weight is not None else bn.running_mean
+    fused = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
+                activation=activation, negative_slope=negative_slope, impl=impl)
+    fused.load_state_dict(bn.state_dict())
+    fused.train(bn.training)
+    return fused
+

@@ -1,0 +1,127 @@
+"""``fastgan.convert``: swap BatchNorm (+ ReLU / LeakyReLU) for the fused modules.
+
+Inside ``nn.Sequential`` containers a BatchNorm1d/2d directly followed by a
+ReLU or LeakyReLU becomes one fused module and the activation slot becomes
+``nn.Identity`` (indices, and so state_dict keys, stay as they were).  In
+other models the forward is traced with torch.fx; a BatchNorm whose only
+user is a ReLU / LeakyReLU (module or functional) is fused there.  Where
+tracing fails, every BatchNorm is still swapped for a fused module with the
+identity activation and a warning says that the activations were left
+unfused.  Weights, buffers and train/eval mode are kept.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batch_norm_act import from_batch_norm
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _activation_of(module):
+    """(activation, negative_slope) for an activation module we can fuse, else None."""
+    if isinstance(module, nn.ReLU):
+        return "relu", 0.2
+    if isinstance(module, nn.LeakyReLU):
+        return "leaky_relu", float(module.negative_slope)
+    return None
+
+
+def _convert_sequential(seq: nn.Sequential, impl: str) -> None:
+    names = list(seq._modules.keys())
+    i = 0
+    while i < len(names):
+        module = seq._modules[names[i]]
+        if isinstance(module, _BN_TYPES):
+            nxt = seq._modules[names[i + 1]] if i + 1 < len(names) else None
+            act = _activation_of(nxt) if nxt is not None else None
+            if act is not None:
+                seq._modules[names[i]] = from_batch_norm(module, act[0], act[1], impl)
+                seq._modules[names[i + 1]] = nn.Identity()
+                i += 2
+                continue
+            seq._modules[names[i]] = from_batch_norm(module, "identity", impl=impl)
+        i += 1
+
+
+def _convert_sequentials(model: nn.Module, impl: str) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Sequential):
+            _convert_sequential(module, impl)
+
+
+def _swap_remaining(model: nn.Module, impl: str) -> None:
+    """Every BatchNorm left becomes a fused module with the identity activation."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _BN_TYPES):
+                setattr(parent, name, from_batch_norm(child, "identity", impl=impl))
+
+
+def _functional_activation(node):
+    """(activation, slope) when an fx node applies ReLU / LeakyReLU to one input."""
+    if node.op != "call_function":
+        return None
+    if node.target in (F.relu, torch.relu):
+        return "relu", 0.2
+    if node.target is F.leaky_relu:
+        slope = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01)
+        return "leaky_relu", float(slope)
+    return None
+
+
+def _convert_fx(model: nn.Module, impl: str):
+    import torch.fx
+
+    gm = torch.fx.symbolic_trace(model)
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BN_TYPES):
+            continue
+        bn = modules[node.target]
+        users = list(node.users)
+        act = None
+        if len(users) == 1:
+            user = users[0]
+            if user.op == "call_module":
+                act = _activation_of(modules.get(user.target))
+            else:
+                act = _functional_activation(user)
+        fused = from_batch_norm(bn, act[0] if act else "identity", act[1] if act else 0.2, impl)
+        parent_name, _, attr = node.target.rpartition(".")
+        setattr(gm.get_submodule(parent_name) if parent_name else gm, attr, fused)
+        if act:
+            user.replace_all_uses_with(node)
+            gm.graph.erase_node(user)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def convert(model: nn.Module, impl: str = "auto") -> nn.Module:
+    """Fuse every BatchNorm(+ReLU/LeakyReLU) of ``model``; returns the model.
+
+    Sequential containers are converted in place, so a model whose
+    BatchNorms all sit in Sequentials keeps its class; when BatchNorms remain
+    elsewhere the model is traced with torch.fx and a ``GraphModule`` is
+    returned.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, _BN_TYPES):
+        return from_batch_norm(model, "identity", impl=impl)
+    _convert_sequentials(model, impl)
+    if not any(isinstance(m, _BN_TYPES) for m in model.modules()):
+        return model
+    try:
+        return _convert_fx(model, impl)
+    except Exception as exc:  # tracing failed: data-dependent control flow etc.
+        warnings.warn(f"fastgan.convert: torch.fx could not trace {type(model).__name__} ({exc}); "
+                      "its remaining BatchNorms were swapped without fusing their activations",
+                      RuntimeWarning, stacklevel=2)
+        _swap_remaining(model, impl)
+        return model
