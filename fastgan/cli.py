@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, and which backends are live and why")
     p.set_defaults(func=_cmd_info)
+    from . import demo
+
+    demo.add_command(sub)
     return parser
 
 

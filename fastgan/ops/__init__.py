@@ -3,5 +3,6 @@
 Each op takes ``impl="auto" | "ref" | "triton" | "cuda"``; see ``fastgan._backend``.
 """
 from .batch_norm_act import batch_norm_act
+from .minibatch_discrimination import minibatch_discrimination
 
-__all__ = ["batch_norm_act"]
+__all__ = ["batch_norm_act", "minibatch_discrimination"]

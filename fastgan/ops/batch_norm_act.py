@@ -22,15 +22,16 @@ and CUDA backends have the same names and signatures (see
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .. import _backend, reference
 from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
+from ._autograd import last_derivative
 from ._layout import kernel_layout, like
 
 __all__ = ["batch_norm_act"]
@@ -100,38 +101,45 @@ class _BatchNormActBackwardFn(torch.autograd.Function):
         return dx, sum_gz_xhat, sum_gz
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, u, alpha, beta):
-        """Double backward: u = grad wrt dx, alpha = wrt dw, beta = wrt db."""
         gy, x, weight, bias, mean, invstd = ctx.saved_tensors
-        use_batch_stats, act, slope, backend = ctx.config
-        k = _backend.kernels(backend, "batch_norm_act")
-        scale, shift, w = _affine(mean, invstd, weight, bias)
-        r = invstd
-        u = torch.zeros_like(x) if u is None else like(u, x)
-        alpha = torch.zeros_like(r) if alpha is None else alpha.to(r.dtype)
-        beta = torch.zeros_like(r) if beta is None else beta.to(r.dtype)
-        s_g, s_gx, s_u, s_ux, s_gu = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope)
-        zero = torch.zeros_like(r)
-        if use_batch_stats:
-            m = x.numel() // x.shape[1]
-            a1, a2, a3 = scale, beta - scale * s_u / m, alpha - scale * s_ux / m
-            gz_dot_pu = s_gu - s_g * s_u / m - s_gx * s_ux / m  # <gz, P(u)>, P projects out 1 and xhat
-            c_g, c_u = a3, scale * s_gx / m
-            b1, b2 = r * c_g, -r * c_u
-            b3 = (-c_g * s_g + c_u * s_u) * r / m
-            b4 = (-c_g * s_gx + c_u * s_ux) * r / m - r * r * w * gz_dot_pu / m
-            grad_w = r * gz_dot_pu
-        else:
-            a1, a2, a3 = scale, beta, alpha
-            b1, b2, b3, b4 = alpha * r, zero, zero, zero
-            grad_w = r * s_gu
-        ggx, ggy = k.norm_act_double_apply(u, gy, x, scale, shift, mean, invstd,
-                                            a1, a2, a3, b1, b2, b3, b4, act, slope)
+        ggy, ggx, grad_w = last_derivative(
+            functools.partial(_double_backward, ctx.config), u, alpha, beta, gy, x, weight, bias, mean, invstd)
         grad_weight = grad_w.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
         # bias only moves the activation's kink: its second derivative is zero almost everywhere.
         grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[3] else None
         return ggy, ggx, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd):
+    """Double backward: u = grad wrt dx, alpha = wrt dw, beta = wrt db.
+
+    Returns (grad wrt gy, grad wrt x, grad wrt weight)."""
+    use_batch_stats, act, slope, backend = config
+    k = _backend.kernels(backend, "batch_norm_act")
+    scale, shift, w = _affine(mean, invstd, weight, bias)
+    r = invstd
+    u = torch.zeros_like(x) if u is None else like(u, x)
+    alpha = torch.zeros_like(r) if alpha is None else alpha.to(r.dtype)
+    beta = torch.zeros_like(r) if beta is None else beta.to(r.dtype)
+    s_g, s_gx, s_u, s_ux, s_gu = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope)
+    zero = torch.zeros_like(r)
+    if use_batch_stats:
+        m = x.numel() // x.shape[1]
+        a1, a2, a3 = scale, beta - scale * s_u / m, alpha - scale * s_ux / m
+        gz_dot_pu = s_gu - s_g * s_u / m - s_gx * s_ux / m  # <gz, P(u)>, P projects out 1 and xhat
+        c_g, c_u = a3, scale * s_gx / m
+        b1, b2 = r * c_g, -r * c_u
+        b3 = (-c_g * s_g + c_u * s_u) * r / m
+        b4 = (-c_g * s_gx + c_u * s_ux) * r / m - r * r * w * gz_dot_pu / m
+        grad_w = r * gz_dot_pu
+    else:
+        a1, a2, a3 = scale, beta, alpha
+        b1, b2, b3, b4 = alpha * r, zero, zero, zero
+        grad_w = r * s_gu
+    ggx, ggy = k.norm_act_double_apply(u, gy, x, scale, shift, mean, invstd,
+                                        a1, a2, a3, b1, b2, b3, b4, act, slope)
+    return ggy, ggx, grad_w
 
 
 def _check(x, running_mean, running_var, weight, bias, training, momentum, eps):

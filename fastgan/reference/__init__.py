@@ -3,5 +3,6 @@
 They run anywhere, in any dtype, and are differentiable to any order.
 """
 from .batch_norm_act import batch_norm_act
+from .minibatch_discrimination import minibatch_discrimination
 
-__all__ = ["batch_norm_act"]
+__all__ = ["batch_norm_act", "minibatch_discrimination"]

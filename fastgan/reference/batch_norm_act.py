@@ -36,6 +36,8 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor], runnin
     shape = channel_view_shape(x)
     reduce_dims = [0] + list(range(2, x.dim()))
     use_batch_stats = training or running_mean is None or running_var is None
+    if x.numel() == 0:  # as F.batch_norm: an empty output, running stats untouched
+        return x * 1
     if use_batch_stats:
         mean = xc.mean(dim=reduce_dims)
         var = xc.var(dim=reduce_dims, unbiased=False)

@@ -1,0 +1,201 @@
+"""DCGAN generator and discriminator (Radford et al. 2016) built from fastgan layers.
+
+Both keep their layers in one ``nn.Sequential`` called ``main``, laid out as
+in the PyTorch DCGAN example, so state_dict keys are the example's (the
+64 px models load its weights).  With ``fused=True`` (the default) every
+BatchNorm + activation pair is one ``fastgan.nn.BatchNormAct2d`` and the
+activation's slot holds ``nn.Identity``; with ``fused=False`` it is a plain
+``nn.BatchNorm2d`` followed by ``nn.ReLU`` / ``nn.LeakyReLU``.  The two
+layouts have identical state_dict keys, so weights load either way, and
+``fastgan.convert`` turns the plain model into the fused one.
+
+Generator: z (N, nz) -> ConvTranspose 4x4 projection -> stride-2
+ConvTranspose blocks with norm + ReLU -> ConvTranspose to ``channels`` ->
+tanh.  Discriminator: stride-2 convs with LeakyReLU(0.2), no norm on the
+first layer (as in the paper), a 4x4 valid conv to one logit per image (no
+sigmoid: pair it with ``BCEWithLogits``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from ..nn import BatchNormAct1d, BatchNormAct2d
+
+#: norms the models build today; "instance" and "layer" come with the
+#: InstanceNormAct2d / LayerNormAct2d modules (the norm-family issue).
+NORMS = ("batch", "none")
+ACTIVATIONS = ("relu", "leaky_relu")
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm
+
+
+def check_activation(activation: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def _activation_module(activation: str, negative_slope: float) -> nn.Module:
+    return nn.ReLU() if activation == "relu" else nn.LeakyReLU(negative_slope)
+
+
+def norm_act(num_features: int, norm: str, activation: str, negative_slope: float = 0.2,
+             fused: bool = True, impl: str = "auto", dims: int = 2) -> list[nn.Module]:
+    """The modules that follow a conv / linear layer: norm + activation.
+
+    ``dims`` is 2 for images (BatchNorm2d) and 1 for features (BatchNorm1d).
+    Fused: ``[BatchNormAct(activation), nn.Identity()]``; plain:
+    ``[nn.BatchNorm, activation]``: the same state_dict keys.  Without a norm
+    there is nothing to fuse: ``[activation]``.  New norms plug in here.
+    """
+    check_norm(norm)
+    check_activation(activation)
+    if norm == "none":
+        return [_activation_module(activation, negative_slope)]
+    if fused:
+        cls = BatchNormAct2d if dims == 2 else BatchNormAct1d
+        return [cls(num_features, activation=activation, negative_slope=negative_slope, impl=impl), nn.Identity()]
+    bn = nn.BatchNorm2d(num_features) if dims == 2 else nn.BatchNorm1d(num_features)
+    return [bn, _activation_module(activation, negative_slope)]
+
+
+@torch.no_grad()
+def dcgan_init(module: nn.Module) -> None:
+    """DCGAN initialisation, for ``model.apply``: conv / linear weights ~ N(0, 0.02),
+    norm scales ~ N(1, 0.02), biases 0."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (_NormBase, nn.GroupNorm, nn.LayerNorm)):
+        if getattr(module, "weight", None) is not None:
+            nn.init.normal_(module.weight, 1.0, 0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+def set_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch every fused fastgan layer of ``model`` to backend ``impl``; returns the model."""
+    from .._backend import IMPLS
+
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    for m in model.modules():
+        if type(m).__module__.startswith("fastgan.nn") and isinstance(getattr(m, "impl", None), str):
+            m.impl = impl
+    if hasattr(model, "config") and isinstance(model.config, dict) and "impl" in model.config:
+        model.config["impl"] = impl
+    return model
+
+
+def _num_blocks(image_size: int) -> int:
+    if not isinstance(image_size, int) or image_size < 8 or image_size & (image_size - 1):
+        raise ValueError(f"image_size must be a power of two >= 8 (32 and 64 are the DCGAN sizes), got {image_size!r}")
+    return int(math.log2(image_size)) - 2
+
+
+def _check_positive(**kwargs) -> None:
+    for name, value in kwargs.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class DCGANGenerator(nn.Module):
+    """z (N, nz) or (N, nz, 1, 1) -> images (N, channels, image_size, image_size) in [-1, 1].
+
+    Widths: ngf * 2^(k-1), ..., ngf for k = log2(image_size) - 2 blocks
+    (32 px: 4ngf, 2ngf, ngf; 64 px: 8ngf ... ngf).
+    """
+
+    def __init__(self, image_size: int = 32, nz: int = 100, ngf: int = 64, channels: int = 3,
+                 norm: str = "batch", activation: str = "relu", negative_slope: float = 0.2,
+                 fused: bool = True, impl: str = "auto", init: bool = True):
+        super().__init__()
+        k = _num_blocks(image_size)
+        _check_positive(nz=nz, ngf=ngf, channels=channels)
+        check_norm(norm)
+        check_activation(activation)
+        self.config = dict(image_size=image_size, nz=nz, ngf=ngf, channels=channels, norm=norm,
+                           activation=activation, negative_slope=negative_slope, fused=fused, impl=impl)
+        self.image_size, self.nz, self.channels = image_size, nz, channels
+        bias = norm == "none"
+        widths = [ngf * 2 ** (k - 1 - i) for i in range(k)]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, widths[0], 4, 1, 0, bias=bias)]
+        layers += norm_act(widths[0], norm, activation, negative_slope, fused, impl)
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=bias))
+            layers += norm_act(cout, norm, activation, negative_slope, fused, impl)
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=bias), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        if init:
+            self.apply(dcgan_init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        if z.dim() != 4 or z.shape[1] != self.nz or z.shape[2:] != (1, 1):
+            raise ValueError(f"z must have shape (N, {self.nz}) or (N, {self.nz}, 1, 1), got {tuple(z.shape)}")
+        return self.main(z)
+
+
+class DCGANDiscriminator(nn.Module):
+    """images (N, channels, image_size, image_size) -> logits (N,).
+
+    Widths: ndf, 2ndf, ..., ndf * 2^(k-1) for k = log2(image_size) - 2
+    stride-2 convs; the first has no norm.
+    """
+
+    def __init__(self, image_size: int = 32, ndf: int = 64, channels: int = 3, norm: str = "batch",
+                 activation: str = "leaky_relu", negative_slope: float = 0.2, fused: bool = True,
+                 impl: str = "auto", init: bool = True):
+        super().__init__()
+        k = _num_blocks(image_size)
+        _check_positive(ndf=ndf, channels=channels)
+        check_norm(norm)
+        check_activation(activation)
+        self.config = dict(image_size=image_size, ndf=ndf, channels=channels, norm=norm, activation=activation,
+                           negative_slope=negative_slope, fused=fused, impl=impl)
+        self.image_size, self.channels = image_size, channels
+        bias = norm == "none"
+        widths = [ndf * 2 ** i for i in range(k)]
+        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=bias),
+                                   _activation_module(activation, negative_slope)]
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=bias))
+            layers += norm_act(cout, norm, activation, negative_slope, fused, impl)
+        layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=bias))
+        self.main = nn.Sequential(*layers)
+        if init:
+            self.apply(dcgan_init)
+
+    def _check(self, x: torch.Tensor) -> None:
+        expected = (self.channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"x must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return self.main(x).reshape(-1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden activations (N, 2^(k-1) ndf, 4, 4), e.g. for feature matching."""
+        self._check(x)
+        return self.main[:-1](x)
+
+
+def build_dcgan(image_size: int = 32, nz: int = 100, ngf: int = 64, ndf: int = 64, channels: int = 3,
+                norm: str = "batch", d_norm: str | None = None, fused: bool = True, impl: str = "auto",
+                init: bool = True) -> tuple[DCGANGenerator, DCGANDiscriminator]:
+    """A matching (generator, discriminator) pair; ``d_norm`` defaults to ``norm``."""
+    g = DCGANGenerator(image_size, nz, ngf, channels, norm=norm, fused=fused, impl=impl, init=init)
+    d = DCGANDiscriminator(image_size, ndf, channels, norm=norm if d_norm is None else d_norm, fused=fused,
+                           impl=impl, init=init)
+    return g, d
