@@ -1,0 +1,77 @@
+"""Backend selection: impl=, FASTGAN_IMPL at call time, auto rules, clear errors, info."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastgan
+from fastgan import _backend
+from fastgan.ops import batch_norm_act
+
+CPU = torch.device("cpu")
+
+
+def grad_fn_name(impl=None, **kw):
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    y = batch_norm_act(x, **({} if impl is None else {"impl": impl}), **kw)
+    return type(y.grad_fn).__name__
+
+
+def test_auto_on_cpu_is_ref(monkeypatch):
+    monkeypatch.delenv("FASTGAN_IMPL", raising=False)
+    assert _backend.resolve("auto", CPU) == "ref"
+    assert "BatchNormAct" not in grad_fn_name("auto")
+
+
+def test_env_replaces_the_default_at_call_time(monkeypatch):
+    monkeypatch.setenv("FASTGAN_IMPL", "ref")
+    assert _backend.resolve("auto", CPU) == "ref"
+    if _backend.interpreter_enabled():
+        monkeypatch.setenv("FASTGAN_IMPL", "triton")
+        assert _backend.resolve("auto", CPU) == "triton"
+        assert grad_fn_name() == "_BatchNormActFnBackward"
+        assert "BatchNormAct" not in grad_fn_name("ref")  # an explicit impl beats the env
+    monkeypatch.setenv("FASTGAN_IMPL", "bogus")
+    with pytest.raises(ValueError, match="FASTGAN_IMPL must be one of"):
+        _backend.resolve("auto", CPU)
+
+
+def test_explicit_unavailable_backends_raise(monkeypatch):
+    monkeypatch.delenv("FASTGAN_IMPL", raising=False)
+    with pytest.raises(fastgan.BackendUnavailableError, match="impl='cuda' is unavailable.*CUDA tensors"):
+        _backend.resolve("cuda", CPU, "batch_norm_act")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(fastgan.BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        _backend.resolve("triton", CPU)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        _backend.resolve("fast", CPU)
+
+
+@pytest.mark.skipif(not _backend.interpreter_enabled(), reason="needs TRITON_INTERPRET=1 (set without a GPU)")
+def test_explicit_triton_on_cpu_runs_the_kernels():
+    assert grad_fn_name("triton") == "_BatchNormActFnBackward"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_on_cuda_picks_a_fused_backend(monkeypatch):
+    monkeypatch.delenv("FASTGAN_IMPL", raising=False)
+    assert _backend.resolve("auto", torch.device("cuda")) in ("cuda", "triton")
+
+
+def test_info_reports_backends(capsys):
+    report = fastgan.info()
+    out = capsys.readouterr().out
+    assert set(report["backends"]) == {"ref", "triton", "cuda"}
+    assert report["torch"] == torch.__version__
+    assert "backends:" in out and "auto picks" in out
+    assert report["backends"]["ref"][0] is True
+    for live, why in report["backends"].values():
+        assert why  # every backend says why it is (not) live
+
+
+def test_cli_info_runs():
+    out = subprocess.run([sys.executable, "-m", "fastgan", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "fastgan._C built:" in out.stdout and "triton" in out.stdout

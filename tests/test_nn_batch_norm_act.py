@@ -1,0 +1,180 @@
+"""The BatchNormAct modules and fastgan.convert, against nn.BatchNorm + activation."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastgan
+from fastgan.nn import BatchNormAct1d, BatchNormAct2d, BatchNormLeakyReLU2d, BatchNormReLU2d
+
+from _tolerances import assert_close
+from conftest import all_backend_params
+
+
+def plain(num_features, activation, dims=2, **kw):
+    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(num_features, **kw)
+    act = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.2), "identity": nn.Identity()}[activation]
+    return nn.Sequential(bn, act)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(momentum=None), dict(affine=False),
+                                dict(track_running_stats=False), dict(momentum=0.3, eps=1e-3)])
+@pytest.mark.parametrize("activation", ["leaky_relu", "relu", "identity"])
+def test_module_matches_nn_over_train_and_eval_steps(kw, activation):
+    fused = BatchNormAct2d(5, activation=activation, **kw)
+    ref = plain(5, activation, **kw)
+    if fused.affine:
+        with torch.no_grad():
+            fused.weight.uniform_(0.5, 1.5), fused.bias.normal_()
+    ref[0].load_state_dict(fused.state_dict())
+    for step in range(3):
+        x = torch.randn(4, 5, 3, 6) * (step + 1) + step
+        assert_close(fused(x), ref(x), name=f"train step {step}")
+    assert_close(fused.state_dict().get("running_mean", torch.zeros(1)),
+                 ref[0].state_dict().get("running_mean", torch.zeros(1)), name="running_mean")
+    if fused.track_running_stats:
+        assert fused.num_batches_tracked.item() == ref[0].num_batches_tracked.item() == 3
+        assert_close(fused.running_var, ref[0].running_var, name="running_var")
+    fused.eval(), ref.eval()
+    x = torch.randn(3, 5, 2, 2)
+    assert_close(fused(x), ref(x), name="eval")
+
+
+def test_state_dict_loads_both_ways_and_keys_match():
+    fused, bn = BatchNormAct2d(7), nn.BatchNorm2d(7)
+    assert list(fused.state_dict()) == list(bn.state_dict())
+    with torch.no_grad():
+        bn.weight.normal_(), bn.running_mean.normal_()
+    fused.load_state_dict(bn.state_dict())
+    assert torch.equal(fused.weight, bn.weight) and torch.equal(fused.running_mean, bn.running_mean)
+    bn2 = nn.BatchNorm2d(7)
+    bn2.load_state_dict(fused.state_dict())
+    assert torch.equal(bn2.running_mean, fused.running_mean)
+    assert [n for n, _ in fused.named_parameters()] == ["weight", "bias"]
+
+
+def test_batchnormact1d_matches_nn():
+    for shape in [(6, 4), (5, 4, 9)]:
+        fused, ref = BatchNormAct1d(4, activation="relu"), plain(4, "relu", dims=1)
+        x = torch.randn(shape)
+        assert_close(fused(x), ref(x))
+        assert_close(fused.running_var, ref[0].running_var)
+
+
+def test_aliases_and_repr():
+    assert BatchNormLeakyReLU2d(3, negative_slope=0.1).negative_slope == 0.1
+    assert BatchNormLeakyReLU2d(3).activation == "leaky_relu"
+    assert BatchNormReLU2d(3).activation == "relu"
+    text = repr(BatchNormAct2d(3, impl="ref"))
+    assert "BatchNormAct2d(3, eps=1e-05" in text and "activation=leaky_relu, negative_slope=0.2" in text
+    assert "impl='ref'" in text
+
+
+def test_module_errors():
+    with pytest.raises(ValueError, match="x must have 4"):
+        BatchNormAct2d(3)(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        BatchNormAct2d(3, activation="tanh")
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        BatchNormAct2d(3)(torch.randn(1, 3, 1, 1))
+
+
+def test_sync_batchnorm_conversion_leaves_fused_modules_alone():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormAct2d(4))
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert isinstance(converted[1], BatchNormAct2d)
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+def test_module_fast_backend_matches_nn(impl, device):
+    fused = BatchNormAct2d(3, impl=impl).to(device)
+    ref = plain(3, "leaky_relu").to(device)
+    x = torch.randn(4, 3, 5, 5, device=device)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = fused(xa), ref(xb)
+    assert_close(ya, yb)
+    g = torch.randn_like(ya)
+    ya.backward(g), yb.backward(g)
+    assert_close(xa.grad, xb.grad)
+    assert_close(fused.weight.grad, ref[0].weight.grad)
+    assert_close(fused.running_var, ref[0].running_var)
+
+
+# ----------------------------------------------------------------------------- convert
+
+
+def dcgan_generator(nz=8, ngf=4):
+    return nn.Sequential(
+        nn.ConvTranspose2d(nz, ngf * 4, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 2, 1, 4, 2, 1, bias=False), nn.Tanh())
+
+
+def dcgan_discriminator(ndf=4):
+    return nn.Sequential(
+        nn.Conv2d(1, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 2, 1, 4, 1, 0, bias=False))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_convert_sequential_dcgan(train):
+    for make, inp in ((dcgan_generator, torch.randn(5, 8, 1, 1)), (dcgan_discriminator, torch.randn(5, 1, 16, 16))):
+        model = make()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                with torch.no_grad():
+                    m.weight.uniform_(0.5, 1.5), m.running_var.uniform_(0.5, 2)
+        model.train(train)
+        expected = model(inp.clone())
+        keys = list(model.state_dict())
+        converted = fastgan.convert(model)
+        assert converted is model and isinstance(converted, nn.Sequential)
+        fused = [m for m in converted.modules() if isinstance(m, BatchNormAct2d)]
+        assert fused and not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
+        assert all(m.training == train for m in fused)
+        assert list(converted.state_dict()) == keys
+        assert_close(converted(inp.clone()), expected)
+
+
+class NotSequential(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.bn2 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        h = F.leaky_relu(self.bn(self.conv(x)), 0.1)
+        return torch.relu(self.bn2(h)) + h
+
+
+def test_convert_fx_functional_activations():
+    model = NotSequential()
+    x = torch.randn(3, 3, 6, 6)
+    expected = model(x)
+    converted = fastgan.convert(model)
+    kinds = sorted(m.activation for m in converted.modules() if isinstance(m, BatchNormAct2d))
+    assert kinds == ["leaky_relu", "relu"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
+    assert_close(converted(x), expected)
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+            return F.relu(self.bn(x))
+        return self.bn(x)
+
+
+def test_convert_untraceable_swaps_and_warns():
+    model = Untraceable()
+    with pytest.warns(RuntimeWarning, match="could not trace"):
+        converted = fastgan.convert(model)
+    assert isinstance(converted.bn, BatchNormAct2d) and converted.bn.activation == "identity"
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        fastgan.convert("not a model")
