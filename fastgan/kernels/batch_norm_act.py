@@ -5,6 +5,14 @@ Every big tensor of a call is viewed as (N, C, S) with the strides of x
 m = n * S + s.  Programs work on [BLOCK_C, BLOCK_M] tiles: channels-last
 inputs tile along C (contiguous), NC* inputs along m.
 
+One index map serves the whole normalization family.  The per-channel
+vectors (scale, shift, mean, invstd, coefficients) are either (C,) -- batch
+norm: statistics per channel over all N * S positions -- or (N, C) tables --
+group / instance / layer norm: statistics per sample.  In the per-sample
+case every program stays inside one sample's segment of m (grid axis 2 is
+n), reads row n of the tables and writes per-(n, c) reductions; the caller
+merges those rows into group statistics (``fastgan.ops.group_norm_act``).
+
 Two kernel shapes serve every pass:
 
 * reductions over m per channel, written as [P, C] partials by P programs
@@ -34,9 +42,9 @@ MODE_FORWARD, MODE_BACKWARD, MODE_DOUBLE = 0, 1, 2
 
 
 @triton.jit
-def _tile(m_start, c_start, M, C, S, s_n, s_c, s_s,
+def _tile(m_start, m_end, c_start, C, S, s_n, s_c, s_s,
           BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
-    """Offsets and mask of the [BLOCK_C, BLOCK_M] tile at (c_start, m_start)."""
+    """Offsets and mask of the [BLOCK_C, BLOCK_M] tile at (c_start, m_start), m < m_end."""
     m = m_start + tl.arange(0, BLOCK_M)
     c = c_start + tl.arange(0, BLOCK_C)
     if INDEX_64:
@@ -45,25 +53,29 @@ def _tile(m_start, c_start, M, C, S, s_n, s_c, s_s,
     n_idx = m // S
     s_idx = m - n_idx * S
     offs = (c * s_c)[:, None] + (n_idx * s_n + s_idx * s_s)[None, :]
-    mask = (c < C)[:, None] & (m < M)[None, :]
+    mask = (c < C)[:, None] & (m < m_end)[None, :]
     return offs, mask, c
 
 
 @triton.jit
-def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, M, C, S, s_n, s_c, s_s, num_tiles, P,
+def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, seg_len, C, S, s_n, s_c, s_s, num_tiles, P,
                           BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+    """(count, mean, M2) of the tiles t = pid_p, pid_p + P, ... of segment pid_seg."""
     pid_c = tl.program_id(0)
     pid_p = tl.program_id(1)
+    pid_seg = tl.program_id(2)
+    m_base = pid_seg * seg_len
+    m_end = m_base + seg_len
     acc_ty = mean_ptr.dtype.element_ty
     run_n = tl.zeros([BLOCK_C], acc_ty)
     run_mean = tl.zeros([BLOCK_C], acc_ty)
     run_m2 = tl.zeros([BLOCK_C], acc_ty)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     for t in range(pid_p, num_tiles, P):
-        offs, mask, c = _tile(t * BLOCK_M, pid_c * BLOCK_C, M, C, S, s_n, s_c, s_s,
+        offs, mask, c = _tile(m_base + t * BLOCK_M, m_end, pid_c * BLOCK_C, C, S, s_n, s_c, s_s,
                               BLOCK_M, BLOCK_C, INDEX_64)
         v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        cnt = tl.minimum(M - t * BLOCK_M, BLOCK_M).to(acc_ty)
+        cnt = tl.minimum(seg_len - t * BLOCK_M, BLOCK_M).to(acc_ty)
         tile_mean = tl.sum(v, axis=1) / cnt
         d = tl.where(mask, v - tile_mean[:, None], 0.0)
         tile_m2 = tl.sum(d * d, axis=1)
@@ -74,7 +86,7 @@ def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, M, C, S, s_n, s_c, s
         run_m2 = run_m2 + tile_m2 + delta * delta * (run_n * cnt / new_n)
         run_n = new_n
     cmask = c < C
-    out = pid_p * C + c
+    out = (pid_seg * P + pid_p) * C + c
     tl.store(cnt_ptr + out, run_n, mask=cmask)
     tl.store(mean_ptr + out, run_mean, mask=cmask)
     tl.store(m2_ptr + out, run_m2, mask=cmask)
@@ -102,19 +114,23 @@ def _stats_finalize_kernel(cnt_ptr, mean_ptr, m2_ptr, out_mean_ptr, out_var_ptr,
 
 @triton.jit
 def _grad_sums_kernel(gy_ptr, x_ptr, u_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, out_ptr,
-                      M, C, S, s_n, s_c, s_s, num_tiles, P, slope_ptr,
+                      seg_len, tbl_stride, C, S, s_n, s_c, s_s, num_tiles, P, slope_ptr,
                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
                       DOUBLE: tl.constexpr):
-    """Partial per-channel sums of gz, gz*xhat (and u, u*xhat, gz*u when DOUBLE)."""
+    """Partial sums of gz, gz*xhat (and u, u*xhat, gz*u when DOUBLE) per channel of a segment."""
     pid_c = tl.program_id(0)
     pid_p = tl.program_id(1)
+    pid_seg = tl.program_id(2)
+    m_base = pid_seg * seg_len
+    m_end = m_base + seg_len
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    scale = tl.load(scale_ptr + c, mask=cmask, other=0.0)
+    row = pid_seg * tbl_stride + c
+    scale = tl.load(scale_ptr + row, mask=cmask, other=0.0)
     acc_ty = scale.dtype
-    shift = tl.load(shift_ptr + c, mask=cmask, other=0.0)
-    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
-    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
+    shift = tl.load(shift_ptr + row, mask=cmask, other=0.0)
+    mean = tl.load(mean_ptr + row, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + row, mask=cmask, other=0.0)
     slope = tl.load(slope_ptr)  # a tensor, not a float argument: float64 needs it exact
     s_g = tl.zeros([BLOCK_C], acc_ty)
     s_gx = tl.zeros([BLOCK_C], acc_ty)
@@ -122,7 +138,7 @@ def _grad_sums_kernel(gy_ptr, x_ptr, u_ptr, scale_ptr, shift_ptr, mean_ptr, invs
     s_ux = tl.zeros([BLOCK_C], acc_ty)
     s_gu = tl.zeros([BLOCK_C], acc_ty)
     for t in range(pid_p, num_tiles, P):
-        offs, mask, c = _tile(t * BLOCK_M, pid_c * BLOCK_C, M, C, S, s_n, s_c, s_s,
+        offs, mask, c = _tile(m_base + t * BLOCK_M, m_end, pid_c * BLOCK_C, C, S, s_n, s_c, s_s,
                               BLOCK_M, BLOCK_C, INDEX_64)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(acc_ty)
@@ -136,8 +152,8 @@ def _grad_sums_kernel(gy_ptr, x_ptr, u_ptr, scale_ptr, shift_ptr, mean_ptr, invs
             s_u += tl.sum(u, axis=1)
             s_ux += tl.sum(u * xhat, axis=1)
             s_gu += tl.sum(gz * u, axis=1)
-    stride = P * C
-    out = pid_p * C + c
+    stride = tl.num_programs(2) * P * C
+    out = (pid_seg * P + pid_p) * C + c
     tl.store(out_ptr + out, s_g, mask=cmask)
     tl.store(out_ptr + stride + out, s_gx, mask=cmask)
     if DOUBLE:
@@ -148,20 +164,23 @@ def _grad_sums_kernel(gy_ptr, x_ptr, u_ptr, scale_ptr, shift_ptr, mean_ptr, invs
 
 @triton.jit
 def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
-                      coef_ptr, M, C, S, s_n, s_c, s_s, slope_ptr,
+                      coef_ptr, seg_len, tbl_stride, coef_stride, C, S, s_n, s_c, s_s, slope_ptr,
                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
                       MODE: tl.constexpr):
     """MODE_FORWARD:  out = act(x * scale + shift)
     MODE_BACKWARD: out = k1 * gz + k2 + k3 * xhat                   (dx)
     MODE_DOUBLE:   out = b1 * gz + b2 * u + b3 + b4 * xhat          (d/dx)
                    out2 = s * (a1 * u + a2 + a3 * xhat)            (d/dgy)
-    with coefficients (k1..k3 or a1..a3, b1..b4) as rows of coef [K, C]."""
-    offs, mask, c = _tile(tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_C, M, C, S,
-                          s_n, s_c, s_s, BLOCK_M, BLOCK_C, INDEX_64)
+    with coefficients (k1..k3 or a1..a3, b1..b4) as coef [K, T, C], T = 1 or N."""
+    pid_seg = tl.program_id(2)
+    m_base = pid_seg * seg_len
+    offs, mask, c = _tile(m_base + tl.program_id(0) * BLOCK_M, m_base + seg_len, tl.program_id(1) * BLOCK_C,
+                          C, S, s_n, s_c, s_s, BLOCK_M, BLOCK_C, INDEX_64)
     cmask = c < C
-    scale = tl.load(scale_ptr + c, mask=cmask, other=0.0)
+    row = pid_seg * tbl_stride + c
+    scale = tl.load(scale_ptr + row, mask=cmask, other=0.0)
     acc_ty = scale.dtype
-    shift = tl.load(shift_ptr + c, mask=cmask, other=0.0)
+    shift = tl.load(shift_ptr + row, mask=cmask, other=0.0)
     slope = tl.load(slope_ptr)  # a tensor, not a float argument: float64 needs it exact
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
     z = x * scale[:, None] + shift[:, None]
@@ -169,23 +188,23 @@ def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_
         y = tl.where(z > 0, z, z * slope)
         tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
     else:
-        mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
-        invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
+        mean = tl.load(mean_ptr + row, mask=cmask, other=0.0)
+        invstd = tl.load(invstd_ptr + row, mask=cmask, other=0.0)
         xhat = (x - mean[:, None]) * invstd[:, None]
         s = tl.where(z > 0, 1.0, slope)
         gz = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(acc_ty) * s
-        k1 = tl.load(coef_ptr + c, mask=cmask, other=0.0)
-        k2 = tl.load(coef_ptr + C + c, mask=cmask, other=0.0)
-        k3 = tl.load(coef_ptr + 2 * C + c, mask=cmask, other=0.0)
+        k1 = tl.load(coef_ptr + row, mask=cmask, other=0.0)
+        k2 = tl.load(coef_ptr + coef_stride + row, mask=cmask, other=0.0)
+        k3 = tl.load(coef_ptr + 2 * coef_stride + row, mask=cmask, other=0.0)
         if MODE == 1:
             dx = k1[:, None] * gz + k2[:, None] + k3[:, None] * xhat
             tl.store(out_ptr + offs, dx.to(out_ptr.dtype.element_ty), mask=mask)
         else:
             u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-            b1 = tl.load(coef_ptr + 3 * C + c, mask=cmask, other=0.0)
-            b2 = tl.load(coef_ptr + 4 * C + c, mask=cmask, other=0.0)
-            b3 = tl.load(coef_ptr + 5 * C + c, mask=cmask, other=0.0)
-            b4 = tl.load(coef_ptr + 6 * C + c, mask=cmask, other=0.0)
+            b1 = tl.load(coef_ptr + 3 * coef_stride + row, mask=cmask, other=0.0)
+            b2 = tl.load(coef_ptr + 4 * coef_stride + row, mask=cmask, other=0.0)
+            b3 = tl.load(coef_ptr + 5 * coef_stride + row, mask=cmask, other=0.0)
+            b4 = tl.load(coef_ptr + 6 * coef_stride + row, mask=cmask, other=0.0)
             ggy = s * (k1[:, None] * u + k2[:, None] + k3[:, None] * xhat)
             ggx = b1[:, None] * gz + b2[:, None] * u + b3[:, None] + b4[:, None] * xhat
             tl.store(out_ptr + offs, ggx.to(out_ptr.dtype.element_ty), mask=mask)
@@ -195,28 +214,47 @@ def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_
 # ----------------------------------------------------------------------------- launch helpers
 
 
-def _geometry(x: torch.Tensor):
-    """(N, C, S, strides, M, BLOCK_M, BLOCK_C, INDEX_64, num_warps) for x's layout."""
-    n, c, s, s_n, s_c, s_s = strides_ncs(x)
-    m = n * s
-    if s_c == 1 and c > 1:  # channels are contiguous: tile along C
-        block_c = min(64, triton.next_power_of_2(c))
-        block_m = max(1, min(4096 // block_c, triton.next_power_of_2(m)))
-    else:  # spatial positions are contiguous: tile along m
-        block_c = 1
-        block_m = min(2048, triton.next_power_of_2(m))
-    index_64 = x.numel() >= 2**31 - 1
-    num_warps = 4 if block_c * block_m <= 1024 else 8
-    return n, c, s, (s_n, s_c, s_s), m, block_m, block_c, index_64, num_warps
+class _Geometry:
+    """How a call tiles x: sizes, strides, block shape, and the segments.
 
+    per_sample=False: one segment of all M = N * S positions (batch norm);
+    per_sample=True:  N segments of S positions, vectors are (N, C) tables.
+    """
 
-def _num_partials(x: torch.Tensor, num_tiles: int, num_cblocks: int) -> int:
-    """Programs per channel block for the reductions: enough to fill the GPU."""
-    if x.is_cuda:
-        target = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
-    else:  # interpreter: few programs, but more than one so the merge is exercised
-        target = 2 * num_cblocks
-    return max(1, min(num_tiles, target // num_cblocks, 512))
+    def __init__(self, x: torch.Tensor, per_sample: bool):
+        self.n, self.c, self.s, s_n, s_c, s_s = strides_ncs(x)
+        self.strides = (s_n, s_c, s_s)
+        self.per_sample = per_sample
+        self.num_segments = self.n if per_sample else 1
+        self.seg_len = self.s if per_sample else self.n * self.s
+        self.tbl_stride = self.c if per_sample else 0
+        if s_c == 1 and self.c > 1:  # channels are contiguous: tile along C
+            self.block_c = min(64, triton.next_power_of_2(self.c))
+            self.block_m = max(1, min(4096 // self.block_c, triton.next_power_of_2(self.seg_len)))
+        else:  # spatial positions are contiguous: tile along m
+            self.block_c = 1
+            self.block_m = min(2048, triton.next_power_of_2(self.seg_len))
+        self.index_64 = x.numel() >= 2**31 - 1
+        self.num_warps = 4 if self.block_c * self.block_m <= 1024 else 8
+        self.num_tiles = triton.cdiv(self.seg_len, self.block_m)
+        self.num_cblocks = triton.cdiv(self.c, self.block_c)
+        self.partials = self._num_partials(x)
+
+    def _num_partials(self, x: torch.Tensor) -> int:
+        """Programs per (channel block, segment) for the reductions: enough to fill the GPU."""
+        programs = self.num_cblocks * self.num_segments
+        if x.is_cuda:
+            target = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+        else:  # interpreter: few programs, but more than one so the merge is exercised
+            target = 2 * programs
+        return max(1, min(self.num_tiles, target // programs, 512))
+
+    def kernel_args(self):
+        return (self.c, self.s, *self.strides)
+
+    def meta(self):
+        return dict(BLOCK_M=self.block_m, BLOCK_C=self.block_c, INDEX_64=self.index_64,
+                    num_warps=self.num_warps)
 
 
 def _slope_tensor(slope: float, like: torch.Tensor) -> torch.Tensor:
@@ -227,48 +265,61 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _moments(x: torch.Tensor, per_sample: bool) -> torch.Tensor:
+    """(3, T, P, C) partial (count, mean, M2): T segments, P programs each."""
+    g = _Geometry(x, per_sample)
+    parts = torch.empty((3, g.num_segments, g.partials, g.c), device=x.device, dtype=_acc_dtype(x))
+    _stats_partial_kernel[(g.num_cblocks, g.partials, g.num_segments)](
+        x, parts[0], parts[1], parts[2], g.seg_len, *g.kernel_args(), g.num_tiles, g.partials, **g.meta())
+    return parts
+
+
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of x, in float32 (float64 for float64 x)."""
-    n, c, s, strides, m, block_m, block_c, index_64, warps = _geometry(x)
-    num_tiles = triton.cdiv(m, block_m)
-    num_cblocks = triton.cdiv(c, block_c)
-    p = _num_partials(x, num_tiles, num_cblocks)
-    acc = _acc_dtype(x)
-    parts = torch.empty((3, p, c), device=x.device, dtype=acc)
-    _stats_partial_kernel[(num_cblocks, p)](x, parts[0], parts[1], parts[2], m, c, s, *strides, num_tiles, p,
-                                            BLOCK_M=block_m, BLOCK_C=block_c, INDEX_64=index_64,
-                                            num_warps=warps)
-    mean = torch.empty(c, device=x.device, dtype=acc)
-    var = torch.empty(c, device=x.device, dtype=acc)
+    """Per-channel mean and biased variance of x over (N, *spatial), in float32
+    (float64 for float64 x): Welford within tiles, Chan merging across them."""
+    parts = _moments(x, per_sample=False)[:, 0]
+    c, p = x.shape[1], parts.shape[1]
+    mean = torch.empty(c, device=x.device, dtype=parts.dtype)
+    var = torch.empty(c, device=x.device, dtype=parts.dtype)
     fin_c = min(64, triton.next_power_of_2(c))
     _stats_finalize_kernel[(triton.cdiv(c, fin_c),)](parts[0], parts[1], parts[2], mean, var, c, p,
                                                      BLOCK_P=triton.next_power_of_2(p), BLOCK_C=fin_c)
     return mean, var
 
 
+def row_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(n, c) mean and M2 (sum of squared deviations) over the spatial
+    positions, each (N, C); the caller merges rows into group statistics."""
+    parts = _moments(x, per_sample=True)
+    if parts.shape[2] == 1:
+        return parts[1, :, 0], parts[2, :, 0]
+    cnt, mu, m2 = parts[0], parts[1], parts[2]  # (N, P, C): Chan merge over P
+    total = cnt.sum(1)
+    mean = (cnt * mu).sum(1) / total
+    return mean, m2.sum(1) + (cnt * (mu - mean[:, None]) ** 2).sum(1)
+
+
 def norm_act_forward(x, scale, shift, act: int, slope: float) -> torch.Tensor:
-    """y = act(x * scale + shift) with x's dtype and strides."""
+    """y = act(x * scale + shift) with x's dtype and strides; scale, shift (C,) or (N, C)."""
     y = torch.empty_like(x)
     _launch_pointwise(MODE_FORWARD, x, None, None, y, None, scale, shift, scale, scale, scale, slope)
     return y
 
 
 def _grad_sums(double: bool, gy, x, u, scale, shift, mean, invstd, slope):
-    n, c, s, strides, m, block_m, block_c, index_64, warps = _geometry(x)
-    num_tiles = triton.cdiv(m, block_m)
-    num_cblocks = triton.cdiv(c, block_c)
-    p = _num_partials(x, num_tiles, num_cblocks)
+    g = _Geometry(x, per_sample=scale.dim() == 2)
     k = 5 if double else 2
-    parts = torch.empty((k, p, c), device=x.device, dtype=scale.dtype)
-    _grad_sums_kernel[(num_cblocks, p)](gy, x, x if u is None else u, scale, shift, mean, invstd, parts,
-                                        m, c, s, *strides, num_tiles, p, _slope_tensor(slope, scale),
-                                        BLOCK_M=block_m, BLOCK_C=block_c, INDEX_64=index_64,
-                                        DOUBLE=double, num_warps=warps)
-    return tuple(parts.sum(dim=1).unbind(0))
+    parts = torch.empty((k, g.num_segments, g.partials, g.c), device=x.device, dtype=scale.dtype)
+    _grad_sums_kernel[(g.num_cblocks, g.partials, g.num_segments)](
+        gy, x, x if u is None else u, scale, shift, mean, invstd, parts, g.seg_len, g.tbl_stride,
+        *g.kernel_args(), g.num_tiles, g.partials, _slope_tensor(slope, scale), DOUBLE=double, **g.meta())
+    sums = parts.sum(dim=2)  # fixed-order merge of the partials: deterministic
+    return tuple(sums.unbind(0)) if g.per_sample else tuple(sums[:, 0].unbind(0))
 
 
 def norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act: int, slope: float):
-    """(sum gz, sum gz * xhat) per channel, gz = gy * act'(x * scale + shift)."""
+    """(sum gz, sum gz * xhat), gz = gy * act'(x * scale + shift): per channel
+    over (N, *spatial) for (C,) vectors, per (n, c) over spatial for (N, C) tables."""
     return _grad_sums(False, gy, x, None, scale, shift, mean, invstd, slope)
 
 
@@ -281,7 +332,7 @@ def norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act: 
 
 
 def norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act: int, slope: float):
-    """(sum gz, sum gz*xhat, sum u, sum u*xhat, sum gz*u) per channel."""
+    """(sum gz, sum gz*xhat, sum u, sum u*xhat, sum gz*u), reduced as in norm_act_backward_reduce."""
     return _grad_sums(True, gy, x, u, scale, shift, mean, invstd, slope)
 
 
@@ -296,9 +347,9 @@ def norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, 
 
 
 def _launch_pointwise(mode, x, gy, u, out, out2, scale, shift, mean, invstd, coef, slope):
-    n, c, s, strides, m, block_m, block_c, index_64, warps = _geometry(x)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(c, block_c))
+    g = _Geometry(x, per_sample=scale.dim() == 2)
+    grid = (g.num_tiles, g.num_cblocks, g.num_segments)
     _pointwise_kernel[grid](x, x if gy is None else gy, x if u is None else u, out,
                             out if out2 is None else out2, scale, shift, mean, invstd, coef,
-                            m, c, s, *strides, _slope_tensor(slope, scale), BLOCK_M=block_m, BLOCK_C=block_c, INDEX_64=index_64,
-                            MODE=mode, num_warps=warps)
+                            g.seg_len, g.tbl_stride, scale.numel(), *g.kernel_args(),
+                            _slope_tensor(slope, scale), MODE=mode, **g.meta())
