@@ -30,7 +30,7 @@ def test_env_replaces_the_default_at_call_time(monkeypatch):
     if _backend.interpreter_enabled():
         monkeypatch.setenv("FASTGAN_IMPL", "triton")
         assert _backend.resolve("auto", CPU) == "triton"
-        assert grad_fn_name() == "_BatchNormActFnBackward"
+        assert grad_fn_name() == "NormActFnBackward"
         assert "BatchNormAct" not in grad_fn_name("ref")  # an explicit impl beats the env
     monkeypatch.setenv("FASTGAN_IMPL", "bogus")
     with pytest.raises(ValueError, match="FASTGAN_IMPL must be one of"):
@@ -50,7 +50,7 @@ def test_explicit_unavailable_backends_raise(monkeypatch):
 
 @pytest.mark.skipif(not _backend.interpreter_enabled(), reason="needs TRITON_INTERPRET=1 (set without a GPU)")
 def test_explicit_triton_on_cpu_runs_the_kernels():
-    assert grad_fn_name("triton") == "_BatchNormActFnBackward"
+    assert grad_fn_name("triton") == "NormActFnBackward"
 
 
 @pytest.mark.cuda

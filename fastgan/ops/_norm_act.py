@@ -1,0 +1,165 @@
+"""Autograd for the whole normalization + activation family, on any fast backend.
+
+Batch, group, instance and layer norm differ only in which elements share
+statistics; the algebra of their gradients is the same.  With, per
+statistics group k of M elements, per channel c::
+
+    xhat = (x - mean_k) * r_k,   r_k = 1 / sqrt(var_k + eps)
+    z    = w_c * xhat + b_c = x * scale + shift,       y = act(z)
+    s    = act'(z)  (1 or the negative slope; a mask recomputed from x)
+    gz   = gy * s,   g~ = w_c * gz
+
+the backward is::
+
+    db_c = sum gz,   dw_c = sum gz * xhat      (over the channel's elements)
+    dx   = r_k (g~ - mean_k(g~) - xhat * mean_k(g~ * xhat))
+
+and is itself a Function whose backward -- the double backward a gradient
+penalty needs -- is derived in ``docs/norm_act_double_backward.md``.  Every
+pass is one kernel: a reduction (per channel over (N, *spatial) for batch
+norm, per (n, c) over *spatial otherwise) or an elementwise map
+``out = k1 * a + k2 + k3 * xhat`` whose coefficients are computed here from
+the reductions.  ``Grouping`` says how the per-(n, c) sums combine into
+statistics groups; the kernels (``fastgan/kernels/batch_norm_act.py`` for
+Triton, ``torch.ops.fastgan.*`` for CUDA) take (C,) vectors or (N, C) tables.
+
+When the statistics are constants (batch norm in eval mode) the terms that
+come from differentiating them drop out (``batch_stats=False``).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from .. import _backend
+from ._autograd import last_derivative
+from ._layout import like
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """Which elements share statistics.
+
+    per_sample=False: one group per channel over (N, *spatial) (batch norm);
+    vectors are (C,).  per_sample=True: ``groups`` groups of C / groups
+    channels in each sample; tables are (N, C).
+    """
+    per_sample: bool
+    groups: int
+    batch_stats: bool = True
+
+    def group_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-(n, c) sums -> per-group sums, expanded back to the (N, C) table."""
+        if not self.per_sample:
+            return t
+        n, c = t.shape
+        sums = t.reshape(n, self.groups, c // self.groups).sum(-1)
+        return sums.repeat_interleave(c // self.groups, dim=1)
+
+    def channel_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-(n, c) sums -> per-channel sums."""
+        return t.sum(0) if self.per_sample else t
+
+    def group_size(self, x: torch.Tensor) -> int:
+        n, c = x.shape[0], x.shape[1]
+        spatial = x.numel() // max(n * c, 1)
+        return (c // self.groups) * spatial if self.per_sample else n * spatial
+
+
+def affine_tables(mean, invstd, weight, bias):
+    """(scale, shift, w): z = x * scale + shift, with w the per-channel weight (ones if None)."""
+    c = mean.shape[-1]
+    w = invstd.new_ones(c) if weight is None else weight.to(invstd.dtype)
+    scale = w * invstd
+    shift = -mean * scale if bias is None else bias.to(invstd.dtype) - mean * scale
+    return scale, shift, w
+
+
+class NormActFn(torch.autograd.Function):
+    """(x, weight, bias) -> act(w * (x - mean) * invstd + b) with given statistics."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, invstd, grouping, act, slope, backend):
+        k = _backend.kernels(backend, "batch_norm_act")
+        scale, shift, _ = affine_tables(mean, invstd, weight, bias)
+        y = k.norm_act_forward(x, scale, shift, act, slope)
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.config = (grouping, act, slope, backend)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        dx, dw, db = NormActBackwardFn.apply(gy, x, weight, bias, mean, invstd, *ctx.config)
+        need_w = weight is not None and ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        return (dx, dw.to(weight.dtype) if need_w else None, db.to(bias.dtype) if need_b else None,
+                None, None, None, None, None, None)
+
+
+class NormActBackwardFn(torch.autograd.Function):
+    """(gy, x, weight, bias) -> (dx, dw, db); differentiable once more."""
+
+    @staticmethod
+    def forward(ctx, gy, x, weight, bias, mean, invstd, grouping, act, slope, backend):
+        k = _backend.kernels(backend, "batch_norm_act")
+        gy = like(gy, x)
+        scale, shift, w = affine_tables(mean, invstd, weight, bias)
+        r_g, r_gx = k.norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope)
+        if grouping.batch_stats:
+            m = grouping.group_size(x)
+            k2 = -invstd * grouping.group_sum(w * r_g) / m
+            k3 = -invstd * grouping.group_sum(w * r_gx) / m
+        else:
+            k2 = k3 = torch.zeros_like(scale)
+        dx = k.norm_act_backward_apply(gy, x, scale, shift, mean, invstd, scale, k2, k3, act, slope)
+        ctx.save_for_backward(gy, x, weight, bias, mean, invstd)
+        ctx.config = (grouping, act, slope, backend)
+        return dx, grouping.channel_sum(r_gx), grouping.channel_sum(r_g)
+
+    @staticmethod
+    def backward(ctx, u, alpha, beta):
+        gy, x, weight, bias, mean, invstd = ctx.saved_tensors
+        ggy, ggx, grad_w = last_derivative(
+            functools.partial(_double_backward, ctx.config), u, alpha, beta, gy, x, weight, bias, mean, invstd)
+        grad_weight = grad_w.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+        # bias only moves the activation's kink: its second derivative is zero almost everywhere.
+        grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[3] else None
+        return ggy, ggx, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd):
+    """Double backward: u, alpha, beta = grads wrt dx, dw, db.
+
+    Returns (grad wrt gy, grad wrt x, grad wrt weight).  Notation of
+    ``docs/norm_act_double_backward.md``: R* are the kernel's per-channel
+    (or per-(n, c)) sums, S* their group sums, M the group size."""
+    grouping, act, slope, backend = config
+    k = _backend.kernels(backend, "batch_norm_act")
+    scale, shift, w = affine_tables(mean, invstd, weight, bias)
+    r = invstd
+    u = torch.zeros_like(x) if u is None else like(u, x)
+    alpha = torch.zeros_like(w) if alpha is None else alpha.to(r.dtype)
+    beta = torch.zeros_like(w) if beta is None else beta.to(r.dtype)
+    r_g, r_gx, r_u, r_ux, r_gu = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope)
+    if not grouping.batch_stats:
+        zero = torch.zeros_like(scale)
+        grad_w = grouping.channel_sum(r * r_gu)
+        coef = (scale, beta + zero, alpha + zero, alpha * r, zero, zero, zero)
+    else:
+        m = grouping.group_size(x)
+        gs = grouping.group_sum
+        s_u, s_ux = gs(r_u), gs(r_ux)
+        s_wg, s_wgx, s_wgu = gs(w * r_g), gs(w * r_gx), gs(w * r_gu)
+        a2 = beta - scale * s_u / m
+        c_g = alpha - scale * s_ux / m  # also the coefficient a3 of ggy
+        c_u = r * s_wgx / m
+        sum_big_g = gs(c_g * r_g) - c_u * s_u  # sum and xhat-moment of G = dL/dxhat
+        sum_big_gx = gs(c_g * r_gx) - c_u * s_ux
+        g_r = s_wgu - s_wg * s_u / m - s_wgx * s_ux / m  # dL/dr
+        grad_w = grouping.channel_sum(r * (r_gu - s_u * r_g / m - s_ux * r_gx / m))
+        coef = (scale, a2, c_g, r * c_g, -r * c_u, -r * sum_big_g / m, -(r * sum_big_gx + r * r * g_r) / m)
+    ggx, ggy = k.norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, *coef, act, slope)
+    return ggy, ggx, grad_w

@@ -1,0 +1,61 @@
+"""Reference group / instance / layer norm + activation (plain PyTorch).
+
+All three normalise each sample over a group of channels and the spatial
+positions, then apply a per-channel affine and the activation:
+GroupNorm(G, C) groups C/G channels; InstanceNorm is G = C; the layer norm
+of a WGAN-GP critic (``LayerNormAct2d``) is G = 1, i.e. ``GroupNorm(1, C)``:
+statistics over (C, H, W) of each sample, affine per channel.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._activation import apply_activation
+from .batch_norm_act import batch_norm_act, channel_view_shape, update_running_stats
+
+
+def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] = None,
+                   bias: Optional[torch.Tensor] = None, eps: float = 1e-5, activation: str = "leaky_relu",
+                   negative_slope: float = 0.2) -> torch.Tensor:
+    """``act(F.group_norm(x, num_groups, weight, bias, eps))``, statistics in float32 (float64)."""
+    compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    n = x.shape[0]
+    xg = x.to(compute_dtype).reshape(n, num_groups, -1)
+    mean = xg.mean(dim=-1, keepdim=True)
+    var = xg.var(dim=-1, unbiased=False, keepdim=True)
+    y = ((xg - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
+    shape = channel_view_shape(x)
+    if weight is not None:
+        y = y * weight.to(compute_dtype).view(shape)
+    if bias is not None:
+        y = y + bias.to(compute_dtype).view(shape)
+    return apply_activation(y, activation, negative_slope).to(x.dtype)
+
+
+def instance_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
+                      running_var: Optional[torch.Tensor] = None, weight: Optional[torch.Tensor] = None,
+                      bias: Optional[torch.Tensor] = None, use_input_stats: bool = True, momentum: float = 0.1,
+                      eps: float = 1e-5, activation: str = "leaky_relu", negative_slope: float = 0.2) -> torch.Tensor:
+    """``act(F.instance_norm(...))``: per-sample, per-channel statistics; running
+    stats (when given and ``use_input_stats``) are updated with the batch mean
+    of the per-instance mean and unbiased variance, as PyTorch does."""
+    if not use_input_stats:
+        return batch_norm_act(x, running_mean, running_var, weight, bias, False, momentum, eps,
+                              activation, negative_slope)
+    if running_mean is not None or running_var is not None:
+        with torch.no_grad():
+            xs = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+            xs = xs.reshape(x.shape[0], x.shape[1], -1)
+            spatial = xs.shape[-1]
+            mean = xs.mean(-1).mean(0)
+            var = xs.var(-1, unbiased=False).mean(0)
+            update_running_stats(running_mean, running_var, mean, var, spatial, momentum)
+    return group_norm_act(x, x.shape[1], weight, bias, eps, activation, negative_slope)
+
+
+def layer_norm_act(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                   eps: float = 1e-5, activation: str = "leaky_relu", negative_slope: float = 0.2) -> torch.Tensor:
+    """Per-sample statistics over (C, *spatial), per-channel affine: ``GroupNorm(1, C)``."""
+    return group_norm_act(x, 1, weight, bias, eps, activation, negative_slope)
