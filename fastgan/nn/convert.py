@@ -1,11 +1,12 @@
-"""``fastgan.convert``: swap BatchNorm (+ ReLU / LeakyReLU) for the fused modules.
+"""``fastgan.convert``: swap norm layers (+ ReLU / LeakyReLU) for the fused modules.
 
-Inside ``nn.Sequential`` containers a BatchNorm1d/2d directly followed by a
+The norms it knows: BatchNorm1d/2d, GroupNorm, InstanceNorm2d (exact types:
+subclasses may change the math).  Inside ``nn.Sequential`` containers a norm directly followed by a
 ReLU or LeakyReLU becomes one fused module and the activation slot becomes
 ``nn.Identity`` (indices, and so state_dict keys, stay as they were).  In
-other models the forward is traced with torch.fx; a BatchNorm whose only
+other models the forward is traced with torch.fx; a norm whose only
 user is a ReLU / LeakyReLU (module or functional) is fused there.  Where
-tracing fails, every BatchNorm is still swapped for a fused module with the
+tracing fails, every norm is still swapped for a fused module with the
 identity activation and a warning says that the activations were left
 unfused.  Weights, buffers and train/eval mode are kept.
 """
@@ -18,8 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batch_norm_act import from_batch_norm
+from .group_norm_act import from_group_norm, from_instance_norm
 
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+_FUSERS = {nn.BatchNorm1d: from_batch_norm, nn.BatchNorm2d: from_batch_norm,
+           nn.GroupNorm: from_group_norm, nn.InstanceNorm2d: from_instance_norm}
+
+
+def _is_norm(module) -> bool:
+    return type(module) in _FUSERS
+
+
+def _fuse(norm, activation="identity", negative_slope=0.2, impl="auto"):
+    return _FUSERS[type(norm)](norm, activation, negative_slope, impl)
 
 
 def _activation_of(module):
@@ -36,15 +47,15 @@ def _convert_sequential(seq: nn.Sequential, impl: str) -> None:
     i = 0
     while i < len(names):
         module = seq._modules[names[i]]
-        if isinstance(module, _BN_TYPES):
+        if _is_norm(module):
             nxt = seq._modules[names[i + 1]] if i + 1 < len(names) else None
             act = _activation_of(nxt) if nxt is not None else None
             if act is not None:
-                seq._modules[names[i]] = from_batch_norm(module, act[0], act[1], impl)
+                seq._modules[names[i]] = _fuse(module, act[0], act[1], impl)
                 seq._modules[names[i + 1]] = nn.Identity()
                 i += 2
                 continue
-            seq._modules[names[i]] = from_batch_norm(module, "identity", impl=impl)
+            seq._modules[names[i]] = _fuse(module, impl=impl)
         i += 1
 
 
@@ -55,11 +66,11 @@ def _convert_sequentials(model: nn.Module, impl: str) -> None:
 
 
 def _swap_remaining(model: nn.Module, impl: str) -> None:
-    """Every BatchNorm left becomes a fused module with the identity activation."""
+    """Every norm left becomes a fused module with the identity activation."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, _BN_TYPES):
-                setattr(parent, name, from_batch_norm(child, "identity", impl=impl))
+            if _is_norm(child):
+                setattr(parent, name, _fuse(child, impl=impl))
 
 
 def _functional_activation(node):
@@ -80,7 +91,7 @@ def _convert_fx(model: nn.Module, impl: str):
     gm = torch.fx.symbolic_trace(model)
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target), _BN_TYPES):
+        if node.op != "call_module" or not _is_norm(modules.get(node.target)):
             continue
         bn = modules[node.target]
         users = list(node.users)
@@ -91,7 +102,7 @@ def _convert_fx(model: nn.Module, impl: str):
                 act = _activation_of(modules.get(user.target))
             else:
                 act = _functional_activation(user)
-        fused = from_batch_norm(bn, act[0] if act else "identity", act[1] if act else 0.2, impl)
+        fused = _fuse(bn, act[0] if act else "identity", act[1] if act else 0.2, impl)
         parent_name, _, attr = node.target.rpartition(".")
         setattr(gm.get_submodule(parent_name) if parent_name else gm, attr, fused)
         if act:
@@ -103,25 +114,25 @@ def _convert_fx(model: nn.Module, impl: str):
 
 
 def convert(model: nn.Module, impl: str = "auto") -> nn.Module:
-    """Fuse every BatchNorm(+ReLU/LeakyReLU) of ``model``; returns the model.
+    """Fuse every BatchNorm / GroupNorm / InstanceNorm2d (+ReLU/LeakyReLU) of ``model``; returns the model.
 
     Sequential containers are converted in place, so a model whose
-    BatchNorms all sit in Sequentials keeps its class; when BatchNorms remain
+    norms all sit in Sequentials keeps its class; when norms remain
     elsewhere the model is traced with torch.fx and a ``GraphModule`` is
     returned.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(model, _BN_TYPES):
-        return from_batch_norm(model, "identity", impl=impl)
+    if _is_norm(model):
+        return _fuse(model, impl=impl)
     _convert_sequentials(model, impl)
-    if not any(isinstance(m, _BN_TYPES) for m in model.modules()):
+    if not any(_is_norm(m) for m in model.modules()):
         return model
     try:
         return _convert_fx(model, impl)
     except Exception as exc:  # tracing failed: data-dependent control flow etc.
         warnings.warn(f"fastgan.convert: torch.fx could not trace {type(model).__name__} ({exc}); "
-                      "its remaining BatchNorms were swapped without fusing their activations",
+                      "its remaining norms were swapped without fusing their activations",
                       RuntimeWarning, stacklevel=2)
         _swap_remaining(model, impl)
         return model

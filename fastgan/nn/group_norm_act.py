@@ -1,0 +1,107 @@
+"""Drop-in fused GroupNorm / InstanceNorm / LayerNorm + activation modules.
+
+Critics trained with a per-sample gradient penalty (WGAN-GP) must not use
+batch statistics; these normalise each sample on its own.  Constructor
+order, defaults, parameter and buffer names follow ``nn.GroupNorm`` and
+``nn.InstanceNorm2d`` so state dicts load both ways.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from .._activation import activation_code
+from ..ops.group_norm_act import group_norm_act, instance_norm_act
+
+
+def _act_repr(module) -> str:
+    act = module.activation
+    if act == "leaky_relu":
+        act += f", negative_slope={module.negative_slope}"
+    impl = "" if module.impl == "auto" else f", impl={module.impl!r}"
+    return f"activation={act}{impl}"
+
+
+class GroupNormAct(nn.GroupNorm):
+    """``nn.GroupNorm`` followed by an activation, fused."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 device=None, dtype=None, activation: str = "leaky_relu", negative_slope: float = 0.2,
+                 impl: str = "auto"):
+        activation_code(activation, negative_slope)
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+        self.activation, self.negative_slope, self.impl = activation, negative_slope, impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, self.activation,
+                              self.negative_slope, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {_act_repr(self)}"
+
+
+class LayerNormAct2d(GroupNormAct):
+    """Per-sample statistics over (C, H, W), per-channel affine, then the activation.
+
+    This is exactly ``GroupNormAct(1, num_channels)`` (and ``nn.GroupNorm(1, C)``),
+    the critic normalisation of the WGAN-GP authors' code; unlike
+    ``nn.LayerNorm([C, H, W])`` its affine parameters are per channel, so it
+    does not fix the image size.  Its state dict is ``nn.GroupNorm(1, C)``'s.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None, dtype=None,
+                 activation: str = "leaky_relu", negative_slope: float = 0.2, impl: str = "auto"):
+        super().__init__(1, num_channels, eps, affine, device, dtype, activation, negative_slope, impl)
+
+
+class InstanceNormAct2d(_InstanceNorm):
+    """``nn.InstanceNorm2d`` followed by an activation, fused (running stats when tracked)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
+                 track_running_stats: bool = False, device=None, dtype=None, activation: str = "leaky_relu",
+                 negative_slope: float = 0.2, impl: str = "auto"):
+        activation_code(activation, negative_slope)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.activation, self.negative_slope, self.impl = activation, negative_slope, impl
+
+    def _get_no_batch_dim(self):
+        return 3
+
+    def _check_input_dim(self, x):
+        if x.dim() != 4:
+            raise ValueError(f"InstanceNormAct2d: x must have 4 dimensions, got shape {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        use_input_stats = self.training or not self.track_running_stats
+        momentum = self.momentum if self.momentum is not None else 0.0  # as nn.InstanceNorm2d
+        return instance_norm_act(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                 use_input_stats, momentum, self.eps, self.activation, self.negative_slope,
+                                 impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {_act_repr(self)}"
+
+
+def from_group_norm(gn: nn.GroupNorm, activation: str = "identity", negative_slope: float = 0.2,
+                    impl: str = "auto") -> GroupNormAct:
+    """A fused module with ``gn``'s configuration and weights."""
+    ref = gn.weight
+    fused = GroupNormAct(gn.num_groups, gn.num_channels, gn.eps, gn.affine,
+                         device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
+                         activation=activation, negative_slope=negative_slope, impl=impl)
+    fused.load_state_dict(gn.state_dict())
+    return fused.train(gn.training)
+
+
+def from_instance_norm(inorm: nn.InstanceNorm2d, activation: str = "identity", negative_slope: float = 0.2,
+                       impl: str = "auto") -> InstanceNormAct2d:
+    """A fused module with ``inorm``'s configuration, weights and buffers."""
+    ref = inorm.weight if inorm.weight is not None else inorm.running_mean
+    fused = InstanceNormAct2d(inorm.num_features, inorm.eps, inorm.momentum, inorm.affine,
+                              inorm.track_running_stats, device=None if ref is None else ref.device,
+                              dtype=None if ref is None else ref.dtype, activation=activation,
+                              negative_slope=negative_slope, impl=impl)
+    fused.load_state_dict(inorm.state_dict())
+    return fused.train(inorm.training)
