@@ -1,0 +1,173 @@
+"""The benchmark suites and their tooling keep working (CPU smoke; no timing asserts).
+
+* ``pytest benchmarks`` runs in smoke mode on CPU (tiny shapes), both with
+  ``--benchmark-disable`` and timed through the GPU suite's ``--allow-cpu``
+  path, whose records must follow the schema of ``benchmarks/conftest.py``;
+* ``benchmarks/gpu_suite.py`` refuses to run without a GPU unless told;
+* ``benchmarks/render_table.py`` is tested on a fabricated results file (a
+  test of the renderer only: the numbers are made up and say so) and on an
+  empty results directory (the "pending" sentence, no numbers).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+RECORD_KEYS = {"schema", "op", "case", "shape", "dtype", "impl", "baseline", "variant", "device", "smoke",
+               "median_ms", "timer", "wall_median_ms", "peak_mem_mb", "bytes_moved", "bandwidth_gbps"}
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_fastgan_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(extra)
+    return env
+
+
+def _run(cmd, timeout=600, **env):
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- the suites run
+
+
+def test_benchmark_suites_run_on_cpu_with_benchmark_disable():
+    rc, out = _run([sys.executable, "-m", "pytest", "benchmarks", "-q", "--benchmark-disable",
+                    "-p", "no:cacheprovider"], FASTGAN_BENCH_DEVICE="cpu")
+    assert rc == 0, out[-4000:]
+    assert " passed" in out and "error" not in out.lower().split("passed")[-1], out[-2000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_suite_refuses_without_a_gpu(tmp_path):
+    out_dir = tmp_path / "out"
+    rc, out = _run([sys.executable, "benchmarks/gpu_suite.py", "--no-build", "--out", str(out_dir)], timeout=300)
+    assert rc == 2, out
+    assert "no CUDA device" in out and "--allow-cpu" in out
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_gpu_suite_allow_cpu_writes_smoke_results_with_the_record_schema(tmp_path):
+    mode = "--smoke" if torch.cuda.is_available() else "--allow-cpu"
+    rc, out = _run([sys.executable, "benchmarks/gpu_suite.py", "--no-build", "--skip-tests", mode,
+                    "--out", str(tmp_path)], timeout=600)
+    assert rc == 0, out[-4000:]
+    [result_file] = tmp_path.glob("*.json")
+    assert (tmp_path / (result_file.stem + ".md")).is_file()
+    data = json.loads(result_file.read_text())
+    assert result_file.stem.endswith("cpu-smoke")
+    assert data["smoke"] is True and data["device"]["type"] == "cpu"
+    assert data["stages"]["benchmarks"]["status"] == "ok", data["stages"]
+    records = data["benchmarks"]
+    assert records, "no benchmark records"
+    for r in records:
+        missing = RECORD_KEYS - set(r)
+        assert not missing, (missing, r)
+        assert r["median_ms"] is not None and r["median_ms"] > 0, r
+        assert r["baseline"] == (r["impl"] in ("eager", "compile", "copy"))
+        assert r["smoke"] is True and r["peak_mem_mb"] is None
+    cases = {(r["op"], r["case"], r["impl"]) for r in records}
+    for case in ("forward", "forward_backward", "double_backward"):
+        assert ("batch_norm_act", case, "ref") in cases and ("batch_norm_act", case, "eager") in cases
+    assert ("batch_norm_act", "forward_backward", "compile") in cases
+    assert ("batch_norm_act", "double_backward", "compile") not in cases
+    fused = [r for r in records if r["impl"] == "ref" and r["case"] == "forward_backward"]
+    assert all("vs_eager" in r and "vs_compile" in r for r in fused)
+    # CPU smoke results are never shown as performance figures.
+    render_table = _load("render_table")
+    assert render_table.load_latest(tmp_path) is None
+
+
+# ----------------------------------------------------------------------------- the renderer
+
+
+def _fabricated_results():
+    """A results dict shaped like gpu_suite's output; every number is made up."""
+    def rec(case, impl, ms, mem=None, **kw):
+        return {"schema": 1, "op": "batch_norm_act", "case": case, "shape": [128, 64, 32, 32],
+                "dtype": "float32", "impl": impl, "baseline": impl in ("eager", "compile", "copy"),
+                "variant": "G4", "device": "FAKE GPU (renderer test)", "smoke": False, "median_ms": ms,
+                "timer": "do_bench", "wall_median_ms": ms, "peak_mem_mb": mem, "bytes_moved": None,
+                "bandwidth_gbps": None, **kw}
+
+    records = [
+        rec("forward_backward", "cuda", 0.1, 64.0, targets={"vs_eager": 1.5, "vs_compile": 1.0}),
+        rec("forward_backward", "triton", 0.125, 64.0),
+        rec("forward_backward", "eager", 0.2, 128.0),
+        rec("forward_backward", "compile", 0.15, 96.0),
+        rec("double_backward", "cuda", 0.5, 200.0, targets={"vs_eager": 2.0}),
+        rec("double_backward", "eager", 0.75, 400.0),
+        dict(rec("copy", "copy", 0.02), op="device_copy", bytes_moved=64_000_000, bandwidth_gbps=3200.0),
+        rec("pass:forward_apply", "cuda", 0.025, bytes_moved=64_000_000, bandwidth_gbps=2560.0,
+            targets={"copy_fraction": 0.8}),
+    ]
+    suite = _load("gpu_suite")
+    return {"schema": 1, "date": "2099-01-01", "timestamp": "2099-01-01T00:00:00+00:00", "smoke": False,
+            "device": {"type": "cuda", "name": "FAKE GPU (renderer test)"},
+            "versions": {"torch": "0.0-fake", "triton": "0.0-fake", "torch_cuda": "0.0"},
+            "stages": {"tests": {"status": "ok", "summary": {"passed": 7, "failed": 0, "errors": 0,
+                                                              "skipped": 1}}},
+            "benchmarks": records, "targets": suite.compare(records)}
+
+
+def test_render_table_renders_a_fabricated_results_file(tmp_path):
+    render_table = _load("render_table")
+    data = _fabricated_results()
+    by = {(r["case"], r["impl"]): r for r in data["benchmarks"]}
+    assert by[("forward_backward", "cuda")]["vs_eager"] == pytest.approx(2.0)
+    assert by[("forward_backward", "cuda")]["vs_compile"] == pytest.approx(1.5)
+    assert by[("pass:forward_apply", "cuda")]["copy_fraction"] == pytest.approx(0.8)
+    assert {(t["metric"], t["met"]) for t in data["targets"]} == {
+        ("vs_eager", True), ("vs_compile", True), ("copy_fraction", True), ("vs_eager", False)}
+
+    (tmp_path / "2099-01-01-fake-gpu.json").write_text(json.dumps(data))
+    (tmp_path / "2099-01-01-cpu-smoke.json").write_text(json.dumps(dict(data, smoke=True, timestamp="2099-12-31")))
+    section = render_table.render_section(tmp_path)
+    assert "FAKE GPU (renderer test)" in section and "0.0-fake" in section
+    assert ("| batch_norm_act | forward_backward | 128×64×32×32 (G4) | float32 | cuda | 0.100 | 0.200 | 0.150 "
+            "| 2.00× | 1.50× | 64.0 / 128.0 |") in section
+    assert "| triton |" not in section             # the README shows the impl auto picks
+    assert "n/a" in section                        # no torch.compile for double backward
+    assert "80%" in section and "Targets met: 3 of 4." in section
+    assert "7 passed" in section
+    full = render_table.render_markdown(data)
+    assert "| triton |" in full
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nintro\n{render_table.START}\nold text\n{render_table.END}\ntail\n")
+    assert render_table.main(["--results", str(tmp_path), "--update", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old text" not in text and "FAKE GPU" in text and text.endswith(f"{render_table.END}\ntail\n")
+    assert text.startswith("# x\n\nintro\n" + render_table.START + "\n")
+    assert render_table.update_file(readme, render_table.render_section(tmp_path)) is False  # idempotent
+
+
+def test_render_table_without_results_says_pending(tmp_path, capsys):
+    render_table = _load("render_table")
+    assert render_table.render_section(tmp_path) == render_table.PENDING + "\n"
+    assert render_table.render_section(tmp_path / "missing") == render_table.PENDING + "\n"
+    assert render_table.main(["--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "pending" in out and "|" not in out and not any(ch.isdigit() for ch in out)
+
+    no_markers = tmp_path / "README.md"
+    no_markers.write_text("# no markers here\n")
+    assert render_table.main(["--results", str(tmp_path), "--update", str(no_markers)]) == 1
+    assert no_markers.read_text() == "# no markers here\n"
