@@ -125,8 +125,8 @@ def _acc_dtype(m: torch.Tensor) -> torch.dtype:
 
 def _blocks(n: int, device: torch.device):
     """(BLOCK_I, BLOCK_J, num_warps): tiles of the pair matrix."""
-    if device.type != "cuda":  # interpreter: cover small N in one tile (cost is per program and step)
-        blk = max(16, min(64, triton.next_power_of_2(n)))
+    if device.type != "cuda":  # interpreter: the cost is per program and loop step, numpy does the tile
+        blk = 16 if n <= 64 else min(256, triton.next_power_of_2(n))
         return blk, blk, 4
     block_j = 64 if n >= 64 else max(16, triton.next_power_of_2(n))
     block_i = 32 if n <= 256 else 64  # small N: more programs to fill the SMs

@@ -19,7 +19,7 @@ Backends:
   ops ``torch.ops.fastgan.mbd_*`` with the same names and signatures);
 * ``ref``: the materialising ground truth (N x N x B x C);
 * under ``impl="auto"`` on CPU tensors, a memory-lean pure-PyTorch path
-  (``_lean``): ``torch.cdist(p=1)`` for d, E kept for the backward (memory
+  (``_Lean``): ``torch.cdist(p=1)`` for d, E kept for the backward (memory
   O(N^2 B), never N^2 B C), the sign-weighted pair sums of both backward
   passes through ``aten::_cdist_backward`` (p=1: sum_j W[i,j] sign(x_i - x_j)),
   and w by a loop over c.  The same autograd Functions drive it.
@@ -85,7 +85,7 @@ class _Lean:
     @staticmethod
     def backward(g: torch.Tensor, m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         xb = m.to(e.dtype).transpose(0, 1).contiguous()
-        gb = g.to(e.dtype).t()  # (B, N)
+        gb = g.to(e.dtype).t().contiguous()  # (B, N)
         weights = (gb.unsqueeze(2) + gb.unsqueeze(1)).mul_(e)
         dm = _signed_pair_sum(weights, xb)  # (B, N, C)
         return dm.neg_().transpose(0, 1).contiguous().to(m.dtype)
@@ -94,15 +94,15 @@ class _Lean:
     def double_backward(u: torch.Tensor, g: torch.Tensor, m: torch.Tensor, e: torch.Tensor):
         xb = m.to(e.dtype).transpose(0, 1).contiguous()
         ub = u.to(e.dtype).transpose(0, 1).contiguous()
-        gb = g.to(e.dtype).t()
+        gb = g.to(e.dtype).t().contiguous()
         w = torch.zeros_like(e)
         s = torch.empty_like(e)
         t = torch.empty_like(e)
         for c in range(xb.shape[-1]):
             xc, uc = xb[:, :, c], ub[:, :, c]
             torch.sub(xc.unsqueeze(2), xc.unsqueeze(1), out=s).sign_()
-            torch.sub(uc.unsqueeze(2), uc.unsqueeze(1), out=t).mul_(s)
-            w.add_(t)
+            torch.sub(uc.unsqueeze(2), uc.unsqueeze(1), out=t)
+            w.addcmul_(s, t)
         del s, t
         ew = w.mul_(e)
         grad_g = ew.sum(dim=-1).neg_().t().contiguous().to(g.dtype)
