@@ -5,5 +5,7 @@ Each op takes ``impl="auto" | "ref" | "triton" | "cuda"``; see ``fastgan._backen
 from .batch_norm_act import batch_norm_act
 from .group_norm_act import group_norm_act, instance_norm_act, layer_norm_act
 from .minibatch_discrimination import minibatch_discrimination
+from .penalty import interpolate, penalty_from_grad
 
-__all__ = ["batch_norm_act", "group_norm_act", "instance_norm_act", "layer_norm_act", "minibatch_discrimination"]
+__all__ = ["batch_norm_act", "group_norm_act", "instance_norm_act", "layer_norm_act", "minibatch_discrimination",
+           "interpolate", "penalty_from_grad"]
