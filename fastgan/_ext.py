@@ -99,7 +99,8 @@ def load(allow_jit: bool = True) -> tuple[bool, str]:
         if not ok and strict():
             raise RuntimeError(f"FASTGAN_STRICT=1: {reason}")
         if ok:
-            from .ops import _fake  # noqa: F401  (meta kernels for torch.compile)
+            # meta kernels for torch.compile, one module per op family
+            from .ops import _fake, _fake_minibatch, _fake_penalty  # noqa: F401
         _state["result"] = (ok, reason)
         return ok, reason
 
