@@ -24,9 +24,11 @@ class GaussianMixture2D:
         centers = torch.as_tensor(centers, dtype=torch.float32)
         if centers.dim() != 2 or centers.shape[1] != 2 or centers.shape[0] == 0:
             raise ValueError(f"centers must have shape (K, 2), got {tuple(centers.shape)}")
-        stds = torch.as_tensor(std, dtype=torch.float32).expand(centers.shape[0]).clone()
+        std_t = torch.as_tensor(std, dtype=torch.float32)
+        stds = std_t.expand(centers.shape[0]).clone()
         if (stds <= 0).any():
             raise ValueError("std must be positive")
+        self._std = float(std) if std_t.dim() == 0 else None
         self.centers = centers
         self.stds = stds
         self.name = name
@@ -37,8 +39,8 @@ class GaussianMixture2D:
 
     @property
     def std(self) -> float:
-        """The common standard deviation (all components share it here)."""
-        return float(self.stds[0])
+        """The common standard deviation (as given; for per-mode stds, their mean)."""
+        return self._std if self._std is not None else float(self.stds.mean())
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, device=None
                ) -> tuple[torch.Tensor, torch.Tensor]:
