@@ -52,7 +52,7 @@ def _convert_sequential(seq: nn.Sequential, impl: str) -> None:
             act = _activation_of(nxt) if nxt is not None else None
             if act is not None:
                 seq._modules[names[i]] = _fuse(module, act[0], act[1], impl)
-                seq._modules[names[i + 1]] = nn.Identity()
+                seq._modules[names[i + 1]] = nn.Identity().train(nxt.training)
                 i += 2
                 continue
             seq._modules[names[i]] = _fuse(module, impl=impl)

@@ -24,7 +24,11 @@ statistics groups; the kernels (``fastgan/kernels/batch_norm_act.py`` for
 Triton, ``torch.ops.fastgan.*`` for CUDA) take (C,) vectors or (N, C) tables.
 
 When the statistics are constants (batch norm in eval mode) the terms that
-come from differentiating them drop out (``batch_stats=False``).
+come from differentiating them drop out (``batch_stats=False``).  With
+mean 0, invstd 1 and ``batch_stats=False`` the Functions are a plain fused
+``act(x * weight + bias)`` whose weight and bias may be (N, C) tables: ops
+with their own statistics (virtual batch norm) build on that, letting
+autograd carry the statistics' derivatives.
 """
 from __future__ import annotations
 
@@ -58,14 +62,18 @@ class Grouping:
         sums = t.reshape(n, self.groups, c // self.groups).sum(-1)
         return sums.repeat_interleave(c // self.groups, dim=1)
 
-    def channel_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-(n, c) sums -> per-channel sums."""
-        return t.sum(0) if self.per_sample else t
-
     def group_size(self, x: torch.Tensor) -> int:
         n, c = x.shape[0], x.shape[1]
         spatial = x.numel() // max(n * c, 1)
         return (c // self.groups) * spatial if self.per_sample else n * spatial
+
+
+def sum_to_param(t: torch.Tensor, param) -> torch.Tensor:
+    """Per-(n, c) or per-channel sums -> the shape of a weight / bias: (C,),
+    or an (N, C) table when the caller passes per-sample affine tables."""
+    if t.dim() == 2 and (param is None or param.dim() == 1):
+        return t.sum(0)
+    return t
 
 
 def affine_tables(mean, invstd, weight, bias):
@@ -117,7 +125,7 @@ class NormActBackwardFn(torch.autograd.Function):
         dx = k.norm_act_backward_apply(gy, x, scale, shift, mean, invstd, scale, k2, k3, act, slope)
         ctx.save_for_backward(gy, x, weight, bias, mean, invstd)
         ctx.config = (grouping, act, slope, backend)
-        return dx, grouping.channel_sum(r_gx), grouping.channel_sum(r_g)
+        return dx, sum_to_param(r_gx, weight), sum_to_param(r_g, bias)
 
     @staticmethod
     def backward(ctx, u, alpha, beta):
@@ -146,7 +154,7 @@ def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd):
     r_g, r_gx, r_u, r_ux, r_gu = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope)
     if not grouping.batch_stats:
         zero = torch.zeros_like(scale)
-        grad_w = grouping.channel_sum(r * r_gu)
+        grad_w = sum_to_param(r * r_gu, weight)
         coef = (scale, beta + zero, alpha + zero, alpha * r, zero, zero, zero)
     else:
         m = grouping.group_size(x)
@@ -159,7 +167,7 @@ def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd):
         sum_big_g = gs(c_g * r_g) - c_u * s_u  # sum and xhat-moment of G = dL/dxhat
         sum_big_gx = gs(c_g * r_gx) - c_u * s_ux
         g_r = s_wgu - s_wg * s_u / m - s_wgx * s_ux / m  # dL/dr
-        grad_w = grouping.channel_sum(r * (r_gu - s_u * r_g / m - s_ux * r_gx / m))
+        grad_w = sum_to_param(r * (r_gu - s_u * r_g / m - s_ux * r_gx / m), weight)
         coef = (scale, a2, c_g, r * c_g, -r * c_u, -r * sum_big_g / m, -(r * sum_big_gx + r * r * g_r) / m)
     ggx, ggy = k.norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, *coef, act, slope)
     return ggy, ggx, grad_w

@@ -1,0 +1,87 @@
+"""Fused virtual batch normalization (formula in ``fastgan/reference/virtual_batch_norm.py``).
+
+Two kernels forward: the per-(n, c) spatial moments (or, for the reference
+batch, the per-channel moments) and one fused normalise + affine +
+activation pass.  The statistics mix the example's own moments with the
+reference statistics in small (N, C) tables, in plain differentiable
+PyTorch, so autograd carries the derivatives into x, ref_mean, ref_sq_mean,
+weight and bias; the two big passes are the norm family's twice-
+differentiable Functions (``_moments.py``, ``_norm_act.py``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _backend, reference
+from .._activation import activation_code
+from .._validation import check_channel_vector, check_positive_float, check_tensor
+from ._layout import kernel_layout
+from ._moments import moments
+from ._norm_act import Grouping, NormActFn
+
+__all__ = ["virtual_batch_norm", "virtual_batch_reference_stats"]
+
+
+def virtual_batch_reference_stats(x_ref: torch.Tensor, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(ref_mean, ref_sq_mean) of a reference batch: per-channel mean of x and of x^2
+    over (N_ref, *spatial), float32; differentiable (gradients reach x_ref)."""
+    check_tensor("x_ref", x_ref, min_dim=2)
+    backend = _backend.resolve(impl, x_ref.device, "virtual_batch_reference_stats")
+    if backend == "ref" or x_ref.numel() == 0:
+        return reference.virtual_batch_reference_stats(x_ref)
+    return moments(kernel_layout(x_ref), False, backend)
+
+
+def _check(x, ref_mean, ref_sq_mean, ref_count, weight, bias, eps):
+    check_tensor("x", x, min_dim=2)
+    c = x.shape[1]
+    check_channel_vector("ref_mean", ref_mean, c, x.device)
+    check_channel_vector("ref_sq_mean", ref_sq_mean, c, x.device)
+    if ref_mean is None or ref_sq_mean is None:
+        raise ValueError("ref_mean and ref_sq_mean are required (run a reference batch first)")
+    if isinstance(ref_count, bool) or not isinstance(ref_count, int) or ref_count < 1:
+        raise ValueError(f"ref_count must be the reference batch size, a positive int; got {ref_count!r}")
+    check_channel_vector("weight", weight, c, x.device)
+    check_channel_vector("bias", bias, c, x.device)
+    check_positive_float("eps", eps)
+
+
+def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: torch.Tensor, ref_count: int,
+                       weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                       eps: float = 1e-5, activation: str = "identity", negative_slope: float = 0.2,
+                       impl: str = "auto", reference_batch: bool = False) -> torch.Tensor:
+    """Virtual batch norm of live examples x against reference statistics.
+
+    Each example i is normalised with ``mu_i = a*mean_spatial(x_i) + (1-a)*ref_mean`` and
+    ``s_i = a*mean_spatial(x_i^2) + (1-a)*ref_sq_mean``, ``a = 1/(ref_count+1)``:
+    ``y = act((x - mu_i) / sqrt(eps + s_i - mu_i^2) * weight + bias)``.  With
+    ``reference_batch=True`` x is the reference batch and is normalised with
+    the reference statistics alone.  Twice differentiable in x, ref_mean,
+    ref_sq_mean, weight and bias.
+    """
+    _check(x, ref_mean, ref_sq_mean, ref_count, weight, bias, eps)
+    act, slope = activation_code(activation, negative_slope)
+    backend = _backend.resolve(impl, x.device, "virtual_batch_norm")
+    if backend == "ref" or x.numel() == 0:
+        return reference.virtual_batch_norm(x, ref_mean, ref_sq_mean, ref_count, weight, bias, eps,
+                                            activation, negative_slope, reference_batch)
+    x = kernel_layout(x)
+    stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mu_r, s_r = ref_mean.to(stats_dtype), ref_sq_mean.to(stats_dtype)
+    if reference_batch:
+        mu, s = mu_r, s_r  # (C,)
+    else:
+        a = 1.0 / (ref_count + 1)
+        own_mean, own_sq = moments(x, True, backend)  # (N, C)
+        mu = a * own_mean + (1 - a) * mu_r
+        s = a * own_sq + (1 - a) * s_r
+    scale = torch.rsqrt(eps + s - mu * mu)
+    if weight is not None:
+        scale = scale * weight.to(stats_dtype)
+    shift = -mu * scale if bias is None else bias.to(stats_dtype) - mu * scale
+    # act(x * scale + shift) with differentiable (C,) or (N, C) affine tables.
+    zero, one = torch.zeros_like(scale), torch.ones_like(scale)
+    grouping = Grouping(per_sample=scale.dim() == 2, groups=x.shape[1], batch_stats=False)
+    return NormActFn.apply(x, scale, shift, zero, one, grouping, act, slope, backend)
