@@ -65,6 +65,23 @@ if cuda_extension_wanted():
         sources=sources,
         extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
     ))
-    cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
+
+    class BuildExtensionDistinctObjects(BuildExtension):
+        """An op's ``csrc/<op>.cpp`` (bindings) and ``csrc/<op>.cu`` (kernels) would
+        both compile to ``<op>.o`` ("ninja: multiple rules generate ..."): name the
+        CUDA objects ``<op>.cuda.o``, as ``torch.utils.cpp_extension.load`` does."""
+
+        def build_extensions(self):
+            default_names = self.compiler.object_filenames
+
+            def object_filenames(source_filenames, *args, **kwargs):
+                objects = default_names(source_filenames, *args, **kwargs)
+                return [obj[: -len(".o")] + ".cuda.o" if src.endswith(".cu") and obj.endswith(".o") else obj
+                        for src, obj in zip(source_filenames, objects)]
+
+            self.compiler.object_filenames = object_filenames
+            super().build_extensions()
+
+    cmdclass["build_ext"] = BuildExtensionDistinctObjects.with_options(use_ninja=True)
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,0 +1,384 @@
+// torch.ops.fastgan.* bindings of the fused batch norm + activation kernels
+// (csrc/batch_norm_act.cu).  Names, argument order and semantics are those of
+// the Triton backend, fastgan/kernels/batch_norm_act.py, so that the autograd
+// Functions of fastgan/ops/_norm_act.py (batch, group, instance and layer norm
+// + activation) drive either backend:
+//
+//   channel_stats(x) -> (mean, var)                  per channel, (C,)
+//   row_moments(x) -> (mean, m2)                      per (n, c) over spatial, (N, C)
+//   norm_act_forward(x, scale, shift, act, slope) -> y
+//   norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope) -> (sum gz, sum gz*xhat)
+//   norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act, slope) -> dx
+//   norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope) -> 5 sums
+//   norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, b2, b3, b4, act, slope)
+//       -> (ggx, ggy)
+//
+// Big tensors (x, gy, u) are (N, C, *spatial), float32 / float16 / bfloat16 /
+// float64, all with one dtype and x's layout (contiguous, or channels-last for
+// 4-D / 5-D).  The per-channel arguments are float32 (float64 for float64 x)
+// and all of one shape, scale's: (C,) vectors (batch norm: reductions over
+// (N, *spatial)) or (N, C) tables (group / instance / layer norm: per (n, c),
+// reductions over *spatial); reductions return that shape.  Elementwise
+// outputs have x's dtype and strides.  Here: checks, allocation (the
+// reductions' partials workspace too) and the launch on the current stream.
+// No host synchronisation and no data-dependent allocation (graph capturable).
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "batch_norm_act.h"
+
+namespace fastgan {
+namespace {
+
+using at::Tensor;
+namespace bna = fastgan::bna;
+
+// How x (and so every big tensor of the call) is laid out.
+struct Geometry {
+  bna::Problem problem;
+  c10::MemoryFormat format;  // the memory format every big tensor must be contiguous in
+};
+
+bna::DType dtype_code(const char* op, const Tensor& x) {
+  switch (x.scalar_type()) {
+    case at::kFloat: return bna::DType::kFloat32;
+    case at::kHalf: return bna::DType::kFloat16;
+    case at::kBFloat16: return bna::DType::kBFloat16;
+    case at::kDouble: return bna::DType::kFloat64;
+    default: break;
+  }
+  TORCH_CHECK_TYPE(false, op, ": x must be float32, float16, bfloat16 or float64, got ", x.scalar_type());
+  return bna::DType::kFloat32;  // unreachable
+}
+
+// float32 statistics and coefficients, float64 for float64 x.
+at::ScalarType acc_type(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+int sm_count(c10::DeviceIndex device) {
+  static std::array<std::atomic<int>, 64> cache{};  // 0: not known yet
+  const bool cached = device >= 0 && device < static_cast<c10::DeviceIndex>(cache.size());
+  if (cached) {
+    const int known = cache[device].load(std::memory_order_relaxed);
+    if (known > 0) return known;
+  }
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  if (cached) cache[device].store(count, std::memory_order_relaxed);
+  return count;
+}
+
+Geometry geometry(const char* op, const Tensor& x) {
+  TORCH_CHECK(x.defined(), op, ": x is undefined");
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got a tensor on ", x.device());
+  const bna::DType dtype = dtype_code(op, x);
+  TORCH_CHECK_VALUE(x.dim() >= 2, op, ": x must have shape (N, C, *spatial), got shape ", x.sizes());
+  const int64_t n = x.size(0), c = x.size(1);
+  int64_t s = 1;
+  for (int64_t d = 2; d < x.dim(); ++d) s *= x.size(d);
+  TORCH_CHECK_VALUE(c <= INT32_MAX, op, ": at most 2^31 - 1 channels are supported, got ", c);
+  Geometry g;
+  g.problem.dtype = dtype;
+  g.problem.N = n;
+  g.problem.C = c;
+  g.problem.S = s;
+  g.problem.per_sample = false;
+  g.problem.sm_count = 0;
+  if (x.is_contiguous()) {
+    // (n, c, s) at (n*C + c)*S + s; with S == 1 that is n*C + c: channels contiguous.
+    g.format = c10::MemoryFormat::Contiguous;
+    g.problem.layout = s == 1 ? bna::Layout::kChannelsLast : bna::Layout::kRows;
+  } else if (x.dim() == 4 && x.is_contiguous(c10::MemoryFormat::ChannelsLast)) {
+    g.format = c10::MemoryFormat::ChannelsLast;
+    g.problem.layout = bna::Layout::kChannelsLast;
+  } else if (x.dim() == 5 && x.is_contiguous(c10::MemoryFormat::ChannelsLast3d)) {
+    g.format = c10::MemoryFormat::ChannelsLast3d;
+    g.problem.layout = bna::Layout::kChannelsLast;
+  } else {
+    TORCH_CHECK_VALUE(false, op, ": x must be contiguous or channels-last, got shape ", x.sizes(), " and strides ",
+                      x.strides());
+  }
+  return g;
+}
+
+// A big tensor of the call other than x: same device, dtype, shape and layout.
+void check_like_x(const char* op, const char* name, const Tensor& t, const Tensor& x, const Geometry& g) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
+              " like x, got a tensor on ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
+                   ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": ", name, " must have x's shape ", x.sizes(), ", got ",
+                    t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(g.format), op, ": ", name, " must have x's layout (", g.format,
+                    "), got strides ", t.strides(), " for x's ", x.strides());
+}
+
+// Whether the per-channel arguments are (N, C) tables (scale decides, as in the
+// Triton kernels); sets g.problem.per_sample.
+void set_table_kind(const char* op, Geometry& g, const Tensor& scale) {
+  TORCH_CHECK(scale.defined(), op, ": scale is undefined");
+  g.problem.per_sample = scale.dim() == 2;
+  if (g.problem.per_sample) {
+    TORCH_CHECK_VALUE(g.problem.N * g.problem.C <= INT32_MAX, op, ": at most 2^31 - 1 (n, c) entries are "
+                      "supported with (N, C) tables, got N = ", g.problem.N, ", C = ", g.problem.C);
+  }
+}
+
+// A per-channel argument: a (C,) vector or, with per-sample tables, (N, C),
+// in the accumulator dtype; returned contiguous.
+Tensor channel_vector(const char* op, const char* name, const Tensor& t, const Tensor& x, const Geometry& g) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
+              " like x, got a tensor on ", t.device());
+  const at::ScalarType acc = acc_type(x);
+  TORCH_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", x.scalar_type(),
+                   " x, got ", t.scalar_type());
+  const int64_t n = g.problem.N, c = g.problem.C;
+  if (g.problem.per_sample) {
+    TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == n && t.size(1) == c, op, ": ", name, " must have shape (", n,
+                      ", ", c, ") like scale (one value per sample and channel of x), got ", t.sizes());
+  } else {
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == c, op, ": ", name, " must have shape (", c,
+                      ",) like scale (one value per channel of x), got ", t.sizes());
+  }
+  return t.contiguous();
+}
+
+// The shape of a reduction's results: scale's.
+std::vector<int64_t> table_shape(const Geometry& g) {
+  if (g.problem.per_sample) return {g.problem.N, g.problem.C};
+  return {g.problem.C};
+}
+
+void check_act(const char* op, int64_t act) {
+  TORCH_CHECK_VALUE(act >= 0 && act <= 2, op, ": act must be 0 (identity), 1 (relu) or 2 (leaky_relu), got ",
+                    act);
+}
+
+bool empty_problem(const Geometry& g) { return g.problem.N * g.problem.S == 0 || g.problem.C == 0; }
+
+// Runs on x's device and current stream.
+struct Launch {
+  c10::cuda::CUDAGuard guard;
+  cudaStream_t stream;
+  explicit Launch(const Tensor& x) : guard(x.device()), stream(c10::cuda::getCurrentCUDAStream(x.get_device())) {}
+};
+
+// Moments of x per channel (batch) or per (n, c) (per_sample): mean and var
+// (variance) or M2.
+std::tuple<Tensor, Tensor> moments(const char* op, const Tensor& x, bool per_sample, bool variance) {
+  Geometry g = geometry(op, x);
+  g.problem.per_sample = per_sample;
+  if (per_sample) {
+    TORCH_CHECK_VALUE(g.problem.N * g.problem.C <= INT32_MAX, op, ": at most 2^31 - 1 (n, c) entries are "
+                      "supported, got N = ", g.problem.N, ", C = ", g.problem.C);
+  }
+  Launch run(x);
+  const auto opts = x.options().dtype(acc_type(x));
+  const std::vector<int64_t> shape = table_shape(g);
+  if (empty_problem(g)) return {at::zeros(shape, opts), at::zeros(shape, opts)};
+  g.problem.sm_count = sm_count(x.get_device());
+  const int64_t partials = bna::reduce_partials(g.problem);
+  const int64_t entries = per_sample ? g.problem.N * g.problem.C : g.problem.C;
+  Tensor work = at::empty({3, partials, entries}, opts);
+  Tensor mean = at::empty(shape, opts);
+  Tensor second = at::empty(shape, opts);
+  C10_CUDA_CHECK(bna::launch_moments(g.problem, x.data_ptr(), partials, work.data_ptr(), mean.data_ptr(),
+                                     second.data_ptr(), variance, run.stream));
+  return {mean, second};
+}
+
+std::tuple<Tensor, Tensor> channel_stats(const Tensor& x) {
+  return moments("fastgan::channel_stats", x, /*per_sample=*/false, /*variance=*/true);
+}
+
+std::tuple<Tensor, Tensor> row_moments(const Tensor& x) {
+  return moments("fastgan::row_moments", x, /*per_sample=*/true, /*variance=*/false);
+}
+
+Tensor norm_act_forward(const Tensor& x, const Tensor& scale, const Tensor& shift, int64_t act, double slope) {
+  const char* op = "fastgan::norm_act_forward";
+  Geometry g = geometry(op, x);
+  check_act(op, act);
+  set_table_kind(op, g, scale);
+  const Tensor sc = channel_vector(op, "scale", scale, x, g);
+  const Tensor sh = channel_vector(op, "shift", shift, x, g);
+  Launch run(x);
+  Tensor y = at::empty_like(x);
+  if (empty_problem(g)) return y;
+  g.problem.sm_count = sm_count(x.get_device());
+  bna::ChannelParams prm;
+  prm.scale = sc.data_ptr();
+  prm.shift = sh.data_ptr();
+  prm.slope = slope;
+  C10_CUDA_CHECK(bna::launch_pointwise(g.problem, bna::kModeForward, x.data_ptr(), nullptr, nullptr, y.data_ptr(),
+                                       nullptr, prm, run.stream));
+  return y;
+}
+
+// The gradient sums of norm_act_backward_reduce (u undefined) and norm_act_double_reduce.
+std::vector<Tensor> grad_sums(const char* op, const Tensor* u, const Tensor& gy, const Tensor& x,
+                              const Tensor& scale, const Tensor& shift, const Tensor& mean, const Tensor& invstd,
+                              int64_t act, double slope) {
+  Geometry g = geometry(op, x);
+  check_like_x(op, "gy", gy, x, g);
+  if (u != nullptr) check_like_x(op, "u", *u, x, g);
+  check_act(op, act);
+  set_table_kind(op, g, scale);
+  const Tensor sc = channel_vector(op, "scale", scale, x, g);
+  const Tensor sh = channel_vector(op, "shift", shift, x, g);
+  const Tensor mu = channel_vector(op, "mean", mean, x, g);
+  const Tensor rs = channel_vector(op, "invstd", invstd, x, g);
+  Launch run(x);
+  const auto opts = x.options().dtype(acc_type(x));
+  const std::vector<int64_t> shape = table_shape(g);
+  const int k = u != nullptr ? 5 : 2;
+  std::vector<Tensor> out;
+  if (empty_problem(g)) {
+    for (int i = 0; i < k; ++i) out.push_back(at::zeros(shape, opts));
+    return out;
+  }
+  g.problem.sm_count = sm_count(x.get_device());
+  const int64_t partials = bna::reduce_partials(g.problem);
+  const int64_t entries = sc.numel();
+  Tensor work = at::empty({k, partials, entries}, opts);
+  void* out_ptrs[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  for (int i = 0; i < k; ++i) {
+    out.push_back(at::empty(shape, opts));
+    out_ptrs[i] = out.back().data_ptr();
+  }
+  bna::ChannelParams prm;
+  prm.scale = sc.data_ptr();
+  prm.shift = sh.data_ptr();
+  prm.mean = mu.data_ptr();
+  prm.invstd = rs.data_ptr();
+  prm.slope = slope;
+  C10_CUDA_CHECK(bna::launch_grad_sums(g.problem, u != nullptr, gy.data_ptr(), x.data_ptr(),
+                                       u != nullptr ? u->data_ptr() : nullptr, prm, partials, work.data_ptr(),
+                                       out_ptrs, run.stream));
+  return out;
+}
+
+std::tuple<Tensor, Tensor> norm_act_backward_reduce(const Tensor& gy, const Tensor& x, const Tensor& scale,
+                                                    const Tensor& shift, const Tensor& mean, const Tensor& invstd,
+                                                    int64_t act, double slope) {
+  auto s = grad_sums("fastgan::norm_act_backward_reduce", nullptr, gy, x, scale, shift, mean, invstd, act, slope);
+  return {s[0], s[1]};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> norm_act_double_reduce(const Tensor& u, const Tensor& gy,
+                                                                          const Tensor& x, const Tensor& scale,
+                                                                          const Tensor& shift, const Tensor& mean,
+                                                                          const Tensor& invstd, int64_t act,
+                                                                          double slope) {
+  auto s = grad_sums("fastgan::norm_act_double_reduce", &u, gy, x, scale, shift, mean, invstd, act, slope);
+  return {s[0], s[1], s[2], s[3], s[4]};
+}
+
+Tensor norm_act_backward_apply(const Tensor& gy, const Tensor& x, const Tensor& scale, const Tensor& shift,
+                               const Tensor& mean, const Tensor& invstd, const Tensor& k1, const Tensor& k2,
+                               const Tensor& k3, int64_t act, double slope) {
+  const char* op = "fastgan::norm_act_backward_apply";
+  Geometry g = geometry(op, x);
+  check_like_x(op, "gy", gy, x, g);
+  check_act(op, act);
+  set_table_kind(op, g, scale);
+  const Tensor vecs[] = {channel_vector(op, "scale", scale, x, g), channel_vector(op, "shift", shift, x, g),
+                         channel_vector(op, "mean", mean, x, g),   channel_vector(op, "invstd", invstd, x, g),
+                         channel_vector(op, "k1", k1, x, g),       channel_vector(op, "k2", k2, x, g),
+                         channel_vector(op, "k3", k3, x, g)};
+  Launch run(x);
+  Tensor dx = at::empty_like(x);
+  if (empty_problem(g)) return dx;
+  g.problem.sm_count = sm_count(x.get_device());
+  bna::ChannelParams prm;
+  prm.scale = vecs[0].data_ptr();
+  prm.shift = vecs[1].data_ptr();
+  prm.mean = vecs[2].data_ptr();
+  prm.invstd = vecs[3].data_ptr();
+  for (int i = 0; i < 3; ++i) prm.coef[i] = vecs[4 + i].data_ptr();
+  prm.slope = slope;
+  C10_CUDA_CHECK(bna::launch_pointwise(g.problem, bna::kModeBackward, x.data_ptr(), gy.data_ptr(), nullptr,
+                                       dx.data_ptr(), nullptr, prm, run.stream));
+  return dx;
+}
+
+std::tuple<Tensor, Tensor> norm_act_double_apply(const Tensor& u, const Tensor& gy, const Tensor& x,
+                                                 const Tensor& scale, const Tensor& shift, const Tensor& mean,
+                                                 const Tensor& invstd, const Tensor& a1, const Tensor& a2,
+                                                 const Tensor& a3, const Tensor& b1, const Tensor& b2,
+                                                 const Tensor& b3, const Tensor& b4, int64_t act, double slope) {
+  const char* op = "fastgan::norm_act_double_apply";
+  Geometry g = geometry(op, x);
+  check_like_x(op, "u", u, x, g);
+  check_like_x(op, "gy", gy, x, g);
+  check_act(op, act);
+  set_table_kind(op, g, scale);
+  const Tensor vecs[] = {channel_vector(op, "scale", scale, x, g), channel_vector(op, "shift", shift, x, g),
+                         channel_vector(op, "mean", mean, x, g),   channel_vector(op, "invstd", invstd, x, g),
+                         channel_vector(op, "a1", a1, x, g),       channel_vector(op, "a2", a2, x, g),
+                         channel_vector(op, "a3", a3, x, g),       channel_vector(op, "b1", b1, x, g),
+                         channel_vector(op, "b2", b2, x, g),       channel_vector(op, "b3", b3, x, g),
+                         channel_vector(op, "b4", b4, x, g)};
+  Launch run(x);
+  Tensor ggx = at::empty_like(x);
+  Tensor ggy = at::empty_like(gy);
+  if (empty_problem(g)) return {ggx, ggy};
+  g.problem.sm_count = sm_count(x.get_device());
+  bna::ChannelParams prm;
+  prm.scale = vecs[0].data_ptr();
+  prm.shift = vecs[1].data_ptr();
+  prm.mean = vecs[2].data_ptr();
+  prm.invstd = vecs[3].data_ptr();
+  for (int i = 0; i < 7; ++i) prm.coef[i] = vecs[4 + i].data_ptr();
+  prm.slope = slope;
+  C10_CUDA_CHECK(bna::launch_pointwise(g.problem, bna::kModeDouble, x.data_ptr(), gy.data_ptr(), u.data_ptr(),
+                                       ggx.data_ptr(), ggy.data_ptr(), prm, run.stream));
+  return {ggx, ggy};
+}
+
+}  // namespace
+}  // namespace fastgan
+
+// The schemas (TORCH_LIBRARY(fastgan, m) itself is in module.cpp: one per namespace).
+TORCH_LIBRARY_FRAGMENT(fastgan, m) {
+  m.def("channel_stats(Tensor x) -> (Tensor, Tensor)");
+  m.def("row_moments(Tensor x) -> (Tensor, Tensor)");
+  m.def("norm_act_forward(Tensor x, Tensor scale, Tensor shift, int act, float slope) -> Tensor");
+  m.def(
+      "norm_act_backward_reduce(Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, Tensor invstd, "
+      "int act, float slope) -> (Tensor, Tensor)");
+  m.def(
+      "norm_act_backward_apply(Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, Tensor invstd, "
+      "Tensor k1, Tensor k2, Tensor k3, int act, float slope) -> Tensor");
+  m.def(
+      "norm_act_double_reduce(Tensor u, Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, "
+      "Tensor invstd, int act, float slope) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "norm_act_double_apply(Tensor u, Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, "
+      "Tensor invstd, Tensor a1, Tensor a2, Tensor a3, Tensor b1, Tensor b2, Tensor b3, Tensor b4, int act, "
+      "float slope) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
+  m.impl("channel_stats", &fastgan::channel_stats);
+  m.impl("row_moments", &fastgan::row_moments);
+  m.impl("norm_act_forward", &fastgan::norm_act_forward);
+  m.impl("norm_act_backward_reduce", &fastgan::norm_act_backward_reduce);
+  m.impl("norm_act_backward_apply", &fastgan::norm_act_backward_apply);
+  m.impl("norm_act_double_reduce", &fastgan::norm_act_double_reduce);
+  m.impl("norm_act_double_apply", &fastgan::norm_act_double_apply);
+}

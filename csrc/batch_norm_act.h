@@ -1,0 +1,83 @@
+// Host interface of the fused batch norm + activation kernels
+// (csrc/batch_norm_act.cu), used by the bindings in csrc/batch_norm_act.cpp.
+//
+// Plain C++ with raw pointers: no torch headers, so the .cu file compiles
+// without them.  Every big tensor of a call is viewed as (N, C, S) (S = the
+// product of the spatial sizes) in one of two layouts:
+//
+//   Layout::kRows          element (n, c, s) at (n * C + c) * S + s
+//                          (contiguous NC*, S > 1: a channel is N rows of S)
+//   Layout::kChannelsLast  element (n, c, s) at (n * S + s) * C + c
+//                          (channels-last, or S == 1: channels contiguous)
+//
+// Per-channel vectors (scale, shift, mean, invstd, coefficients, results)
+// hold values of the accumulator type (float, or double when the big tensors
+// are double) and come in two kinds, as in fastgan/kernels/batch_norm_act.py:
+//
+//   per_sample = false  (C,) vectors: one value per channel; reductions run
+//                       over the channel's N*S elements (batch norm);
+//   per_sample = true   (N, C) tables, row-major: one value per (n, c);
+//                       reductions run over the S elements of (n, c)
+//                       (group / instance / layer norm).
+//
+// Both are "rows" of a table of R = T*C entries, T = N (per sample) or 1;
+// the entry of element (n, c, s) is (per_sample ? n*C + c : c).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace fastgan {
+namespace bna {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+enum class Layout : int { kRows = 0, kChannelsLast = 1 };
+
+// The elementwise passes (same codes as the Triton kernels' MODE).
+constexpr int kModeForward = 0;   // out = act(x * scale + shift)
+constexpr int kModeBackward = 1;  // out = k1 * gz + k2 + k3 * xhat
+constexpr int kModeDouble = 2;    // out = b1 * gz + b2 * u + b3 + b4 * xhat, out2 = s * (a1 * u + a2 + a3 * xhat)
+
+struct Problem {
+  DType dtype;
+  Layout layout;
+  int64_t N, C, S;  // N * S > 0 and C > 0 when a launcher is called
+  bool per_sample;  // (N, C) tables instead of (C,) vectors
+  int sm_count;     // multiprocessors of the device (sizes the grids)
+};
+
+// Per-entry inputs of the gradient sums and the elementwise passes (R values each).
+struct ChannelParams {
+  const void* scale = nullptr;
+  const void* shift = nullptr;
+  const void* mean = nullptr;    // unused by kModeForward
+  const void* invstd = nullptr;  // unused by kModeForward
+  // kModeBackward: coef[0..2] = k1, k2, k3; kModeDouble: a1, a2, a3, b1, b2, b3, b4.
+  const void* coef[7] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  double slope = 0.0;  // act'(z) = 1 if z > 0 else slope
+};
+
+// Partials per table entry the reductions use: their workspace is [K, P, R]
+// accumulator values (K = 3 for the moments, 2 or 5 for the gradient sums).
+int64_t reduce_partials(const Problem& pr);
+
+// Per entry (Welford / Chan; deterministic): mean and, when `variance`, the
+// biased variance M2 / count, else M2 (the sum of squared deviations).
+// channel_stats: per_sample = false, variance = true; row_moments: true, false.
+cudaError_t launch_moments(const Problem& pr, const void* x, int64_t partials, void* work, void* mean,
+                           void* second, bool variance, cudaStream_t stream);
+
+// Sums per entry, gz = gy * act'(x * scale + shift), xhat = (x - mean) * invstd:
+//   out[0] = sum gz, out[1] = sum gz * xhat;
+//   when double_: out[2] = sum u, out[3] = sum u * xhat, out[4] = sum gz * u.
+cudaError_t launch_grad_sums(const Problem& pr, bool double_, const void* gy, const void* x, const void* u,
+                             const ChannelParams& params, int64_t partials, void* work, void* const* out,
+                             cudaStream_t stream);
+
+// One elementwise pass (kMode*): out (and out2 for kModeDouble) have x's layout.
+cudaError_t launch_pointwise(const Problem& pr, int mode, const void* x, const void* gy, const void* u,
+                             void* out, void* out2, const ChannelParams& params, cudaStream_t stream);
+
+}  // namespace bna
+}  // namespace fastgan

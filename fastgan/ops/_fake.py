@@ -1,0 +1,108 @@
+"""Fake (meta) implementations of the ``torch.ops.fastgan.*`` CUDA ops.
+
+They give ``torch.compile`` (and meta / fake tensors) each op's output
+shapes, dtypes and strides without running a kernel.  ``fastgan._ext.load()``
+imports this module (and the other ops' ``_fake_*.py``) once the extension
+is loaded; an op the loaded library does not register is skipped, as is one
+that already has a fake or meta kernel, so importing it is always safe.
+
+Output conventions (those of ``csrc/*.cpp`` and of the Triton twins in
+``fastgan/kernels``): reductions return float32 tensors (float64 for float64
+inputs) shaped like the per-channel arguments -- (C,) vectors, or (N, C)
+tables for the per-sample norms; elementwise results are ``empty_like`` the
+big input they follow, so they keep its dtype and strides.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+__all__ = ["FAKES", "registered"]
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _channel_vector(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[1],), dtype=_acc_dtype(x))
+
+
+def _table(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A reduction's result: scale's shape, (C,) or (N, C), in the accumulator dtype."""
+    return x.new_empty(tuple(scale.shape), dtype=_acc_dtype(x))
+
+
+# ----------------------------------------------------------------------------- batch_norm_act
+
+
+def _channel_stats(x):
+    return _channel_vector(x), _channel_vector(x)
+
+
+def _row_moments(x):
+    shape = (x.shape[0], x.shape[1])
+    return x.new_empty(shape, dtype=_acc_dtype(x)), x.new_empty(shape, dtype=_acc_dtype(x))
+
+
+def _norm_act_forward(x, scale, shift, act, slope):
+    return torch.empty_like(x)
+
+
+def _norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope):
+    return _table(x, scale), _table(x, scale)
+
+
+def _norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act, slope):
+    return torch.empty_like(x)
+
+
+def _norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope):
+    return tuple(_table(x, scale) for _ in range(5))
+
+
+def _norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, b2, b3, b4, act, slope):
+    return torch.empty_like(x), torch.empty_like(gy)
+
+
+# Op name (in the ``fastgan`` namespace) -> fake implementation (other op
+# families keep theirs in their own _fake_*.py).
+FAKES: dict[str, Callable] = {
+    "channel_stats": _channel_stats,
+    "row_moments": _row_moments,
+    "norm_act_forward": _norm_act_forward,
+    "norm_act_backward_reduce": _norm_act_backward_reduce,
+    "norm_act_backward_apply": _norm_act_backward_apply,
+    "norm_act_double_reduce": _norm_act_double_reduce,
+    "norm_act_double_apply": _norm_act_double_apply,
+}
+
+registered: list[str] = []  # the ops whose fake this module registered
+
+
+def _op_exists(name: str) -> bool:
+    try:
+        getattr(torch.ops.fastgan, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _has_meta_kernel(qualname: str) -> bool:
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Meta"))
+    except Exception:  # pragma: no cover - private API changed
+        return False
+
+
+def _register_all() -> None:
+    for name, fake in FAKES.items():
+        qualname = f"fastgan::{name}"
+        if not _op_exists(name) or _has_meta_kernel(qualname):
+            continue
+        torch.library.register_fake(qualname, fake)
+        registered.append(name)
+
+
+_register_all()
