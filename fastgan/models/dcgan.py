@@ -23,12 +23,20 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from ..nn import BatchNormAct1d, BatchNormAct2d
+from ..nn import (BatchNormAct1d, BatchNormAct2d, GroupNormAct, InstanceNormAct2d, LayerNormAct2d,
+                  MinibatchDiscrimination, MinibatchStdDev, VirtualBatchNorm1d, VirtualBatchNorm2d)
 
-#: norms the models build today; "instance" and "layer" come with the
-#: InstanceNormAct2d / LayerNormAct2d modules (the norm-family issue).
-NORMS = ("batch", "none")
+#: norms the models build: batch norm; per-sample norms for critics that must
+#: not use batch statistics (instance: per channel, affine; layer: over
+#: (C, H, W) with a per-channel affine, i.e. GroupNorm(1, C)); virtual batch
+#: norm (statistics of a fixed reference batch, Salimans et al. 2016: run the
+#: reference batch inside ``fastgan.nn.virtual_batch_reference(model)`` first).
+NORMS = ("batch", "none", "instance", "layer", "vbn")
 ACTIVATIONS = ("relu", "leaky_relu")
+#: discriminator extras that let it see the whole minibatch.
+MINIBATCH = ("none", "stddev", "discrimination")
+DOWNSAMPLE = ("stride", "avgpool")
+UPSAMPLE = ("convtranspose", "pixelshuffle")
 
 
 def check_norm(norm: str) -> str:
@@ -41,6 +49,12 @@ def check_activation(activation: str) -> str:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     return activation
+
+
+def _check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 
 def _activation_module(activation: str, negative_slope: float) -> nn.Module:
@@ -60,11 +74,58 @@ def norm_act(num_features: int, norm: str, activation: str, negative_slope: floa
     check_activation(activation)
     if norm == "none":
         return [_activation_module(activation, negative_slope)]
+    if norm in ("instance", "layer", "vbn"):
+        return _other_norm_act(num_features, norm, activation, negative_slope, fused, impl, dims)
     if fused:
         cls = BatchNormAct2d if dims == 2 else BatchNormAct1d
         return [cls(num_features, activation=activation, negative_slope=negative_slope, impl=impl), nn.Identity()]
     bn = nn.BatchNorm2d(num_features) if dims == 2 else nn.BatchNorm1d(num_features)
     return [bn, _activation_module(activation, negative_slope)]
+
+
+def _other_norm_act(num_features: int, norm: str, activation: str, negative_slope: float, fused: bool,
+                    impl: str, dims: int) -> list[nn.Module]:
+    """instance / layer / vbn: ``[fused norm+act, nn.Identity()]`` or ``[plain norm, activation]``."""
+    act = _activation_module(activation, negative_slope)
+    fused_kw = dict(activation=activation, negative_slope=negative_slope, impl=impl)
+    if norm == "instance":
+        if dims != 2:
+            raise ValueError("norm='instance' needs feature maps (N, C, H, W); use 'layer' for an MLP")
+        if fused:
+            return [InstanceNormAct2d(num_features, affine=True, **fused_kw), nn.Identity()]
+        return [nn.InstanceNorm2d(num_features, affine=True), act]
+    if norm == "layer":
+        if fused:
+            cls = LayerNormAct2d if dims == 2 else (lambda c, **kw: GroupNormAct(1, c, **kw))
+            return [cls(num_features, **fused_kw), nn.Identity()]
+        return [nn.GroupNorm(1, num_features), act]
+    # vbn: there is no plain-PyTorch layer; unfused it is the VBN layer without activation, then the activation.
+    cls = VirtualBatchNorm2d if dims == 2 else VirtualBatchNorm1d
+    if fused:
+        return [cls(num_features, **fused_kw), nn.Identity()]
+    return [cls(num_features, activation="identity", impl=impl), act]
+
+
+def has_vbn(model: nn.Module) -> bool:
+    """Whether ``model`` has virtual batch norm layers (which need a reference pass before use)."""
+    return any(isinstance(m, (VirtualBatchNorm1d, VirtualBatchNorm2d)) for m in model.modules())
+
+
+def _minibatch_layer(kind: str, features: int, kernels: int, kernel_dim: int, group_size: int, impl: str):
+    """(layer, features it adds) for the discriminator's minibatch option."""
+    if kind == "stddev":
+        return MinibatchStdDev(group_size=group_size), 1
+    return MinibatchDiscrimination(features, kernels, kernel_dim, mean=True, impl=impl), kernels
+
+
+def apply_spectral_norm(model: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) of every conv / linear weight of ``model``."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for m in list(model.modules()):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            spectral_norm(m)
+    return model
 
 
 @torch.no_grad()
@@ -117,14 +178,20 @@ class DCGANGenerator(nn.Module):
 
     def __init__(self, image_size: int = 32, nz: int = 100, ngf: int = 64, channels: int = 3,
                  norm: str = "batch", activation: str = "relu", negative_slope: float = 0.2,
-                 fused: bool = True, impl: str = "auto", init: bool = True):
+                 fused: bool = True, impl: str = "auto", init: bool = True, upsample: str = "convtranspose"):
         super().__init__()
         k = _num_blocks(image_size)
         _check_positive(nz=nz, ngf=ngf, channels=channels)
         check_norm(norm)
         check_activation(activation)
+        _check_choice("upsample", upsample, UPSAMPLE)
+        if upsample == "pixelshuffle":
+            raise ValueError("upsample='pixelshuffle' is not available yet (fastgan.nn.PixelShuffleUpsample "
+                             "comes with the PixelShuffle issue); use upsample='convtranspose'")
         self.config = dict(image_size=image_size, nz=nz, ngf=ngf, channels=channels, norm=norm,
                            activation=activation, negative_slope=negative_slope, fused=fused, impl=impl)
+        if upsample != "convtranspose":  # keep the config of the default model as it was
+            self.config["upsample"] = upsample
         self.image_size, self.nz, self.channels = image_size, nz, channels
         bias = norm == "none"
         widths = [ngf * 2 ** (k - 1 - i) for i in range(k)]
@@ -155,26 +222,58 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, image_size: int = 32, ndf: int = 64, channels: int = 3, norm: str = "batch",
                  activation: str = "leaky_relu", negative_slope: float = 0.2, fused: bool = True,
-                 impl: str = "auto", init: bool = True):
+                 impl: str = "auto", init: bool = True, downsample: str = "stride", minibatch: str = "none",
+                 minibatch_kernels: int = 32, minibatch_kernel_dim: int = 8, stddev_group: int = 4,
+                 spectral_norm: bool = False):
         super().__init__()
         k = _num_blocks(image_size)
         _check_positive(ndf=ndf, channels=channels)
         check_norm(norm)
         check_activation(activation)
+        _check_choice("downsample", downsample, DOWNSAMPLE)
+        _check_choice("minibatch", minibatch, MINIBATCH)
         self.config = dict(image_size=image_size, ndf=ndf, channels=channels, norm=norm, activation=activation,
                            negative_slope=negative_slope, fused=fused, impl=impl)
+        # Options beyond the DCGAN paper's model enter the config only when used, so the
+        # default model's config (and state_dict) is the one it always was.
+        extras = dict(downsample=downsample, minibatch=minibatch, spectral_norm=spectral_norm)
+        defaults = dict(downsample="stride", minibatch="none", spectral_norm=False)
+        self.config.update({key: v for key, v in extras.items() if v != defaults[key]})
+        if minibatch != "none":
+            _check_positive(minibatch_kernels=minibatch_kernels, minibatch_kernel_dim=minibatch_kernel_dim,
+                            stddev_group=stddev_group)
+            self.config.update(minibatch_kernels=minibatch_kernels, minibatch_kernel_dim=minibatch_kernel_dim,
+                               stddev_group=stddev_group)
         self.image_size, self.channels = image_size, channels
         bias = norm == "none"
         widths = [ndf * 2 ** i for i in range(k)]
-        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=bias),
-                                   _activation_module(activation, negative_slope)]
+
+        def down(cin, cout):
+            if downsample == "stride":
+                return [nn.Conv2d(cin, cout, 4, 2, 1, bias=bias)]
+            return [nn.Conv2d(cin, cout, 3, 1, 1, bias=bias), nn.AvgPool2d(2)]
+
+        layers: list[nn.Module] = down(channels, widths[0]) + [_activation_module(activation, negative_slope)]
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=bias))
+            layers += down(cin, cout)
             layers += norm_act(cout, norm, activation, negative_slope, fused, impl)
-        layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=bias))
+        self._num_feature_layers = len(layers)
+        if minibatch == "none":
+            layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=bias))
+        elif minibatch == "stddev":
+            mb, extra = _minibatch_layer(minibatch, widths[-1], minibatch_kernels, minibatch_kernel_dim,
+                                         stddev_group, impl)
+            layers += [mb, nn.Conv2d(widths[-1] + extra, 1, 4, 1, 0, bias=bias)]
+        else:
+            flat = widths[-1] * 16
+            mb, extra = _minibatch_layer(minibatch, flat, minibatch_kernels, minibatch_kernel_dim, stddev_group,
+                                         impl)
+            layers += [nn.Flatten(), mb, nn.Linear(flat + extra, 1)]
         self.main = nn.Sequential(*layers)
         if init:
             self.apply(dcgan_init)
+        if spectral_norm:
+            apply_spectral_norm(self)
 
     def _check(self, x: torch.Tensor) -> None:
         expected = (self.channels, self.image_size, self.image_size)
@@ -188,7 +287,11 @@ class DCGANDiscriminator(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden activations (N, 2^(k-1) ndf, 4, 4), e.g. for feature matching."""
         self._check(x)
-        return self.main[:-1](x)
+        return self.main[:self._num_feature_layers](x)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (N,) from :meth:`features`' output: ``d(x) == d.head(d.features(x))``."""
+        return self.main[self._num_feature_layers:](features).reshape(-1)
 
 
 def build_dcgan(image_size: int = 32, nz: int = 100, ngf: int = 64, ndf: int = 64, channels: int = 3,

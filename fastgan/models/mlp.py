@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dcgan import _check_positive, check_activation, check_norm, dcgan_init, norm_act
+from .dcgan import (MINIBATCH, _check_choice, _check_positive, _minibatch_layer, apply_spectral_norm,
+                    check_activation, check_norm, dcgan_init, norm_act)
 
 
 def _mlp(in_features: int, hidden: int, depth: int, out_features: int, norm: str, activation: str,
@@ -55,19 +56,35 @@ class MLPDiscriminator(nn.Module):
 
     def __init__(self, in_features: int = 2, hidden: int = 128, depth: int = 3, norm: str = "none",
                  activation: str = "leaky_relu", negative_slope: float = 0.2, fused: bool = True,
-                 impl: str = "auto", init: str = "default"):
+                 impl: str = "auto", init: str = "default", minibatch: str = "none", minibatch_kernels: int = 32,
+                 minibatch_kernel_dim: int = 8, stddev_group: int = 4, spectral_norm: bool = False):
         super().__init__()
         _check_positive(in_features=in_features, hidden=hidden, depth=depth)
         check_norm(norm)
         check_activation(activation)
+        _check_choice("minibatch", minibatch, MINIBATCH)
         if init not in ("default", "dcgan"):
             raise ValueError(f"init must be 'default' (PyTorch's) or 'dcgan', got {init!r}")
         self.config = dict(in_features=in_features, hidden=hidden, depth=depth, norm=norm, activation=activation,
                            negative_slope=negative_slope, fused=fused, impl=impl, init=init)
+        if spectral_norm:
+            self.config["spectral_norm"] = True
+        if minibatch != "none":
+            _check_positive(minibatch_kernels=minibatch_kernels, minibatch_kernel_dim=minibatch_kernel_dim,
+                            stddev_group=stddev_group)
+            self.config.update(minibatch=minibatch, minibatch_kernels=minibatch_kernels,
+                               minibatch_kernel_dim=minibatch_kernel_dim, stddev_group=stddev_group)
         self.in_features = in_features
         self.main = _mlp(in_features, hidden, depth, 1, norm, activation, negative_slope, fused, impl)
+        self._num_feature_layers = len(self.main) - 1
+        if minibatch != "none":
+            mb, extra = _minibatch_layer(minibatch, hidden, minibatch_kernels, minibatch_kernel_dim, stddev_group,
+                                         impl)
+            self.main = nn.Sequential(*self.main[:-1], mb, nn.Linear(hidden + extra, 1))
         if init == "dcgan":
             self.apply(dcgan_init)
+        if spectral_norm:
+            apply_spectral_norm(self)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.in_features:
@@ -80,4 +97,8 @@ class MLPDiscriminator(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden activations (N, hidden)."""
         self._check(x)
-        return self.main[:-1](x)
+        return self.main[:self._num_feature_layers](x)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (N,) from :meth:`features`' output: ``d(x) == d.head(d.features(x))``."""
+        return self.main[self._num_feature_layers:](features).reshape(-1)
