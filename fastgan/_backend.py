@@ -86,8 +86,12 @@ def requested_impl(impl: Optional[str]) -> str:
     return impl
 
 
-def resolve(impl: Optional[str], device: torch.device, op: str = "op") -> str:
-    """Return the concrete backend ("ref" | "triton" | "cuda") for ``device``."""
+def resolve(impl: Optional[str], device: torch.device, op: str = "op", cuda_support: bool = True) -> str:
+    """Return the concrete backend ("ref" | "triton" | "cuda") for ``device``.
+
+    ``cuda_support=False`` marks an op (or a variant of one) that has no CUDA
+    kernels yet: ``auto`` then uses Triton for CUDA tensors and an explicit
+    ``impl="cuda"`` raises."""
     impl = requested_impl(impl)
     if impl == "ref":
         return "ref"
@@ -97,16 +101,18 @@ def resolve(impl: Optional[str], device: torch.device, op: str = "op") -> str:
             raise BackendUnavailableError(f"{op}: impl='triton' is unavailable: {reason}")
         return "triton"
     if impl == "cuda":
-        reason = cuda_reason_unusable(device)
+        reason = cuda_reason_unusable(device) if cuda_support else f"{op} has no CUDA kernels yet (use 'triton')"
         if reason:
             raise BackendUnavailableError(f"{op}: impl='cuda' is unavailable: {reason}")
         return "cuda"
     # auto
     if device.type != "cuda":
         return "ref"
-    cuda_reason = cuda_reason_unusable(device)
+    cuda_reason = cuda_reason_unusable(device) if cuda_support else f"{op} has no CUDA kernels yet"
     if cuda_reason is None:
         return "cuda"
+    if not cuda_support and triton_reason_unusable(device) is None:
+        return "triton"  # a known gap, not a downgrade: no warning
     triton_reason = triton_reason_unusable(device)
     if triton_reason is None:
         _warn_once("auto-cuda", f"fastgan: CUDA extension unavailable ({cuda_reason}); "

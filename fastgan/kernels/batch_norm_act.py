@@ -58,6 +58,31 @@ def _tile(m_start, m_end, c_start, C, S, s_n, s_c, s_s,
 
 
 @triton.jit
+def _y_offsets(offs, m_start, c_start, C, S, W, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+               INDEX_64: tl.constexpr, UPSCALE: tl.constexpr):
+    """Offsets of the same elements in y = pixel_shuffle(x, UPSCALE) (both contiguous NCHW).
+
+    x[n, c, h, w] with c = co * R^2 + i * R + j lands at y[n, co, h * R + i, w * R + j]."""
+    if UPSCALE == 1:
+        return offs
+    m = m_start + tl.arange(0, BLOCK_M)
+    c = c_start + tl.arange(0, BLOCK_C)
+    if INDEX_64:
+        m = m.to(tl.int64)
+        c = c.to(tl.int64)
+    n_idx = m // S
+    s_idx = m - n_idx * S
+    h = s_idx // W
+    w = s_idx - h * W
+    wy = W * UPSCALE
+    co = c // (UPSCALE * UPSCALE)
+    sub = c - co * (UPSCALE * UPSCALE)
+    i = sub // UPSCALE
+    j = sub - i * UPSCALE
+    return (co * S * UPSCALE * UPSCALE + i * wy + j)[:, None] + (n_idx * C * S + h * UPSCALE * wy + w * UPSCALE)[None, :]
+
+
+@triton.jit
 def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, seg_len, C, S, s_n, s_c, s_s, num_tiles, P,
                           BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
     """(count, mean, M2) of the tiles t = pid_p, pid_p + P, ... of segment pid_seg."""
@@ -114,9 +139,9 @@ def _stats_finalize_kernel(cnt_ptr, mean_ptr, m2_ptr, out_mean_ptr, out_var_ptr,
 
 @triton.jit
 def _grad_sums_kernel(gy_ptr, x_ptr, u_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, out_ptr,
-                      seg_len, tbl_stride, C, S, s_n, s_c, s_s, num_tiles, P, slope_ptr,
+                      seg_len, tbl_stride, C, S, s_n, s_c, s_s, num_tiles, P, slope_ptr, W,
                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
-                      DOUBLE: tl.constexpr):
+                      DOUBLE: tl.constexpr, UPSCALE: tl.constexpr):
     """Partial sums of gz, gz*xhat (and u, u*xhat, gz*u when DOUBLE) per channel of a segment."""
     pid_c = tl.program_id(0)
     pid_p = tl.program_id(1)
@@ -140,8 +165,10 @@ def _grad_sums_kernel(gy_ptr, x_ptr, u_ptr, scale_ptr, shift_ptr, mean_ptr, invs
     for t in range(pid_p, num_tiles, P):
         offs, mask, c = _tile(m_base + t * BLOCK_M, m_end, pid_c * BLOCK_C, C, S, s_n, s_c, s_s,
                               BLOCK_M, BLOCK_C, INDEX_64)
+        offs_y = _y_offsets(offs, m_base + t * BLOCK_M, pid_c * BLOCK_C, C, S, W, BLOCK_M, BLOCK_C, INDEX_64,
+                            UPSCALE)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        gy = tl.load(gy_ptr + offs_y, mask=mask, other=0.0).to(acc_ty)
         z = x * scale[:, None] + shift[:, None]
         gz = gy * tl.where(z > 0, 1.0, slope)
         xhat = (x - mean[:, None]) * invstd[:, None]
@@ -165,8 +192,8 @@ def _grad_sums_kernel(gy_ptr, x_ptr, u_ptr, scale_ptr, shift_ptr, mean_ptr, invs
 @triton.jit
 def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
                       coef_ptr, seg_len, tbl_stride, coef_stride, C, S, s_n, s_c, s_s, slope_ptr,
-                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
-                      MODE: tl.constexpr):
+                      W, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
+                      MODE: tl.constexpr, UPSCALE: tl.constexpr):
     """MODE_FORWARD:  out = act(x * scale + shift)
     MODE_BACKWARD: out = k1 * gz + k2 + k3 * xhat                   (dx)
     MODE_DOUBLE:   out = b1 * gz + b2 * u + b3 + b4 * xhat          (d/dx)
@@ -176,6 +203,9 @@ def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_
     m_base = pid_seg * seg_len
     offs, mask, c = _tile(m_base + tl.program_id(0) * BLOCK_M, m_base + seg_len, tl.program_id(1) * BLOCK_C,
                           C, S, s_n, s_c, s_s, BLOCK_M, BLOCK_C, INDEX_64)
+    # gy, y and ggy live in y's layout (pixel-shuffled when UPSCALE > 1); x, u, dx, ggx in x's.
+    offs_y = _y_offsets(offs, m_base + tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_C, C, S, W,
+                        BLOCK_M, BLOCK_C, INDEX_64, UPSCALE)
     cmask = c < C
     row = pid_seg * tbl_stride + c
     scale = tl.load(scale_ptr + row, mask=cmask, other=0.0)
@@ -186,13 +216,13 @@ def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_
     z = x * scale[:, None] + shift[:, None]
     if MODE == 0:
         y = tl.where(z > 0, z, z * slope)
-        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + offs_y, y.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         mean = tl.load(mean_ptr + row, mask=cmask, other=0.0)
         invstd = tl.load(invstd_ptr + row, mask=cmask, other=0.0)
         xhat = (x - mean[:, None]) * invstd[:, None]
         s = tl.where(z > 0, 1.0, slope)
-        gz = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(acc_ty) * s
+        gz = tl.load(gy_ptr + offs_y, mask=mask, other=0.0).to(acc_ty) * s
         k1 = tl.load(coef_ptr + row, mask=cmask, other=0.0)
         k2 = tl.load(coef_ptr + coef_stride + row, mask=cmask, other=0.0)
         k3 = tl.load(coef_ptr + 2 * coef_stride + row, mask=cmask, other=0.0)
@@ -208,7 +238,7 @@ def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_
             ggy = s * (k1[:, None] * u + k2[:, None] + k3[:, None] * xhat)
             ggx = b1[:, None] * gz + b2[:, None] * u + b3[:, None] + b4[:, None] * xhat
             tl.store(out_ptr + offs, ggx.to(out_ptr.dtype.element_ty), mask=mask)
-            tl.store(out2_ptr + offs, ggy.to(out2_ptr.dtype.element_ty), mask=mask)
+            tl.store(out2_ptr + offs_y, ggy.to(out2_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- launch helpers
@@ -299,57 +329,78 @@ def row_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, m2.sum(1) + (cnt * (mu - mean[:, None]) ** 2).sum(1)
 
 
-def norm_act_forward(x, scale, shift, act: int, slope: float) -> torch.Tensor:
-    """y = act(x * scale + shift) with x's dtype and strides; scale, shift (C,) or (N, C)."""
-    y = torch.empty_like(x)
-    _launch_pointwise(MODE_FORWARD, x, None, None, y, None, scale, shift, scale, scale, scale, slope)
+def _shuffled_empty(x: torch.Tensor, upscale: int) -> torch.Tensor:
+    """An output in y's layout: like x, or pixel_shuffle(x, upscale) contiguous."""
+    if upscale == 1:
+        return torch.empty_like(x)
+    n, c, h, w = x.shape
+    return x.new_empty((n, c // (upscale * upscale), h * upscale, w * upscale))
+
+
+def _width(x: torch.Tensor, upscale: int) -> int:
+    if upscale == 1:
+        return 1
+    if x.dim() != 4 or not x.is_contiguous():
+        raise ValueError("pixel-shuffle kernels take a contiguous (N, C, H, W) x")
+    return x.shape[-1]
+
+
+def norm_act_forward(x, scale, shift, act: int, slope: float, upscale: int = 1) -> torch.Tensor:
+    """y = act(x * scale + shift) with x's dtype and strides; scale, shift (C,) or (N, C).
+    With ``upscale`` r > 1, y is written pixel-shuffled: (N, C / r^2, H r, W r)."""
+    y = _shuffled_empty(x, upscale)
+    _launch_pointwise(MODE_FORWARD, x, None, None, y, None, scale, shift, scale, scale, scale, slope, upscale)
     return y
 
 
-def _grad_sums(double: bool, gy, x, u, scale, shift, mean, invstd, slope):
+def _grad_sums(double: bool, gy, x, u, scale, shift, mean, invstd, slope, upscale):
     g = _Geometry(x, per_sample=scale.dim() == 2)
     k = 5 if double else 2
     parts = torch.empty((k, g.num_segments, g.partials, g.c), device=x.device, dtype=scale.dtype)
     _grad_sums_kernel[(g.num_cblocks, g.partials, g.num_segments)](
         gy, x, x if u is None else u, scale, shift, mean, invstd, parts, g.seg_len, g.tbl_stride,
-        *g.kernel_args(), g.num_tiles, g.partials, _slope_tensor(slope, scale), DOUBLE=double, **g.meta())
+        *g.kernel_args(), g.num_tiles, g.partials, _slope_tensor(slope, scale), _width(x, upscale),
+        DOUBLE=double, UPSCALE=upscale, **g.meta())
     sums = parts.sum(dim=2)  # fixed-order merge of the partials: deterministic
     return tuple(sums.unbind(0)) if g.per_sample else tuple(sums[:, 0].unbind(0))
 
 
-def norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act: int, slope: float):
+def norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act: int, slope: float, upscale: int = 1):
     """(sum gz, sum gz * xhat), gz = gy * act'(x * scale + shift): per channel
-    over (N, *spatial) for (C,) vectors, per (n, c) over spatial for (N, C) tables."""
-    return _grad_sums(False, gy, x, None, scale, shift, mean, invstd, slope)
+    over (N, *spatial) for (C,) vectors, per (n, c) over spatial for (N, C) tables.
+    gy is in y's layout (pixel-shuffled when ``upscale`` > 1)."""
+    return _grad_sums(False, gy, x, None, scale, shift, mean, invstd, slope, upscale)
 
 
-def norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act: int, slope: float):
-    """dx = k1 * gz + k2 + k3 * xhat."""
+def norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act: int, slope: float,
+                            upscale: int = 1):
+    """dx = k1 * gz + k2 + k3 * xhat (dx in x's layout)."""
     dx = torch.empty_like(x)
     coef = torch.stack([k1, k2, k3])
-    _launch_pointwise(MODE_BACKWARD, x, gy, None, dx, None, scale, shift, mean, invstd, coef, slope)
+    _launch_pointwise(MODE_BACKWARD, x, gy, None, dx, None, scale, shift, mean, invstd, coef, slope, upscale)
     return dx
 
 
-def norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act: int, slope: float):
+def norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act: int, slope: float, upscale: int = 1):
     """(sum gz, sum gz*xhat, sum u, sum u*xhat, sum gz*u), reduced as in norm_act_backward_reduce."""
-    return _grad_sums(True, gy, x, u, scale, shift, mean, invstd, slope)
+    return _grad_sums(True, gy, x, u, scale, shift, mean, invstd, slope, upscale)
 
 
 def norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, b2, b3, b4,
-                          act: int, slope: float):
-    """(ggx, ggy) = (b1*gz + b2*u + b3 + b4*xhat, s * (a1*u + a2 + a3*xhat))."""
+                          act: int, slope: float, upscale: int = 1):
+    """(ggx, ggy) = (b1*gz + b2*u + b3 + b4*xhat, s * (a1*u + a2 + a3*xhat)); ggy in y's layout."""
     ggx = torch.empty_like(x)
     ggy = torch.empty_like(gy)
     coef = torch.stack([a1, a2, a3, b1, b2, b3, b4])
-    _launch_pointwise(MODE_DOUBLE, x, gy, u, ggx, ggy, scale, shift, mean, invstd, coef, slope)
+    _launch_pointwise(MODE_DOUBLE, x, gy, u, ggx, ggy, scale, shift, mean, invstd, coef, slope, upscale)
     return ggx, ggy
 
 
-def _launch_pointwise(mode, x, gy, u, out, out2, scale, shift, mean, invstd, coef, slope):
+def _launch_pointwise(mode, x, gy, u, out, out2, scale, shift, mean, invstd, coef, slope, upscale):
     g = _Geometry(x, per_sample=scale.dim() == 2)
     grid = (g.num_tiles, g.num_cblocks, g.num_segments)
     _pointwise_kernel[grid](x, x if gy is None else gy, x if u is None else u, out,
                             out if out2 is None else out2, scale, shift, mean, invstd, coef,
                             g.seg_len, g.tbl_stride, scale.numel(), *g.kernel_args(),
-                            _slope_tensor(slope, scale), MODE=mode, **g.meta())
+                            _slope_tensor(slope, scale), _width(x, upscale), MODE=mode, UPSCALE=upscale,
+                            **g.meta())

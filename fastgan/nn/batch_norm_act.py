@@ -16,6 +16,21 @@ from .._activation import activation_code
 from ..ops.batch_norm_act import batch_norm_act
 
 
+def batch_norm_step(bn: _NormBase):
+    """Running-stat bookkeeping exactly as ``nn.BatchNorm`` does it, for one forward.
+
+    Returns (running_mean, running_var, use_batch_stats, momentum factor) to
+    pass to the functional op; increments ``num_batches_tracked``."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average
+            factor = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    return (bn.running_mean if track else None, bn.running_var if track else None, use_batch_stats, factor)
+
+
 class _BatchNormAct(_NormBase):
     _expected_dims: tuple = ()
 
@@ -35,17 +50,9 @@ class _BatchNormAct(_NormBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        # Running-stat bookkeeping exactly as nn.BatchNorm does it.
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        track = not self.training or self.track_running_stats
-        return batch_norm_act(x, self.running_mean if track else None, self.running_var if track else None,
-                              self.weight, self.bias, use_batch_stats, factor, self.eps,
-                              self.activation, self.negative_slope, impl=self.impl)
+        running_mean, running_var, use_batch_stats, factor = batch_norm_step(self)
+        return batch_norm_act(x, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor,
+                              self.eps, self.activation, self.negative_slope, impl=self.impl)
 
     def extra_repr(self) -> str:
         act = self.activation

@@ -46,26 +46,38 @@ from ._layout import like
 class Grouping:
     """Which elements share statistics.
 
-    per_sample=False: one group per channel over (N, *spatial) (batch norm);
-    vectors are (C,).  per_sample=True: ``groups`` groups of C / groups
-    channels in each sample; tables are (N, C).
+    per_sample=False: ``groups`` groups of C / groups consecutive channels
+    over (N, *spatial): batch norm (groups = C), or batch norm after a pixel
+    shuffle (C / groups = r^2 sub-channels feed one output channel); vectors
+    are (C,).  per_sample=True: ``groups`` groups of C / groups channels in
+    each sample; tables are (N, C).  ``upscale`` r > 1: the output y (and so
+    gy) is pixel_shuffle(., r) of x's layout.
     """
     per_sample: bool
     groups: int
     batch_stats: bool = True
+    upscale: int = 1
 
     def group_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-(n, c) sums -> per-group sums, expanded back to the (N, C) table."""
-        if not self.per_sample:
+        """Per-channel or per-(n, c) sums -> per-group sums, expanded back to t's shape."""
+        c = t.shape[-1]
+        if c == self.groups:
             return t
-        n, c = t.shape
-        sums = t.reshape(n, self.groups, c // self.groups).sum(-1)
-        return sums.repeat_interleave(c // self.groups, dim=1)
+        sums = t.reshape(*t.shape[:-1], self.groups, c // self.groups).sum(-1)
+        return sums.repeat_interleave(c // self.groups, dim=-1)
 
     def group_size(self, x: torch.Tensor) -> int:
         n, c = x.shape[0], x.shape[1]
         spatial = x.numel() // max(n * c, 1)
-        return (c // self.groups) * spatial if self.per_sample else n * spatial
+        per_group = (c // self.groups) * spatial
+        return per_group if self.per_sample else n * per_group
+
+    def kernel_kwargs(self) -> dict:
+        """Extra kernel arguments (only the Triton kernels take ``upscale`` so far)."""
+        return {} if self.upscale == 1 else {"upscale": self.upscale}
+
+    def as_y_layout(self, gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return like(gy, x) if self.upscale == 1 else gy.contiguous()
 
 
 def sum_to_param(t: torch.Tensor, param) -> torch.Tensor:
@@ -92,7 +104,7 @@ class NormActFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, mean, invstd, grouping, act, slope, backend):
         k = _backend.kernels(backend, "batch_norm_act")
         scale, shift, _ = affine_tables(mean, invstd, weight, bias)
-        y = k.norm_act_forward(x, scale, shift, act, slope)
+        y = k.norm_act_forward(x, scale, shift, act, slope, **grouping.kernel_kwargs())
         ctx.save_for_backward(x, weight, bias, mean, invstd)
         ctx.config = (grouping, act, slope, backend)
         return y
@@ -113,16 +125,17 @@ class NormActBackwardFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gy, x, weight, bias, mean, invstd, grouping, act, slope, backend):
         k = _backend.kernels(backend, "batch_norm_act")
-        gy = like(gy, x)
+        gy = grouping.as_y_layout(gy, x)
+        kw = grouping.kernel_kwargs()
         scale, shift, w = affine_tables(mean, invstd, weight, bias)
-        r_g, r_gx = k.norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope)
+        r_g, r_gx = k.norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, **kw)
         if grouping.batch_stats:
             m = grouping.group_size(x)
             k2 = -invstd * grouping.group_sum(w * r_g) / m
             k3 = -invstd * grouping.group_sum(w * r_gx) / m
         else:
             k2 = k3 = torch.zeros_like(scale)
-        dx = k.norm_act_backward_apply(gy, x, scale, shift, mean, invstd, scale, k2, k3, act, slope)
+        dx = k.norm_act_backward_apply(gy, x, scale, shift, mean, invstd, scale, k2, k3, act, slope, **kw)
         ctx.save_for_backward(gy, x, weight, bias, mean, invstd)
         ctx.config = (grouping, act, slope, backend)
         return dx, sum_to_param(r_gx, weight), sum_to_param(r_g, bias)
@@ -151,7 +164,8 @@ def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd):
     u = torch.zeros_like(x) if u is None else like(u, x)
     alpha = torch.zeros_like(w) if alpha is None else alpha.to(r.dtype)
     beta = torch.zeros_like(w) if beta is None else beta.to(r.dtype)
-    r_g, r_gx, r_u, r_ux, r_gu = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope)
+    kw = grouping.kernel_kwargs()
+    r_g, r_gx, r_u, r_ux, r_gu = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope, **kw)
     if not grouping.batch_stats:
         zero = torch.zeros_like(scale)
         grad_w = sum_to_param(r * r_gu, weight)
@@ -169,5 +183,5 @@ def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd):
         g_r = s_wgu - s_wg * s_u / m - s_wgx * s_ux / m  # dL/dr
         grad_w = sum_to_param(r * (r_gu - s_u * r_g / m - s_ux * r_gx / m), weight)
         coef = (scale, a2, c_g, r * c_g, -r * c_u, -r * sum_big_g / m, -(r * sum_big_gx + r * r * g_r) / m)
-    ggx, ggy = k.norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, *coef, act, slope)
+    ggx, ggy = k.norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, *coef, act, slope, **kw)
     return ggy, ggx, grad_w
