@@ -226,3 +226,53 @@ def test_devices_must_match():
         pytest.skip("needs a CUDA GPU to have two devices")
     with pytest.raises(ValueError, match="weight is on"):
         batch_norm_act(torch.randn(4, 3, 2, 2, device="cuda"), weight=torch.ones(3))
+
+
+# ----------------------------------------------------------------------------- GPU only: compile and CUDA graphs
+
+GPU_IMPLS = [pytest.param(i, marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                           reason="needs a CUDA GPU")])
+             for i in ("triton", "cuda")]
+
+
+@pytest.mark.parametrize("impl", GPU_IMPLS)
+def test_torch_compile_fullgraph_forward_backward(impl):
+    """torch.compile(fullgraph=True) traces the fused op without graph breaks."""
+    torch._dynamo.reset()
+    x = torch.randn(8, 4, 6, 6, device="cuda", requires_grad=True)
+    w = torch.rand(4, device="cuda", requires_grad=True)
+    b = torch.randn(4, device="cuda", requires_grad=True)
+
+    def step(x, w, b):
+        return batch_norm_act(x, None, None, w, b, True, 0.1, 1e-5, impl=impl).square().sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    got = torch.autograd.grad(compiled(x, w, b), [x, w, b])
+    expected = torch.autograd.grad(step(x, w, b), [x, w, b])
+    for a, e in zip(got, expected):
+        assert_close(a, e)
+
+
+@pytest.mark.parametrize("impl", GPU_IMPLS)
+def test_cuda_graph_capture_and_replay(impl):
+    """Forward + backward are capturable (no host syncs, no data-dependent allocation)."""
+    x = torch.randn(8, 4, 6, 6, device="cuda", requires_grad=True)
+    w = torch.rand(4, device="cuda", requires_grad=True)
+    rm, rv = torch.zeros(4, device="cuda"), torch.ones(4, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up (compiles Triton kernels) outside the capture
+        for _ in range(2):
+            batch_norm_act(x, rm, rv, w, None, True, 0.1, 1e-5, impl=impl).sum().backward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    x.grad = w.grad = None
+    with torch.cuda.graph(graph):
+        y = batch_norm_act(x, rm, rv, w, None, True, 0.1, 1e-5, impl=impl)
+        y.sum().backward()
+    with torch.no_grad():
+        x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = batch_norm_act(x.detach(), None, None, w.detach(), None, True, 0.1, 1e-5, impl="ref")
+    assert_close(y, expected)
