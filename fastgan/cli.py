@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import demo
 
     demo.add_command(sub)
+    from .train import cli as train_cli
+
+    train_cli.add_command(sub)
     return parser
 
 

@@ -1,0 +1,241 @@
+"""Trainer checkpoints: everything needed to resume exactly, written atomically.
+
+A checkpoint is a ``torch.save``'d dict (loadable with ``weights_only=True``:
+tensors, numbers, strings, lists and dicts only)::
+
+    format      "fastgan-train"           version   1
+    step        G steps done
+    config      the TrainConfig as a dict
+    spec        {"generator": ..., "discriminator": ..., "data": ...}: how to rebuild the models
+                (fastgan.train.models.build_generator / build_discriminator)
+    generator, discriminator, ema (or None), opt_g, opt_d     state dicts
+    rng         torch (CPU and every CUDA device), numpy and python random states
+    data        the data stream's position: seed, epoch, index within the epoch's permutation
+    tricks      replay buffer, snapshot pools, historical averages, lazy penalty counter
+    fixed       the fixed z (and labels) of the sample grids, the VBN reference batches
+    monitor     the failure monitor's state (and the metrics it tracks)
+
+Writes go to a temporary file in the same directory, are fsync'd and then
+``os.replace``'d over the target; the target's previous version is first
+moved to ``<name>.prev.pt`` so one good older checkpoint always survives.
+
+For other tools (``fastgan sample``, ``fastgan eval``)::
+
+    g = load_generator(path, device="cpu")            # nn.Module in eval mode, EMA weights if any
+    x = generate(g, 64, seed=0)                       # (64, C, H, W) images in [-1, 1] (or (64, 2) points)
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..demo import _fsync_dir, atomic_write
+
+FORMAT = "fastgan-train"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or is not a fastgan training checkpoint."""
+
+
+# ----------------------------------------------------------------------------
+# RNG states as plain tensors / lists (weights_only-loadable)
+# ----------------------------------------------------------------------------
+
+def capture_rng() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]),
+                   "gauss_next": py_state[2]},
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            torch.cuda.set_rng_state(cuda[0])
+
+
+# ----------------------------------------------------------------------------
+# Save / load
+# ----------------------------------------------------------------------------
+
+def previous_path(path: str) -> str:
+    root, ext = os.path.splitext(path)
+    return f"{root}.prev{ext or '.pt'}"
+
+
+def save_checkpoint(state: dict, path: str, keep_previous: bool = True) -> None:
+    """Atomically write ``state`` to ``path``; the old file (if any) becomes ``<name>.prev.pt``."""
+    state = dict(state)
+    state.setdefault("format", FORMAT)
+    state.setdefault("version", VERSION)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    if keep_previous and os.path.exists(path):
+        # Write the new file to a temporary name first, then rotate: at every moment either path or
+        # its .prev holds a complete checkpoint.
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(path, previous_path(path))
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(directory)
+    else:
+        atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a fastgan training checkpoint; a missing, truncated or foreign file raises CheckpointError."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} not found")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a directory (did you mean {os.path.join(path, 'last.pt')}?)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle error, not a torch file at all
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        detail = [ln for ln in lines if "Unpickler error" in ln or "Unsupported global" in ln]
+        msg = (detail or lines or [type(exc).__name__])[0]
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a torch file): "
+                              f"{msg[:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        what = state.get("format", state.get("kind")) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a fastgan training checkpoint (format: {what!r})")
+    if int(state.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer fastgan (checkpoint version {state['version']})")
+    return state
+
+
+def find_resume_checkpoint(out_dir: str) -> Optional[str]:
+    """``checkpoints/last.pt`` under ``out_dir``, else its ``.prev.pt``, else None."""
+    last = os.path.join(out_dir, "checkpoints", "last.pt")
+    for path in (last, previous_path(last)):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+# ----------------------------------------------------------------------------
+# For sample / eval
+# ----------------------------------------------------------------------------
+
+def _device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_generator(checkpoint_path: str, device="cpu", *, ema: bool = True, impl: Optional[str] = None):
+    """The generator of a ``fastgan train`` checkpoint, rebuilt from its stored spec, in eval mode.
+
+    Args:
+        checkpoint_path: a ``.pt`` file written by the trainer (or a run directory: its
+            ``checkpoints/last.pt``).
+        device: where to put it ("cpu", "cuda", "auto", a torch.device).
+        ema: use the EMA weights when the run kept an EMA of G (default).
+        impl: backend of the fused layers ("auto", "ref", "triton", "cuda"); default: "auto" on CPU
+            and CUDA alike (the checkpoint's own setting is ignored so it loads on any machine).
+
+    Returns ``fastgan.train.models.Generator``: ``g(z)`` (or ``g(z, labels)`` when ``g.num_classes``)
+    with attributes ``nz``, ``z_dist`` ("normal" / "uniform"), ``num_classes``, ``data_kind``
+    ("image" / "toy"), ``output`` and ``g.to_data_range(x)``; plus ``g.checkpoint_step`` and
+    ``g.data_info`` (dataset, channels, image_size, num_classes).  Use :func:`generate` to draw samples.
+    Raises CheckpointError for a file it cannot use.
+    """
+    from .models import build_generator
+
+    if os.path.isdir(checkpoint_path):
+        found = find_resume_checkpoint(checkpoint_path)
+        if found is None:
+            raise CheckpointError(f"no checkpoints/last.pt under {checkpoint_path}")
+        checkpoint_path = found
+    state = load_checkpoint(checkpoint_path)
+    dev = _device(device)
+    try:
+        g = build_generator(state["spec"]["generator"], impl=impl or "auto")
+        weights = state["ema"] if ema and state.get("ema") is not None else state["generator"]
+        g.load_state_dict(weights)
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint_path}: cannot rebuild the generator ({str(exc).splitlines()[0]})") \
+            from None
+    g.to(dev).eval()
+    g.checkpoint_step = int(state.get("step", 0))
+    g.data_info = dict(state["spec"].get("data", {}))
+    ref = state.get("fixed", {}).get("vbn_z")
+    from ..models import has_vbn
+
+    if has_vbn(g):
+        if ref is None:
+            raise CheckpointError(f"{checkpoint_path}: the generator uses virtual batch norm but the checkpoint "
+                                  "has no reference batch")
+        _vbn_reference(g, ref.to(dev), state["fixed"].get("vbn_labels"))
+    return g
+
+
+@torch.no_grad()
+def _vbn_reference(g, z_ref: torch.Tensor, labels=None) -> None:
+    from ..nn import virtual_batch_reference
+
+    with virtual_batch_reference(g):
+        g(z_ref, None if labels is None else labels.to(z_ref.device))
+
+
+@torch.no_grad()
+def generate(generator, n: int, *, seed: Optional[int] = None, labels: Optional[torch.Tensor] = None,
+             batch_size: int = 256, device=None) -> torch.Tensor:
+    """``n`` samples from a generator of :func:`load_generator`, on the CPU, in the data's range.
+
+    Images come back as float32 (n, C, H, W) in [-1, 1] (what ``fastgan.data.load_dataset`` yields), toy
+    data as (n, 2) points.  ``seed`` fixes z (and labels); a conditional generator gets ``labels`` or
+    uniformly random classes.
+    """
+    from .tricks.latent import sample_labels, sample_z
+
+    dev = next(generator.parameters()).device if device is None else torch.device(device)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    out = []
+    done = 0
+    while done < n:
+        m = min(batch_size, n - done)
+        z = sample_z(m, generator.nz, generator.z_dist, generator=gen).to(dev)
+        y = None
+        if generator.num_classes:
+            y = (labels[done:done + m] if labels is not None
+                 else sample_labels(m, generator.num_classes, generator=gen)).to(dev)
+        out.append(generator.to_data_range(generator(z, y)).float().cpu())
+        done += m
+    return torch.cat(out, 0)

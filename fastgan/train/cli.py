@@ -1,0 +1,245 @@
+"""``fastgan train`` and ``fastgan sample``.
+
+fastgan train [--config FILE.yaml] [--preset NAME] [--dataset NAME] [--steps N] [--out DIR] [--resume]
+              [--device D] [--impl I] [--set key=value ...]
+
+Without --preset / --config the preset follows the data set (toy-ring8, toy-grid25, else dcgan-mnist).
+The run directory gets samples/step_XXXXXX.png (toy data: a scatter PNG and the points as .npy),
+checkpoints/last.pt (+ its .prev.pt and periodic step_XXXXXX.pt), metrics.jsonl, events.jsonl (failure
+watch) and losses.png.  --resume continues from DIR/checkpoints/last.pt with the checkpoint's own
+configuration (only run / monitor options, --impl and --device may change).  Exit codes: 0 done,
+2 bad configuration / data / checkpoint, 3 stopped on NaN / Inf, 130 interrupted (a checkpoint was saved).
+
+fastgan sample CHECKPOINT --n N --out PATH: N samples from a checkpoint's generator (EMA weights when the
+run kept them): toy data -> .npy (or a .png scatter); images -> a PNG grid (PATH.png), an .npy array in
+[-1, 1], or a folder of PNGs (any other PATH).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+TRAIN_EXAMPLES = """examples:
+  fastgan train --preset dcgan-mnist --steps 300 --out runs/dcgan
+  fastgan train --preset toy-ring8 --steps 2000 --out runs/ring8
+  fastgan train --preset wgan-gp-mnist --set tricks.ema=0.999 --set model.ndf=64
+  fastgan train --preset dcgan-mnist --set label_smoothing=0.1 instance_noise=0.1 --impl ref
+  fastgan train --out runs/dcgan --resume --steps 600
+  fastgan train --list-options          (every option, its default, doc and source; * = a trick)
+"""
+
+#: options that may change when resuming (everything else comes from the checkpoint)
+RESUME_MUTABLE_SECTIONS = ("run", "monitor")
+RESUME_MUTABLE_KEYS = ("model.impl",)
+RESUME_LOCKED_KEYS = ("run.batch_size", "run.seed")
+
+
+def _err(prog: str, message: str) -> None:
+    for line in str(message).splitlines() or [""]:
+        print(f"{prog}: error: {line}", file=sys.stderr)
+
+
+def _flag_overrides(args) -> dict:
+    return {"data.dataset": args.dataset, "run.steps": args.steps, "run.out": args.out, "run.device": args.device,
+            "model.impl": args.impl, "run.batch_size": args.batch_size, "run.seed": args.seed,
+            "data.image_size": args.image_size, "data.root": args.root,
+            "data.download": True if args.download else None,
+            "run.progress": False if args.no_progress else None, "run.threads": args.threads}
+
+
+def _sets(args) -> list:
+    out = []
+    for group in args.set or ():
+        out += group
+    return out
+
+
+def _resume_config(args, cfg, state):
+    """The checkpoint's configuration with the explicitly given run / monitor options (and impl) applied."""
+    from .config import ConfigError, TrainConfig, apply_overrides, parse_set, resolve_key
+
+    base = TrainConfig.from_dict(state["config"])
+    explicit = {k: v for k, v in _flag_overrides(args).items() if v is not None}
+    explicit.update({resolve_key(k): v for k, v in parse_set(_sets(args)).items()})
+    errors = []
+    for key in explicit:
+        section = key.split(".", 1)[0]
+        if key in RESUME_LOCKED_KEYS or (section not in RESUME_MUTABLE_SECTIONS and key not in RESUME_MUTABLE_KEYS):
+            current = getattr(getattr(base, section), key.split(".", 1)[1])
+            new = explicit[key]
+            if str(new) != str(current):
+                errors.append(f"{key} cannot change when resuming (the checkpoint has {current!r}); "
+                              f"start a new run in another --out")
+    if errors:
+        raise ConfigError(errors)
+    apply_overrides(base, {k: v for k, v in explicit.items()}, where="command line")
+    base.run.out = cfg.run.out
+    base.preset = state["config"].get("preset")
+    return base
+
+
+def cmd_train(args) -> int:
+    from ..data import DatasetUnavailableError
+    from .checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
+    from .config import ConfigError, describe_options, load_config, preset_names, to_yaml, validate
+    from .trainer import Trainer
+
+    prog = "fastgan train"
+    if args.list_options:
+        print(describe_options())
+        return 0
+    if args.list_presets:
+        from .config import PRESETS
+
+        for name in preset_names():
+            p = PRESETS[name]
+            print(f"{name:18s} {p.get('data', {}).get('dataset', '')}, loss {p.get('loss', {}).get('loss', '')}")
+        return 0
+    try:
+        cfg = load_config(args.config, args.preset, _flag_overrides(args), _sets(args))
+        state = None
+        if args.resume:
+            path = find_resume_checkpoint(cfg.run.out)
+            if path is None:
+                print(f"{prog}: nothing to resume under {cfg.run.out}; starting from scratch")
+            else:
+                state = load_checkpoint(path)
+                cfg = validate(_resume_config(args, cfg, state))
+                print(f"{prog}: resuming from {path} at step {state['step']}")
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        trainer = Trainer(cfg, resume=state)
+        if state is None:
+            from ..demo import atomic_write
+
+            atomic_write(os.path.join(cfg.run.out, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))
+        summary = trainer.train()
+    except ConfigError as exc:
+        for line in exc.errors:
+            _err(prog, f"config: {line}")
+        return 2
+    except (DatasetUnavailableError, CheckpointError) as exc:
+        _err(prog, str(exc))
+        return 2
+    except ValueError as exc:  # bad arguments found while building (device, batch size > data set, ...)
+        _err(prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return 2
+    return {"done": 0, "interrupted": 130, "diverged": 3}[summary["status"]]
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from ..demo import atomic_write, save_grid
+    from .checkpoint import CheckpointError, generate, load_generator
+    from .logs import save_toy_samples
+
+    prog = "fastgan sample"
+    if args.n < 1:
+        _err(prog, f"--n must be >= 1, got {args.n}")
+        return 2
+    try:
+        g = load_generator(args.checkpoint, device=args.device, ema=not args.no_ema, impl=args.impl)
+    except (CheckpointError, ValueError) as exc:
+        _err(prog, str(exc))
+        return 2
+    labels = None
+    if args.label is not None:
+        if not g.num_classes:
+            _err(prog, "--label: this generator is not conditional")
+            return 2
+        if not 0 <= args.label < g.num_classes:
+            _err(prog, f"--label must be in [0, {g.num_classes}), got {args.label}")
+            return 2
+        labels = torch.full((args.n,), args.label, dtype=torch.long)
+    x = generate(g, args.n, seed=args.seed, labels=labels)
+    out = args.out
+    ext = os.path.splitext(out)[1].lower()
+    if g.data_kind == "toy":
+        if ext == ".png":
+            from ..data import toy_mixture
+
+            centers = None
+            try:
+                centers = toy_mixture(g.data_info.get("dataset")).centers
+            except (ValueError, TypeError):
+                pass
+            save_toy_samples(x, out, None, centers, title=f"{args.n} samples, step {g.checkpoint_step}")
+        else:
+            if ext != ".npy":
+                out += ".npy"
+            atomic_write(out, lambda f: np.save(f, x.numpy()))
+    elif ext == ".png":
+        save_grid(x, out, nrow=args.nrow or max(1, int(round(args.n ** 0.5))))
+    elif ext == ".npy":
+        atomic_write(out, lambda f: np.save(f, x.numpy()))
+    else:
+        from torchvision.utils import save_image
+
+        os.makedirs(out, exist_ok=True)
+        for i in range(x.shape[0]):
+            path = os.path.join(out, f"{i:06d}.png")
+            atomic_write(path, lambda f, i=i: save_image(x[i], f, format="png", normalize=True, value_range=(-1, 1)))
+    print(f"{prog}: wrote {args.n} samples to {out} (step {g.checkpoint_step}"
+          f"{', EMA' if not args.no_ema and g is not None else ''})")
+    return 0
+
+
+def add_command(subparsers) -> None:
+    """Register ``fastgan train`` and ``fastgan sample`` on an ``argparse`` subparsers object."""
+    from .._backend import IMPLS
+    from ..data import DATASETS
+
+    p = subparsers.add_parser("train", help="train a GAN (DCGAN / WGAN-GP / LSGAN / hinge; images or 2D toys)",
+                              description=__doc__, epilog=TRAIN_EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML configuration (nested by section or flat)")
+    p.add_argument("--preset", help="named preset (--list-presets); 'none' = plain defaults")
+    p.add_argument("--dataset", choices=DATASETS, help="data set (default: the preset's)")
+    p.add_argument("--steps", type=int, help="G steps to train to")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints/last.pt")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--impl", choices=IMPLS, help="backend of every fused layer (ref | triton | cuda | auto)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--root", help="data directory (Fashion-MNIST IDX files, torchvision data, image folder)")
+    p.add_argument("--download", action="store_true", help="let torchvision download (internet)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
+                   help="any option: section.key=value or a unique key (value parsed as YAML)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--list-options", action="store_true", help="every option with its default, doc and source")
+    p.add_argument("--list-presets", action="store_true", help="the named presets")
+    p.set_defaults(func=cmd_train)
+
+    s = subparsers.add_parser("sample", help="write samples of a trained generator",
+                              description="Write N samples of a `fastgan train` checkpoint's generator: toy data "
+                              "-> .npy (or a .png scatter); images -> PATH.png grid, PATH.npy array in [-1, 1], "
+                              "or a folder of PNGs.")
+    s.add_argument("checkpoint", help="checkpoint file (or a run directory: its checkpoints/last.pt)")
+    s.add_argument("--n", type=int, default=64, help="number of samples (default %(default)s)")
+    s.add_argument("--out", required=True, help="output path (.npy, .png, or a folder)")
+    s.add_argument("--seed", type=int, default=0, help="seed of z (default %(default)s)")
+    s.add_argument("--device", default="cpu", help="default %(default)s")
+    s.add_argument("--impl", choices=IMPLS, default=None, help="fused-layer backend (default auto)")
+    s.add_argument("--no-ema", action="store_true", help="the raw G weights even when the run kept an EMA")
+    s.add_argument("--label", type=int, help="class of every sample (conditional generators)")
+    s.add_argument("--nrow", type=int, help="images per row of a PNG grid")
+    s.set_defaults(func=cmd_sample)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fastgan")
+    add_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

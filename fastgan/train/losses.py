@@ -1,0 +1,103 @@
+"""GAN losses on discriminator logits.
+
+=================  =========================================  ==========================================
+loss               D minimises                                G minimises
+=================  =========================================  ==========================================
+``minimax``        BCE(D(x), t_real) + BCE(D(G(z)), t_fake)   log(1 - sigmoid(D(G(z))))  (Goodfellow 2014)
+``nonsaturating``  the same                                   BCE(D(G(z)), 1) = -log sigmoid(D(G(z)))
+``lsgan``          (D(x) - t_real)^2/2 + (D(G(z)) - t_fake)^2/2  (D(G(z)) - 1)^2 / 2   (Mao et al. 2017)
+``hinge``          relu(1 - D(x)) + relu(1 + D(G(z)))         -D(G(z))                   (Lim & Ye 2017)
+``wasserstein``    D(G(z)) - D(x)                             -D(G(z))                   (Arjovsky et al. 2017)
+=================  =========================================  ==========================================
+
+Each term is a mean over the batch.  ``t_real`` / ``t_fake`` are per-sample
+targets (1 and 0 unless label smoothing or noisy labels change them); they
+apply to the losses with targets only.  The minimax G loss is written
+``-softplus(l)`` = log(1 - sigmoid(l)), stable for any logit.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("minimax", "nonsaturating", "lsgan", "hinge", "wasserstein")
+WITH_TARGETS = ("minimax", "nonsaturating", "lsgan")
+
+
+def _check(kind: str) -> None:
+    if kind not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+
+
+def _targets(logits: torch.Tensor, targets, default: float) -> torch.Tensor:
+    if targets is None:
+        return torch.full_like(logits, default)
+    if not torch.is_tensor(targets):
+        return torch.full_like(logits, float(targets))
+    return targets.to(logits.dtype).expand_as(logits)
+
+
+def d_loss_real(kind: str, logits: torch.Tensor, targets=None) -> torch.Tensor:
+    """D's loss on real samples (targets default 1)."""
+    _check(kind)
+    logits = logits.float()
+    if kind in ("minimax", "nonsaturating"):
+        return F.binary_cross_entropy_with_logits(logits, _targets(logits, targets, 1.0))
+    if kind == "lsgan":
+        return 0.5 * (logits - _targets(logits, targets, 1.0)).square().mean()
+    if kind == "hinge":
+        return F.relu(1.0 - logits).mean()
+    return -logits.mean()
+
+
+def d_loss_fake(kind: str, logits: torch.Tensor, targets=None) -> torch.Tensor:
+    """D's loss on fake samples (targets default 0)."""
+    _check(kind)
+    logits = logits.float()
+    if kind in ("minimax", "nonsaturating"):
+        return F.binary_cross_entropy_with_logits(logits, _targets(logits, targets, 0.0))
+    if kind == "lsgan":
+        return 0.5 * (logits - _targets(logits, targets, 0.0)).square().mean()
+    if kind == "hinge":
+        return F.relu(1.0 + logits).mean()
+    return logits.mean()
+
+
+def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor, real_targets=None,
+           fake_targets=None) -> torch.Tensor:
+    return d_loss_real(kind, real_logits, real_targets) + d_loss_fake(kind, fake_logits, fake_targets)
+
+
+def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's adversarial loss on D's logits for its samples."""
+    _check(kind)
+    logits = fake_logits.float()
+    if kind == "minimax":
+        return -F.softplus(logits).mean()  # log(1 - sigmoid(l)), minimised
+    if kind == "nonsaturating":
+        return F.softplus(-logits).mean()  # -log sigmoid(l)
+    if kind == "lsgan":
+        return 0.5 * (logits - 1.0).square().mean()
+    return -logits.mean()
+
+
+def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
+    """||mean_batch f(x) - mean_batch f(G(z))||^2 (Salimans et al. 2016, sec. 3.1); real features detached."""
+    real = real_features.detach().flatten(1).float().mean(0)
+    fake = fake_features.flatten(1).float().mean(0)
+    return (real - fake).square().sum()
+
+
+def d_accuracy(real_logits: Optional[torch.Tensor], fake_logits: Optional[torch.Tensor], kind: str) -> float:
+    """Fraction of samples D puts on the right side of its decision threshold (0 for BCE, 0.5 for LSGAN)."""
+    threshold = 0.5 if kind == "lsgan" else 0.0
+    right, total = 0, 0
+    if real_logits is not None:
+        right += (real_logits > threshold).sum().item()
+        total += real_logits.numel()
+    if fake_logits is not None:
+        right += (fake_logits <= threshold).sum().item()
+        total += fake_logits.numel()
+    return right / max(total, 1)

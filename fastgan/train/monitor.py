@@ -1,0 +1,156 @@
+"""The failure watch: known GAN failure modes, reported as they happen with a one-line hint.
+
+======================  ==================================================================================
+kind                    fires when
+======================  ==================================================================================
+``d_loss_zero``         D's loss stays below ``d_loss_floor`` for ``d_loss_patience`` steps in a row
+                        (losses with a floor at 0: minimax / non-saturating / LSGAN / hinge): D wins and
+                        G's gradients vanish.
+``grad_norm``           the total gradient norm of D or G exceeds ``grad_norm_limit`` (100).
+``collapse``            over the last ``collapse_window`` log points G's loss falls while the sample quality
+                        proxy degrades: sample diversity (mean pairwise distance of a fake batch over that
+                        of a real batch) falls and ends below ``diversity_floor``, or (toy data) the number
+                        of modes covered falls; or D is fooled (D(G(z)) ~ D(x)) by low-diversity samples.
+``nonfinite``           NaN / Inf in a loss or a gradient: that update is skipped; after
+                        ``nonfinite_patience`` in a row the run stops (raises :class:`TrainingDiverged`)
+                        and the last good checkpoint is kept.
+======================  ==================================================================================
+
+Each report is a dict {step, kind, message} handed to ``report`` (the trainer
+prints it and appends it to ``events.jsonl``); the same kind is repeated at
+most every ``hint_every`` steps.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+HINTS = {
+    "d_loss_zero": "D wins and G's gradients vanish; try one-sided label smoothing, instance noise, a lower lr_d, "
+                   "a gradient penalty, or a non-saturating / Wasserstein loss",
+    "grad_norm": "exploding gradients; try a lower learning rate, a gradient penalty or spectral norm",
+    "collapse": "likely mode collapse (G fools D with a few samples); try minibatch discrimination / stddev, "
+                "PacGAN packing, feature matching, or a lower lr_g",
+    "nonfinite": "lower the learning rates, use a gradient penalty, check the data for NaN",
+}
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row: the run stops and keeps its last good checkpoint."""
+
+
+def _slope(values) -> float:
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mx = (n - 1) / 2
+    my = sum(values) / n
+    num = sum((i - mx) * (v - my) for i, v in enumerate(values))
+    den = sum((i - mx) ** 2 for i in range(n))
+    return num / den
+
+
+class FailureMonitor:
+    def __init__(self, cfg, loss_kind: str, report: Optional[Callable[[dict], None]] = None):
+        self.cfg = cfg
+        self.loss_kind = loss_kind
+        self.report = report or (lambda event: None)
+        self.low_d_steps = 0
+        self.nonfinite_run = 0
+        self.last_reported: dict[str, int] = {}
+        self.history: list[dict] = []  # log points: step, loss_g, diversity, modes, d_real, d_fake
+        self.events: list[dict] = []
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _emit(self, step: int, kind: str, message: str, force: bool = False) -> Optional[dict]:
+        last = self.last_reported.get(kind)
+        if not force and last is not None and step - last < self.cfg.hint_every:
+            return None
+        self.last_reported[kind] = step
+        event = {"step": step, "kind": kind, "message": f"{message}. Hint: {HINTS[kind]}"}
+        self.events.append(event)
+        self.report(event)
+        return event
+
+    # -- per step ------------------------------------------------------------------------------
+    def check_step(self, step: int, stats: dict) -> list[dict]:
+        """Per-step checks on ``loss_d`` and the gradient norms ``grad_d`` / ``grad_g``."""
+        if not self.cfg.enabled:
+            return []
+        out = []
+        loss_d = stats.get("loss_d")
+        if self.loss_kind != "wasserstein" and loss_d is not None and math.isfinite(loss_d):
+            if loss_d < self.cfg.d_loss_floor:
+                self.low_d_steps += 1
+            else:
+                self.low_d_steps = 0
+            if self.low_d_steps >= self.cfg.d_loss_patience:
+                e = self._emit(step, "d_loss_zero", f"step {step}: D loss {loss_d:.2e} < {self.cfg.d_loss_floor:g} "
+                               f"for {self.low_d_steps} steps (D loss -> 0)")
+                out += [e] if e else []
+        for key, who in (("grad_d", "D"), ("grad_g", "G")):
+            g = stats.get(key)
+            if g is not None and math.isfinite(g) and g > self.cfg.grad_norm_limit:
+                e = self._emit(step, "grad_norm", f"step {step}: {who}'s gradient norm {g:.3g} > "
+                               f"{self.cfg.grad_norm_limit:g}")
+                out += [e] if e else []
+        return out
+
+    def nonfinite(self, step: int, what: str) -> None:
+        """Record a skipped non-finite update; raises TrainingDiverged after ``nonfinite_patience`` in a row."""
+        self.nonfinite_run += 1
+        self._emit(step, "nonfinite", f"step {step}: NaN/Inf in {what}; update skipped "
+                   f"({self.nonfinite_run}/{self.cfg.nonfinite_patience} in a row)", force=True)
+        if self.nonfinite_run >= self.cfg.nonfinite_patience:
+            raise TrainingDiverged(f"stopped at step {step}: {self.nonfinite_run} non-finite steps in a row "
+                                   f"(last: {what})")
+
+    def finite_step(self) -> None:
+        self.nonfinite_run = 0
+
+    # -- per log point ---------------------------------------------------------------------------
+    def check_log(self, step: int, row: dict) -> list[dict]:
+        """Trend check on the log rows (``loss_g``, ``diversity``, ``modes``, ``d_real``, ``d_fake``)."""
+        point = {k: row.get(k) for k in ("loss_g", "diversity", "modes", "d_real", "d_fake")}
+        point["step"] = step
+        self.history.append(point)
+        w = self.cfg.collapse_window
+        self.history = self.history[-max(w, 3):]
+        if not self.cfg.enabled or len(self.history) < w:
+            return []
+        hist = self.history[-w:]
+        g = [h["loss_g"] for h in hist]
+        if any(v is None or not math.isfinite(v) for v in g):
+            return []
+        g_falling = _slope(g) < 0
+        out = []
+        div = [h["diversity"] for h in hist]
+        if g_falling and all(v is not None and math.isfinite(v) for v in div):
+            if _slope(div) < 0 and div[-1] < self.cfg.diversity_floor:
+                e = self._emit(step, "collapse", f"step {step}: G loss falling ({g[0]:.3g} -> {g[-1]:.3g}) while "
+                               f"sample diversity drops ({div[0]:.2f} -> {div[-1]:.2f} of the data's)")
+                out += [e] if e else []
+        modes = [h["modes"] for h in hist]
+        if g_falling and all(v is not None for v in modes) and modes[-1] < max(modes):
+            if _slope(modes) < 0:
+                e = self._emit(step, "collapse", f"step {step}: G loss falling ({g[0]:.3g} -> {g[-1]:.3g}) while "
+                               f"modes covered drop ({max(modes)} -> {modes[-1]})")
+                out += [e] if e else []
+        last = hist[-1]
+        if (self.loss_kind in ("minimax", "nonsaturating") and last["d_real"] is not None
+                and last["d_fake"] is not None and last["diversity"] is not None
+                and last["d_fake"] >= last["d_real"] and last["diversity"] < self.cfg.diversity_floor):
+            e = self._emit(step, "collapse", f"step {step}: D is fooled (D(G(z)) {last['d_fake']:.2f} >= D(x) "
+                           f"{last['d_real']:.2f}) by samples of low diversity ({last['diversity']:.2f})")
+            out += [e] if e else []
+        return out
+
+    def state_dict(self) -> dict:
+        return {"low_d_steps": self.low_d_steps, "nonfinite_run": self.nonfinite_run,
+                "last_reported": dict(self.last_reported), "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.low_d_steps = int(state.get("low_d_steps", 0))
+        self.nonfinite_run = int(state.get("nonfinite_run", 0))
+        self.last_reported = dict(state.get("last_reported", {}))
+        self.history = list(state.get("history", []))

@@ -1,0 +1,752 @@
+"""The GAN trainer behind ``fastgan train``.
+
+One *step* is ``n_critic`` discriminator updates followed by one generator
+update.  Everything random draws from torch's global generator (whose state,
+with numpy's and python's, goes into every checkpoint) or from generators
+seeded by ``run.seed``; the data order is a function of (seed, epoch); sample
+grids and evaluations run on fixed latents under ``torch.random.fork_rng``.
+So ``2N`` steps in one go and ``N`` steps + ``--resume`` + ``N`` steps give
+bit-identical weights on the CPU.
+
+The D update (per critic step)::
+
+    real (+ labels) from the stream; z ~ p(z) (+ random labels)
+    fake = G(z)                        (an old G snapshot with probability swap_prob)
+    fake <- replay.mix(fake)           (experience replay)
+    add instance noise to real and fake; pack them (PacGAN)
+    D on real and fake, separately or as one batch; targets from label smoothing / flips
+    loss = D loss (+ AC-GAN class loss) (+ gradient penalty) (+ historical averaging)
+    skip the update if the loss or the gradient is not finite; else step (+ weight clipping)
+
+The G update::
+
+    fake = G(z) (the last critic step's, reused)   D' = D or an old D snapshot
+    loss = G loss on D'(noise(pack(fake))) (+ feature matching) (+ AC-GAN class loss) (+ historical averaging)
+    step; EMA update
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models import has_vbn
+from ..nn import virtual_batch_reference
+from . import losses as L
+from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_checkpoint, restore_rng,
+                         save_checkpoint)
+from .config import TrainConfig, validate
+from .data import DataStream
+from .logs import JsonlLog, plot_metrics, save_grid, save_toy_samples
+from .models import build_discriminator, build_generator, model_specs, switch_impl
+from .monitor import FailureMonitor, TrainingDiverged
+from .tricks import (EMA, HistoricalAverage, ReplayBuffer, SnapshotPool, add_instance_noise, d_targets,
+                     instance_noise_std, pack, sample_labels, sample_z, slerp_grid)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"run.device={name!r} but no CUDA GPU is available (use --device cpu)")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _grad_norm(params) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+def _all_finite(module_or_tensors) -> bool:
+    tensors = (list(module_or_tensors.parameters()) + list(module_or_tensors.buffers())
+               if isinstance(module_or_tensors, torch.nn.Module) else module_or_tensors)
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def _pairwise_mean(x: torch.Tensor, limit: int = 128) -> float:
+    x = x.detach().flatten(1).float()[:limit]
+    if x.shape[0] < 2:
+        return float("nan")
+    return torch.pdist(x).mean().item()
+
+
+def toy_mode_stats(points: torch.Tensor, mixture, n_sigma: float = 3.0, min_share: float = 0.2) -> dict:
+    """Modes covered and high-quality fraction of 2D samples (the VEEGAN / PacGAN protocol's quantities):
+    a sample is high quality within ``n_sigma`` standard deviations of its nearest centre; a mode is covered
+    when it holds at least ``min_share`` of its fair share (n / K) of high-quality samples."""
+    idx, dist = mixture.nearest_mode(points.detach().float().cpu())
+    good = dist <= n_sigma
+    k = mixture.num_modes
+    counts = torch.bincount(idx[good], minlength=k)
+    need = max(1.0, min_share * points.shape[0] / k)
+    covered = int((counts >= need).sum())
+    return {"modes": covered, "modes_frac": covered / k, "high_quality": good.float().mean().item()}
+
+
+class Trainer:
+    """Build everything from a validated :class:`TrainConfig`; ``train()`` runs it.
+
+    ``resume``: a checkpoint dict (from :func:`load_checkpoint`) to continue from.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: Optional[dict] = None, log: Callable[[str], None] = print):
+        validate(cfg)
+        self.cfg, self.log = cfg, log
+        r, m, t, lo, o = cfg.run, cfg.model, cfg.tricks, cfg.loss, cfg.optim
+        self.device = resolve_device(r.device)
+        if r.threads:
+            torch.set_num_threads(r.threads)
+        if r.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(r.seed)
+        self.toy = cfg.is_toy()
+        self.out = r.out
+        self.ckpt_dir = os.path.join(self.out, "checkpoints")
+        self.sample_dir = os.path.join(self.out, "samples")
+
+        # -- data ------------------------------------------------------------------------------
+        from ..data import load_dataset
+
+        d = cfg.data
+        self.dataset = load_dataset(d.dataset, root=d.root, image_size=d.image_size, download=d.download,
+                                    max_samples=d.max_samples, channels=d.channels, num_samples=d.toy_samples,
+                                    seed=r.seed)
+        if self.toy:
+            self.data_info = {"kind": "toy", "dataset": d.dataset, "num_classes": self.dataset.num_classes,
+                              "channels": None, "image_size": None}
+            self.mixture = self.dataset.mixture
+        else:
+            self.data_info = {"kind": "image", "dataset": d.dataset, "num_classes": self.dataset.num_classes,
+                              "channels": self.dataset.channels, "image_size": d.image_size}
+            self.mixture = None
+        self.stream = DataStream(self.dataset, r.batch_size, r.seed, self.device)
+        self.scale_to_unit = not self.toy and not d.scale_inputs
+        cl = r.channels_last == "on" or (r.channels_last == "auto" and self.device.type == "cpu")
+        self.memory_format = torch.channels_last if (cl and not self.toy) else torch.contiguous_format
+
+        # -- models ----------------------------------------------------------------------------
+        self.spec = model_specs(cfg, self.data_info)
+        self.G = build_generator(self.spec["generator"]).to(self.device, memory_format=self.memory_format)
+        self.D = build_discriminator(self.spec["discriminator"]).to(self.device, memory_format=self.memory_format)
+        self.num_classes = self.spec["generator"]["num_classes"]
+        self.conditional = self.spec["discriminator"]["conditional"]
+        self.g_vbn, self.d_vbn = has_vbn(self.G), has_vbn(self.D)
+        self.opt_g = self._optimizer(self.G, o.optimizer_g, o.lr_g, 0.0)
+        self.opt_d = self._optimizer(self.D, o.optimizer_d, o.lr_d, o.momentum_d)
+
+        # -- fixed tensors (seeded generators, independent of the global RNG) ------------------
+        gen = torch.Generator().manual_seed(r.seed + 1)
+        n_fixed = r.n_samples * (16 if self.toy else 1)
+        self.fixed_z = sample_z(n_fixed, m.nz, m.z_dist, generator=gen).to(self.device)
+        self.fixed_labels = (torch.arange(n_fixed) % self.num_classes).to(self.device) if self.num_classes else None
+        self.vbn_z = self.vbn_labels = self.vbn_real = self.vbn_real_labels = None
+        if self.g_vbn:
+            gv = torch.Generator().manual_seed(r.seed + 2)
+            self.vbn_z = sample_z(t.vbn_reference_size, m.nz, m.z_dist, generator=gv).to(self.device)
+            if self.num_classes:
+                self.vbn_labels = sample_labels(t.vbn_reference_size, self.num_classes, generator=gv).to(self.device)
+        if self.d_vbn:
+            size = t.vbn_reference_size - t.vbn_reference_size % t.pack or t.pack
+            x, y = self.stream.fixed_batch(size, r.seed + 3)
+            self.vbn_real, self.vbn_real_labels = self._prepare_real(x), y
+
+        # -- tricks ----------------------------------------------------------------------------
+        self.ema = EMA(self.G, t.ema, t.ema_start) if t.ema > 0 else None
+        self.replay = ReplayBuffer(t.replay_size, t.replay_ratio) if t.replay_size else None
+        self.g_pool = SnapshotPool(self.G, t.swap_every, t.swap_pool, t.swap_prob) if t.swap_prob > 0 else None
+        self.d_pool = SnapshotPool(self.D, t.swap_every, t.swap_pool, t.swap_prob) if t.swap_prob > 0 else None
+        self.hist_g = HistoricalAverage(self.G, lo.historical_averaging) if lo.historical_averaging > 0 else None
+        self.hist_d = HistoricalAverage(self.D, lo.historical_averaging) if lo.historical_averaging > 0 else None
+        self.penalty = None
+        if lo.penalty != "none":
+            from ..penalties import LazyRegularizer
+
+            self.penalty = LazyRegularizer(lo.penalty, every=lo.penalty_every, weight=lo.penalty_weight)
+
+        self.step = 0
+        self.monitor = FailureMonitor(cfg.monitor, lo.loss, report=self._report)
+        self._stop_reason: Optional[str] = None
+        self._last_real = None
+        self._last_fake = None
+        self._toy_eval_z = None
+        self._eval_warned = False
+        self.last_good_checkpoint: Optional[str] = None
+        self._resumed = resume is not None
+        if resume is not None:
+            self.load_state_dict(resume)
+        os.makedirs(self.out, exist_ok=True)
+        resume_step = self.step if self._resumed else None
+        self.metrics = JsonlLog(os.path.join(self.out, "metrics.jsonl"), resume_step)
+        self.events = JsonlLog(os.path.join(self.out, "events.jsonl"), resume_step)
+
+    # ------------------------------------------------------------------------------------------
+    # Construction helpers
+    # ------------------------------------------------------------------------------------------
+    def _optimizer(self, model, kind: str, lr: float, momentum: float):
+        params = [p for p in model.parameters() if p.requires_grad]
+        if kind == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=(self.cfg.optim.beta1, self.cfg.optim.beta2))
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+    def _prepare_real(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale_to_unit:
+            x = (x + 1.0) * 0.5
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
+        return x
+
+    def _report(self, event: dict) -> None:
+        line = f"[fastgan monitor] {event['message']}"
+        self._write(line)
+        if hasattr(self, "events"):
+            self.events.write(event)
+
+    def _write(self, line: str) -> None:
+        bar = getattr(self, "_bar", None)
+        if bar is not None and not bar.disable:
+            bar.write(line, file=sys.stdout)
+        else:
+            self.log(line)
+
+    # ------------------------------------------------------------------------------------------
+    # Forward helpers
+    # ------------------------------------------------------------------------------------------
+    def _vbn_ref_g(self, g) -> None:
+        if self.g_vbn:
+            with virtual_batch_reference(g):
+                g(self.vbn_z, self.vbn_labels)
+
+    def _vbn_ref_d(self, d) -> None:
+        if self.d_vbn:
+            sigma = self.noise_std()
+            with virtual_batch_reference(d):
+                d.forward_all(pack(add_instance_noise(self.vbn_real, sigma), self.cfg.tricks.pack),
+                              self.vbn_real_labels if self.conditional != "none" else None)
+
+    def noise_std(self, step: Optional[int] = None) -> float:
+        t = self.cfg.tricks
+        decay = t.instance_noise_decay or self.cfg.run.steps
+        return instance_noise_std(self.step if step is None else step, t.instance_noise, decay)
+
+    def _d_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return pack(add_instance_noise(x, sigma), self.cfg.tricks.pack)
+
+    def _labels_for_d(self, y):
+        return y if self.conditional != "none" else None
+
+    # ------------------------------------------------------------------------------------------
+    # One step
+    # ------------------------------------------------------------------------------------------
+    def d_step(self, keep_fake: bool) -> dict:
+        cfg, t, lo = self.cfg, self.cfg.tricks, self.cfg.loss
+        real, y_real = self.stream.next()
+        real = self._prepare_real(real)
+        n = real.shape[0]
+        z = sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device)
+        y_fake = sample_labels(n, self.num_classes, device=self.device) if self.num_classes else None
+        swap = self.g_pool.draw() if self.g_pool is not None else None
+        if swap is not None:
+            g_src = self.g_pool.load(swap, self.G)
+            keep_fake = False
+        else:
+            g_src = self.G
+        with torch.set_grad_enabled(keep_fake):
+            self._vbn_ref_g(g_src)
+            fake_live = g_src(z, y_fake)
+        fake = fake_live.detach()
+        if self.replay is not None:
+            new_fake, new_labels = fake, y_fake
+            fake, y_fake_d = self.replay.mix(fake, y_fake)
+            self.replay.push(new_fake, new_labels)
+        else:
+            y_fake_d = y_fake
+        sigma = self.noise_std()
+        real_in, fake_in = self._d_input(real, sigma), self._d_input(fake, sigma)
+        npk = real_in.shape[0]
+        smooth = dict(smoothing=t.label_smoothing, random=t.random_labels, real_range=t.real_label_range,
+                      fake_range=t.fake_label_range, flip=t.label_flip, device=self.device)
+        targets_on = lo.loss in L.WITH_TARGETS and (t.label_smoothing > 0 or t.random_labels or t.label_flip > 0)
+        t_real = d_targets(npk, True, **smooth) if targets_on else None
+        t_fake = d_targets(npk, False, **smooth) if targets_on else None
+
+        self._vbn_ref_d(self.D)
+        yr, yf = self._labels_for_d(y_real), self._labels_for_d(y_fake_d)
+        if t.separate_batches:
+            out_r, cls_r, _ = self.D.forward_all(real_in, yr)
+            out_f, cls_f, _ = self.D.forward_all(fake_in, yf)
+        else:
+            both = torch.cat([real_in, fake_in], 0)
+            yb = None if yr is None else torch.cat([yr, yf], 0)
+            out, cls, _ = self.D.forward_all(both, yb)
+            out_r, out_f = out[:npk], out[npk:]
+            cls_r, cls_f = (None, None) if cls is None else (cls[:npk], cls[npk:])
+        loss_adv = L.d_loss(lo.loss, out_r, out_f, t_real, t_fake)
+        loss = loss_adv
+        stats = {}
+        if self.conditional == "acgan":
+            aux = F.cross_entropy(cls_r.float(), y_real) + F.cross_entropy(cls_f.float(), y_fake_d)
+            loss = loss + lo.aux_weight * aux
+            stats["aux_d"] = aux.detach()
+            stats["acc_cls_real"] = (cls_r.argmax(1) == y_real).float().mean().detach()
+        if self.penalty is not None:
+            critic = (lambda x, y=None: self.D(x, y))
+            kw = dict(labels=yr) if yr is not None else {}
+            gp = self.penalty(critic, real_in, fake_in, impl=cfg.model.impl, **kw)
+            if gp is not None:
+                loss = loss + gp
+                stats["penalty"] = gp.detach()
+        if self.hist_d is not None:
+            loss = loss + self.hist_d.penalty(self.D)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = _grad_norm(self.D.parameters())
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm))
+        if finite:
+            self.opt_d.step()
+            if lo.clip_weights > 0:
+                with torch.no_grad():
+                    for p in self.D.parameters():
+                        p.clamp_(-lo.clip_weights, lo.clip_weights)
+            if self.hist_d is not None:
+                self.hist_d.update(self.D)
+        else:
+            self.opt_d.zero_grad(set_to_none=True)
+        self._last_real = real
+        self._last_fake = fake
+        with torch.no_grad():
+            as_prob = lo.loss in ("minimax", "nonsaturating")
+            stats.update(loss_d=loss_adv.detach(), grad_d=gnorm.detach(),
+                         d_real=(torch.sigmoid(out_r) if as_prob else out_r).float().mean(),
+                         d_fake=(torch.sigmoid(out_f) if as_prob else out_f).float().mean(),
+                         d_acc=torch.tensor(L.d_accuracy(out_r, out_f, lo.loss)),
+                         swap_g=float(swap is not None))
+        stats["_finite"] = finite
+        stats["_fake_live"] = fake_live if keep_fake else None
+        stats["_z"], stats["_y_fake"], stats["_y_real"] = z, y_fake, y_real
+        return stats
+
+    def g_step(self, d_stats: dict) -> dict:
+        cfg, lo = self.cfg, self.cfg.loss
+        fake, y_fake = d_stats["_fake_live"], d_stats["_y_fake"]
+        if fake is None:  # swapped G in the D step, or not reusable: draw anew
+            n = cfg.run.batch_size
+            z = sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device)
+            y_fake = sample_labels(n, self.num_classes, device=self.device) if self.num_classes else None
+            self._vbn_ref_g(self.G)
+            fake = self.G(z, y_fake)
+        swap = self.d_pool.draw() if self.d_pool is not None else None
+        d_adv = self.d_pool.load(swap, self.D) if swap is not None else self.D
+        for p in self.D.parameters():
+            p.requires_grad_(False)
+        try:
+            self._vbn_ref_d(d_adv)
+            sigma = self.noise_std()
+            fake_in = self._d_input(fake, sigma)
+            out_f, cls_f, feat_f = d_adv.forward_all(fake_in, self._labels_for_d(y_fake))
+            loss = torch.zeros((), device=self.device)
+            stats = {}
+            if not lo.feature_matching_only:
+                adv = L.g_loss(lo.loss, out_f)
+                loss = loss + adv
+                stats["loss_g_adv"] = adv.detach()
+            if lo.feature_matching > 0:
+                with torch.no_grad():
+                    real_in = self._d_input(self._last_real, sigma)
+                    _, _, feat_r = d_adv.forward_all(real_in, self._labels_for_d(d_stats["_y_real"]))
+                fm = L.feature_matching_loss(feat_r, feat_f)
+                loss = loss + lo.feature_matching * fm
+                stats["feature_matching"] = fm.detach()
+            if self.conditional == "acgan":
+                aux = F.cross_entropy(cls_f.float(), y_fake)
+                loss = loss + lo.aux_weight * aux
+                stats["aux_g"] = aux.detach()
+            if self.hist_g is not None:
+                loss = loss + self.hist_g.penalty(self.G)
+        finally:
+            for p in self.D.parameters():
+                p.requires_grad_(True)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = _grad_norm(self.G.parameters())
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm))
+        if finite:
+            self.opt_g.step()
+            if self.hist_g is not None:
+                self.hist_g.update(self.G)
+        else:
+            self.opt_g.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.G, self.step)
+        self._last_fake = fake.detach()
+        stats.update(loss_g=loss.detach(), grad_g=gnorm.detach(), swap_d=float(swap is not None))
+        stats["_finite"] = finite
+        return stats
+
+    def train_step(self) -> dict:
+        """n_critic D updates and one G update; returns the step's statistics (floats)."""
+        n_critic = self.cfg.optim.n_critic
+        d_stats = {}
+        d_finite = True
+        for i in range(n_critic):
+            d_stats = self.d_step(keep_fake=(i == n_critic - 1))
+            d_finite &= d_stats["_finite"]
+        g_stats = self.g_step(d_stats)
+        self.step += 1
+        out = {k: (v.item() if torch.is_tensor(v) else v) for k, v in {**d_stats, **g_stats}.items()
+               if not k.startswith("_")}
+        out["d_steps"] = n_critic
+        out["noise_std"] = self.noise_std(self.step - 1)
+        if not (d_finite and g_stats["_finite"]):
+            what = ", ".join(w for w, ok in (("D's loss/gradient", d_finite), ("G's loss/gradient",
+                                                                                 g_stats["_finite"])) if not ok)
+            self.monitor.nonfinite(self.step, what)  # raises TrainingDiverged after the patience
+        else:
+            self.monitor.finite_step()
+        for pool, model in ((self.g_pool, self.G), (self.d_pool, self.D)):
+            if pool is not None:
+                pool.maybe_snapshot(self.step, model)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # Samples, evaluation
+    # ------------------------------------------------------------------------------------------
+    def sampling_generator(self):
+        return self.ema.model if self.ema is not None else self.G
+
+    @contextlib.contextmanager
+    def _frozen_rng(self):
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            yield
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, labels=None, generator=None) -> torch.Tensor:
+        g = generator or self.sampling_generator()
+        was = g.training
+        g.eval()
+        try:
+            self._vbn_ref_g(g)
+            out = [g(z[i:i + 512], None if labels is None else labels[i:i + 512]) for i in range(0, len(z), 512)]
+        finally:
+            g.train(was)
+        return torch.cat(out, 0)
+
+    def write_samples(self) -> str:
+        os.makedirs(self.sample_dir, exist_ok=True)
+        name = f"step_{self.step:06d}"
+        with self._frozen_rng():
+            x = self.generate(self.fixed_z, self.fixed_labels)
+            if self.toy:
+                png = os.path.join(self.sample_dir, name + ".png")
+                real = self.stream.fixed_batch(min(2000, self.stream.n), self.cfg.run.seed + 4)[0]
+                stats = toy_mode_stats(x, self.mixture)
+                save_toy_samples(x, png, os.path.join(self.sample_dir, name + ".npy"), self.mixture.centers, real,
+                                 title=f"{self.data_info['dataset']} step {self.step}: {stats['modes']}/"
+                                       f"{self.mixture.num_modes} modes, {stats['high_quality']:.0%} high quality")
+                return png
+            x = self.G.to_data_range(x)
+            png = os.path.join(self.sample_dir, name + ".png")
+            nrow = self.num_classes if self.num_classes and self.num_classes <= 16 else 8
+            save_grid(x, png, nrow=nrow)
+            if self.cfg.tricks.slerp_grid and self.fixed_z.shape[0] >= 2:
+                z = slerp_grid(self.fixed_z[:16], rows=8, steps=8)
+                labels = None
+                if self.num_classes:
+                    labels = self.fixed_labels[:16:2].repeat_interleave(8)[:z.shape[0]]
+                save_grid(self.G.to_data_range(self.generate(z, labels)),
+                          os.path.join(self.sample_dir, f"slerp_{self.step:06d}.png"), nrow=8)
+        return png
+
+    @torch.no_grad()
+    def quality_proxy(self) -> dict:
+        """Cheap sample-quality numbers for the log / monitor: diversity of the last fake batch relative to
+        the last real batch; on toy data, modes covered and high-quality fraction of 2500 fixed-z samples."""
+        out = {}
+        if self._last_fake is not None and self._last_real is not None:
+            real_d = _pairwise_mean(self._last_real)
+            if real_d > 0:
+                out["diversity"] = _pairwise_mean(self._last_fake) / real_d
+        if self.toy:
+            if self._toy_eval_z is None:
+                g = torch.Generator().manual_seed(self.cfg.run.seed + 5)
+                self._toy_eval_z = sample_z(2500, self.cfg.model.nz, self.cfg.model.z_dist, generator=g).to(
+                    self.device)
+                self._toy_eval_y = (sample_labels(2500, self.num_classes, generator=g).to(self.device)
+                                    if self.num_classes else None)
+            with self._frozen_rng():
+                pts = self.generate(self._toy_eval_z, self._toy_eval_y)
+            out.update(toy_mode_stats(pts, self.mixture))
+        return out
+
+    def evaluate(self) -> dict:
+        """fastgan.metrics when present (behind run.eval_every): toy mode metrics or a classifier score."""
+        try:
+            import fastgan.metrics as metrics
+        except ImportError as exc:
+            return self._eval_unavailable(f"fastgan.metrics cannot be imported ({exc})")
+        n = self.cfg.run.eval_samples
+        with self._frozen_rng():
+            g = torch.Generator().manual_seed(self.cfg.run.seed + 6)
+            z = sample_z(n, self.cfg.model.nz, self.cfg.model.z_dist, generator=g).to(self.device)
+            y = sample_labels(n, self.num_classes, generator=g).to(self.device) if self.num_classes else None
+            x = self.G.to_data_range(self.generate(z, y)).cpu()
+            try:
+                if self.toy:
+                    fn = getattr(metrics, "toy_mode_metrics")
+                    res = fn(x, self.data_info["dataset"])
+                else:
+                    clf = metrics.load_classifier(self.data_info["dataset"], device=self.device)
+                    logits = metrics.classifier_outputs(clf, x)
+                    logits = logits[0] if isinstance(logits, tuple) else logits
+                    score = metrics.classifier_score(logits)
+                    counts = metrics.mode_counts(logits.argmax(1), self.num_classes or 10)
+                    res = {"classifier_score": score[0] if isinstance(score, tuple) else score}
+                    res.update({k: v for k, v in counts.items() if isinstance(v, (int, float))})
+            except Exception as exc:  # metrics are optional; say once why they are off
+                return self._eval_unavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return {f"eval_{k}": v for k, v in dict(res).items() if isinstance(v, (int, float))}
+
+    def _eval_unavailable(self, why: str) -> dict:
+        if not self._eval_warned:
+            self._write(f"[fastgan train] periodic evaluation is off: {why}")
+            self._eval_warned = True
+        return {}
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints
+    # ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "config": self.cfg.to_dict(), "spec": self.spec,
+            "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "rng": capture_rng(), "data": self.stream.state_dict(),
+            "tricks": {
+                "replay": self.replay.state_dict() if self.replay is not None else None,
+                "g_pool": self.g_pool.state_dict() if self.g_pool is not None else None,
+                "d_pool": self.d_pool.state_dict() if self.d_pool is not None else None,
+                "hist_g": self.hist_g.state_dict() if self.hist_g is not None else None,
+                "hist_d": self.hist_d.state_dict() if self.hist_d is not None else None,
+                "penalty": self.penalty.state_dict() if self.penalty is not None else None,
+            },
+            "fixed": {"z": self.fixed_z.cpu(), "labels": None if self.fixed_labels is None else self.fixed_labels.cpu(),
+                      "vbn_z": None if self.vbn_z is None else self.vbn_z.cpu(),
+                      "vbn_labels": None if self.vbn_labels is None else self.vbn_labels.cpu()},
+            "monitor": self.monitor.state_dict(),
+            "meta": {"torch": str(torch.__version__), "time": time.time(), "device": str(self.device)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        dev = self.device
+        try:
+            self.G.load_state_dict(state["generator"])
+            self.D.load_state_dict(state["discriminator"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"] if state.get("ema") is not None else state["generator"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"the checkpoint does not match this configuration: {str(exc).splitlines()[0]}") \
+                from None
+        tr = state.get("tricks", {})
+        for name in ("replay", "g_pool", "d_pool"):
+            obj = getattr(self, name)
+            if obj is not None and tr.get(name) is not None:
+                obj.load_state_dict(tr[name], device=dev)
+        for name in ("hist_g", "hist_d", "penalty"):
+            obj = getattr(self, name)
+            if obj is not None and tr.get(name) is not None:
+                obj.load_state_dict(tr[name])
+        self.stream.load_state_dict(state["data"])
+        self.monitor.load_state_dict(state.get("monitor", {}))
+        self.step = int(state["step"])
+        restore_rng(state["rng"])
+
+    def save(self, periodic: bool = False) -> Optional[str]:
+        """Write checkpoints/last.pt (and step_N.pt when ``periodic``); refuses non-finite weights."""
+        if not (_all_finite(self.G) and _all_finite(self.D)):
+            self._write(f"[fastgan train] not writing a checkpoint at step {self.step}: the weights are not finite "
+                        f"(the last good one stays: {self.last_good_checkpoint})")
+            return None
+        path = os.path.join(self.ckpt_dir, "last.pt")
+        save_checkpoint(self.state_dict(), path)
+        self.last_good_checkpoint = path
+        if periodic:
+            step_path = os.path.join(self.ckpt_dir, f"step_{self.step:06d}.pt")
+            try:
+                if os.path.exists(step_path):
+                    os.unlink(step_path)
+                os.link(path, step_path)  # same bytes, no second write
+            except OSError:
+                import shutil
+
+                shutil.copyfile(path, step_path)
+            self._prune_periodic()
+        return path
+
+    def _prune_periodic(self) -> None:
+        keep = self.cfg.run.keep_checkpoints
+        if keep <= 0:
+            return
+        files = sorted(f for f in os.listdir(self.ckpt_dir) if f.startswith("step_") and f.endswith(".pt"))
+        for f in files[:-keep]:
+            try:
+                os.unlink(os.path.join(self.ckpt_dir, f))
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------
+    def _install_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            self._stop_reason = "SIGTERM"
+
+        try:
+            signal.signal(signal.SIGTERM, handler)
+        except (ValueError, OSError):
+            return None
+        return previous
+
+    def train(self, stop_after: Optional[int] = None) -> dict:
+        """Train to ``run.steps`` (or stop once ``stop_after`` steps are done; for tests of resuming).
+
+        Returns a summary dict: steps, seconds, status ("done" | "interrupted" | "diverged"), paths.
+        """
+        from tqdm.auto import tqdm
+
+        cfg, r = self.cfg, self.cfg.run
+        end = r.steps if stop_after is None else min(r.steps, stop_after)
+        previous_handler = self._install_signals()
+        n_params = sum(p.numel() for p in self.G.parameters()), sum(p.numel() for p in self.D.parameters())
+        what = (f"{cfg.resolved_arch().upper()} ({n_params[0] / 1e6:.2f}M + {n_params[1] / 1e6:.2f}M params)"
+                f" on {self.data_info['dataset']} ({len(self.dataset)} samples)")
+        self.log(f"fastgan train: {what}, loss {cfg.loss.loss}"
+                 f"{', penalty ' + cfg.loss.penalty if cfg.loss.penalty != 'none' else ''}, "
+                 f"steps {self.step} -> {end} of batch {r.batch_size} on {self.device} (impl={cfg.model.impl}, "
+                 f"fused={cfg.model.fused}, {torch.get_num_threads()} threads); out: {self.out}")
+        status = "done"
+        start_step = self.step
+        t0 = time.perf_counter()
+        acc: dict[str, list] = {}
+        self._bar = tqdm(total=end, initial=self.step, desc="train", unit="step", disable=not r.progress,
+                         dynamic_ncols=True, file=sys.stderr)
+        last_row = {}
+        try:
+            while self.step < end:
+                if self._stop_reason:
+                    raise Interrupted(self._stop_reason)
+                stats = self.train_step()
+                self.monitor.check_step(self.step, stats)
+                for k, v in stats.items():
+                    if isinstance(v, (int, float)):
+                        acc.setdefault(k, []).append(v)
+                elapsed = time.perf_counter() - t0
+                done = self.step - start_step
+                self._bar.update(1)
+                if r.progress:
+                    self._bar.set_postfix(loss_d=f"{stats['loss_d']:.3f}", loss_g=f"{stats['loss_g']:.3f}",
+                                          img_s=f"{done * r.batch_size * cfg.optim.n_critic / elapsed:.0f}")
+                if self.step % r.log_every == 0 or self.step == end:
+                    row = {"step": self.step}
+                    row.update({k: float(np.mean(v)) for k, v in acc.items()})
+                    row.update(self.quality_proxy())
+                    row["seconds"] = elapsed
+                    row["images_per_s"] = done * r.batch_size * cfg.optim.n_critic / max(elapsed, 1e-9)
+                    if r.eval_every and self.step % r.eval_every == 0:
+                        row.update(self.evaluate())
+                    acc = {}
+                    self.metrics.write(row)
+                    self.monitor.check_log(self.step, row)
+                    last_row = row
+                    self._write(self._format_row(row, end))
+                if r.sample_every and self.step % r.sample_every == 0 and self.step != end:
+                    self.write_samples()
+                    plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png"))
+                if r.checkpoint_every and self.step % r.checkpoint_every == 0 and self.step != end:
+                    self.save(periodic=True)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            status = "interrupted"
+            self._write(f"[fastgan train] {'Ctrl-C' if isinstance(exc, KeyboardInterrupt) else exc} at step "
+                        f"{self.step}: saving a checkpoint and stopping")
+        except TrainingDiverged as exc:
+            status = "diverged"
+            self._write(f"[fastgan monitor] {exc}; the last good checkpoint stays: "
+                        f"{self.last_good_checkpoint or find_resume_checkpoint(self.out) or 'none written yet'}")
+        finally:
+            self._bar.close()
+            self._bar = None
+            if previous_handler is not None:
+                try:
+                    signal.signal(signal.SIGTERM, previous_handler)
+                except (ValueError, OSError):
+                    pass
+        seconds = time.perf_counter() - t0
+        paths = {}
+        if status != "diverged":
+            paths["samples"] = self.write_samples()
+            ckpt = self.save(periodic=status == "done" and r.checkpoint_every > 0)
+            if ckpt:
+                paths["checkpoint"] = ckpt
+        plot = plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png"))
+        if plot:
+            paths["plot"] = plot
+        paths["metrics"] = self.metrics.path
+        steps_done = self.step - start_step
+        self.log(f"fastgan train: {status} at step {self.step} ({steps_done} steps in {seconds:.1f}s, "
+                 f"{steps_done / max(seconds, 1e-9):.2f} steps/s); wrote {', '.join(paths.values())}")
+        return {"status": status, "step": self.step, "steps": steps_done, "seconds": seconds, "paths": paths,
+                "final": last_row, "events": list(self.monitor.events)}
+
+    @staticmethod
+    def _format_row(row: dict, end: int) -> str:
+        parts = [f"step {row['step']:>6}/{end}"]
+        for key, fmt in (("loss_d", "{:.4f}"), ("loss_g", "{:.4f}"), ("d_real", "{:.3f}"), ("d_fake", "{:.3f}"),
+                         ("penalty", "{:.3f}"), ("grad_d", "{:.2f}"), ("grad_g", "{:.2f}"), ("diversity", "{:.2f}"),
+                         ("modes", "{:.0f}"), ("high_quality", "{:.2f}"), ("images_per_s", "{:.0f}")):
+            if key in row and isinstance(row[key], (int, float)):
+                parts.append(f"{key} {fmt.format(row[key])}")
+        return "  ".join(parts)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print,
+          stop_after: Optional[int] = None) -> dict:
+    """Train from ``cfg``; with ``resume`` continue from ``<run.out>/checkpoints/last.pt`` when it exists."""
+    state = None
+    if resume:
+        path = find_resume_checkpoint(cfg.run.out)
+        if path is not None:
+            state = load_checkpoint(path)
+            log(f"fastgan train: resuming from {path} (step {state['step']})")
+        else:
+            log(f"fastgan train: nothing to resume under {cfg.run.out}; starting from scratch")
+    trainer = Trainer(cfg, resume=state, log=log)
+    return trainer.train(stop_after=stop_after)
