@@ -149,6 +149,27 @@ def find_resume_checkpoint(out_dir: str) -> Optional[str]:
     return None
 
 
+def load_resume_checkpoint(out_dir: str, log=print) -> Optional[tuple[str, dict]]:
+    """(path, state) of the newest readable checkpoint under ``out_dir`` (``last.pt``, else its ``.prev.pt``
+    with a warning), None when there is none; CheckpointError when every candidate is unreadable."""
+    last = os.path.join(out_dir, "checkpoints", "last.pt")
+    errors = []
+    for path in (last, previous_path(last)):
+        if not os.path.isfile(path):
+            continue
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            continue
+        if errors:
+            log(f"fastgan train: warning: {errors[0]}; resuming from the previous checkpoint {path}")
+        return path, state
+    if errors:
+        raise CheckpointError(errors[0])
+    return None
+
+
 # ----------------------------------------------------------------------------
 # For sample / eval
 # ----------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def _resume_config(args, cfg, state):
 
 def cmd_train(args) -> int:
     from ..data import DatasetUnavailableError
-    from .checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
+    from .checkpoint import CheckpointError, load_resume_checkpoint
     from .config import ConfigError, describe_options, load_config, preset_names, to_yaml, validate
     from .trainer import Trainer
 
@@ -100,11 +100,11 @@ def cmd_train(args) -> int:
         cfg = load_config(args.config, args.preset, _flag_overrides(args), _sets(args))
         state = None
         if args.resume:
-            path = find_resume_checkpoint(cfg.run.out)
-            if path is None:
+            found = load_resume_checkpoint(cfg.run.out)
+            if found is None:
                 print(f"{prog}: nothing to resume under {cfg.run.out}; starting from scratch")
             else:
-                state = load_checkpoint(path)
+                path, state = found
                 cfg = validate(_resume_config(args, cfg, state))
                 print(f"{prog}: resuming from {path} at step {state['step']}")
         if args.print_config:

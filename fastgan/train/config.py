@@ -227,6 +227,8 @@ class RunConfig:
     eval_every: int = opt(0, "evaluate fastgan.metrics every N steps (0: off)", minimum=0)
     eval_samples: int = opt(2000, "samples per evaluation", minimum=10)
     progress: bool = opt(True, "progress bar")
+    plots: bool = opt(True, "matplotlib figures: losses.png and the toy scatter PNGs (the .npy points are always "
+                      "written)")
     threads: int = opt(0, "torch CPU threads (0: torch's default)", minimum=0)
     channels_last: str = opt("auto", "NHWC tensors (auto: on for CPU)", choices=("auto", "on", "off"))
     deterministic: bool = opt(False, "torch.use_deterministic_algorithms (GPU runs; CPU is deterministic)")
@@ -568,7 +570,7 @@ def to_yaml(cfg: TrainConfig, *, only_changes_from: Optional[TrainConfig] = None
         d = {s: v for s, v in d.items() if v}
         if cfg.preset:
             d = {"preset": cfg.preset, **d}
-    return yaml.safe_dump(d, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(d, sort_keys=False, default_flow_style=False)
 
 
 def preset_yaml(name: str) -> str:
@@ -580,7 +582,7 @@ def preset_yaml(name: str) -> str:
     body = {s: v for s, v in body.items() if v}
     return (f"# fastgan train preset {name!r} (generated from fastgan.train.config.PRESETS; "
             f"`fastgan train --config this-file` = `fastgan train --preset {name}`)\npreset: none\n"
-            + yaml.safe_dump(body, sort_keys=False, default_flow_style=None))
+            + yaml.safe_dump(body, sort_keys=False, default_flow_style=False))
 
 
 def write_preset_files(directory: str) -> list[str]:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from ..models import has_vbn
 from ..nn import virtual_batch_reference
 from . import losses as L
-from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_checkpoint, restore_rng,
+from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_resume_checkpoint, restore_rng,
                          save_checkpoint)
 from .config import TrainConfig, validate
 from .data import DataStream
@@ -463,6 +463,12 @@ class Trainer:
                 png = os.path.join(self.sample_dir, name + ".png")
                 real = self.stream.fixed_batch(min(2000, self.stream.n), self.cfg.run.seed + 4)[0]
                 stats = toy_mode_stats(x, self.mixture)
+                if not self.cfg.run.plots:
+                    from ..demo import atomic_write
+
+                    atomic_write(os.path.join(self.sample_dir, name + ".npy"),
+                                 lambda f: np.save(f, x.float().cpu().numpy()))
+                    return os.path.join(self.sample_dir, name + ".npy")
                 save_toy_samples(x, png, os.path.join(self.sample_dir, name + ".npy"), self.mixture.centers, real,
                                  title=f"{self.data_info['dataset']} step {self.step}: {stats['modes']}/"
                                        f"{self.mixture.num_modes} modes, {stats['high_quality']:.0%} high quality")
@@ -515,17 +521,15 @@ class Trainer:
             x = self.G.to_data_range(self.generate(z, y)).cpu()
             try:
                 if self.toy:
-                    fn = getattr(metrics, "toy_mode_metrics")
-                    res = fn(x, self.data_info["dataset"])
+                    res = metrics.toy_mode_metrics(x, self.data_info["dataset"])
                 else:
-                    clf = metrics.load_classifier(self.data_info["dataset"], device=self.device)
-                    logits = metrics.classifier_outputs(clf, x)
-                    logits = logits[0] if isinstance(logits, tuple) else logits
-                    score = metrics.classifier_score(logits)
-                    counts = metrics.mode_counts(logits.argmax(1), self.num_classes or 10)
-                    res = {"classifier_score": score[0] if isinstance(score, tuple) else score}
+                    clf, _info = metrics.load_classifier(self.data_info["dataset"], device=self.device,
+                                                         log=self._write)
+                    _features, logits = metrics.classifier_outputs(clf, x)
+                    res = {"classifier_score": metrics.classifier_score(logits)[0]}
+                    counts = metrics.mode_counts(logits.argmax(1), logits.shape[1])
                     res.update({k: v for k, v in counts.items() if isinstance(v, (int, float))})
-            except Exception as exc:  # metrics are optional; say once why they are off
+            except Exception as exc:  # noqa: BLE001 - metrics are optional; say once why they are off
                 return self._eval_unavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return {f"eval_{k}": v for k, v in dict(res).items() if isinstance(v, (int, float))}
 
@@ -690,7 +694,8 @@ class Trainer:
                     self._write(self._format_row(row, end))
                 if r.sample_every and self.step % r.sample_every == 0 and self.step != end:
                     self.write_samples()
-                    plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png"))
+                    if r.plots:
+                        plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png"))
                 if r.checkpoint_every and self.step % r.checkpoint_every == 0 and self.step != end:
                     self.save(periodic=True)
         except (KeyboardInterrupt, Interrupted) as exc:
@@ -716,7 +721,7 @@ class Trainer:
             ckpt = self.save(periodic=status == "done" and r.checkpoint_every > 0)
             if ckpt:
                 paths["checkpoint"] = ckpt
-        plot = plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png"))
+        plot = plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png")) if r.plots else None
         if plot:
             paths["plot"] = plot
         paths["metrics"] = self.metrics.path
@@ -742,9 +747,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     """Train from ``cfg``; with ``resume`` continue from ``<run.out>/checkpoints/last.pt`` when it exists."""
     state = None
     if resume:
-        path = find_resume_checkpoint(cfg.run.out)
-        if path is not None:
-            state = load_checkpoint(path)
+        found = load_resume_checkpoint(cfg.run.out, log=log)
+        if found is not None:
+            path, state = found
             log(f"fastgan train: resuming from {path} (step {state['step']})")
         else:
             log(f"fastgan train: nothing to resume under {cfg.run.out}; starting from scratch")

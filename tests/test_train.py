@@ -1,0 +1,483 @@
+"""The trainer end to end (CPU, tiny models, a few steps): presets, tricks inside training, exact resume,
+checkpoints, the failure watch, the CLI (`fastgan train` / `fastgan sample`) and its errors."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastgan.cli import main as cli_main
+from fastgan.train import (PRESETS, ConfigError, Trainer, generate, load_checkpoint, load_config, load_generator)
+from fastgan.train import trainer as trainer_mod
+from fastgan.train.checkpoint import CheckpointError, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_IMAGE = ["image_size=16", "ngf=4", "ndf=4", "nz=8", "batch_size=8", "max_samples=256", "n_samples=16"]
+TINY_TOY = ["hidden=16", "nz=4", "batch_size=32", "toy_samples=2000", "n_samples=4"]
+QUIET = ["progress=false", "threads=1", "impl=ref", "log_every=1", "sample_every=0", "checkpoint_every=0",
+         "plots=false"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(preset, out, *sets, toy=None):
+    toy = PRESETS[preset]["data"]["dataset"] in ("ring8", "grid25") if toy is None else toy
+    return load_config(preset=preset, sets=(TINY_TOY if toy else TINY_IMAGE) + QUIET + [f"out={out}", *sets])
+
+
+def _trainer(preset, out, *sets, resume=None):
+    return Trainer(_cfg(preset, out, *sets), resume=resume, log=lambda s: None)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return [k for k in sa if not torch.equal(sa[k], sb[k])]
+
+
+# ----------------------------------------------------------------------------
+# Presets and outputs
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_runs_a_few_steps(preset, tmp_path):
+    if PRESETS[preset]["data"]["dataset"] == "fashion-mnist":
+        from fastgan.data import FASHION_MNIST_ROOT
+
+        if not os.path.isfile(os.path.join(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz")):
+            pytest.skip("Fashion-MNIST IDX files not installed")
+    steps = 1 if PRESETS[preset].get("optim", {}).get("n_critic", 1) > 1 else 2
+    plots = preset in ("toy-ring8", "dcgan-mnist")  # matplotlib is slow here: draw for two presets only
+    tr = _trainer(preset, tmp_path, f"steps={steps}", "checkpoint_every=1", f"plots={plots}")
+    summary = tr.train()
+    assert summary["status"] == "done" and summary["step"] == steps
+    assert os.path.isfile(tmp_path / "checkpoints" / "last.pt")
+    assert os.path.isfile(tmp_path / "checkpoints" / f"step_{steps:06d}.pt")
+    assert os.path.isfile(tmp_path / "samples" / f"step_{steps:06d}.png") == (plots or not tr.toy)
+    assert os.path.isfile(tmp_path / "losses.png") == plots
+    rows = [line for line in open(tmp_path / "metrics.jsonl")]
+    assert len(rows) == steps
+    if tr.toy:
+        pts = np.load(tmp_path / "samples" / f"step_{steps:06d}.npy")
+        assert pts.shape == (4 * 16, 2) and np.isfinite(pts).all()
+
+
+def test_image_run_writes_sample_grid_of_the_fixed_z(tmp_path):
+    tr = _trainer("dcgan-mnist", tmp_path, "steps=2", "sample_every=1", "slerp_grid=true")
+    tr.train()
+    names = sorted(os.listdir(tmp_path / "samples"))
+    assert names == ["slerp_000001.png", "slerp_000002.png", "step_000001.png", "step_000002.png"]
+    # the grid is made from the same z every time
+    assert torch.equal(tr.fixed_z, _trainer("dcgan-mnist", tmp_path / "b", "steps=2").fixed_z)
+
+
+def test_impl_switches_every_fused_layer(tmp_path):
+    tr = _trainer("ganhacks-mnist", tmp_path, "steps=1", "impl=ref")
+    impls = {m.impl for net in (tr.G, tr.D) for m in net.modules()
+             if type(m).__module__.startswith("fastgan.nn") and hasattr(m, "impl")}
+    assert impls == {"ref"}
+
+
+def test_plain_and_triton_fused_smoke(tmp_path):
+    """fused=False builds plain PyTorch layers; impl=triton runs the fused kernels (interpreter on CPU)."""
+    tr = _trainer("toy-ring8", tmp_path / "plain", "steps=1", "fused=false", "g_norm=batch")
+    assert not any(type(m).__module__.startswith("fastgan.nn") for m in tr.G.modules())
+    assert tr.train()["status"] == "done"
+    from fastgan import _backend
+
+    if not (torch.cuda.is_available() or _backend.interpreter_enabled()):
+        pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pytest.skip("triton is not installed")
+    tr = _trainer("toy-ring8", tmp_path / "triton", "steps=1", "impl=triton", "hidden=8", "batch_size=16")
+    assert {m.impl for m in tr.G.modules() if hasattr(m, "impl")} == {"triton"}
+    summary = tr.train()
+    assert summary["status"] == "done" and np.isfinite(summary["final"]["loss_g"])
+
+
+# ----------------------------------------------------------------------------
+# Exact resume
+# ----------------------------------------------------------------------------
+
+TOY_TRICKS = ["replay_size=64", "swap_prob=0.5", "swap_every=2", "historical_averaging=0.01", "ema=0.9",
+              "label_flip=0.1", "random_labels=true", "instance_noise=0.1", "minibatch=discrimination",
+              "g_norm=vbn", "d_norm=vbn", "vbn_reference_size=16", "conditional=acgan", "n_critic=2",
+              "feature_matching=0.5"]
+IMAGE_TRICKS = ["conditional=embedding", "replay_size=16", "ema=0.9", "instance_noise=0.2", "label_smoothing=0.1",
+                "minibatch=stddev", "d_norm=instance", "downsample=avgpool", "sample_every=2"]
+
+
+@pytest.mark.parametrize("preset,tricks,steps", [("toy-ring8", TOY_TRICKS, 8), ("dcgan-mnist", IMAGE_TRICKS, 4),
+                                                 ("wgan-gp-mnist", ["pack=2", "spectral_norm=true"], 2)],
+                         ids=["toy-many-tricks", "image-tricks", "wgan-gp-pack"])
+def test_resume_is_bit_identical(preset, tricks, steps, tmp_path):
+    straight = _trainer(preset, tmp_path / "a", f"steps={steps}", *tricks)
+    straight.train()
+    first = _trainer(preset, tmp_path / "b", f"steps={steps}", *tricks)
+    first.train(stop_after=steps // 2)
+    state = load_checkpoint(str(tmp_path / "b" / "checkpoints" / "last.pt"))
+    assert state["step"] == steps // 2
+    second = _trainer(preset, tmp_path / "b", f"steps={steps}", *tricks, resume=state)
+    second.train()
+    assert second.step == straight.step == steps
+    assert _same_weights(straight.G, second.G) == []
+    assert _same_weights(straight.D, second.D) == []
+    if straight.ema is not None:
+        assert _same_weights(straight.ema.model, second.ema.model) == []
+    for a, b in zip(straight.opt_d.state.values(), second.opt_d.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_resume_continues_exactly(tmp_path, capsys):
+    base = ["train", "--preset", "toy-ring8", "--no-progress", "--impl", "ref", "--threads", "1",
+            "--set", *TINY_TOY, "log_every=2", "checkpoint_every=0", "sample_every=0"]
+    assert cli_main(base + ["--out", str(tmp_path / "a"), "--steps", "6"]) == 0
+    assert cli_main(base + ["--out", str(tmp_path / "b"), "--steps", "3"]) == 0
+    assert cli_main(base + ["--out", str(tmp_path / "b"), "--steps", "6", "--resume"]) == 0
+    a = load_checkpoint(str(tmp_path / "a" / "checkpoints" / "last.pt"))
+    b = load_checkpoint(str(tmp_path / "b" / "checkpoints" / "last.pt"))
+    assert b["step"] == 6
+    for part in ("generator", "discriminator"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == sorted(steps) and steps[-1] == 6
+    # model options cannot change under --resume
+    capsys.readouterr()
+    assert cli_main(base + ["--out", str(tmp_path / "b"), "--steps", "8", "--resume", "--set", "hidden=32"]) == 2
+    err = capsys.readouterr().err
+    assert "model.hidden cannot change when resuming" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------
+# Tricks inside the training step
+# ----------------------------------------------------------------------------
+
+def test_n_critic_counts_d_steps(tmp_path):
+    tr = _trainer("toy-ring8", tmp_path, "steps=2", "n_critic=3")
+    tr.train()
+    d_state = next(iter(tr.opt_d.state.values()))
+    g_state = next(iter(tr.opt_g.state.values()))
+    assert int(d_state["step"]) == 6 and int(g_state["step"]) == 2
+    assert tr.stream.index == 6 * 32  # six real batches drawn
+
+
+def test_separate_or_mixed_real_fake_batches(tmp_path, monkeypatch):
+    sizes = {}
+    for separate in (True, False):
+        tr = _trainer("toy-ring8", tmp_path / str(separate), "steps=1", f"separate_batches={separate}")
+        calls = []
+        original = tr.D.forward_all
+        monkeypatch.setattr(tr.D, "forward_all", lambda x, y=None: calls.append(x.shape[0]) or original(x, y))
+        tr.train_step()
+        sizes[separate] = calls
+    assert sizes[True] == [32, 32, 32]  # real, fake (D step); fake (G step)
+    assert sizes[False] == [64, 32]
+
+
+def test_smoothed_and_flipped_labels_reach_the_loss(tmp_path, monkeypatch):
+    seen = []
+    original = trainer_mod.L.d_loss
+
+    def spy(kind, r, f, t_real=None, t_fake=None):
+        seen.append((t_real, t_fake))
+        return original(kind, r, f, t_real, t_fake)
+
+    monkeypatch.setattr(trainer_mod.L, "d_loss", spy)
+    _trainer("toy-ring8", tmp_path / "a", "steps=1", "label_smoothing=0.2").train_step()
+    t_real, t_fake = seen[-1]
+    assert torch.all(t_real == 0.8) and torch.all(t_fake == 0.0)
+    _trainer("toy-ring8", tmp_path / "b", "steps=1", "random_labels=true", "batch_size=256").train_step()
+    t_real, t_fake = seen[-1]
+    assert t_real.min() >= 0.7 and t_real.max() <= 1.2 and t_fake.min() >= 0 and t_fake.max() <= 0.3
+    _trainer("toy-ring8", tmp_path / "c", "steps=1", "label_flip=0.5", "batch_size=256").train_step()
+    t_real, _ = seen[-1]
+    assert 0.3 < (t_real == 0).float().mean().item() < 0.7
+
+
+def test_replay_buffer_feeds_old_fakes_to_d(tmp_path):
+    tr = _trainer("toy-ring8", tmp_path, "steps=3", "replay_size=64", "replay_ratio=0.25")
+    tr.train_step()
+    assert len(tr.replay) == 32
+    tr.train_step()
+    assert len(tr.replay) == 64
+    buffered = tr.replay.data.clone()
+    tr.d_step(keep_fake=False)  # now 8 of the 32 fakes D sees come from the buffer
+    seen = tr._last_fake
+    from_buffer = torch.cdist(seen, buffered).min(1).values == 0
+    assert from_buffer[:8].all() and not from_buffer[8:].any()
+
+
+def test_instance_noise_schedule_in_training(tmp_path):
+    tr = _trainer("toy-ring8", tmp_path, "steps=6", "instance_noise=0.4", "instance_noise_decay=4")
+    summary = tr.train()
+    rows = [__import__("json").loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [round(r["noise_std"], 6) for r in rows] == [0.4, 0.3, 0.2, 0.1, 0.0, 0.0]
+    assert summary["status"] == "done"
+    whole_run = _trainer("toy-ring8", tmp_path / "b", "steps=10", "instance_noise=0.5")
+    assert whole_run.noise_std(5) == pytest.approx(0.25)  # decay 0: over the whole run
+
+
+def test_feature_matching_replaces_the_g_loss(tmp_path):
+    tr = _trainer("dcgan-mnist", tmp_path, "steps=1", "feature_matching=1.0", "feature_matching_only=true")
+    stats = tr.train_step()
+    assert "loss_g_adv" not in stats and stats["loss_g"] == pytest.approx(stats["feature_matching"])
+
+
+def test_historical_averaging_and_weight_clipping(tmp_path):
+    tr = _trainer("toy-ring8", tmp_path, "steps=2", "historical_averaging=0.1", "loss=wasserstein",
+                  "clip_weights=0.01", "optimizer_d=sgd", "lr_d=0.05")
+    tr.train()
+    assert tr.hist_d.count == 2 and tr.hist_g.count == 2
+    assert all(p.abs().max() <= 0.01 for p in tr.D.parameters())
+
+
+def test_optimizers_ttur_and_sgd(tmp_path):
+    tr = _trainer("toy-ring8", tmp_path, "steps=1", "optimizer_d=sgd", "momentum_d=0.9", "lr_d=4e-4", "lr_g=1e-4")
+    assert isinstance(tr.opt_d, torch.optim.SGD) and tr.opt_d.param_groups[0]["lr"] == 4e-4
+    assert tr.opt_d.param_groups[0]["momentum"] == 0.9
+    assert isinstance(tr.opt_g, torch.optim.Adam) and tr.opt_g.param_groups[0]["lr"] == 1e-4
+    assert tr.opt_g.param_groups[0]["betas"] == (0.5, 0.999)
+
+
+def test_gradient_penalty_lazy_every_other_step(tmp_path):
+    tr = _trainer("toy-ring8", tmp_path, "steps=2", "loss=wasserstein", "penalty=wgan-gp", "penalty_every=2",
+                  "d_norm=layer")
+    stats = [tr.d_step(keep_fake=False) for _ in range(4)]
+    assert ["penalty" in s for s in stats] == [True, False, True, False]
+    assert all(s["penalty"].item() >= 0 for s in stats if "penalty" in s)
+
+
+def test_swapping_in_old_snapshots(tmp_path):
+    tr = _trainer("toy-ring8", tmp_path, "steps=3", "swap_prob=1.0", "swap_every=1", "swap_pool=2")
+    first = tr.train_step()
+    assert first["swap_g"] == 0 and first["swap_d"] == 0  # nothing kept yet
+    second = tr.train_step()
+    assert second["swap_g"] == 1 and second["swap_d"] == 1
+    assert tr.g_pool.steps == [1, 2] and tr.d_pool.steps == [1, 2]
+
+
+def test_vbn_reference_batch_fixed_and_passed_each_step(tmp_path):
+    from fastgan.nn import VirtualBatchNorm1d
+
+    tr = _trainer("toy-ring8", tmp_path, "steps=2", "g_norm=vbn", "d_norm=vbn", "vbn_reference_size=8")
+    ref_real = tr.vbn_real.clone()
+    g_layer = next(m for m in tr.G.modules() if isinstance(m, VirtualBatchNorm1d))
+    d_layer = next(m for m in tr.D.modules() if isinstance(m, VirtualBatchNorm1d))
+    seen_g, seen_d = [], []
+    for _ in range(2):
+        tr.train_step()
+        seen_g.append(g_layer.reference[0])
+        seen_d.append(d_layer.reference[0])
+        assert g_layer.reference[2] == 8 and d_layer.reference[2] == 8
+    assert seen_g[0] is not seen_g[1] and seen_d[0] is not seen_d[1]  # a reference pass every step
+    assert torch.equal(tr.vbn_real, ref_real)
+    assert torch.equal(tr.vbn_real, tr.stream.fixed_batch(8, tr.cfg.run.seed + 3)[0])
+
+
+@pytest.mark.parametrize("conditional", ["acgan", "embedding"])
+def test_conditional_gans(conditional, tmp_path):
+    tr = _trainer("dcgan-mnist", tmp_path, "steps=2", f"conditional={conditional}")
+    stats = tr.train_step()
+    assert tr.G.num_classes == 10
+    if conditional == "acgan":
+        assert tr.D.classifier is not None and "aux_d" in stats and "aux_g" in stats
+    else:
+        assert tr.D.projection is not None and tr.D.projection.weight.grad is not None
+    tr.train()
+    g = load_generator(str(tmp_path / "checkpoints" / "last.pt"))
+    x = generate(g, 5, seed=0, labels=torch.full((5,), 3))
+    assert x.shape == (5, 1, 16, 16)
+
+
+def test_pacgan_discriminator_sees_packs(tmp_path):
+    tr = _trainer("toy-ring8", tmp_path, "steps=1", "pack=4")
+    assert tr.D.base.in_features == 8
+    calls = []
+    original = tr.D.forward_all
+    tr.D.forward_all = lambda x, y=None: calls.append(tuple(x.shape)) or original(x, y)
+    tr.train_step()
+    assert calls[0] == (8, 8)
+
+
+# ----------------------------------------------------------------------------
+# Failure watch in training
+# ----------------------------------------------------------------------------
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    sets = ["steps=2", "nonfinite_patience=2"]
+    tr = _trainer("toy-ring8", tmp_path, *sets)
+    tr.train()
+    good = load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))
+    before = {k: v.clone() for k, v in tr.G.named_parameters()}
+    monkeypatch.setattr(trainer_mod.L, "g_loss", lambda kind, logits: logits.sum() * float("nan"))
+    tr2 = _trainer("toy-ring8", tmp_path, "steps=10", "nonfinite_patience=2", resume=good)
+    summary = tr2.train()
+    assert summary["status"] == "diverged" and summary["step"] == 4
+    assert [e["kind"] for e in summary["events"]] == ["nonfinite", "nonfinite"]
+    assert all(torch.equal(before[k], v) for k, v in tr2.G.named_parameters())  # updates were skipped
+    kept = load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))
+    assert kept["step"] == 2
+    events = open(tmp_path / "events.jsonl").read()
+    assert "NaN/Inf in G's loss/gradient" in events
+
+
+def test_monitor_reports_d_winning_during_training(tmp_path, capsys):
+    tr = Trainer(_cfg("toy-ring8", tmp_path, "steps=3", "d_loss_floor=100", "d_loss_patience=2"), log=print)
+    summary = tr.train()
+    assert [e["kind"] for e in summary["events"]] == ["d_loss_zero"]
+    assert "[fastgan monitor]" in capsys.readouterr().out
+
+
+def test_sigterm_saves_and_stops(tmp_path, monkeypatch):
+    tr = _trainer("toy-ring8", tmp_path, "steps=50")
+    original = tr.train_step
+
+    def step():
+        out = original()
+        if tr.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(tr, "train_step", step)
+    summary = tr.train()
+    assert summary["status"] == "interrupted" and summary["step"] == 3
+    assert load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is not None
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints, load_generator, fastgan sample
+# ----------------------------------------------------------------------------
+
+def test_checkpoint_writes_are_atomic_and_keep_the_previous(tmp_path, monkeypatch):
+    path = str(tmp_path / "ck" / "last.pt")
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    save_checkpoint({"step": 2, "w": torch.ones(3)}, path)
+    assert load_checkpoint(path)["step"] == 2
+    assert load_checkpoint(str(tmp_path / "ck" / "last.prev.pt"))["step"] == 1
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint({"step": 3}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 2
+    assert sorted(os.listdir(tmp_path / "ck")) == ["last.prev.pt", "last.pt"]  # no temp file left
+
+
+def test_corrupt_or_foreign_checkpoints_give_one_line_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(str(bad))
+    torch.save({"kind": "fastgan-demo"}, tmp_path / "demo.pt")
+    with pytest.raises(CheckpointError, match="not a fastgan training checkpoint"):
+        load_checkpoint(str(tmp_path / "demo.pt"))
+    assert cli_main(["sample", str(bad), "--n", "4", "--out", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastgan sample: error: checkpoint") and "Traceback" not in err[0]
+    # a corrupt last.pt: --resume falls back to the previous good one
+    run = tmp_path / "run"
+    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref",
+            "--set", *TINY_TOY, "checkpoint_every=1", "sample_every=0"]
+    assert cli_main(args + ["--steps", "2"]) == 0
+    (run / "checkpoints" / "last.pt").write_bytes(b"\x00" * 10)
+    assert cli_main(args + ["--steps", "3", "--resume"]) == 0
+    assert load_checkpoint(str(run / "checkpoints" / "last.pt"))["step"] == 3
+
+
+def test_sample_cli_and_load_generator(tmp_path, capsys):
+    toy = tmp_path / "toy"
+    _trainer("toy-ring8", toy, "steps=2", "ema=0.5").train()
+    ck = str(toy / "checkpoints" / "last.pt")
+    g = load_generator(ck)
+    state = load_checkpoint(ck)
+    assert not g.training and g.data_kind == "toy" and g.checkpoint_step == 2
+    assert all(torch.equal(g.state_dict()[k], state["ema"][k]) for k in state["ema"])  # EMA weights by default
+    assert cli_main(["sample", ck, "--n", "10", "--out", str(tmp_path / "pts.npy")]) == 0
+    assert np.load(tmp_path / "pts.npy").shape == (10, 2)
+    assert cli_main(["sample", str(toy), "--n", "10", "--out", str(tmp_path / "pts.png")]) == 0  # a scatter
+    assert os.path.getsize(tmp_path / "pts.png") > 0
+
+    img = tmp_path / "img"
+    _trainer("dcgan-mnist", img, "steps=1").train()
+    ck = str(img / "checkpoints" / "last.pt")
+    g = load_generator(ck)
+    x = generate(g, 6, seed=1)
+    assert x.shape == (6, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
+    torch.testing.assert_close(x, generate(g, 6, seed=1))
+    assert cli_main(["sample", ck, "--n", "6", "--out", str(tmp_path / "grid.png")]) == 0
+    assert cli_main(["sample", ck, "--n", "6", "--out", str(tmp_path / "imgs.npy")]) == 0
+    arr = np.load(tmp_path / "imgs.npy")
+    assert arr.shape == (6, 1, 16, 16)
+    assert cli_main(["sample", ck, "--n", "3", "--out", str(tmp_path / "folder")]) == 0
+    assert sorted(os.listdir(tmp_path / "folder")) == ["000000.png", "000001.png", "000002.png"]
+
+
+def test_unscaled_inputs_still_sample_in_minus_one_one(tmp_path):
+    tr = _trainer("dcgan-mnist", tmp_path, "steps=1", "scale_inputs=false")
+    real, _ = tr.stream.next()
+    assert tr._prepare_real(real).min() >= 0  # [0, 1] data for a (tanh + 1) / 2 generator
+    tr.train()
+    g = load_generator(str(tmp_path))
+    assert g.output == "unit"
+    x = generate(g, 4, seed=0)
+    assert x.min() >= -1 and x.max() <= 1
+
+
+# ----------------------------------------------------------------------------
+# Command-line errors
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "lr_dd=1"], "unknown option 'lr_dd' (did you mean 'lr_d'"),
+    (["--set", "dataset=imagenet"], "data.dataset: 'imagenet' is not one of"),
+    (["--set", "loss=hinge", "label_smoothing=0.1"], "label tricks need a loss with targets"),
+    (["--preset", "wgan-gp-mnist", "--set", "d_norm=batch"], "batch norm mixes samples"),
+    (["--preset", "dcgan-mnsit"], "unknown preset 'dcgan-mnsit' (did you mean 'dcgan-mnist'"),
+    (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml not found"),
+])
+def test_bad_configs_exit_2_with_one_line(args, message, capsys):
+    assert cli_main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(message in line for line in err), err
+    assert all(line.startswith("fastgan train: error: ") for line in err)
+
+
+def test_python_m_fastgan_train_bad_config_has_no_traceback():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "fastgan", "train", "--set", "loss=kl", "pack=3"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "config: model.loss" not in proc.stderr and "loss.loss: 'kl' is not one of" in proc.stderr
+    assert "tricks.pack: run.batch_size 64 must be a multiple of the pack size 3" in proc.stderr
+
+
+def test_unknown_dataset_flag_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["train", "--dataset", "imagenet"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'imagenet'" in capsys.readouterr().err
+
+
+def test_print_config_and_list_options(capsys):
+    assert cli_main(["train", "--preset", "wgan-gp-mnist", "--print-config", "--set", "ema=0.99"]) == 0
+    out = capsys.readouterr().out
+    assert "penalty: wgan-gp" in out and "ema: 0.99" in out and "n_critic: 5" in out
+    assert cli_main(["train", "--list-options"]) == 0
+    out = capsys.readouterr().out
+    assert "*tricks.label_smoothing" in out and "Salimans et al. 2016" in out
