@@ -13,8 +13,8 @@ The part of a ``fastgan.nn.PixelShuffleUpsample`` block after its conv
   an eager block could instead fold it into the conv and skip that pass).
 
 The conv itself is the same on both sides and is not measured.  Baselines run
-eager and under ``torch.compile``.  The op has no CUDA kernels yet (Triton
-serves CUDA tensors), so ``impl="cuda"`` cases skip while that holds.
+eager and under ``torch.compile``.  Where the op has no CUDA kernels (Triton
+then serves CUDA tensors) the ``impl="cuda"`` cases skip with the op's reason.
 
 Shapes are the upsampling blocks of the DCGAN-64 generator (ngf = 64) at batch
 128, labelled by the feature map they produce: conv outputs (N, 4*256, 4, 4)
