@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import demo
 
     demo.add_command(sub)
+    from . import eval as _eval; _eval.add_command(sub)  # noqa: E702
     from .train import cli as train_cli
 
     train_cli.add_command(sub)
