@@ -231,6 +231,11 @@ class RunConfig:
                       "written)")
     threads: int = opt(0, "torch CPU threads (0: torch's default)", minimum=0)
     channels_last: str = opt("auto", "NHWC tensors (auto: on for CPU)", choices=("auto", "on", "off"))
+    amp: str = opt("off", "mixed precision: bf16, or fp16 with a gradient scaler (statistics of the fused layers "
+                   "stay float32)", choices=("off", "bf16", "fp16"))
+    tensorboard: bool = opt(False, "also log scalars and sample grids to DIR/tensorboard (needs the tensorboard "
+                            "package)")
+    compile_g: bool = opt(False, "torch.compile the generator's training forward (not with virtual batch norm)")
     deterministic: bool = opt(False, "torch.use_deterministic_algorithms (GPU runs; CPU is deterministic)")
 
 
@@ -705,6 +710,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if any(n % group for n in sizes):
             errors.append(f"model.stddev_group: the D batch ({per_d}) must be a multiple of the group size "
                           f"{m.stddev_group}")
+    if r.compile_g and m.g_norm == "vbn":
+        errors.append("run.compile_g: not with model.g_norm='vbn' (its reference pass switches the layers' mode)")
     if "vbn" in (m.g_norm, m.d_norm) and t.vbn_reference_size < 2:
         errors.append("tricks.vbn_reference_size: virtual batch norm needs a reference batch of >= 2")
     if t.replay_size and t.replay_size < r.batch_size * t.replay_ratio:

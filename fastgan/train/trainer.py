@@ -154,8 +154,14 @@ class Trainer:
         self.num_classes = self.spec["generator"]["num_classes"]
         self.conditional = self.spec["discriminator"]["conditional"]
         self.g_vbn, self.d_vbn = has_vbn(self.G), has_vbn(self.D)
+        # torch.compile of G for the training forward passes (G is never differentiated twice: the penalties
+        # take D's gradient at detached inputs); the eager module keeps the weights and does the sampling.
+        self.G_train = torch.compile(self.G) if r.compile_g else self.G
         self.opt_g = self._optimizer(self.G, o.optimizer_g, o.lr_g, 0.0)
         self.opt_d = self._optimizer(self.D, o.optimizer_d, o.lr_d, o.momentum_d)
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[r.amp]
+        self.scaler_d = torch.amp.GradScaler(self.device.type) if r.amp == "fp16" else None
+        self.scaler_g = torch.amp.GradScaler(self.device.type) if r.amp == "fp16" else None
 
         # -- fixed tensors (seeded generators, independent of the global RNG) ------------------
         gen = torch.Generator().manual_seed(r.seed + 1)
@@ -201,6 +207,15 @@ class Trainer:
         resume_step = self.step if self._resumed else None
         self.metrics = JsonlLog(os.path.join(self.out, "metrics.jsonl"), resume_step)
         self.events = JsonlLog(os.path.join(self.out, "events.jsonl"), resume_step)
+        self.tb = None
+        if r.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(self.out, "tensorboard"), purge_step=resume_step)
+            except ImportError as exc:
+                self.log(f"fastgan train: run.tensorboard is on but TensorBoard is unavailable ({exc}); "
+                         "pip install tensorboard. Logging to metrics.jsonl only")
 
     # ------------------------------------------------------------------------------------------
     # Construction helpers
@@ -257,6 +272,40 @@ class Trainer:
     def _labels_for_d(self, y):
         return y if self.conditional != "none" else None
 
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _update(self, loss: torch.Tensor, model, opt, scaler, watch: Optional[torch.Tensor] = None
+                ) -> tuple[bool, torch.Tensor]:
+        """Backward + optimiser step unless the loss or the gradient is not finite; (finite, grad norm).
+
+        With fp16's gradient scaler an overflow (an inf gradient, or the inf penalty of an overflowing
+        scaled gradient, inf or NaN) is the scaler's business: it skips the step and lowers the scale.
+        Only a non-finite ``watch`` (the loss without the penalty) counts as a failure there.
+        """
+        opt.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            gnorm = _grad_norm(model.parameters())
+            finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm))
+            if finite:
+                opt.step()
+            else:
+                opt.zero_grad(set_to_none=True)
+            return finite, gnorm
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        gnorm = _grad_norm(model.parameters())
+        finite = bool(torch.isfinite(loss if watch is None else watch))
+        if finite:
+            scaler.step(opt)  # skipped by the scaler itself when the gradient overflowed
+        else:
+            opt.zero_grad(set_to_none=True)
+        scaler.update()
+        return finite, gnorm
+
     # ------------------------------------------------------------------------------------------
     # One step
     # ------------------------------------------------------------------------------------------
@@ -267,73 +316,70 @@ class Trainer:
         n = real.shape[0]
         z = sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device)
         y_fake = sample_labels(n, self.num_classes, device=self.device) if self.num_classes else None
-        swap = self.g_pool.draw() if self.g_pool is not None else None
-        if swap is not None:
-            g_src = self.g_pool.load(swap, self.G)
-            keep_fake = False
-        else:
-            g_src = self.G
-        with torch.set_grad_enabled(keep_fake):
-            self._vbn_ref_g(g_src)
-            fake_live = g_src(z, y_fake)
-        fake = fake_live.detach()
-        if self.replay is not None:
-            new_fake, new_labels = fake, y_fake
-            fake, y_fake_d = self.replay.mix(fake, y_fake)
-            self.replay.push(new_fake, new_labels)
-        else:
-            y_fake_d = y_fake
-        sigma = self.noise_std()
-        real_in, fake_in = self._d_input(real, sigma), self._d_input(fake, sigma)
-        npk = real_in.shape[0]
-        smooth = dict(smoothing=t.label_smoothing, random=t.random_labels, real_range=t.real_label_range,
-                      fake_range=t.fake_label_range, flip=t.label_flip, device=self.device)
-        targets_on = lo.loss in L.WITH_TARGETS and (t.label_smoothing > 0 or t.random_labels or t.label_flip > 0)
-        t_real = d_targets(npk, True, **smooth) if targets_on else None
-        t_fake = d_targets(npk, False, **smooth) if targets_on else None
+        with self._autocast():
+            swap = self.g_pool.draw() if self.g_pool is not None else None
+            if swap is not None:
+                g_src = self.g_pool.load(swap, self.G)
+                keep_fake = False
+            else:
+                g_src = self.G_train
+            with torch.set_grad_enabled(keep_fake):
+                self._vbn_ref_g(g_src)
+                fake_live = g_src(z, y_fake)
+            fake = fake_live.detach()
+            if self.replay is not None:
+                new_fake, new_labels = fake, y_fake
+                fake, y_fake_d = self.replay.mix(fake, y_fake)
+                self.replay.push(new_fake, new_labels)
+            else:
+                y_fake_d = y_fake
+            sigma = self.noise_std()
+            real_in, fake_in = self._d_input(real, sigma), self._d_input(fake, sigma)
+            npk = real_in.shape[0]
+            smooth = dict(smoothing=t.label_smoothing, random=t.random_labels, real_range=t.real_label_range,
+                          fake_range=t.fake_label_range, flip=t.label_flip, device=self.device)
+            targets_on = lo.loss in L.WITH_TARGETS and (t.label_smoothing > 0 or t.random_labels or t.label_flip > 0)
+            t_real = d_targets(npk, True, **smooth) if targets_on else None
+            t_fake = d_targets(npk, False, **smooth) if targets_on else None
 
-        self._vbn_ref_d(self.D)
-        yr, yf = self._labels_for_d(y_real), self._labels_for_d(y_fake_d)
-        if t.separate_batches:
-            out_r, cls_r, _ = self.D.forward_all(real_in, yr)
-            out_f, cls_f, _ = self.D.forward_all(fake_in, yf)
-        else:
-            both = torch.cat([real_in, fake_in], 0)
-            yb = None if yr is None else torch.cat([yr, yf], 0)
-            out, cls, _ = self.D.forward_all(both, yb)
-            out_r, out_f = out[:npk], out[npk:]
-            cls_r, cls_f = (None, None) if cls is None else (cls[:npk], cls[npk:])
-        loss_adv = L.d_loss(lo.loss, out_r, out_f, t_real, t_fake)
-        loss = loss_adv
-        stats = {}
-        if self.conditional == "acgan":
-            aux = F.cross_entropy(cls_r.float(), y_real) + F.cross_entropy(cls_f.float(), y_fake_d)
-            loss = loss + lo.aux_weight * aux
-            stats["aux_d"] = aux.detach()
-            stats["acc_cls_real"] = (cls_r.argmax(1) == y_real).float().mean().detach()
-        if self.penalty is not None:
-            critic = (lambda x, y=None: self.D(x, y))
-            kw = dict(labels=yr) if yr is not None else {}
-            gp = self.penalty(critic, real_in, fake_in, impl=cfg.model.impl, **kw)
-            if gp is not None:
-                loss = loss + gp
-                stats["penalty"] = gp.detach()
-        if self.hist_d is not None:
-            loss = loss + self.hist_d.penalty(self.D)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = _grad_norm(self.D.parameters())
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm))
+            self._vbn_ref_d(self.D)
+            yr, yf = self._labels_for_d(y_real), self._labels_for_d(y_fake_d)
+            if t.separate_batches:
+                out_r, cls_r, _ = self.D.forward_all(real_in, yr)
+                out_f, cls_f, _ = self.D.forward_all(fake_in, yf)
+            else:
+                both = torch.cat([real_in, fake_in], 0)
+                yb = None if yr is None else torch.cat([yr, yf], 0)
+                out, cls, _ = self.D.forward_all(both, yb)
+                out_r, out_f = out[:npk], out[npk:]
+                cls_r, cls_f = (None, None) if cls is None else (cls[:npk], cls[npk:])
+            loss_adv = L.d_loss(lo.loss, out_r, out_f, t_real, t_fake)
+            loss = loss_adv
+            stats = {}
+            if self.conditional == "acgan":
+                aux = F.cross_entropy(cls_r.float(), y_real) + F.cross_entropy(cls_f.float(), y_fake_d)
+                loss = loss + lo.aux_weight * aux
+                stats["aux_d"] = aux.detach()
+                stats["acc_cls_real"] = (cls_r.argmax(1) == y_real).float().mean().detach()
+            if self.penalty is not None:
+                critic = (lambda x, y=None: self.D(x, y))
+                kw = dict(labels=yr) if yr is not None else {}
+                if self.scaler_d is not None:
+                    kw["scaler"] = self.scaler_d
+                gp = self.penalty(critic, real_in, fake_in, impl=cfg.model.impl, **kw)
+                if gp is not None:
+                    loss = loss + gp
+                    stats["penalty"] = gp.detach()
+            if self.hist_d is not None:
+                loss = loss + self.hist_d.penalty(self.D)
+        finite, gnorm = self._update(loss, self.D, self.opt_d, self.scaler_d, watch=loss_adv)
         if finite:
-            self.opt_d.step()
             if lo.clip_weights > 0:
                 with torch.no_grad():
                     for p in self.D.parameters():
                         p.clamp_(-lo.clip_weights, lo.clip_weights)
             if self.hist_d is not None:
                 self.hist_d.update(self.D)
-        else:
-            self.opt_d.zero_grad(set_to_none=True)
         self._last_real = real
         self._last_fake = fake
         with torch.no_grad():
@@ -350,54 +396,48 @@ class Trainer:
 
     def g_step(self, d_stats: dict) -> dict:
         cfg, lo = self.cfg, self.cfg.loss
-        fake, y_fake = d_stats["_fake_live"], d_stats["_y_fake"]
-        if fake is None:  # swapped G in the D step, or not reusable: draw anew
-            n = cfg.run.batch_size
-            z = sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device)
-            y_fake = sample_labels(n, self.num_classes, device=self.device) if self.num_classes else None
-            self._vbn_ref_g(self.G)
-            fake = self.G(z, y_fake)
-        swap = self.d_pool.draw() if self.d_pool is not None else None
-        d_adv = self.d_pool.load(swap, self.D) if swap is not None else self.D
-        for p in self.D.parameters():
-            p.requires_grad_(False)
-        try:
-            self._vbn_ref_d(d_adv)
-            sigma = self.noise_std()
-            fake_in = self._d_input(fake, sigma)
-            out_f, cls_f, feat_f = d_adv.forward_all(fake_in, self._labels_for_d(y_fake))
-            loss = torch.zeros((), device=self.device)
-            stats = {}
-            if not lo.feature_matching_only:
-                adv = L.g_loss(lo.loss, out_f)
-                loss = loss + adv
-                stats["loss_g_adv"] = adv.detach()
-            if lo.feature_matching > 0:
-                with torch.no_grad():
-                    real_in = self._d_input(self._last_real, sigma)
-                    _, _, feat_r = d_adv.forward_all(real_in, self._labels_for_d(d_stats["_y_real"]))
-                fm = L.feature_matching_loss(feat_r, feat_f)
-                loss = loss + lo.feature_matching * fm
-                stats["feature_matching"] = fm.detach()
-            if self.conditional == "acgan":
-                aux = F.cross_entropy(cls_f.float(), y_fake)
-                loss = loss + lo.aux_weight * aux
-                stats["aux_g"] = aux.detach()
-            if self.hist_g is not None:
-                loss = loss + self.hist_g.penalty(self.G)
-        finally:
+        with self._autocast():
+            fake, y_fake = d_stats["_fake_live"], d_stats["_y_fake"]
+            if fake is None:  # swapped G in the D step, or not reusable: draw anew
+                n = cfg.run.batch_size
+                z = sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device)
+                y_fake = sample_labels(n, self.num_classes, device=self.device) if self.num_classes else None
+                self._vbn_ref_g(self.G)
+                fake = self.G_train(z, y_fake)
+            swap = self.d_pool.draw() if self.d_pool is not None else None
+            d_adv = self.d_pool.load(swap, self.D) if swap is not None else self.D
             for p in self.D.parameters():
-                p.requires_grad_(True)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = _grad_norm(self.G.parameters())
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm))
-        if finite:
-            self.opt_g.step()
-            if self.hist_g is not None:
-                self.hist_g.update(self.G)
-        else:
-            self.opt_g.zero_grad(set_to_none=True)
+                p.requires_grad_(False)
+            try:
+                self._vbn_ref_d(d_adv)
+                sigma = self.noise_std()
+                fake_in = self._d_input(fake, sigma)
+                out_f, cls_f, feat_f = d_adv.forward_all(fake_in, self._labels_for_d(y_fake))
+                loss = torch.zeros((), device=self.device)
+                stats = {}
+                if not lo.feature_matching_only:
+                    adv = L.g_loss(lo.loss, out_f)
+                    loss = loss + adv
+                    stats["loss_g_adv"] = adv.detach()
+                if lo.feature_matching > 0:
+                    with torch.no_grad():
+                        real_in = self._d_input(self._last_real, sigma)
+                        _, _, feat_r = d_adv.forward_all(real_in, self._labels_for_d(d_stats["_y_real"]))
+                    fm = L.feature_matching_loss(feat_r, feat_f)
+                    loss = loss + lo.feature_matching * fm
+                    stats["feature_matching"] = fm.detach()
+                if self.conditional == "acgan":
+                    aux = F.cross_entropy(cls_f.float(), y_fake)
+                    loss = loss + lo.aux_weight * aux
+                    stats["aux_g"] = aux.detach()
+                if self.hist_g is not None:
+                    loss = loss + self.hist_g.penalty(self.G)
+            finally:
+                for p in self.D.parameters():
+                    p.requires_grad_(True)
+        finite, gnorm = self._update(loss, self.G, self.opt_g, self.scaler_g)
+        if finite and self.hist_g is not None:
+            self.hist_g.update(self.G)
         if self.ema is not None:
             self.ema.update(self.G, self.step)
         self._last_fake = fake.detach()
@@ -474,6 +514,11 @@ class Trainer:
                                        f"{self.mixture.num_modes} modes, {stats['high_quality']:.0%} high quality")
                 return png
             x = self.G.to_data_range(x)
+            if self.tb is not None:
+                from torchvision.utils import make_grid
+
+                self.tb.add_image("samples", make_grid(x.float().cpu(), nrow=8, normalize=True, value_range=(-1, 1)),
+                                  self.step)
             png = os.path.join(self.sample_dir, name + ".png")
             nrow = self.num_classes if self.num_classes and self.num_classes <= 16 else 8
             save_grid(x, png, nrow=nrow)
@@ -548,6 +593,8 @@ class Trainer:
             "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "scalers": {"d": self.scaler_d.state_dict() if self.scaler_d is not None else None,
+                        "g": self.scaler_g.state_dict() if self.scaler_g is not None else None},
             "rng": capture_rng(), "data": self.stream.state_dict(),
             "tricks": {
                 "replay": self.replay.state_dict() if self.replay is not None else None,
@@ -576,6 +623,10 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"the checkpoint does not match this configuration: {str(exc).splitlines()[0]}") \
                 from None
+        for key, scaler in (("d", self.scaler_d), ("g", self.scaler_g)):
+            saved = (state.get("scalers") or {}).get(key)
+            if scaler is not None and saved:
+                scaler.load_state_dict(saved)
         tr = state.get("tricks", {})
         for name in ("replay", "g_pool", "d_pool"):
             obj = getattr(self, name)
@@ -689,6 +740,10 @@ class Trainer:
                         row.update(self.evaluate())
                     acc = {}
                     self.metrics.write(row)
+                    if self.tb is not None:
+                        for k, v in row.items():
+                            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                                self.tb.add_scalar(k, v, self.step)
                     self.monitor.check_log(self.step, row)
                     last_row = row
                     self._write(self._format_row(row, end))
@@ -725,6 +780,8 @@ class Trainer:
         if plot:
             paths["plot"] = plot
         paths["metrics"] = self.metrics.path
+        if self.tb is not None:
+            self.tb.close()
         steps_done = self.step - start_step
         self.log(f"fastgan train: {status} at step {self.step} ({steps_done} steps in {seconds:.1f}s, "
                  f"{steps_done / max(seconds, 1e-9):.2f} steps/s); wrote {', '.join(paths.values())}")
