@@ -198,7 +198,7 @@ def add_command(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE.yaml", help="YAML configuration (nested by section or flat)")
     p.add_argument("--preset", help="named preset (--list-presets); 'none' = plain defaults")
-    p.add_argument("--dataset", choices=DATASETS, help="data set (default: the preset's)")
+    p.add_argument("--dataset", metavar="NAME", help=f"data set: {', '.join(DATASETS)} (default: the preset's)")
     p.add_argument("--steps", type=int, help="G steps to train to")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints/last.pt")

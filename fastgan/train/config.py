@@ -84,6 +84,8 @@ class DataConfig:
     image_size: int = opt(32, "image side in pixels (a power of two >= 8; DCGAN sizes are 32 and 64)", minimum=8)
     max_samples: Optional[int] = opt(None, "keep only the first N images (in-memory data sets)", minimum=1)
     channels: Optional[int] = opt(None, "1 or 3 for an image folder", choices=(None, 1, 3))
+    workers: Optional[int] = opt(None, "DataLoader workers for torchvision / folder data (default min(4, CPUs))",
+                                 minimum=0)
     toy_samples: int = opt(100_000, "points drawn once from a 2D toy mixture", minimum=1)
     scale_inputs: bool = opt(False, "images scaled to [-1, 1] and a tanh generator output (off: [0, 1] data and "
                              "a sigmoid-like output, (tanh + 1) / 2)",

@@ -76,8 +76,12 @@ class DataStream:
             start = self.index - self.batch_size
             batches = [perm[i:i + self.batch_size].tolist()
                        for i in range(start, self.n - self.batch_size + 1, self.batch_size)]
+            # Its own generator: a DataLoader iterator otherwise draws its workers' base seed from torch's
+            # global generator, and a resumed run (which starts a new iterator mid-epoch) would drift.
+            seed_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
-                                                 pin_memory=self.device.type == "cuda")
+                                                 pin_memory=self.device.type == "cuda", generator=seed_gen,
+                                                 persistent_workers=False)
             self._loader_iter = iter(loader)
         x, y = next(self._loader_iter)
         self._loader_key = (self.epoch, self.index)

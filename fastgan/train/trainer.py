@@ -142,7 +142,7 @@ class Trainer:
             self.data_info = {"kind": "image", "dataset": d.dataset, "num_classes": self.dataset.num_classes,
                               "channels": self.dataset.channels, "image_size": d.image_size}
             self.mixture = None
-        self.stream = DataStream(self.dataset, r.batch_size, r.seed, self.device)
+        self.stream = DataStream(self.dataset, r.batch_size, r.seed, self.device, workers=d.workers)
         self.scale_to_unit = not self.toy and not d.scale_inputs
         cl = r.channels_last == "on" or (r.channels_last == "auto" and self.device.type == "cpu")
         self.memory_format = torch.channels_last if (cl and not self.toy) else torch.contiguous_format
