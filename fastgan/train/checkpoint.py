@@ -194,7 +194,7 @@ def load_generator(checkpoint_path: str, device="cpu", *, ema: bool = True, impl
     Returns ``fastgan.train.models.Generator``: ``g(z)`` (or ``g(z, labels)`` when ``g.num_classes``)
     with attributes ``nz``, ``z_dist`` ("normal" / "uniform"), ``num_classes``, ``data_kind``
     ("image" / "toy"), ``output`` and ``g.to_data_range(x)``; plus ``g.checkpoint_step`` and
-    ``g.data_info`` (dataset, channels, image_size, num_classes).  Use :func:`generate` to draw samples.
+    ``g.data_info`` (dataset, channels, image_size, num_classes) and ``g.uses_ema``.  Use :func:`generate` to draw samples.
     Raises CheckpointError for a file it cannot use.
     """
     from .models import build_generator
@@ -215,6 +215,7 @@ def load_generator(checkpoint_path: str, device="cpu", *, ema: bool = True, impl
             from None
     g.to(dev).eval()
     g.checkpoint_step = int(state.get("step", 0))
+    g.uses_ema = bool(ema and state.get("ema") is not None)
     g.data_info = dict(state["spec"].get("data", {}))
     ref = state.get("fixed", {}).get("vbn_z")
     from ..models import has_vbn

@@ -184,7 +184,7 @@ def cmd_sample(args) -> int:
             path = os.path.join(out, f"{i:06d}.png")
             atomic_write(path, lambda f, i=i: save_image(x[i], f, format="png", normalize=True, value_range=(-1, 1)))
     print(f"{prog}: wrote {args.n} samples to {out} (step {g.checkpoint_step}"
-          f"{', EMA' if not args.no_ema and g is not None else ''})")
+          f"{', EMA weights' if g.uses_ema else ''})")
     return 0
 
 
