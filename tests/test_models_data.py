@@ -517,3 +517,18 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(str(path), boom)
     assert torch.load(path) == {"a": 1}
     assert os.listdir(tmp_path) == ["ck.pt"]
+
+
+@pytest.mark.parametrize("norm", ["batch", "none", "instance"])
+def test_generator_pixelshuffle_upsampling_matches_plain(norm):
+    """upsample='pixelshuffle': fused blocks equal conv -> nn.PixelShuffle -> norm -> activation."""
+    from fastgan.models.dcgan import DCGANGenerator
+    from fastgan.nn import PixelShuffleUpsample
+
+    torch.manual_seed(0)
+    g = DCGANGenerator(32, nz=8, ngf=4, channels=1, norm=norm, upsample="pixelshuffle", impl="ref")
+    assert g(torch.randn(3, 8)).shape == (3, 1, 32, 32)
+    if norm != "instance":
+        assert any(isinstance(m, PixelShuffleUpsample) for m in g.modules())
+    plain = DCGANGenerator(32, nz=8, ngf=4, channels=1, norm=norm, upsample="pixelshuffle", fused=False)
+    assert plain(torch.randn(3, 8)).shape == (3, 1, 32, 32)

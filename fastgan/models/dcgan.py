@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from ..nn import (BatchNormAct1d, BatchNormAct2d, GroupNormAct, InstanceNormAct2d, LayerNormAct2d,
+from ..nn import (PixelShuffleUpsample, icnr_, BatchNormAct1d, BatchNormAct2d, GroupNormAct, InstanceNormAct2d, LayerNormAct2d,
                   MinibatchDiscrimination, MinibatchStdDev, VirtualBatchNorm1d, VirtualBatchNorm2d)
 
 #: norms the models build: batch norm; per-sample norms for critics that must
@@ -169,6 +169,20 @@ def _check_positive(**kwargs) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def _pixel_shuffle_block(cin: int, cout: int, norm: str, activation: str, negative_slope: float, fused: bool,
+                         impl: str) -> list[nn.Module]:
+    """2x upsampling by sub-pixel convolution (ICNR-initialised): one fused
+    ``PixelShuffleUpsample`` for batch norm or no norm; other norms follow it."""
+    if fused and norm in ("batch", "none"):
+        return [PixelShuffleUpsample(cin, cout, 2, 3, norm="batch" if norm == "batch" else None,
+                                     activation=activation, negative_slope=negative_slope, impl=impl)]
+    conv = nn.Conv2d(cin, cout * 4, 3, padding=1, bias=norm == "none")
+    icnr_(conv.weight, 2)
+    if norm == "none" and activation == "identity":  # the output block: tanh follows
+        return [conv, nn.PixelShuffle(2)]
+    return [conv, nn.PixelShuffle(2)] + norm_act(cout, norm, activation, negative_slope, fused, impl)
+
+
 class DCGANGenerator(nn.Module):
     """z (N, nz) or (N, nz, 1, 1) -> images (N, channels, image_size, image_size) in [-1, 1].
 
@@ -185,9 +199,6 @@ class DCGANGenerator(nn.Module):
         check_norm(norm)
         check_activation(activation)
         _check_choice("upsample", upsample, UPSAMPLE)
-        if upsample == "pixelshuffle":
-            raise ValueError("upsample='pixelshuffle' is not available yet (fastgan.nn.PixelShuffleUpsample "
-                             "comes with the PixelShuffle issue); use upsample='convtranspose'")
         self.config = dict(image_size=image_size, nz=nz, ngf=ngf, channels=channels, norm=norm,
                            activation=activation, negative_slope=negative_slope, fused=fused, impl=impl)
         if upsample != "convtranspose":  # keep the config of the default model as it was
@@ -198,9 +209,16 @@ class DCGANGenerator(nn.Module):
         layers: list[nn.Module] = [nn.ConvTranspose2d(nz, widths[0], 4, 1, 0, bias=bias)]
         layers += norm_act(widths[0], norm, activation, negative_slope, fused, impl)
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=bias))
-            layers += norm_act(cout, norm, activation, negative_slope, fused, impl)
-        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=bias), nn.Tanh()]
+            if upsample == "convtranspose":
+                layers.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=bias))
+                layers += norm_act(cout, norm, activation, negative_slope, fused, impl)
+            else:
+                layers += _pixel_shuffle_block(cin, cout, norm, activation, negative_slope, fused, impl)
+        if upsample == "convtranspose":
+            layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=bias), nn.Tanh()]
+        else:
+            layers += _pixel_shuffle_block(widths[-1], channels, "none", "identity", negative_slope, fused, impl)
+            layers.append(nn.Tanh())
         self.main = nn.Sequential(*layers)
         if init:
             self.apply(dcgan_init)

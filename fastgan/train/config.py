@@ -115,7 +115,7 @@ class ModelConfig:
                             source="ganhacks #5; Radford et al. 2016", trick=True, choices=("relu", "leaky_relu"))
     downsample: str = opt("stride", "discriminator downsampling: strided conv or conv + average pooling",
                           source="ganhacks #5; Radford et al. 2016", trick=True, choices=("stride", "avgpool"))
-    upsample: str = opt("convtranspose", "generator upsampling: ConvTranspose2d (PixelShuffle: not available yet)",
+    upsample: str = opt("convtranspose", "generator upsampling: ConvTranspose2d, or pixelshuffle (sub-pixel conv, ICNR init; Shi et al. 2016, Aitken et al. 2017)",
                         source="ganhacks #5; Shi et al. 2016 (PixelShuffle)", trick=True,
                         choices=("convtranspose", "pixelshuffle"))
     minibatch: str = opt("none", "a discriminator layer that sees the batch: discrimination (Salimans) or stddev "
@@ -671,9 +671,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         errors.append(f"model.arch: 'mlp' is for the 2D toy sets, but data.dataset is {d.dataset!r} (use dcgan)")
     if arch == "dcgan" and (d.image_size < 8 or d.image_size & (d.image_size - 1)):
         errors.append(f"data.image_size: DCGAN needs a power of two >= 8 (32 or 64), got {d.image_size}")
-    if m.upsample == "pixelshuffle":
-        errors.append("model.upsample: 'pixelshuffle' is not available yet (it comes with the PixelShuffle issue); "
-                      "use convtranspose")
     if arch == "mlp":
         for key, value in (("g_norm", m.g_norm), ("d_norm", m.d_norm)):
             if value == "instance":
