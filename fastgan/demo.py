@@ -22,11 +22,12 @@ import csv
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Optional
 
 import torch
+
+from ._io import atomic_torch_save, atomic_write  # noqa: F401  (re-exported)
 import torch.nn.functional as F
 
 DEFAULTS = dict(steps=300, dataset="mnist5k", root=None, out="runs/demo", device="auto", impl="auto",
@@ -37,43 +38,6 @@ DEFAULTS = dict(steps=300, dataset="mnist5k", root=None, out="runs/demo", device
 # ----------------------------------------------------------------------------
 # Atomic writes
 # ----------------------------------------------------------------------------
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
-
 
 def save_grid(images: torch.Tensor, path: str, nrow: int = 8) -> None:
     """Save images in [-1, 1] as one PNG grid, atomically."""

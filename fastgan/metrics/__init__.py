@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
+
+from .._io import atomic_torch_save  # noqa: F401  (used by the metric modules)
 
 __all__ = [
     "cache_dir", "atomic_torch_save", "MetricsUnavailableError",
@@ -59,27 +60,6 @@ def cache_dir(*parts: str) -> str:
     path = os.path.join(root, *parts)
     os.makedirs(path, exist_ok=True)
     return path
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it (no torn cache files)."""
-    import torch
-
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 _LAZY = {

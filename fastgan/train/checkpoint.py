@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..demo import _fsync_dir, atomic_write
+from .._io import atomic_write
 
 FORMAT = "fastgan-train"
 VERSION = 1
@@ -94,28 +94,11 @@ def save_checkpoint(state: dict, path: str, keep_previous: bool = True) -> None:
     state.setdefault("version", VERSION)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    if keep_previous and os.path.exists(path):
-        # Write the new file to a temporary name first, then rotate: at every moment either path or
-        # its .prev holds a complete checkpoint.
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(path, previous_path(path))
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(directory)
-    else:
-        atomic_write(path, lambda f: torch.save(state, f))
+    # With keep_previous, the old file becomes .prev only once the new one is durable: at
+    # every moment either path or its .prev holds a complete checkpoint.
+    rotate = keep_previous and os.path.exists(path)
+    atomic_write(path, lambda f: torch.save(state, f),
+                 before_replace=(lambda: os.replace(path, previous_path(path))) if rotate else None)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

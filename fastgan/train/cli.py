@@ -112,7 +112,7 @@ def cmd_train(args) -> int:
             return 0
         trainer = Trainer(cfg, resume=state)
         if state is None:
-            from ..demo import atomic_write
+            from .._io import atomic_write
 
             atomic_write(os.path.join(cfg.run.out, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))
         summary = trainer.train()
@@ -133,7 +133,8 @@ def cmd_sample(args) -> int:
     import numpy as np
     import torch
 
-    from ..demo import atomic_write, save_grid
+    from .._io import atomic_write
+    from ..demo import save_grid
     from .checkpoint import CheckpointError, generate, load_generator
     from .logs import save_toy_samples
 

@@ -662,7 +662,7 @@ def _check_fields(cfg: TrainConfig) -> list[str]:
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise ConfigError (one line per problem) for bad values and impossible combinations."""
     errors = _check_fields(cfg)
-    d, m, lo, o, t, r = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.tricks, cfg.run
+    d, m, lo, t, r = cfg.data, cfg.model, cfg.loss, cfg.tricks, cfg.run
     toy = cfg.is_toy()
     arch = cfg.resolved_arch()
     if toy and arch == "dcgan":

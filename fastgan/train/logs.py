@@ -10,7 +10,8 @@ from typing import Optional
 
 import torch
 
-from ..demo import atomic_write, save_grid
+from .._io import atomic_write
+from ..demo import save_grid
 
 
 def _clean(v):

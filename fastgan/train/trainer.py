@@ -48,7 +48,7 @@ from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, l
 from .config import TrainConfig, validate
 from .data import DataStream
 from .logs import JsonlLog, plot_metrics, save_grid, save_toy_samples
-from .models import build_discriminator, build_generator, model_specs, switch_impl
+from .models import build_discriminator, build_generator, model_specs
 from .monitor import FailureMonitor, TrainingDiverged
 from .tricks import (EMA, HistoricalAverage, ReplayBuffer, SnapshotPool, add_instance_noise, d_targets,
                      instance_noise_std, pack, sample_labels, sample_z, slerp_grid)
@@ -504,7 +504,7 @@ class Trainer:
                 real = self.stream.fixed_batch(min(2000, self.stream.n), self.cfg.run.seed + 4)[0]
                 stats = toy_mode_stats(x, self.mixture)
                 if not self.cfg.run.plots:
-                    from ..demo import atomic_write
+                    from .._io import atomic_write
 
                     atomic_write(os.path.join(self.sample_dir, name + ".npy"),
                                  lambda f: np.save(f, x.float().cpu().numpy()))
