@@ -6,12 +6,12 @@
 //
 //   channel_stats(x) -> (mean, var)                  per channel, (C,)
 //   row_moments(x) -> (mean, m2)                      per (n, c) over spatial, (N, C)
-//   norm_act_forward(x, scale, shift, act, slope) -> y
-//   norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope) -> (sum gz, sum gz*xhat)
-//   norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act, slope) -> dx
-//   norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope) -> 5 sums
-//   norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, b2, b3, b4, act, slope)
-//       -> (ggx, ggy)
+//   norm_act_forward(x, scale, shift, act, slope, upscale=1) -> y
+//   norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, upscale=1) -> (sum gz, sum gz*xhat)
+//   norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act, slope, upscale=1) -> dx
+//   norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope, upscale=1) -> 5 sums
+//   norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, b2, b3, b4, act, slope,
+//                         upscale=1) -> (ggx, ggy)
 //
 // Big tensors (x, gy, u) are (N, C, *spatial), float32 / float16 / bfloat16 /
 // float64, all with one dtype and x's layout (contiguous, or channels-last for
@@ -19,8 +19,14 @@
 // and all of one shape, scale's: (C,) vectors (batch norm: reductions over
 // (N, *spatial)) or (N, C) tables (group / instance / layer norm: per (n, c),
 // reductions over *spatial); reductions return that shape.  Elementwise
-// outputs have x's dtype and strides.  Here: checks, allocation (the
-// reductions' partials workspace too) and the launch on the current stream.
+// outputs have x's dtype and strides.
+//
+// upscale = r > 1 (pixel shuffle; the Triton kernels' UPSCALE): x must be
+// contiguous (N, C, H, W) with C divisible by r^2, and the "y-side" tensors --
+// y of the forward, gy, ggy of double_apply -- are contiguous
+// (N, C / r^2, H*r, W*r) = pixel_shuffle(., r) of x's layout; x-side ones
+// (x, u, dx, ggx) keep x's.  Here: checks, allocation (the reductions'
+// partials workspace too) and the launch on the current stream.
 // No host synchronisation and no data-dependent allocation (graph capturable).
 
 #include <array>
@@ -126,6 +132,46 @@ void check_like_x(const char* op, const char* name, const Tensor& t, const Tenso
                     "), got strides ", t.strides(), " for x's ", x.strides());
 }
 
+// Checks upscale and, when > 1, x for the pixel shuffle; sets g.problem.upscale, H, W.
+void set_upscale(const char* op, Geometry& g, const Tensor& x, int64_t upscale) {
+  TORCH_CHECK_VALUE(upscale >= 1 && upscale <= INT32_MAX, op, ": upscale must be a positive int, got ", upscale);
+  g.problem.upscale = upscale;
+  if (upscale == 1) return;
+  TORCH_CHECK_VALUE(x.dim() == 4 && x.is_contiguous(), op, ": upscale = ", upscale,
+                    " (pixel shuffle) needs x contiguous with shape (N, C, H, W), got shape ", x.sizes(),
+                    " and strides ", x.strides());
+  TORCH_CHECK_VALUE(x.size(1) % (upscale * upscale) == 0, op, ": upscale = ", upscale, " needs x's channels (",
+                    x.size(1), ") divisible by upscale^2 = ", upscale * upscale, ", got x of shape ", x.sizes());
+  g.problem.H = x.size(2);
+  g.problem.W = x.size(3);
+}
+
+// The shape of the y-side tensors: x's, or (N, C / r^2, H*r, W*r) when upscale = r > 1.
+std::vector<int64_t> y_shape(const Tensor& x, const Geometry& g) {
+  const int64_t r = g.problem.upscale;
+  if (r == 1) return x.sizes().vec();
+  return {x.size(0), x.size(1) / (r * r), x.size(2) * r, x.size(3) * r};
+}
+
+// A y-side input (gy): like x when upscale == 1, else contiguous with y_shape, x's device and dtype.
+void check_y_side(const char* op, const char* name, const Tensor& t, const Tensor& x, const Geometry& g) {
+  const int64_t r = g.problem.upscale;
+  if (r == 1) {
+    check_like_x(op, name, t, x, g);
+    return;
+  }
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
+              " like x, got a tensor on ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
+                   ", got ", t.scalar_type());
+  const std::vector<int64_t> shape = y_shape(x, g);
+  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have the pixel-shuffled shape ",
+                    at::IntArrayRef(shape), " of x ", x.sizes(), " with upscale = ", r, ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous with upscale = ", r, ", got strides ",
+                    t.strides());
+}
+
 // Whether the per-channel arguments are (N, C) tables (scale decides, as in the
 // Triton kernels); sets g.problem.per_sample.
 void set_table_kind(const char* op, Geometry& g, const Tensor& scale) {
@@ -209,15 +255,17 @@ std::tuple<Tensor, Tensor> row_moments(const Tensor& x) {
   return moments("fastgan::row_moments", x, /*per_sample=*/true, /*variance=*/false);
 }
 
-Tensor norm_act_forward(const Tensor& x, const Tensor& scale, const Tensor& shift, int64_t act, double slope) {
+Tensor norm_act_forward(const Tensor& x, const Tensor& scale, const Tensor& shift, int64_t act, double slope,
+                        int64_t upscale) {
   const char* op = "fastgan::norm_act_forward";
   Geometry g = geometry(op, x);
+  set_upscale(op, g, x, upscale);
   check_act(op, act);
   set_table_kind(op, g, scale);
   const Tensor sc = channel_vector(op, "scale", scale, x, g);
   const Tensor sh = channel_vector(op, "shift", shift, x, g);
   Launch run(x);
-  Tensor y = at::empty_like(x);
+  Tensor y = upscale == 1 ? at::empty_like(x) : at::empty(y_shape(x, g), x.options());
   if (empty_problem(g)) return y;
   g.problem.sm_count = sm_count(x.get_device());
   bna::ChannelParams prm;
@@ -232,9 +280,10 @@ Tensor norm_act_forward(const Tensor& x, const Tensor& scale, const Tensor& shif
 // The gradient sums of norm_act_backward_reduce (u undefined) and norm_act_double_reduce.
 std::vector<Tensor> grad_sums(const char* op, const Tensor* u, const Tensor& gy, const Tensor& x,
                               const Tensor& scale, const Tensor& shift, const Tensor& mean, const Tensor& invstd,
-                              int64_t act, double slope) {
+                              int64_t act, double slope, int64_t upscale) {
   Geometry g = geometry(op, x);
-  check_like_x(op, "gy", gy, x, g);
+  set_upscale(op, g, x, upscale);
+  check_y_side(op, "gy", gy, x, g);
   if (u != nullptr) check_like_x(op, "u", *u, x, g);
   check_act(op, act);
   set_table_kind(op, g, scale);
@@ -274,8 +323,9 @@ std::vector<Tensor> grad_sums(const char* op, const Tensor* u, const Tensor& gy,
 
 std::tuple<Tensor, Tensor> norm_act_backward_reduce(const Tensor& gy, const Tensor& x, const Tensor& scale,
                                                     const Tensor& shift, const Tensor& mean, const Tensor& invstd,
-                                                    int64_t act, double slope) {
-  auto s = grad_sums("fastgan::norm_act_backward_reduce", nullptr, gy, x, scale, shift, mean, invstd, act, slope);
+                                                    int64_t act, double slope, int64_t upscale) {
+  auto s = grad_sums("fastgan::norm_act_backward_reduce", nullptr, gy, x, scale, shift, mean, invstd, act, slope,
+                     upscale);
   return {s[0], s[1]};
 }
 
@@ -283,17 +333,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> norm_act_double_reduce(const 
                                                                           const Tensor& x, const Tensor& scale,
                                                                           const Tensor& shift, const Tensor& mean,
                                                                           const Tensor& invstd, int64_t act,
-                                                                          double slope) {
-  auto s = grad_sums("fastgan::norm_act_double_reduce", &u, gy, x, scale, shift, mean, invstd, act, slope);
+                                                                          double slope, int64_t upscale) {
+  auto s = grad_sums("fastgan::norm_act_double_reduce", &u, gy, x, scale, shift, mean, invstd, act, slope,
+                     upscale);
   return {s[0], s[1], s[2], s[3], s[4]};
 }
 
 Tensor norm_act_backward_apply(const Tensor& gy, const Tensor& x, const Tensor& scale, const Tensor& shift,
                                const Tensor& mean, const Tensor& invstd, const Tensor& k1, const Tensor& k2,
-                               const Tensor& k3, int64_t act, double slope) {
+                               const Tensor& k3, int64_t act, double slope, int64_t upscale) {
   const char* op = "fastgan::norm_act_backward_apply";
   Geometry g = geometry(op, x);
-  check_like_x(op, "gy", gy, x, g);
+  set_upscale(op, g, x, upscale);
+  check_y_side(op, "gy", gy, x, g);
   check_act(op, act);
   set_table_kind(op, g, scale);
   const Tensor vecs[] = {channel_vector(op, "scale", scale, x, g), channel_vector(op, "shift", shift, x, g),
@@ -320,11 +372,13 @@ std::tuple<Tensor, Tensor> norm_act_double_apply(const Tensor& u, const Tensor& 
                                                  const Tensor& scale, const Tensor& shift, const Tensor& mean,
                                                  const Tensor& invstd, const Tensor& a1, const Tensor& a2,
                                                  const Tensor& a3, const Tensor& b1, const Tensor& b2,
-                                                 const Tensor& b3, const Tensor& b4, int64_t act, double slope) {
+                                                 const Tensor& b3, const Tensor& b4, int64_t act, double slope,
+                                                 int64_t upscale) {
   const char* op = "fastgan::norm_act_double_apply";
   Geometry g = geometry(op, x);
+  set_upscale(op, g, x, upscale);
   check_like_x(op, "u", u, x, g);
-  check_like_x(op, "gy", gy, x, g);
+  check_y_side(op, "gy", gy, x, g);
   check_act(op, act);
   set_table_kind(op, g, scale);
   const Tensor vecs[] = {channel_vector(op, "scale", scale, x, g), channel_vector(op, "shift", shift, x, g),
@@ -335,7 +389,7 @@ std::tuple<Tensor, Tensor> norm_act_double_apply(const Tensor& u, const Tensor& 
                          channel_vector(op, "b4", b4, x, g)};
   Launch run(x);
   Tensor ggx = at::empty_like(x);
-  Tensor ggy = at::empty_like(gy);
+  Tensor ggy = upscale == 1 ? at::empty_like(gy) : at::empty(y_shape(x, g), x.options());
   if (empty_problem(g)) return {ggx, ggy};
   g.problem.sm_count = sm_count(x.get_device());
   bna::ChannelParams prm;
@@ -357,20 +411,21 @@ std::tuple<Tensor, Tensor> norm_act_double_apply(const Tensor& u, const Tensor& 
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def("channel_stats(Tensor x) -> (Tensor, Tensor)");
   m.def("row_moments(Tensor x) -> (Tensor, Tensor)");
-  m.def("norm_act_forward(Tensor x, Tensor scale, Tensor shift, int act, float slope) -> Tensor");
+  // upscale (last, default 1): calls that leave it out are the plain norm + activation.
+  m.def("norm_act_forward(Tensor x, Tensor scale, Tensor shift, int act, float slope, int upscale=1) -> Tensor");
   m.def(
       "norm_act_backward_reduce(Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, Tensor invstd, "
-      "int act, float slope) -> (Tensor, Tensor)");
+      "int act, float slope, int upscale=1) -> (Tensor, Tensor)");
   m.def(
       "norm_act_backward_apply(Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, Tensor invstd, "
-      "Tensor k1, Tensor k2, Tensor k3, int act, float slope) -> Tensor");
+      "Tensor k1, Tensor k2, Tensor k3, int act, float slope, int upscale=1) -> Tensor");
   m.def(
       "norm_act_double_reduce(Tensor u, Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, "
-      "Tensor invstd, int act, float slope) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor invstd, int act, float slope, int upscale=1) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "norm_act_double_apply(Tensor u, Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, "
       "Tensor invstd, Tensor a1, Tensor a2, Tensor a3, Tensor b1, Tensor b2, Tensor b3, Tensor b4, int act, "
-      "float slope) -> (Tensor, Tensor)");
+      "float slope, int upscale=1) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {

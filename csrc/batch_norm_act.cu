@@ -26,6 +26,9 @@
 // when the contiguous extent (S or C) is a multiple of VEC and every big
 // pointer is 16-byte aligned; otherwise VEC = 1.  Indices are int64 throughout;
 // the grid-stride walks update offsets incrementally (no division per element).
+// Pixel shuffle (upscale r > 1, kRows): the y-side tensors are addressed at
+// their shuffled offsets by two more kernels (pointwise_shuffle_kernel,
+// grad_sums_shuffle_kernel), chosen at launch; r == 1 runs exactly the kernels above.
 
 #include "batch_norm_act.h"
 
@@ -630,6 +633,149 @@ pointwise_cl_kernel(BigArgs<T> t, ChannelArgs<acc_t<T>> prm, Segments seg, int64
   for (; tile.more(); tile.advance()) point_vec<T, VEC, MODE, 1>(t, prm.slope, tile.off, k);
 }
 
+// ----------------------------------------------------------------------------- pixel-shuffled y (upscale r > 1)
+//
+// kRows only (x contiguous (N, C, H, W), S = H*W > 1; with S == 1 the y and x
+// offsets coincide and the kernels above serve).  y-side tensors (gy; y, ggy)
+// are contiguous (N, C/r^2, H*r, W*r): x element (n, c, h, w), c = co*r*r + i*r + j,
+// is y element (n, co, h*r + i, w*r + j) (batch_norm_act.h).  Scalar accesses:
+// the y-side stride along w is r, so 16-byte vectors would not line up.
+
+struct Shuffle {
+  int64_t r, H, W;
+};
+
+// Digits d[0..D-1] of a flat index over sizes (*, size[1], ..., size[D-1])
+// (d[D-1] fastest, d[0] unbounded), advanced by a fixed step: the step's
+// digits are added with one carry each (no division per step).
+template <int D>
+struct Digits {
+  int64_t d[D], step[D], size[D];
+
+  __device__ __forceinline__ Digits(int64_t v, int64_t s, const int64_t (&sz)[D]) {
+#pragma unroll
+    for (int k = D - 1; k > 0; --k) {
+      size[k] = sz[k];
+      int64_t q = v / sz[k];
+      d[k] = v - q * sz[k];
+      v = q;
+      q = s / sz[k];
+      step[k] = s - q * sz[k];
+      s = q;
+    }
+    size[0] = 0;
+    d[0] = v;
+    step[0] = s;
+  }
+  __device__ __forceinline__ void advance() {
+    int64_t carry = 0;
+#pragma unroll
+    for (int k = D - 1; k > 0; --k) {
+      d[k] += step[k] + carry;  // < 2 * size[k]: one wrap at most
+      carry = d[k] >= size[k] ? 1 : 0;
+      if (carry) d[k] -= size[k];
+    }
+    d[0] += step[0] + carry;
+  }
+};
+
+// One element of a pass: x, u (and dx, ggx) at xo; gy (and y, ggy) at yo.
+template <typename T, int MODE>
+__device__ __forceinline__ void point_shuffled(const BigArgs<T>& t, acc_t<T> slope, int64_t xo, int64_t yo,
+                                               const PointCoef<acc_t<T>>& k) {
+  using acc = acc_t<T>;
+  const acc x = Cvt<T>::to(t.x[xo]);
+  acc gy = acc(0), u = acc(0), o1 = acc(0), o2 = acc(0);
+  if constexpr (MODE != kModeForward) gy = Cvt<T>::to(t.gy[yo]);
+  if constexpr (MODE == kModeDouble) u = Cvt<T>::to(t.u[xo]);
+  point_map<MODE>(k, slope, x, gy, u, o1, o2);
+  if constexpr (MODE == kModeForward) {
+    t.out[yo] = Cvt<T>::from(o1);  // y
+  } else {
+    t.out[xo] = Cvt<T>::from(o1);  // dx, ggx
+  }
+  if constexpr (MODE == kModeDouble) t.out2[yo] = Cvt<T>::from(o2);  // ggy
+}
+
+// Grid-stride over the units (n, co, i, h, w) of sizes (N, C/r^2, r, H, W), w
+// fastest.  A unit is the r x elements (n, c0 + j, h, w), c0 = co*r*r + i*r,
+// j < r -- r rows of x, each read coalesced along w over a warp -- and the r
+// contiguous y elements (n, co, h*r + i, w*r + j).  Step j of a warp touches y
+// at stride r; its r steps, back to back, fill the same sectors (L1 / L2 merge
+// them), so no y sector is fetched or written back twice.
+template <typename T, int MODE>
+__global__ void __launch_bounds__(kThreads)
+pointwise_shuffle_kernel(BigArgs<T> t, ChannelArgs<acc_t<T>> prm, Segments seg, Shuffle sh, int64_t units) {
+  using acc = acc_t<T>;
+  const int64_t r = sh.r, W = sh.W, S = seg.S;
+  const int64_t r2 = r * r;
+  const int64_t groups = seg.C / r2;  // output channels
+  const int64_t yrow = W * r;         // elements of a y row
+  const int64_t sizes[5] = {0, groups, r, sh.H, W};
+  const int64_t step = (int64_t)gridDim.x * kThreads;
+  int64_t v = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+  Digits<5> it(v, step, sizes);
+  for (; v < units; v += step, it.advance()) {
+    const int64_t n = it.d[0], co = it.d[1], i = it.d[2], h = it.d[3], w = it.d[4];
+    const int64_t ng = n * groups + co;
+    const int64_t x0 = (ng * r2 + i * r) * S + h * W + w;  // channel c0; channel c0 + j is j*S on
+    const int64_t y0 = ng * r2 * S + (h * r + i) * yrow + w * r;
+    const int64_t e0 = n * seg.tbl_stride + co * r2 + i * r;  // entry of (n, c0)
+    for (int64_t j = 0; j < r; ++j) {
+      const PointCoef<acc> k = load_point_coef<MODE>(prm, e0 + j);
+      point_shuffled<T, MODE>(t, prm.slope, x0 + j * S, y0 + j, k);
+    }
+  }
+}
+
+// Block (e = blockIdx.x, p = blockIdx.y), as grad_sums_rows_kernel: entry e =
+// sg*C + c sums over its segment's elements m = p*kThreads + tid + k*P*kThreads
+// (m < L = rows*S; digits (n - sg, h, w)), x and u at (n*C + c)*S + h*W + w,
+// gy at the shuffled offset (stride r along w; the r - 1 other sub-channels of
+// the same output pixels, read by the neighbouring entries' blocks, share its sectors).
+template <typename T, bool DOUBLE>
+__global__ void __launch_bounds__(kThreads)
+grad_sums_shuffle_kernel(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ u,
+                         ChannelArgs<acc_t<T>> prm, acc_t<T>* __restrict__ work, Segments seg, Shuffle sh,
+                         int64_t P) {
+  using acc = acc_t<T>;
+  constexpr int K = sums_k<DOUBLE>();
+  const int64_t e = blockIdx.x;
+  const int64_t p = blockIdx.y;
+  const int64_t C = seg.C, S = seg.S, r = sh.r, W = sh.W;
+  const int64_t sg = e / C;
+  const int64_t c = e - sg * C;
+  const int64_t co = c / (r * r);
+  const int64_t sub = c - co * r * r;
+  const int64_t i = sub / r;
+  const int64_t j = sub - i * r;
+  const int64_t yrow = W * r;
+  const int64_t xb = c * S;                          // + n*C*S + h*W + w
+  const int64_t yb = co * r * r * S + i * yrow + j;  // + n*C*S + h*r*yrow + w*r
+  const int64_t yh = r * yrow;
+  const NormCoef<acc> k = load_norm_coef(prm, e);
+  State<acc, K> st = zero_state<acc, K>();
+  const int64_t sizes[3] = {0, sh.H, W};
+  const int64_t step = P * kThreads;
+  int64_t m = p * kThreads + threadIdx.x;
+  Digits<3> it(m, step, sizes);
+  for (; m < seg.len; m += step, it.advance()) {
+    const int64_t ncs = (sg + it.d[0]) * C * S;
+    const int64_t h = it.d[1], w = it.d[2];
+    const int64_t xo = ncs + xb + h * W + w;
+    const acc xv = Cvt<T>::to(x[xo]);
+    const acc gv = Cvt<T>::to(gy[ncs + yb + h * yh + w * r]);
+    acc uv = acc(0);
+    if constexpr (DOUBLE) uv = Cvt<T>::to(u[xo]);
+    grad_terms<DOUBLE>(st, xv, gv, uv, k, prm.slope);
+  }
+  st = block_reduce<SumMerge>(st);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int q = 0; q < K; ++q) work[(q * P + p) * seg.entries + e] = st.v[q];
+  }
+}
+
 // ----------------------------------------------------------------------------- host side
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -712,10 +858,19 @@ ChannelArgs<acc> channel_args(const ChannelParams& p) {
   return a;
 }
 
-// Sizes the kernels take: non-empty, and R entries within gridDim.x.
+// Whether the y-side tensors take the pixel-shuffle kernels (upscale > 1 and
+// S > 1; with S == 1 the layout is kChannelsLast and y offsets are x's).
+bool shuffled(const Problem& pr) { return pr.upscale > 1 && pr.layout == Layout::kRows; }
+
+// Sizes the kernels take: non-empty, R entries within gridDim.x, and with
+// upscale > 1 an (N, C, H, W) x whose C is a multiple of r^2.
 bool valid_problem(const Problem& pr) {
-  return pr.N > 0 && pr.S > 0 && pr.C > 0 && segments(pr).entries <= INT32_MAX;
+  if (!(pr.N > 0 && pr.S > 0 && pr.C > 0 && segments(pr).entries <= INT32_MAX && pr.upscale >= 1)) return false;
+  if (pr.upscale == 1) return true;
+  return pr.H * pr.W == pr.S && pr.C % (pr.upscale * pr.upscale) == 0;
 }
+
+Shuffle shuffle_of(const Problem& pr) { return Shuffle{pr.upscale, pr.H, pr.W}; }
 
 // Launches the kernel of a reduction for the layout: rows(VEC) with grid
 // (R, P) and kThreads threads, or cl(VEC, ClBlock) with grid (T*cblocks, P).
@@ -740,7 +895,7 @@ void launch_reduction(const Problem& pr, const Segments& seg, int64_t P, bool al
 
 int64_t reduce_partials(const Problem& pr) {
   const Segments seg = segments(pr);
-  const int vec = 16 / elem_size(pr.dtype);  // the widest access a kernel may use
+  const int vec = shuffled(pr) ? 1 : 16 / elem_size(pr.dtype);  // the widest access a kernel may use
   int64_t blocks, useful;
   if (pr.layout == Layout::kRows) {
     blocks = seg.entries;
@@ -799,16 +954,21 @@ cudaError_t launch_grad_sums(const Problem& pr, bool double_, const void* gy_, c
     const int64_t P = partials;
     auto launch = [&](auto dc) -> cudaError_t {
       constexpr bool DOUBLE = decltype(dc)::value;
-      launch_reduction<T>(
-          pr, seg, P, aligned16({gy, x, u}),
-          [&](auto vc, dim3 grid, int64_t mv) {
-            grad_sums_rows_kernel<T, decltype(vc)::value, DOUBLE><<<grid, kThreads, 0, stream>>>(
-                gy, x, u, prm, work, seg, mv, P);
-          },
-          [&](auto vc, dim3 grid, dim3 block, int64_t cblocks) {
-            grad_sums_cl_kernel<T, decltype(vc)::value, DOUBLE><<<grid, block, 0, stream>>>(
-                gy, x, u, prm, work, seg, cblocks, P);
-          });
+      if (shuffled(pr)) {
+        grad_sums_shuffle_kernel<T, DOUBLE><<<dim3((unsigned)seg.entries, (unsigned)P), kThreads, 0, stream>>>(
+            gy, x, u, prm, work, seg, shuffle_of(pr), P);
+      } else {
+        launch_reduction<T>(
+            pr, seg, P, aligned16({gy, x, u}),
+            [&](auto vc, dim3 grid, int64_t mv) {
+              grad_sums_rows_kernel<T, decltype(vc)::value, DOUBLE><<<grid, kThreads, 0, stream>>>(
+                  gy, x, u, prm, work, seg, mv, P);
+            },
+            [&](auto vc, dim3 grid, dim3 block, int64_t cblocks) {
+              grad_sums_cl_kernel<T, decltype(vc)::value, DOUBLE><<<grid, block, 0, stream>>>(
+                  gy, x, u, prm, work, seg, cblocks, P);
+            });
+      }
       cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess) return err;
       constexpr int K = sums_k<DOUBLE>();
@@ -843,7 +1003,13 @@ cudaError_t launch_pointwise(const Problem& pr, int mode, const void* x_, const 
     const bool aligned = aligned16({t.x, t.gy, t.u, t.out, t.out2});
     auto launch = [&](auto mc) {
       constexpr int MODE = decltype(mc)::value;
-      if (pr.layout == Layout::kRows) {
+      if (shuffled(pr)) {
+        const int64_t units = pr.N * pr.C * pr.S / pr.upscale;
+        int64_t blocks = ceil_div(units, kThreads);
+        if (blocks > target_blocks(pr)) blocks = target_blocks(pr);
+        pointwise_shuffle_kernel<T, MODE><<<(unsigned)blocks, kThreads, 0, stream>>>(t, prm, seg, shuffle_of(pr),
+                                                                                    units);
+      } else if (pr.layout == Layout::kRows) {
         with_vec<V>(pr.S % V == 0 && aligned, [&](auto vc) {
           constexpr int VEC = decltype(vc)::value;
           const int64_t nv = pr.N * pr.C * pr.S / VEC;

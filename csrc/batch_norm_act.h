@@ -22,6 +22,16 @@
 //
 // Both are "rows" of a table of R = T*C entries, T = N (per sample) or 1;
 // the entry of element (n, c, s) is (per_sample ? n*C + c : c).
+//
+// Pixel shuffle (Problem::upscale = r > 1, as the Triton kernels' UPSCALE):
+// x is contiguous (N, C, H, W) (S = H*W) with C divisible by r^2, and the
+// "y-side" tensors -- gy read by the gradient sums and the elementwise
+// passes, the forward's y and the double pass's out2 (ggy) written -- are
+// pixel_shuffle(., r) of x's layout, contiguous (N, C / r^2, H*r, W*r):
+// x element (n, c, h, w), c = co*r*r + i*r + j, is y element
+// (n, co, h*r + i, w*r + j), at n*C*S + co*r*r*S + (h*r + i)*W*r + w*r + j.
+// x-side tensors (x, u, the backward's dx, the double pass's out = ggx) keep
+// x's layout.  With S == 1 both offsets coincide (layout kChannelsLast).
 #pragma once
 
 #include <cstdint>
@@ -45,6 +55,8 @@ struct Problem {
   int64_t N, C, S;  // N * S > 0 and C > 0 when a launcher is called
   bool per_sample;  // (N, C) tables instead of (C,) vectors
   int sm_count;     // multiprocessors of the device (sizes the grids)
+  int64_t upscale = 1;    // r: y-side tensors pixel-shuffled when > 1 (see above)
+  int64_t H = 1, W = 1;   // x's height and width (H * W == S) when upscale > 1
 };
 
 // Per-entry inputs of the gradient sums and the elementwise passes (R values each).
@@ -68,14 +80,16 @@ int64_t reduce_partials(const Problem& pr);
 cudaError_t launch_moments(const Problem& pr, const void* x, int64_t partials, void* work, void* mean,
                            void* second, bool variance, cudaStream_t stream);
 
-// Sums per entry, gz = gy * act'(x * scale + shift), xhat = (x - mean) * invstd:
+// Sums per entry, gz = gy * act'(x * scale + shift), xhat = (x - mean) * invstd
+// (gy y-side, x and u x-side):
 //   out[0] = sum gz, out[1] = sum gz * xhat;
 //   when double_: out[2] = sum u, out[3] = sum u * xhat, out[4] = sum gz * u.
 cudaError_t launch_grad_sums(const Problem& pr, bool double_, const void* gy, const void* x, const void* u,
                              const ChannelParams& params, int64_t partials, void* work, void* const* out,
                              cudaStream_t stream);
 
-// One elementwise pass (kMode*): out (and out2 for kModeDouble) have x's layout.
+// One elementwise pass (kMode*): out and out2 have x's layout, except the
+// y-side ones when upscale > 1 (kModeForward's out, kModeDouble's out2).
 cudaError_t launch_pointwise(const Problem& pr, int mode, const void* x, const void* gy, const void* u,
                              void* out, void* out2, const ChannelParams& params, cudaStream_t stream);
 

@@ -10,6 +10,12 @@ formulas in float64, for every dtype and layout, odd and larger sizes,
 unaligned storage, run-to-run determinism, tensors past 2^31 elements, bad
 input, ``torch.library.opcheck``, and a CUDA-graph capture of forward +
 backward through ``fastgan.ops.batch_norm_act(..., impl="cuda")``.
+
+Pixel-shuffle mode (``upscale`` r > 1, the last argument of the five norm_act
+ops): the schema default and the fakes on CPU; on the GPU every primitive with
+pixel-shuffled y-side tensors against the float64 formulas (y-side outputs
+pixel-unshuffled back), against the Triton kernels, determinism, bad input
+and opcheck.
 """
 import inspect
 import math
@@ -18,6 +24,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fastgan
 from _tolerances import TOL, assert_close
@@ -40,20 +47,22 @@ SCHEMAS = {
     "channel_stats": "fastgan::channel_stats(Tensor x) -> (Tensor, Tensor)",
     "row_moments": "fastgan::row_moments(Tensor x) -> (Tensor, Tensor)",
     "norm_act_forward":
-        "fastgan::norm_act_forward(Tensor x, Tensor scale, Tensor shift, int act, float slope) -> Tensor",
+        "fastgan::norm_act_forward(Tensor x, Tensor scale, Tensor shift, int act, float slope, "
+        "int upscale=1) -> Tensor",
     "norm_act_backward_reduce":
         "fastgan::norm_act_backward_reduce(Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, "
-        "Tensor invstd, int act, float slope) -> (Tensor, Tensor)",
+        "Tensor invstd, int act, float slope, int upscale=1) -> (Tensor, Tensor)",
     "norm_act_backward_apply":
         "fastgan::norm_act_backward_apply(Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, "
-        "Tensor invstd, Tensor k1, Tensor k2, Tensor k3, int act, float slope) -> Tensor",
+        "Tensor invstd, Tensor k1, Tensor k2, Tensor k3, int act, float slope, int upscale=1) -> Tensor",
     "norm_act_double_reduce":
         "fastgan::norm_act_double_reduce(Tensor u, Tensor gy, Tensor x, Tensor scale, Tensor shift, "
-        "Tensor mean, Tensor invstd, int act, float slope) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+        "Tensor mean, Tensor invstd, int act, float slope, int upscale=1) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     "norm_act_double_apply":
         "fastgan::norm_act_double_apply(Tensor u, Tensor gy, Tensor x, Tensor scale, Tensor shift, "
         "Tensor mean, Tensor invstd, Tensor a1, Tensor a2, Tensor a3, Tensor b1, Tensor b2, Tensor b3, "
-        "Tensor b4, int act, float slope) -> (Tensor, Tensor)",
+        "Tensor b4, int act, float slope, int upscale=1) -> (Tensor, Tensor)",
 }
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -107,8 +116,12 @@ def test_schemas_match_the_triton_functions():
     missing = []
     for name in SCHEMAS:
         params = list(inspect.signature(getattr(triton_kernels, name)).parameters.values())
-        op_args = [a.name for a in getattr(torch.ops.fastgan, name).default._schema.arguments]
+        schema_args = getattr(torch.ops.fastgan, name).default._schema.arguments
+        op_args = [a.name for a in schema_args]
         assert op_args == [p.name for p in params[:len(op_args)]], name
+        for a, p in zip(schema_args, params):  # optional arguments: same defaults on both backends
+            if a.default_value is not None or p.default is not inspect.Parameter.empty:
+                assert a.default_value == p.default, f"{name}({a.name}): {a.default_value!r} != {p.default!r}"
         # Triton parameters past the op's must be optional: calls that leave them out run on either backend.
         extra = params[len(op_args):]
         assert all(p.default is not inspect.Parameter.empty for p in extra), name
@@ -560,3 +573,293 @@ def test_ops_per_channel_outputs_are_independent_tensors():
     ptrs = {s.untyped_storage().data_ptr() for s in sums}
     assert len(ptrs) == 5
     assert math.prod(sums[0].shape) == 8
+
+
+# ============================================================================= pixel shuffle (upscale r > 1)
+
+UPSCALE_OPS = ["norm_act_forward", "norm_act_backward_reduce", "norm_act_backward_apply", "norm_act_double_reduce",
+               "norm_act_double_apply"]
+
+
+@needs_ext
+def test_upscale_is_the_last_argument_with_default_1():
+    """Positional calls without it (every existing caller) keep working."""
+    op = ops()
+    for name in UPSCALE_OPS:
+        last = getattr(op, name).default._schema.arguments[-1]
+        assert last.name == "upscale" and str(last.type) == "int" and last.default_value == 1, name
+
+
+def y_shape(shape, r):
+    n, c, h, w = shape
+    return (n, c // (r * r), h * r, w * r)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,r", [((2, 12, 5, 7), 2), ((3, 18, 4, 3), 3), ((3, 8, 1, 1), 2)])
+@pytest.mark.parametrize("per_sample", KINDS)
+def test_fake_impls_upscale(dtype, shape, r, per_sample):
+    op = ops()
+    x = torch.empty(shape, dtype=dtype, device="meta")
+    gy = torch.empty(y_shape(shape, r), dtype=dtype, device="meta")
+    n, c = shape[0], shape[1]
+    table = (n, c) if per_sample else (c,)
+    acc = acc_dtype(dtype)
+    v = torch.empty(table, dtype=acc, device="meta")
+
+    def check_y(t):
+        assert t.shape == y_shape(shape, r) and t.dtype == dtype and t.is_contiguous()
+
+    def check_x(t):
+        assert t.shape == x.shape and t.dtype == dtype and t.stride() == x.stride()
+
+    def check_tables(outs, count):
+        assert len(outs) == count and all(t.shape == table and t.dtype == acc for t in outs)
+
+    check_y(op.norm_act_forward(x, v, v, 2, 0.2, r))  # positional
+    check_y(op.norm_act_forward(x, v, v, 2, 0.2, upscale=r))
+    check_tables(op.norm_act_backward_reduce(gy, x, v, v, v, v, 2, 0.2, upscale=r), 2)
+    check_x(op.norm_act_backward_apply(gy, x, v, v, v, v, v, v, v, 2, 0.2, upscale=r))
+    check_tables(op.norm_act_double_reduce(x, gy, x, v, v, v, v, 2, 0.2, upscale=r), 5)
+    ggx, ggy = op.norm_act_double_apply(x, gy, x, v, v, v, v, v, v, v, v, v, v, v, 2, 0.2, upscale=r)
+    check_x(ggx)
+    check_y(ggy)
+    # upscale=1 spelled out: x's shape and strides, as without it
+    xc = x.contiguous(memory_format=torch.channels_last)
+    y1 = op.norm_act_forward(xc, v, v, 2, 0.2, upscale=1)
+    assert y1.shape == x.shape and y1.stride() == xc.stride()
+
+
+@needs_ext
+def test_fake_impls_upscale_errors_and_fake_tensor_mode():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op = ops()
+    v6, v8 = torch.empty(6, device="meta"), torch.empty(8, device="meta")
+    with pytest.raises(ValueError, match=r"divisible by upscale\^2 = 4"):
+        op.norm_act_forward(torch.empty(2, 6, 3, 3, device="meta"), v6, v6, 2, 0.2, upscale=2)
+    with pytest.raises(ValueError, match=r"needs x contiguous with shape \(N, C, H, W\)"):
+        op.norm_act_forward(torch.empty(2, 8, 3, 3, device="meta").contiguous(memory_format=torch.channels_last),
+                            v8, v8, 2, 0.2, upscale=2)
+    with pytest.raises(ValueError, match="upscale must be a positive int"):
+        op.norm_act_forward(torch.empty(2, 8, 3, 3, device="meta"), v8, v8, 2, 0.2, upscale=0)
+    with FakeTensorMode():
+        x = torch.empty(4, 8, 5, 3)
+        v = torch.empty(8)
+        y = op.norm_act_forward(x, v, v, 2, 0.2, upscale=2)
+    assert y.shape == (4, 2, 10, 6) and y.is_contiguous()
+
+
+def run_all_shuffled(k, case, r):
+    """run_all with the y-side tensors pixel-shuffled (upscale=r): gy is passed as
+    pixel_shuffle(case.gy, r) and the y-side outputs (y, ggy) are pixel-unshuffled
+    back, so the results compare with run_all's, the formulas and the other backend."""
+    c = case
+    a = (c.act, c.slope)
+    gy = F.pixel_shuffle(c.gy, r).contiguous()
+    ys = gy.shape
+
+    def back(t, name):
+        assert t.shape == ys and t.dtype == c.dtype and t.is_contiguous(), f"{name}: {t.shape} {t.stride()}"
+        return F.pixel_unshuffle(t, r)
+
+    out = {}
+    out["stats"] = k.row_moments(c.x) if c.per_sample else k.channel_stats(c.x)
+    out["y"] = back(k.norm_act_forward(c.x, c.scale, c.shift, *a, upscale=r), "y")
+    out["bw_sums"] = k.norm_act_backward_reduce(gy, c.x, c.scale, c.shift, c.mean, c.invstd, *a, upscale=r)
+    out["dx"] = k.norm_act_backward_apply(gy, c.x, c.scale, c.shift, c.mean, c.invstd, *c.coef[:3], *a, upscale=r)
+    out["dd_sums"] = k.norm_act_double_reduce(c.u, gy, c.x, c.scale, c.shift, c.mean, c.invstd, *a, upscale=r)
+    ggx, ggy = k.norm_act_double_apply(c.u, gy, c.x, c.scale, c.shift, c.mean, c.invstd, *c.coef, *a, upscale=r)
+    out["gg"] = (ggx, back(ggy, "ggy"))
+    return out
+
+
+SHUFFLE_SMALL = [
+    pytest.param((2, 12, 5, 7), 2, id="odd-r2"),
+    pytest.param((3, 18, 4, 3), 3, id="r3"),
+    pytest.param((2, 16, 3, 5), 4, id="r4"),
+    pytest.param((4, 32, 8, 8), 2, id="mult8-r2"),
+    pytest.param((2, 50, 3, 2), 5, id="r5"),
+    pytest.param((2, 8, 1, 9), 2, id="H1"),
+    pytest.param((2, 8, 9, 1), 2, id="W1"),
+    pytest.param((3, 8, 1, 1), 2, id="S1"),   # y offsets equal x's: the channels-contiguous kernels
+    pytest.param((1, 4, 3, 3), 2, id="N1C4"),
+]
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,r", SHUFFLE_SMALL)
+@pytest.mark.parametrize("per_sample", KINDS)
+@pytest.mark.parametrize("act,slope", [(2, 0.2), (1, 0.0), (0, 1.0)], ids=["leaky", "relu", "identity"])
+def test_shuffled_primitives_match_formulas(dtype, shape, r, per_sample, act, slope):
+    case = Case(shape, dtype, "contiguous", slope=slope, act=act, per_sample=per_sample)
+    check_against_formulas(run_all_shuffled(ops(), case, r), case)
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,r", [SHUFFLE_SMALL[i] for i in (0, 1, 3, 7)])  # each new shape compiles Triton
+@pytest.mark.parametrize("per_sample", KINDS)
+def test_shuffled_primitives_match_triton(dtype, shape, r, per_sample):
+    pytest.importorskip("triton")
+    from fastgan.kernels import batch_norm_act as triton_kernels
+
+    case = Case(shape, dtype, "contiguous", per_sample=per_sample)
+    check_against_triton(run_all_shuffled(ops(), case, r), run_all_shuffled(triton_kernels, case, r), case)
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,r", [((32, 256, 16, 16), 2), ((8, 12, 63, 65), 2), ((16, 72, 9, 9), 3)])
+@pytest.mark.parametrize("per_sample", KINDS)
+def test_shuffled_primitives_large(dtype, shape, r, per_sample):
+    """Many partials per entry and long grid-stride walks (carries across w, h, sub-channels, n)."""
+    pytest.importorskip("triton")
+    from fastgan.kernels import batch_norm_act as triton_kernels
+
+    case = Case(shape, dtype, "contiguous", per_sample=per_sample)
+    out = run_all_shuffled(ops(), case, r)
+    check_against_formulas(out, case)
+    check_against_triton(out, run_all_shuffled(triton_kernels, case, r), case)
+
+
+@gpu_test
+def test_upscale_1_is_the_plain_op():
+    """upscale=1 spelled out runs the plain kernels: the same bits as leaving it out."""
+    case = Case((4, 16, 8, 8), torch.float32, "contiguous")
+    plain = run_all(ops(), case)
+    c, a = case, (case.act, case.slope)
+    op = ops()
+    assert torch.equal(op.norm_act_forward(c.x, c.scale, c.shift, *a, 1), plain["y"])
+    for got, want in zip(op.norm_act_double_reduce(c.u, c.gy, c.x, c.scale, c.shift, c.mean, c.invstd, *a,
+                                                   upscale=1), plain["dd_sums"]):
+        assert torch.equal(got, want)
+
+
+@gpu_test
+def test_shuffled_reductions_are_deterministic():
+    case = Case((64, 32, 16, 16), torch.float32, "contiguous")
+    op = ops()
+    first = run_all_shuffled(op, case, 2)
+    for _ in range(3):
+        again = run_all_shuffled(op, case, 2)
+        for name in ("bw_sums", "dd_sums"):
+            for a, b in zip(first[name], again[name]):
+                assert torch.equal(a, b), name
+
+
+@gpu_test
+def test_shuffled_empty_batch():
+    op = ops()
+    x = torch.empty(0, 8, 3, 3, device="cuda")
+    v = torch.ones(8, device="cuda")
+    assert op.norm_act_forward(x, v, v, 2, 0.2, upscale=2).shape == (0, 2, 6, 6)
+    gy = torch.empty(0, 2, 6, 6, device="cuda")
+    sums = op.norm_act_double_reduce(x, gy, x, v, v, v, v, 2, 0.2, upscale=2)
+    assert len(sums) == 5 and all((s == 0).all() for s in sums)
+
+
+@gpu_test
+def test_upscale_bad_input_raises_clear_errors():
+    op = ops()
+    x = torch.randn(4, 8, 5, 5, device="cuda")
+    v = torch.ones(8, device="cuda")
+    gy = torch.randn(4, 2, 10, 10, device="cuda")
+    with pytest.raises(ValueError, match="upscale must be a positive int"):
+        op.norm_act_forward(x, v, v, 2, 0.2, upscale=0)
+    v6 = torch.ones(6, device="cuda")
+    with pytest.raises(ValueError, match=r"x's channels \(6\) divisible by upscale\^2 = 4"):
+        op.norm_act_forward(torch.randn(4, 6, 5, 5, device="cuda"), v6, v6, 2, 0.2, upscale=2)
+    with pytest.raises(ValueError, match=r"needs x contiguous with shape \(N, C, H, W\)"):
+        op.norm_act_forward(x.contiguous(memory_format=torch.channels_last), v, v, 2, 0.2, upscale=2)
+    with pytest.raises(ValueError, match=r"needs x contiguous with shape \(N, C, H, W\)"):
+        op.norm_act_forward(torch.randn(4, 8, 5, device="cuda"), v, v, 2, 0.2, upscale=2)
+    with pytest.raises(ValueError, match="gy must have the pixel-shuffled shape"):
+        op.norm_act_backward_reduce(x, x, v, v, v, v, 2, 0.2, upscale=2)  # gy in x's shape
+    with pytest.raises(ValueError, match="gy must be contiguous"):
+        op.norm_act_backward_apply(gy.transpose(2, 3), x, v, v, v, v, v, v, v, 2, 0.2, upscale=2)
+    with pytest.raises(TypeError, match="gy must have x's dtype"):
+        op.norm_act_double_apply(x, gy.double(), x, v, v, v, v, v, v, v, v, v, v, v, 2, 0.2, upscale=2)
+    with pytest.raises(ValueError, match="u must have x's shape"):
+        op.norm_act_double_reduce(gy, gy, x, v, v, v, v, 2, 0.2, upscale=2)  # u is x-side
+
+
+@gpu_test
+@pytest.mark.parametrize("per_sample", KINDS)
+def test_opcheck_upscale(per_sample):
+    op = ops()
+    r = 2
+    case = Case((3, 8, 5, 3), torch.float32, "contiguous", per_sample=per_sample)
+    c, a = case, (case.act, case.slope)
+    gy = F.pixel_shuffle(c.gy, r).contiguous()
+    calls = {
+        "norm_act_forward": (c.x, c.scale, c.shift, *a),
+        "norm_act_backward_reduce": (gy, c.x, c.scale, c.shift, c.mean, c.invstd, *a),
+        "norm_act_backward_apply": (gy, c.x, c.scale, c.shift, c.mean, c.invstd, *c.coef[:3], *a),
+        "norm_act_double_reduce": (c.u, gy, c.x, c.scale, c.shift, c.mean, c.invstd, *a),
+        "norm_act_double_apply": (c.u, gy, c.x, c.scale, c.shift, c.mean, c.invstd, *c.coef, *a),
+    }
+    for name, args in calls.items():
+        torch.library.opcheck(getattr(op, name).default, args, {"upscale": r})
+
+
+@gpu_test
+@pytest.mark.parametrize("norm", [True, False], ids=["batch_norm", "bias"])
+def test_pixel_shuffle_ops_dispatch_to_cuda_and_match_triton(norm, monkeypatch):
+    """fastgan.ops.pixel_shuffle_* with impl="cuda" (and "auto" on CUDA tensors) run these
+    kernels; forward, backward and double backward agree with impl="triton"."""
+    pytest.importorskip("triton")
+    from fastgan import _backend
+    from fastgan.ops import pixel_shuffle_act, pixel_shuffle_batch_norm_act
+
+    monkeypatch.delenv("FASTGAN_IMPL", raising=False)
+    used = []
+    kernels = _backend.kernels
+    monkeypatch.setattr(_backend, "kernels", lambda backend, op: used.append(backend) or kernels(backend, op))
+    xs = torch.randn(2, 8, 3, 3, device="cuda")
+    pixel_shuffle_batch_norm_act(xs, 2, impl="auto") if norm else pixel_shuffle_act(xs, 2, impl="auto")
+    assert used and set(used) == {"cuda"}, used
+    monkeypatch.setattr(_backend, "kernels", kernels)
+
+    r, dev = 2, "cuda"
+    x0 = torch.randn(4, 8 * r * r, 6, 5, device=dev)
+    w0, b0 = torch.rand(8, device=dev) + 0.5, torch.randn(8, device=dev)
+
+    def run(impl):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        if norm:
+            y = pixel_shuffle_batch_norm_act(x, r, None, None, w, b, True, 0.1, 1e-5, "leaky_relu", impl=impl)
+        else:
+            y = pixel_shuffle_act(x, r, b, "leaky_relu", impl=impl)
+        lin = torch.linspace(-1, 1, y.numel(), device=dev).reshape(y.shape)
+        grads = torch.autograd.grad(y, (x, w, b), lin, create_graph=True, allow_unused=True)
+        g = [t for t in grads if t is not None]
+        second = torch.autograd.grad(sum((t ** 2).sum() for t in g), (x, w, b), allow_unused=True)
+        return [y] + g + [t for t in second if t is not None]
+
+    for i, (a, e) in enumerate(zip(run("cuda"), run("triton"))):
+        assert_close(a, e, torch.float32, scale=1 if i == 0 else 4, name=f"output[{i}]")
+
+
+@gpu_test
+@pytest.mark.parametrize("norm", [True, False], ids=["batch_norm", "bias"])
+def test_pixel_shuffle_cuda_gradcheck_gradgradcheck_float64(norm):
+    from torch.autograd import gradcheck, gradgradcheck
+
+    from fastgan.ops import pixel_shuffle_act, pixel_shuffle_batch_norm_act
+
+    dev, r = "cuda", 2
+    x = torch.randn(2, 2 * r * r, 3, 2, dtype=torch.float64, device=dev, requires_grad=True)
+    w = (torch.rand(2, dtype=torch.float64, device=dev) + 0.5).requires_grad_()
+    b = torch.randn(2, dtype=torch.float64, device=dev, requires_grad=True)
+    if norm:
+        def fn(x, w, b):
+            return pixel_shuffle_batch_norm_act(x, r, None, None, w, b, True, 0.1, 1e-5, impl="cuda")
+        inputs = (x, w, b)
+    else:
+        def fn(x, b):
+            return pixel_shuffle_act(x, r, b, "leaky_relu", impl="cuda")
+        inputs = (x, b)
+    assert gradcheck(fn, inputs) and gradgradcheck(fn, inputs)

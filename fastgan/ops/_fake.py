@@ -10,7 +10,10 @@ Output conventions (those of ``csrc/*.cpp`` and of the Triton twins in
 ``fastgan/kernels``): reductions return float32 tensors (float64 for float64
 inputs) shaped like the per-channel arguments -- (C,) vectors, or (N, C)
 tables for the per-sample norms; elementwise results are ``empty_like`` the
-big input they follow, so they keep its dtype and strides.
+big input they follow, so they keep its dtype and strides.  With ``upscale``
+r > 1 (pixel shuffle) x is a contiguous (N, C, H, W) tensor and the y-side
+results (the forward's y, double_apply's ggy) are contiguous
+(N, C / r^2, H r, W r); the x-side ones (dx, ggx) stay ``empty_like(x)``.
 """
 from __future__ import annotations
 
@@ -46,24 +49,52 @@ def _row_moments(x):
     return x.new_empty(shape, dtype=_acc_dtype(x)), x.new_empty(shape, dtype=_acc_dtype(x))
 
 
-def _norm_act_forward(x, scale, shift, act, slope):
-    return torch.empty_like(x)
+def _check_upscale(op: str, x: torch.Tensor, upscale: int) -> None:
+    """The checks of csrc/batch_norm_act.cpp (set_upscale) on x for ``upscale``."""
+    if upscale < 1:
+        raise ValueError(f"fastgan::{op}: upscale must be a positive int, got {upscale}")
+    if upscale == 1:
+        return
+    if x.dim() != 4 or not x.is_contiguous():
+        raise ValueError(f"fastgan::{op}: upscale = {upscale} (pixel shuffle) needs x contiguous with shape "
+                         f"(N, C, H, W), got shape {tuple(x.shape)} and strides {x.stride()}")
+    if x.shape[1] % (upscale * upscale) != 0:
+        raise ValueError(f"fastgan::{op}: upscale = {upscale} needs x's channels ({x.shape[1]}) divisible by "
+                         f"upscale^2 = {upscale * upscale}, got x of shape {tuple(x.shape)}")
 
 
-def _norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope):
+def _y_side(x: torch.Tensor, upscale: int) -> torch.Tensor:
+    """A y-side output: like x, or the contiguous pixel_shuffle(x, upscale) shape."""
+    if upscale == 1:
+        return torch.empty_like(x)
+    n, c, h, w = x.shape
+    return x.new_empty((n, c // (upscale * upscale), h * upscale, w * upscale))
+
+
+def _norm_act_forward(x, scale, shift, act, slope, upscale=1):
+    _check_upscale("norm_act_forward", x, upscale)
+    return _y_side(x, upscale)
+
+
+def _norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, upscale=1):
+    _check_upscale("norm_act_backward_reduce", x, upscale)
     return _table(x, scale), _table(x, scale)
 
 
-def _norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act, slope):
+def _norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act, slope, upscale=1):
+    _check_upscale("norm_act_backward_apply", x, upscale)
     return torch.empty_like(x)
 
 
-def _norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope):
+def _norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope, upscale=1):
+    _check_upscale("norm_act_double_reduce", x, upscale)
     return tuple(_table(x, scale) for _ in range(5))
 
 
-def _norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, b2, b3, b4, act, slope):
-    return torch.empty_like(x), torch.empty_like(gy)
+def _norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, b2, b3, b4, act, slope,
+                           upscale=1):
+    _check_upscale("norm_act_double_apply", x, upscale)
+    return torch.empty_like(x), (torch.empty_like(gy) if upscale == 1 else _y_side(x, upscale))
 
 
 # Op name (in the ``fastgan`` namespace) -> fake implementation (other op

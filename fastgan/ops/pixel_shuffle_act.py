@@ -46,7 +46,7 @@ def pixel_shuffle_act(x: torch.Tensor, upscale_factor: int, bias: Optional[torch
     out_channels = _check(x, upscale_factor)
     check_channel_vector("bias", bias, out_channels, x.device)
     act, slope = activation_code(activation, negative_slope)
-    backend = _backend.resolve(impl, x.device, "pixel_shuffle_act", cuda_support=False)
+    backend = _backend.resolve(impl, x.device, "pixel_shuffle_act", cuda_support=True)
     if backend == "ref" or x.numel() == 0:
         return reference.pixel_shuffle_act(x, upscale_factor, bias, activation, negative_slope)
     r2 = upscale_factor ** 2
@@ -79,7 +79,7 @@ def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_m
     if training and x.shape[0] * x.shape[2] * x.shape[3] * upscale_factor ** 2 == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     act, slope = activation_code(activation, negative_slope)
-    backend = _backend.resolve(impl, x.device, "pixel_shuffle_batch_norm_act", cuda_support=False)
+    backend = _backend.resolve(impl, x.device, "pixel_shuffle_batch_norm_act", cuda_support=True)
     if backend == "ref" or x.numel() == 0:
         return reference.pixel_shuffle_batch_norm_act(x, upscale_factor, running_mean, running_var, weight, bias,
                                                       training, momentum, eps, activation, negative_slope)
