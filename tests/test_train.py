@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -537,3 +539,25 @@ def test_optional_extras_degrade_gracefully(tmp_path, capsys):
         pass
     if "periodic evaluation is off" not in out:  # fastgan.metrics present: the toy metrics were logged
         assert "eval_modes_covered" in summary["final"]
+
+
+def test_best_checkpoint_follows_the_chosen_metric(tmp_path):
+    """run.best_metric keeps checkpoints/best.pt at the best periodic evaluation so far."""
+    pytest.importorskip("fastgan.metrics")
+    tr = _trainer("toy-ring8", tmp_path, "steps=4", "log_every=1", "eval_every=1", "eval_samples=200",
+                  "best_metric=eval_modes_covered")
+    tr.train()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    values = [r["eval_modes_covered"] for r in rows if "eval_modes_covered" in r]
+    assert len(values) == 4
+    best = load_checkpoint(str(tmp_path / "checkpoints" / "best.pt"))
+    assert best["best_value"] == tr.best_value == max(values)  # "modes_covered" improves upwards
+    assert best["step"] == 1 + values.index(max(values))  # the first step that reached the best value
+    # Downwards for KL-like names: a lower value replaces the best, a higher one does not.
+    tr.cfg.run.best_metric, tr.best_value = "eval_reverse_kl", 0.5
+    tr._keep_best({"eval_reverse_kl": 0.7})
+    assert tr.best_value == 0.5
+    tr._keep_best({"eval_reverse_kl": 0.2})
+    assert tr.best_value == 0.2
+    with pytest.raises(ConfigError, match="needs periodic evaluation"):
+        load_config(sets=["best_metric=eval_fid"])

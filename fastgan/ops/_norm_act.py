@@ -73,7 +73,7 @@ class Grouping:
         return per_group if self.per_sample else n * per_group
 
     def kernel_kwargs(self) -> dict:
-        """Extra kernel arguments (only the Triton kernels take ``upscale`` so far)."""
+        """Extra kernel arguments: ``upscale`` only when it is not 1 (the kernels default to 1)."""
         return {} if self.upscale == 1 else {"upscale": self.upscale}
 
     def as_y_layout(self, gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,7 @@ The backward reads gy at the shuffled positions (the adjoint, a
 pixel-unshuffle, fused with the norm backward).  Autograd is the norm
 family's (``_norm_act.py``) with ``Grouping(upscale=r)``; parameters are
 expanded to the r^2 sub-channels with ``repeat_interleave`` so autograd sums
-their gradients back.  Triton only for now (CUDA tensors use the Triton
-kernels under ``auto``).
+their gradients back.
 """
 from __future__ import annotations
 

@@ -227,6 +227,10 @@ class RunConfig:
     keep_checkpoints: int = opt(3, "periodic step_N.pt checkpoints kept (0: all)", minimum=0)
     n_samples: int = opt(64, "images in a sample grid (points in a toy scatter: x 16)", minimum=1)
     eval_every: int = opt(0, "evaluate fastgan.metrics every N steps (0: off)", minimum=0)
+    best_metric: str = opt("", "keep checkpoints/best.pt by this periodic-evaluation metric, e.g. "
+                           "eval_modes_covered or eval_classifier_score ('': off; needs eval_every)")
+    best_mode: str = opt("auto", "whether best_metric improves upwards or downwards (auto: down for names with "
+                         "kl / fid / kid, up otherwise)", choices=("auto", "max", "min"))
     eval_samples: int = opt(2000, "samples per evaluation", minimum=10)
     progress: bool = opt(True, "progress bar")
     plots: bool = opt(True, "matplotlib figures: losses.png and the toy scatter PNGs (the .npy points are always "
@@ -671,6 +675,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         errors.append(f"model.arch: 'mlp' is for the 2D toy sets, but data.dataset is {d.dataset!r} (use dcgan)")
     if arch == "dcgan" and (d.image_size < 8 or d.image_size & (d.image_size - 1)):
         errors.append(f"data.image_size: DCGAN needs a power of two >= 8 (32 or 64), got {d.image_size}")
+    if r.best_metric and not r.eval_every:
+        errors.append(f"run.best_metric: {r.best_metric!r} needs periodic evaluation (set run.eval_every)")
     if arch == "mlp":
         for key, value in (("g_norm", m.g_norm), ("d_norm", m.d_norm)):
             if value == "instance":

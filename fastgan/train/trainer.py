@@ -199,6 +199,7 @@ class Trainer:
         self._last_fake = None
         self._toy_eval_z = None
         self._eval_warned = False
+        self.best_value: Optional[float] = None  # of run.best_metric, for checkpoints/best.pt
         self.last_good_checkpoint: Optional[str] = None
         self._resumed = resume is not None
         if resume is not None:
@@ -578,6 +579,21 @@ class Trainer:
                 return self._eval_unavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return {f"eval_{k}": v for k, v in dict(res).items() if isinstance(v, (int, float))}
 
+    def _keep_best(self, row: dict) -> None:
+        """Write checkpoints/best.pt when run.best_metric improved."""
+        name = self.cfg.run.best_metric
+        value = row.get(name)
+        if not name or value is None or not math.isfinite(value):
+            return
+        mode = self.cfg.run.best_mode
+        if mode == "auto":
+            mode = "min" if any(k in name for k in ("kl", "fid", "kid")) else "max"
+        better = self.best_value is None or (value > self.best_value if mode == "max" else value < self.best_value)
+        if better and _all_finite(self.G) and _all_finite(self.D):
+            self.best_value = float(value)
+            save_checkpoint(self.state_dict(), os.path.join(self.ckpt_dir, "best.pt"), keep_previous=False)
+            self._write(f"[fastgan train] step {self.step}: {name} = {value:.4g}, the best so far: wrote best.pt")
+
     def _eval_unavailable(self, why: str) -> dict:
         if not self._eval_warned:
             self._write(f"[fastgan train] periodic evaluation is off: {why}")
@@ -608,6 +624,7 @@ class Trainer:
                       "vbn_z": None if self.vbn_z is None else self.vbn_z.cpu(),
                       "vbn_labels": None if self.vbn_labels is None else self.vbn_labels.cpu()},
             "monitor": self.monitor.state_dict(),
+            "best_value": self.best_value,
             "meta": {"torch": str(torch.__version__), "time": time.time(), "device": str(self.device)},
         }
 
@@ -638,6 +655,7 @@ class Trainer:
                 obj.load_state_dict(tr[name])
         self.stream.load_state_dict(state["data"])
         self.monitor.load_state_dict(state.get("monitor", {}))
+        self.best_value = state.get("best_value")
         self.step = int(state["step"])
         restore_rng(state["rng"])
 
@@ -738,6 +756,7 @@ class Trainer:
                     row["images_per_s"] = done * r.batch_size * cfg.optim.n_critic / max(elapsed, 1e-9)
                     if r.eval_every and self.step % r.eval_every == 0:
                         row.update(self.evaluate())
+                        self._keep_best(row)
                     acc = {}
                     self.metrics.write(row)
                     if self.tb is not None:
