@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from ._fake_registry import register_fakes
+
 __all__ = ["FAKES", "registered"]
 
 
@@ -55,31 +57,4 @@ FAKES: dict[str, Callable] = {
     "penalty_backward": _penalty_backward,
 }
 
-registered: list[str] = []  # the ops whose fake this module registered
-
-
-def _op_exists(name: str) -> bool:
-    try:
-        getattr(torch.ops.fastgan, name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-def _has_meta_kernel(qualname: str) -> bool:
-    try:
-        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Meta"))
-    except Exception:  # pragma: no cover - private API changed
-        return False
-
-
-def _register_all() -> None:
-    for name, fake in FAKES.items():
-        qualname = f"fastgan::{name}"
-        if not _op_exists(name) or _has_meta_kernel(qualname):
-            continue
-        torch.library.register_fake(qualname, fake)
-        registered.append(name)
-
-
-_register_all()
+registered: list[str] = register_fakes(FAKES)  # the ops whose fake this module registered

@@ -1,0 +1,39 @@
+"""Registering fake (meta) kernels for the ``torch.ops.fastgan`` CUDA ops.
+
+Each op family lists its fakes in its own ``_fake*.py`` (``FAKES``: op name
+-> function) and calls ``register_fakes``.  An op the loaded library does
+not register is skipped, as is one that already has a fake or meta kernel,
+so importing those modules is always safe.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def _op_exists(name: str) -> bool:
+    try:
+        getattr(torch.ops.fastgan, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _has_meta_kernel(qualname: str) -> bool:
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Meta"))
+    except Exception:  # pragma: no cover - private API changed
+        return False
+
+
+def register_fakes(fakes: dict[str, Callable]) -> list[str]:
+    """Register each fake whose op exists and has none yet; returns the names registered."""
+    registered = []
+    for name, fake in fakes.items():
+        qualname = f"fastgan::{name}"
+        if not _op_exists(name) or _has_meta_kernel(qualname):
+            continue
+        torch.library.register_fake(qualname, fake)
+        registered.append(name)
+    return registered
