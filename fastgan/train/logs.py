@@ -86,12 +86,17 @@ def plot_metrics(metrics_path: str, out_path: str) -> Optional[str]:
               ("D outputs", [("d_real", "D(x)"), ("d_fake", "D(G(z))"), ("d_acc", "D accuracy")], False),
               ("sample quality", [("diversity", "diversity (fake/real)"), ("modes_frac", "modes covered (frac)"),
                                   ("high_quality", "high-quality frac")], False)]
+    # Periodic evaluation (run.eval_every): every numeric eval_* metric, plotted where it was measured.
+    eval_keys = sorted({k for r in rows for k, v in r.items() if k.startswith("eval_") and not k.endswith("_total")
+                        and k != "eval_num_samples" and isinstance(v, (int, float))})
+    panels.append(("evaluation", [(k, k[len("eval_"):]) for k in eval_keys], False))
     panels = [(t, [(k, lab) for k, lab in keys if any(k in r for r in rows)], log) for t, keys, log in panels]
     panels = [p for p in panels if p[1]]
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
     for ax, (title, keys, logy) in zip(axes[:, 0], panels):
         for key, label in keys:
-            ax.plot(steps, series(key), label=label, linewidth=1.2)
+            ax.plot(steps, series(key), label=label, linewidth=1.2, marker="o" if title == "evaluation" else None,
+                    markersize=3)
         if logy:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
