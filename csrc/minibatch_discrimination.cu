@@ -32,6 +32,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "device_types.cuh"
+
 namespace fastgan {
 namespace mbd {
 
@@ -47,22 +49,7 @@ constexpr int kMaxThreads = 128;  // rows i per block
 constexpr int kTileJ = 32;        // columns j per shared-memory tile
 constexpr int kChunkC = 8;        // dimensions c staged at a time
 
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-
-template <typename T> struct Cvt;
-template <> struct Cvt<float> {
-  __device__ __forceinline__ static float to(float v) { return v; }
-};
-template <> struct Cvt<double> {
-  __device__ __forceinline__ static double to(double v) { return v; }
-};
-template <> struct Cvt<__half> {
-  __device__ __forceinline__ static float to(__half v) { return __half2float(v); }
-};
-template <> struct Cvt<__nv_bfloat16> {
-  __device__ __forceinline__ static float to(__nv_bfloat16 v) { return __bfloat162float(v); }
-};
+using namespace ::fastgan::device;  // acc_t, Cvt, load_vec / store_vec (device_types.cuh)
 
 __device__ __forceinline__ float exp_neg(float x) { return __expf(-x); }
 __device__ __forceinline__ double exp_neg(double x) { return exp(-x); }

@@ -27,6 +27,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "device_types.cuh"
+
 namespace fastgan {
 namespace pen {
 
@@ -48,46 +50,7 @@ constexpr int64_t kRowSplit = 4096;    // rows longer than this are split over b
 
 // ----------------------------------------------------------------------------- types
 
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <typename T> using acc_t = typename AccOf<T>::type;
-
-template <typename T> struct Cvt;
-template <> struct Cvt<float> {
-  __device__ __forceinline__ static float to(float v) { return v; }
-  __device__ __forceinline__ static float from(float v) { return v; }
-};
-template <> struct Cvt<double> {
-  __device__ __forceinline__ static double to(double v) { return v; }
-  __device__ __forceinline__ static double from(double v) { return v; }
-};
-template <> struct Cvt<__half> {
-  __device__ __forceinline__ static float to(__half v) { return __half2float(v); }
-  __device__ __forceinline__ static __half from(float v) { return __float2half_rn(v); }
-};
-template <> struct Cvt<__nv_bfloat16> {
-  __device__ __forceinline__ static float to(__nv_bfloat16 v) { return __bfloat162float(v); }
-  __device__ __forceinline__ static __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
-};
-
-template <typename T, int VEC> struct alignas(sizeof(T) * VEC) Pack { T v[VEC]; };
-
-template <typename T> constexpr int max_vec() { return static_cast<int>(16 / sizeof(T)); }
-
-template <typename T, int VEC>
-__device__ __forceinline__ void load_vec(const T* __restrict__ p, int64_t off, acc_t<T> (&out)[VEC]) {
-  const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(p + off);
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) out[j] = Cvt<T>::to(pk.v[j]);
-}
-
-template <typename T, int VEC>
-__device__ __forceinline__ void store_vec(T* __restrict__ p, int64_t off, const acc_t<T> (&in)[VEC]) {
-  Pack<T, VEC> pk;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) pk.v[j] = Cvt<T>::from(in[j]);
-  *reinterpret_cast<Pack<T, VEC>*>(p + off) = pk;
-}
+using namespace ::fastgan::device;  // acc_t, Cvt, load_vec / store_vec (device_types.cuh)
 
 // Correctly rounded square roots whatever the fast-math flags.
 __device__ __forceinline__ float sqrt_rn(float v) { return __fsqrt_rn(v); }
