@@ -231,7 +231,26 @@ class DCGANGenerator(nn.Module):
         return self.main(z)
 
 
-class DCGANDiscriminator(nn.Module):
+class FeatureDiscriminator(nn.Module):
+    """A discriminator whose ``main`` Sequential splits into features and a head.
+
+    Subclasses set ``main``, ``_num_feature_layers`` and ``_check(x)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return self.main(x).reshape(-1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden activations, e.g. for feature matching."""
+        self._check(x)
+        return self.main[:self._num_feature_layers](x)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (N,) from :meth:`features`' output: ``d(x) == d.head(d.features(x))``."""
+        return self.main[self._num_feature_layers:](features).reshape(-1)
+
+
+class DCGANDiscriminator(FeatureDiscriminator):
     """images (N, channels, image_size, image_size) -> logits (N,).
 
     Widths: ndf, 2ndf, ..., ndf * 2^(k-1) for k = log2(image_size) - 2
@@ -298,18 +317,6 @@ class DCGANDiscriminator(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        return self.main(x).reshape(-1)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last hidden activations (N, 2^(k-1) ndf, 4, 4), e.g. for feature matching."""
-        self._check(x)
-        return self.main[:self._num_feature_layers](x)
-
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits (N,) from :meth:`features`' output: ``d(x) == d.head(d.features(x))``."""
-        return self.main[self._num_feature_layers:](features).reshape(-1)
 
 
 def build_dcgan(image_size: int = 32, nz: int = 100, ngf: int = 64, ndf: int = 64, channels: int = 3,

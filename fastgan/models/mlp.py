@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dcgan import (MINIBATCH, _check_choice, _check_positive, _minibatch_layer, apply_spectral_norm,
-                    check_activation, check_norm, dcgan_init, norm_act)
+from .dcgan import (MINIBATCH, FeatureDiscriminator, _check_choice, _check_positive, _minibatch_layer,
+                    apply_spectral_norm, check_activation, check_norm, dcgan_init, norm_act)
 
 
 def _mlp(in_features: int, hidden: int, depth: int, out_features: int, norm: str, activation: str,
@@ -51,7 +51,7 @@ class MLPGenerator(nn.Module):
         return self.main(z)
 
 
-class MLPDiscriminator(nn.Module):
+class MLPDiscriminator(FeatureDiscriminator):
     """points (N, in_features) -> logits (N,)."""
 
     def __init__(self, in_features: int = 2, hidden: int = 128, depth: int = 3, norm: str = "none",
@@ -90,15 +90,3 @@ class MLPDiscriminator(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x must have shape (N, {self.in_features}), got {tuple(x.shape)}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        return self.main(x).reshape(-1)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last hidden activations (N, hidden)."""
-        self._check(x)
-        return self.main[:self._num_feature_layers](x)
-
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits (N,) from :meth:`features`' output: ``d(x) == d.head(d.features(x))``."""
-        return self.main[self._num_feature_layers:](features).reshape(-1)
