@@ -29,8 +29,6 @@
 // partials workspace too) and the launch on the current stream.
 // No host synchronisation and no data-dependent allocation (graph capturable).
 
-#include <array>
-#include <atomic>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -43,6 +41,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "host_utils.h"
 
 #include "batch_norm_act.h"
 
@@ -70,21 +70,6 @@ bna::DType dtype_code(const char* op, const Tensor& x) {
   return bna::DType::kFloat32;  // unreachable
 }
 
-// float32 statistics and coefficients, float64 for float64 x.
-at::ScalarType acc_type(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-int sm_count(c10::DeviceIndex device) {
-  static std::array<std::atomic<int>, 64> cache{};  // 0: not known yet
-  const bool cached = device >= 0 && device < static_cast<c10::DeviceIndex>(cache.size());
-  if (cached) {
-    const int known = cache[device].load(std::memory_order_relaxed);
-    if (known > 0) return known;
-  }
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (cached) cache[device].store(count, std::memory_order_relaxed);
-  return count;
-}
 
 Geometry geometry(const char* op, const Tensor& x) {
   TORCH_CHECK(x.defined(), op, ": x is undefined");

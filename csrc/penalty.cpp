@@ -19,8 +19,6 @@
 // too) and the launch on the current stream; no host synchronisation and no
 // data-dependent allocation (CUDA-graph capturable).
 
-#include <array>
-#include <atomic>
 #include <cstdint>
 #include <tuple>
 
@@ -32,6 +30,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "host_utils.h"
 
 #include <cuda_runtime_api.h>
 
@@ -73,20 +73,6 @@ pen::DType dtype_code(const char* op, const char* name, const Tensor& t) {
   return pen::DType::kFloat32;  // unreachable
 }
 
-at::ScalarType acc_type(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-int sm_count(c10::DeviceIndex device) {
-  static std::array<std::atomic<int>, 64> cache{};  // 0: not known yet
-  const bool cached = device >= 0 && device < static_cast<c10::DeviceIndex>(cache.size());
-  if (cached) {
-    const int known = cache[device].load(std::memory_order_relaxed);
-    if (known > 0) return known;
-  }
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (cached) cache[device].store(count, std::memory_order_relaxed);
-  return count;
-}
 
 // A batch the kernels can read: (N, *) on CUDA, each sample one dense block.
 struct Batch {
