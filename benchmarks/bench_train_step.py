@@ -1,0 +1,231 @@
+"""Whole GAN training iterations (D step + G step, Adam): fastgan models against the same models in PyTorch.
+
+The op suites time single kernels; this one times what a user feels, one
+iteration of a training loop.  Every case builds the models once with seed 0
+as fastgan's fused models (``fused=True``), and the baselines load the *same
+weights* into the plain-layer models (``fused=False``: ``nn.BatchNorm2d`` +
+``nn.ReLU`` / ``nn.LeakyReLU``, ``nn.GroupNorm(1, C)`` + activation): the
+state_dict keys are identical.
+
+Cases (op, case):
+
+* ``dcgan_ns_step`` / ``forward_backward``: DCGAN-64 with batch norm
+  (``BatchNormAct2d`` when fused), non-saturating loss.  One iteration: G(z);
+  D step on real + detached fake (softplus losses), backward, Adam; G step on
+  the same fake (``softplus(-D(fake))``), backward, Adam.  Baselines: eager and
+  ``torch.compile`` of the G and D forwards (no double backward involved).
+* ``dcgan_mbd_step`` / ``forward_backward``: the same with minibatch
+  discrimination (Salimans et al. 2016, 32 kernels of 8 dims, mean) before D's
+  last layer.  The baselines' minibatch layer is the usual materialising one
+  (the N x N x B x C difference tensor) with the same ``T``.
+* ``wgan_gp_train_step`` / ``double_backward``: WGAN-GP-64, critic = DCGAN's
+  discriminator with layer norm (``LayerNormAct2d`` fused; ``GroupNorm(1, C)``
+  plain), generator with batch norm; n_critic = 5 critic steps (loss
+  D(fake) - D(real) + 10 * GP on interpolates; fastgan's
+  ``fastgan.penalties.gradient_penalty`` vs the usual PyTorch formulation),
+  then one generator step.  No ``torch.compile`` baseline: double backward.
+
+``impl`` cuda / triton (fastgan layers on that backend; ``ref`` in CPU smoke
+runs), ``eager``, ``compile``.  GPU: batch 64 and 128 at 64x64, float32 and
+bfloat16 autocast (``dtype`` is the autocast dtype; weights, Adam state and
+losses stay float32).  ``notes`` say what an iteration is; after the case,
+``benchmark.extra_info["images_per_s"]`` = batch / median step time (the
+JSON the GPU suite reads).  Targets from issue 10: 1.3x eager for DCGAN and
+WGAN-GP at batch 128.
+
+GPU time estimate (H100, excluding Inductor / Triton compilation): 2 sizes x
+2 dtypes x (4 + 4 + 3 impls) = 44 cases; a DCGAN-64 iteration is ~3-15 ms and a
+WGAN-GP iteration (5 critic steps with double backward + 1 G step) ~20-80 ms,
+timed with a 5 + 25 ms do_bench window plus warm-up, peak-memory and 3
+pedantic rounds: ~0.1-0.2 s per DCGAN case and ~0.5-0.8 s per WGAN-GP case,
+~15 s in all (well under 90 s).
+
+CPU smoke mode: 16x16 images, ngf = ndf = 4, nz = 8, batch 4, float32, one
+round; Triton (only under ``TRITON_INTERPRET=1``) runs the DCGAN step once and
+skips the minibatch and WGAN-GP steps (~8 s and ~45 s interpreted on a CI
+machine; the plain DCGAN step ~5 s).  Timing, memory and the record schema:
+``benchmarks/conftest.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgan.models.dcgan import DCGANDiscriminator, DCGANGenerator, set_impl
+from fastgan.nn import MinibatchDiscrimination
+from fastgan.penalties import gradient_penalty
+
+N_CRITIC = 5
+GP_WEIGHT = 10.0
+MBD_KERNELS, MBD_DIM = 32, 8
+TARGETS = {"vs_eager": 1.3}
+
+SHAPES = [("b64", (64, 3, 64, 64)), ("b128", (128, 3, 64, 64))]
+SMOKE_SHAPES = [("tiny", (4, 3, 16, 16))]
+DTYPES = (torch.float32, torch.bfloat16)
+SMOKE_DTYPES = (torch.float32,)
+
+
+def _widths(smoke):
+    """(nz, ngf, ndf)."""
+    return (8, 4, 4) if smoke else (100, 64, 64)
+
+
+class NaiveMinibatchDiscrimination(nn.Module):
+    """The materialising layer every public implementation uses, with fastgan's ``T`` and output layout."""
+
+    def __init__(self, layer: MinibatchDiscrimination):
+        super().__init__()
+        self.in_features, self.num_kernels, self.kernel_dim = layer.in_features, layer.num_kernels, layer.kernel_dim
+        self.T = nn.Parameter(layer.T.detach().clone())
+
+    def forward(self, x):
+        x = x.flatten(1)
+        n = x.shape[0]
+        m = (x @ self.T.reshape(self.in_features, -1)).reshape(n, self.num_kernels, self.kernel_dim)
+        o = torch.exp(-(m.unsqueeze(1) - m.unsqueeze(0)).abs().sum(dim=-1)).sum(dim=1) / n
+        return torch.cat([x, o.to(x.dtype)], dim=1)
+
+
+def _models(impl, shape, device, smoke, d_norm="batch", minibatch="none"):
+    """(G, D): fused fastgan models for fastgan impls, else plain models with the same weights."""
+    nz, ngf, ndf = _widths(smoke)
+    size = shape[-1]
+    torch.manual_seed(0)
+    g = DCGANGenerator(size, nz, ngf, norm="batch", fused=True, impl="ref")
+    d = DCGANDiscriminator(size, ndf, norm=d_norm, fused=True, impl="ref", minibatch=minibatch,
+                           minibatch_kernels=MBD_KERNELS, minibatch_kernel_dim=MBD_DIM)
+    if impl in ("eager", "compile"):
+        pg = DCGANGenerator(size, nz, ngf, norm="batch", fused=False, init=False)
+        pd = DCGANDiscriminator(size, ndf, norm=d_norm, fused=False, init=False, minibatch=minibatch,
+                                minibatch_kernels=MBD_KERNELS, minibatch_kernel_dim=MBD_DIM)
+        pg.load_state_dict(g.state_dict())
+        pd.load_state_dict(d.state_dict())
+        for i, m in enumerate(pd.main):
+            if isinstance(m, MinibatchDiscrimination):
+                pd.main[i] = NaiveMinibatchDiscrimination(m)
+        g, d = pg, pd
+    else:
+        set_impl(g, impl)
+        set_impl(d, impl)
+    return g.to(device), d.to(device), nz
+
+
+def _autocast(device, dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _adam(model, betas=(0.5, 0.999)):
+    return torch.optim.Adam(model.parameters(), lr=2e-4, betas=betas)
+
+
+def _record_throughput(bench, record, batch):
+    if record.get("median_ms"):
+        ips = round(batch / (record["median_ms"] * 1e-3), 3)
+        record["images_per_s"] = ips
+        bench.benchmark.extra_info["images_per_s"] = ips
+
+
+def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, minibatch):
+    if smoke and impl == "triton" and minibatch != "none":
+        pytest.skip("CPU smoke: the Triton interpreter runs the plain DCGAN step only "
+                    "(the minibatch step takes ~8 s interpreted)")
+    g, d, nz = _models(impl, shape, device, smoke, minibatch=minibatch)
+    op = "dcgan_ns_step" if minibatch == "none" else "dcgan_mbd_step"
+    if impl == "compile":
+        key = (op, label, str(dtype))
+        g, d = compile_module(g, key + ("G",)), compile_module(d, key + ("D",))
+    opt_g, opt_d = _adam(g), _adam(d)
+    batch = shape[0]
+    real = torch.randn(shape, device=device).clamp_(-1, 1)
+    z = torch.randn(batch, nz, device=device)
+    amp = _autocast(device, dtype)
+
+    def step():
+        opt_d.zero_grad(set_to_none=True)
+        with amp():
+            fake = g(z)
+            real_logits, fake_logits = d(real), d(fake.detach())
+        loss_d = F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+        loss_d.backward()
+        opt_d.step()
+        opt_g.zero_grad(set_to_none=True)
+        with amp():
+            logits = d(fake)
+        loss_g = F.softplus(-logits.float()).mean()
+        loss_g.backward()
+        opt_g.step()
+        return loss_g.detach()
+
+    what = "minibatch discrimination (32x8) in D, " if minibatch != "none" else ""
+    record = bench(step, op=op, case="forward_backward", shape=shape, dtype=dtype, impl=impl,
+                   variant=("dcgan64" if not smoke else "smoke") + ("-mbd" if minibatch != "none" else ""),
+                   targets=TARGETS if impl in ("cuda", "triton") and minibatch == "none" else None,
+                   notes=f"one iteration: {what}D step (real + detached fake, non-saturating) + G step, Adam; "
+                         f"{'autocast ' + str(dtype).replace('torch.', '') if dtype != torch.float32 else 'fp32'}; "
+                         "images/s = batch / median_ms in extra_info",
+                   rounds=1 if smoke else None)
+    _record_throughput(bench, record, batch)
+
+
+def test_dcgan_ns_step(bench, compile_module, device, smoke, impl, label, shape, dtype):
+    _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, "none")
+
+
+def test_dcgan_minibatch_discrimination_step(bench, compile_module, device, smoke, impl, label, shape, dtype):
+    _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, "discrimination")
+
+
+def eager_wgan_gp(critic, real, fake, weight=GP_WEIGHT):
+    """The usual PyTorch formulation (the baseline)."""
+    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    x = (eps * real + (1 - eps) * fake.to(real.dtype)).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).float().sum(), x, create_graph=True)
+    return weight * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+@pytest.mark.impls("fastgan", "eager")
+def test_wgan_gp_step(bench, device, smoke, impl, label, shape, dtype):
+    if smoke and impl == "triton":
+        pytest.skip("CPU smoke: the Triton interpreter runs the plain DCGAN step only "
+                    "(n_critic double-backward steps take ~45 s interpreted)")
+    g, d, nz = _models(impl, shape, device, smoke, d_norm="layer")
+    opt_g, opt_d = _adam(g, (0.5, 0.9)), _adam(d, (0.5, 0.9))
+    batch = shape[0]
+    real = torch.randn(shape, device=device).clamp_(-1, 1)
+    zs = torch.randn(N_CRITIC + 1, batch, nz, device=device)
+    amp = _autocast(device, dtype)
+
+    def step():
+        for i in range(N_CRITIC):
+            opt_d.zero_grad(set_to_none=True)
+            with amp():
+                with torch.no_grad():
+                    fake = g(zs[i])
+                loss = d(fake).float().mean() - d(real).float().mean()
+                if impl == "eager":
+                    gp = eager_wgan_gp(d, real, fake)
+                else:
+                    gp = gradient_penalty(d, real, fake, "wgan-gp", weight=GP_WEIGHT, impl=impl)
+            (loss + gp).backward()
+            opt_d.step()
+        opt_g.zero_grad(set_to_none=True)
+        with amp():
+            loss_g = -d(g(zs[N_CRITIC])).float().mean()
+        loss_g.backward()
+        opt_g.step()
+        return loss_g.detach()
+
+    record = bench(step, op="wgan_gp_train_step", case="double_backward", shape=shape, dtype=dtype, impl=impl,
+                   variant="dcgan64-layer" if not smoke else "smoke-layer",
+                   targets=TARGETS if impl in ("cuda", "triton") else None,
+                   notes=f"one iteration: n_critic={N_CRITIC} critic steps (WGAN loss + GP 10, LayerNorm critic) "
+                         "+ 1 G step, Adam; images/s = batch / median_ms in extra_info",
+                   rounds=1 if smoke else None)
+    _record_throughput(bench, record, batch)
