@@ -33,3 +33,12 @@ def apply_activation(z: torch.Tensor, activation: str, negative_slope: float) ->
     if activation == "leaky_relu":
         return F.leaky_relu(z, negative_slope)
     raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+
+
+def activation_repr(module) -> str:
+    """``activation=leaky_relu, negative_slope=0.2`` (+ ``, impl='...'`` when not auto) for extra_repr."""
+    act = module.activation
+    if act == "leaky_relu":
+        act += f", negative_slope={module.negative_slope}"
+    impl = getattr(module, "impl", "auto")
+    return f"activation={act}" + ("" if impl == "auto" else f", impl={impl!r}")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .._activation import activation_code
+from .._activation import activation_code, activation_repr
 from ..ops.batch_norm_act import batch_norm_act
 
 
@@ -55,11 +55,7 @@ class _BatchNormAct(_NormBase):
                               self.eps, self.activation, self.negative_slope, impl=self.impl)
 
     def extra_repr(self) -> str:
-        act = self.activation
-        if act == "leaky_relu":
-            act += f", negative_slope={self.negative_slope}"
-        impl = "" if self.impl == "auto" else f", impl={self.impl!r}"
-        return f"{super().extra_repr()}, activation={act}{impl}"
+        return f"{super().extra_repr()}, {activation_repr(self)}"
 
 
 class BatchNormAct2d(_BatchNormAct):

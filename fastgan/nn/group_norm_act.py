@@ -11,16 +11,8 @@ import torch
 from torch import nn
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .._activation import activation_code
+from .._activation import activation_code, activation_repr
 from ..ops.group_norm_act import group_norm_act, instance_norm_act
-
-
-def _act_repr(module) -> str:
-    act = module.activation
-    if act == "leaky_relu":
-        act += f", negative_slope={module.negative_slope}"
-    impl = "" if module.impl == "auto" else f", impl={module.impl!r}"
-    return f"activation={act}{impl}"
 
 
 class GroupNormAct(nn.GroupNorm):
@@ -38,7 +30,7 @@ class GroupNormAct(nn.GroupNorm):
                               self.negative_slope, impl=self.impl)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {_act_repr(self)}"
+        return f"{super().extra_repr()}, {activation_repr(self)}"
 
 
 class LayerNormAct2d(GroupNormAct):
@@ -81,7 +73,7 @@ class InstanceNormAct2d(_InstanceNorm):
                                  impl=self.impl)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {_act_repr(self)}"
+        return f"{super().extra_repr()}, {activation_repr(self)}"
 
 
 def from_group_norm(gn: nn.GroupNorm, activation: str = "identity", negative_slope: float = 0.2,

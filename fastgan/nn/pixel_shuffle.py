@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._activation import activation_code
+from .._activation import activation_code, activation_repr
 from ..ops.pixel_shuffle_act import pixel_shuffle_act, pixel_shuffle_batch_norm_act
 from .batch_norm_act import batch_norm_step
 
@@ -76,5 +76,4 @@ class PixelShuffleUpsample(nn.Module):
                                             self.activation, self.negative_slope, impl=self.impl)
 
     def extra_repr(self) -> str:
-        act = self.activation + (f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else "")
-        return f"scale={self.scale}, activation={act}"
+        return f"scale={self.scale}, {activation_repr(self)}"

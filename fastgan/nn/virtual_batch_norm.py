@@ -20,7 +20,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .._activation import activation_code
+from .._activation import activation_code, activation_repr
 from ..ops.virtual_batch_norm import virtual_batch_norm, virtual_batch_reference_stats
 
 
@@ -71,9 +71,8 @@ class _VirtualBatchNorm(nn.Module):
         return virtual_batch_norm(x, mean, sq_mean, count, **common)
 
     def extra_repr(self) -> str:
-        act = self.activation + (f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else "")
         detach = ", detach_reference=True" if self.detach_reference else ""
-        return f"{self.num_features}, eps={self.eps}, activation={act}{detach}"
+        return f"{self.num_features}, eps={self.eps}, {activation_repr(self)}{detach}"
 
 
 class VirtualBatchNorm2d(_VirtualBatchNorm):
