@@ -25,20 +25,28 @@ Cases (op, case):
   ``fastgan.penalties.gradient_penalty`` vs the usual PyTorch formulation),
   then one generator step.  No ``torch.compile`` baseline: double backward.
 
+* ``dcgan_ns_step`` / ``wgan_gp_train_step`` with variant ``...-graph`` (GPU
+  only, batch 64): the same iterations captured whole in one CUDA graph with
+  ``fastgan.cuda_graph.GraphedStep`` (capturable Adam, autocast without its
+  weight cache) and replayed, for fastgan and for the plain eager models.  At
+  batch 64 a DCGAN iteration is launch-bound; the record's ``vs_eager``
+  compares with the captured eager step and ``vs_eager_plain`` (GPU suite)
+  with the uncaptured one, the issue-10 target (2x).
+
 ``impl`` cuda / triton (fastgan layers on that backend; ``ref`` in CPU smoke
-runs), ``eager``, ``compile``.  GPU: batch 64 and 128 at 64x64, float32 and
+runs), ``eager``, ``compile``.  GPU: batch 64, 128 and 256 at 64x64, float32 and
 bfloat16 autocast (``dtype`` is the autocast dtype; weights, Adam state and
 losses stay float32).  ``notes`` say what an iteration is; after the case,
 ``benchmark.extra_info["images_per_s"]`` = batch / median step time (the
 JSON the GPU suite reads).  Targets from issue 10: 1.3x eager for DCGAN and
 WGAN-GP at batch 128.
 
-GPU time estimate (H100, excluding Inductor / Triton compilation): 2 sizes x
-2 dtypes x (4 + 4 + 3 impls) = 44 cases; a DCGAN-64 iteration is ~3-15 ms and a
-WGAN-GP iteration (5 critic steps with double backward + 1 G step) ~20-80 ms,
-timed with a 5 + 25 ms do_bench window plus warm-up, peak-memory and 3
-pedantic rounds: ~0.1-0.2 s per DCGAN case and ~0.5-0.8 s per WGAN-GP case,
-~15 s in all (well under 90 s).
+GPU time estimate (H100, excluding Inductor / Triton compilation): 3 sizes x
+2 dtypes x (4 + 4 + 3 impls) = 66 cases plus 2 dtypes x (3 + 3) = 12 graph
+cases; a DCGAN-64 iteration is ~3-30 ms and a WGAN-GP iteration (5 critic
+steps with double backward + 1 G step) ~20-160 ms, timed with a 5 + 25 ms
+do_bench window plus warm-up, peak-memory and 3 pedantic rounds: ~0.1-0.3 s
+per DCGAN case and ~0.5-1.5 s per WGAN-GP case, ~40 s in all.
 
 CPU smoke mode: 16x16 images, ngf = ndf = 4, nz = 8, batch 4, float32, one
 round; Triton (only under ``TRITON_INTERPRET=1``) runs the DCGAN step once and
@@ -63,8 +71,11 @@ N_CRITIC = 5
 GP_WEIGHT = 10.0
 MBD_KERNELS, MBD_DIM = 32, 8
 TARGETS = {"vs_eager": 1.3}
+# With the whole step captured in a CUDA graph, against the plain (uncaptured) eager step.
+GRAPH_TARGETS = {"vs_eager_plain": 2.0}
+GRAPH_BATCH = 64
 
-SHAPES = [("b64", (64, 3, 64, 64)), ("b128", (128, 3, 64, 64))]
+SHAPES = [("b64", (64, 3, 64, 64)), ("b128", (128, 3, 64, 64)), ("b256", (256, 3, 64, 64))]
 SMOKE_SHAPES = [("tiny", (4, 3, 16, 16))]
 DTYPES = (torch.float32, torch.bfloat16)
 SMOKE_DTYPES = (torch.float32,)
@@ -115,14 +126,31 @@ def _models(impl, shape, device, smoke, d_norm="batch", minibatch="none"):
     return g.to(device), d.to(device), nz
 
 
-def _autocast(device, dtype):
+def _autocast(device, dtype, graph=False):
     if dtype == torch.float32:
         return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    # Autocast's weight-cast cache would hold tensors from outside the capture.
+    return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=not graph)
 
 
-def _adam(model, betas=(0.5, 0.999)):
-    return torch.optim.Adam(model.parameters(), lr=2e-4, betas=betas)
+def _adam(model, betas=(0.5, 0.999), graph=False):
+    # capturable=True keeps Adam's step count on the GPU (no host sync), as capture needs.
+    return torch.optim.Adam(model.parameters(), lr=2e-4, betas=betas, capturable=graph)
+
+
+def _graph_step(step, graph, optimizers):
+    """``step`` itself, or (``graph``) the step captured whole in a CUDA graph and replayed."""
+    if not graph:
+        return step
+    from fastgan.cuda_graph import GraphedStep
+    return GraphedStep(step, optimizers=optimizers)
+
+
+def _skip_graph_case(smoke, impl, shape):
+    if smoke:
+        pytest.skip("CUDA graphs need a GPU (the CPU smoke run has none)")
+    if shape[0] != GRAPH_BATCH:
+        pytest.skip(f"CUDA-graph cases run at batch {GRAPH_BATCH}, where launch overhead matters")
 
 
 def _record_throughput(bench, record, batch):
@@ -132,7 +160,11 @@ def _record_throughput(bench, record, batch):
         bench.benchmark.extra_info["images_per_s"] = ips
 
 
-def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, minibatch):
+def _precision(dtype):
+    return "autocast " + str(dtype).replace("torch.", "") if dtype != torch.float32 else "fp32"
+
+
+def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, minibatch, graph=False):
     if smoke and impl == "triton" and minibatch != "none":
         pytest.skip("CPU smoke: the Triton interpreter runs the plain DCGAN step only "
                     "(the minibatch step takes ~8 s interpreted)")
@@ -141,11 +173,11 @@ def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype,
     if impl == "compile":
         key = (op, label, str(dtype))
         g, d = compile_module(g, key + ("G",)), compile_module(d, key + ("D",))
-    opt_g, opt_d = _adam(g), _adam(d)
+    opt_g, opt_d = _adam(g, graph=graph), _adam(d, graph=graph)
     batch = shape[0]
     real = torch.randn(shape, device=device).clamp_(-1, 1)
     z = torch.randn(batch, nz, device=device)
-    amp = _autocast(device, dtype)
+    amp = _autocast(device, dtype, graph)
 
     def step():
         opt_d.zero_grad(set_to_none=True)
@@ -164,12 +196,21 @@ def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype,
         return loss_g.detach()
 
     what = "minibatch discrimination (32x8) in D, " if minibatch != "none" else ""
-    record = bench(step, op=op, case="forward_backward", shape=shape, dtype=dtype, impl=impl,
-                   variant=("dcgan64" if not smoke else "smoke") + ("-mbd" if minibatch != "none" else ""),
-                   targets=TARGETS if impl in ("cuda", "triton") and minibatch == "none" else None,
+    variant = ("dcgan64" if not smoke else "smoke") + ("-mbd" if minibatch != "none" else "")
+    extra = {}
+    if graph:
+        extra = {"plain_variant": variant}
+        variant += "-graph"
+    fastgan_impl = impl in ("cuda", "triton")
+    targets = None
+    if fastgan_impl and minibatch == "none":
+        targets = GRAPH_TARGETS if graph else TARGETS
+    record = bench(_graph_step(step, graph, (opt_g, opt_d)), op=op, case="forward_backward", shape=shape,
+                   dtype=dtype, impl=impl, variant=variant, targets=targets, extra=extra,
                    notes=f"one iteration: {what}D step (real + detached fake, non-saturating) + G step, Adam; "
-                         f"{'autocast ' + str(dtype).replace('torch.', '') if dtype != torch.float32 else 'fp32'}; "
-                         "images/s = batch / median_ms in extra_info",
+                         f"{_precision(dtype)}; "
+                         + ("whole step captured in one CUDA graph (capturable Adam), replayed; " if graph else "")
+                         + "images/s = batch / median_ms in extra_info",
                    rounds=1 if smoke else None)
     _record_throughput(bench, record, batch)
 
@@ -182,6 +223,13 @@ def test_dcgan_minibatch_discrimination_step(bench, compile_module, device, smok
     _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, "discrimination")
 
 
+@pytest.mark.impls("fastgan", "eager")
+def test_dcgan_ns_step_cuda_graph(bench, compile_module, device, smoke, impl, label, shape, dtype):
+    """The DCGAN iteration captured whole in a CUDA graph: fastgan vs the same capture of plain PyTorch."""
+    _skip_graph_case(smoke, impl, shape)
+    _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, "none", graph=True)
+
+
 def eager_wgan_gp(critic, real, fake, weight=GP_WEIGHT):
     """The usual PyTorch formulation (the baseline)."""
     eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
@@ -190,17 +238,16 @@ def eager_wgan_gp(critic, real, fake, weight=GP_WEIGHT):
     return weight * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-@pytest.mark.impls("fastgan", "eager")
-def test_wgan_gp_step(bench, device, smoke, impl, label, shape, dtype):
+def _wgan_gp_case(bench, device, smoke, impl, label, shape, dtype, graph=False):
     if smoke and impl == "triton":
         pytest.skip("CPU smoke: the Triton interpreter runs the plain DCGAN step only "
                     "(n_critic double-backward steps take ~45 s interpreted)")
     g, d, nz = _models(impl, shape, device, smoke, d_norm="layer")
-    opt_g, opt_d = _adam(g, (0.5, 0.9)), _adam(d, (0.5, 0.9))
+    opt_g, opt_d = _adam(g, (0.5, 0.9), graph), _adam(d, (0.5, 0.9), graph)
     batch = shape[0]
     real = torch.randn(shape, device=device).clamp_(-1, 1)
     zs = torch.randn(N_CRITIC + 1, batch, nz, device=device)
-    amp = _autocast(device, dtype)
+    amp = _autocast(device, dtype, graph)
 
     def step():
         for i in range(N_CRITIC):
@@ -222,10 +269,30 @@ def test_wgan_gp_step(bench, device, smoke, impl, label, shape, dtype):
         opt_g.step()
         return loss_g.detach()
 
-    record = bench(step, op="wgan_gp_train_step", case="double_backward", shape=shape, dtype=dtype, impl=impl,
-                   variant="dcgan64-layer" if not smoke else "smoke-layer",
-                   targets=TARGETS if impl in ("cuda", "triton") else None,
+    variant = "dcgan64-layer" if not smoke else "smoke-layer"
+    extra = {}
+    if graph:
+        extra = {"plain_variant": variant}
+        variant += "-graph"
+    fastgan_impl = impl in ("cuda", "triton")
+    record = bench(_graph_step(step, graph, (opt_g, opt_d)), op="wgan_gp_train_step", case="double_backward",
+                   shape=shape, dtype=dtype, impl=impl, variant=variant, extra=extra,
+                   targets=(None if graph else TARGETS) if fastgan_impl else None,
                    notes=f"one iteration: n_critic={N_CRITIC} critic steps (WGAN loss + GP 10, LayerNorm critic) "
-                         "+ 1 G step, Adam; images/s = batch / median_ms in extra_info",
+                         f"+ 1 G step, Adam; {_precision(dtype)}; "
+                         + ("whole step captured in one CUDA graph (capturable Adam), replayed; " if graph else "")
+                         + "images/s = batch / median_ms in extra_info",
                    rounds=1 if smoke else None)
     _record_throughput(bench, record, batch)
+
+
+@pytest.mark.impls("fastgan", "eager")
+def test_wgan_gp_step(bench, device, smoke, impl, label, shape, dtype):
+    _wgan_gp_case(bench, device, smoke, impl, label, shape, dtype)
+
+
+@pytest.mark.impls("fastgan", "eager")
+def test_wgan_gp_step_cuda_graph(bench, device, smoke, impl, label, shape, dtype):
+    """The WGAN-GP iteration (double backward included) captured whole in a CUDA graph."""
+    _skip_graph_case(smoke, impl, shape)
+    _wgan_gp_case(bench, device, smoke, impl, label, shape, dtype, graph=True)

@@ -63,6 +63,11 @@ FILE as soon as the case finishes (a time-limited run keeps what it finished):
 ``targets``       optional goals the GPU suite checks: ``{"vs_eager": 1.5,
                   "vs_compile": 1.0, "copy_fraction": 0.8}``
 ``notes``         optional free text
+``plain_variant`` optional: the variant of the same case run without the
+                  record's special mode (e.g. ``"dcgan64"`` for a
+                  ``"dcgan64-graph"`` record, the step captured in a CUDA
+                  graph); the GPU suite then also reports ``vs_eager_plain``,
+                  the plain eager time over this record's time
 
 The GPU suite compares each fastgan record with the ``eager`` and ``compile``
 records of the same (op, case, shape, dtype, variant), and a record with
@@ -211,7 +216,7 @@ class Bench:
 
     def __call__(self, fn, *, op: str, case: str, shape, dtype, impl: str, variant: str = "",
                  bytes_moved: int | None = None, targets: dict | None = None, notes: str | None = None,
-                 rounds: int | None = None) -> dict:
+                 rounds: int | None = None, extra: dict | None = None) -> dict:
         """Run ``fn`` (no arguments) as the case; returns the record."""
         shape = [int(s) for s in shape]
         dtype = dtype if isinstance(dtype, str) else dtype_name(dtype)
@@ -266,6 +271,7 @@ class Bench:
             record["targets"] = dict(targets)
         if notes:
             record["notes"] = notes
+        record.update(extra or {})
         self.benchmark.extra_info.update(record)
         _append_record(dict(record, nodeid=self.request.node.nodeid))
         return record

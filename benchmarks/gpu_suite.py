@@ -316,6 +316,12 @@ def compare(records: list[dict]) -> list[dict]:
             r[f"{base}_peak_mem_mb"] = b.get("peak_mem_mb")
             r[f"vs_{base}"] = _ratio(b.get("median_ms"), r.get("median_ms"))
             r[f"mem_vs_{base}"] = _ratio(r.get("peak_mem_mb"), b.get("peak_mem_mb"))
+        plain = r.get("plain_variant")
+        if plain is not None:
+            b = groups.get(_key(dict(r, variant=plain)), {}).get("eager")
+            if b is not None:
+                r["eager_plain_ms"] = b.get("median_ms")
+                r["vs_eager_plain"] = _ratio(b.get("median_ms"), r.get("median_ms"))
         if r.get("bandwidth_gbps"):
             c = copies.get((tuple(r.get("shape") or ()), r.get("dtype")))
             if c is not None:

@@ -119,8 +119,39 @@ def _preferred(records):
                                             r.get("dtype"), r.get("variant", ""))) is r]
 
 
+def is_train_step(r) -> bool:
+    """Whole training iterations (benchmarks/bench_train_step.py) get their own table."""
+    return str(r.get("op", "")).endswith("_step")
+
+
+def _train_step_rows(records, all_impls: bool):
+    rows = [r for r in records if not r.get("baseline") and is_train_step(r)]
+    if not all_impls:
+        rows = _preferred(rows)
+    out = ["| training iteration | batch | dtype | impl | images/s | fastgan ms | eager ms | compile ms "
+           "| vs eager | vs compile | peak MiB fastgan / eager |",
+           "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        graph = str(r.get("variant", "")).endswith("-graph")
+        compile_ms = r.get("compile_ms")
+        compile_cell = fmt_ms(compile_ms) if compile_ms is not None else (
+            "n/a" if r.get("case") == "double_backward" else DASH)
+        vs_eager = fmt_ratio(r.get("vs_eager"))
+        if graph:
+            # Both sides captured; the uncaptured eager step is the figure a user compares with.
+            vs_eager = f"{vs_eager} (vs uncaptured eager: {fmt_ratio(r.get('vs_eager_plain'))})"
+        ips = r.get("images_per_s")
+        out.append(f"| {r.get('op')} ({r.get('variant')}) | {(r.get('shape') or ['?'])[0]} | {r.get('dtype')} "
+                   f"| {r.get('impl')}{' + CUDA graph' if graph else ''} | {DASH if ips is None else f'{ips:.0f}'} "
+                   f"| {fmt_ms(r.get('median_ms'))} | {fmt_ms(r.get('eager_ms'))} | {compile_cell} | {vs_eager} "
+                   f"| {fmt_ratio(r.get('vs_compile'))} "
+                   f"| {fmt_mb(r.get('peak_mem_mb'))} / {fmt_mb(r.get('eager_peak_mem_mb'))} |")
+    return out if len(out) > 2 else []
+
+
 def _op_rows(records, all_impls: bool):
-    rows = [r for r in records if not r.get("baseline") and not str(r.get("case", "")).startswith("pass:")]
+    rows = [r for r in records if not r.get("baseline") and not str(r.get("case", "")).startswith("pass:")
+            and not is_train_step(r)]
     if not all_impls:
         rows = _preferred(rows)
     out = ["| op | case | shape | dtype | impl | fastgan ms | eager ms | compile ms | vs eager | vs compile "
@@ -188,12 +219,16 @@ def render_markdown(data, source=None, all_impls: bool = True) -> str:
         lines.insert(1, "")
     ops = _op_rows(records, all_impls)
     bw = _bandwidth_rows(records, all_impls)
+    steps = _train_step_rows(records, all_impls)
     if ops:
         lines += ["", *ops]
+    if steps:
+        lines += ["", "Whole training iterations (D step + G step, Adam; WGAN-GP: 5 critic steps with the "
+                      "gradient penalty + 1 G step):", "", *steps]
     if bw:
         lines += ["", "Effective bandwidth of single kernel passes (bytes each pass must read and write / time), "
                       "against a device copy of the same tensor:", "", *bw]
-    if not ops and not bw:
+    if not ops and not bw and not steps:
         lines += ["", "No benchmark records in this results file."]
     tl = _target_lines(data)
     if tl:

@@ -159,6 +159,34 @@ def test_render_table_renders_a_fabricated_results_file(tmp_path):
     assert render_table.update_file(readme, render_table.render_section(tmp_path)) is False  # idempotent
 
 
+def test_training_step_rows_and_the_cuda_graph_comparison(tmp_path):
+    """Training iterations get their own table; a captured step is also compared with the uncaptured eager step."""
+    render_table, suite = _load("render_table"), _load("gpu_suite")
+
+    def rec(impl, variant, ms, **kw):  # every number is made up
+        return {"schema": 1, "op": "dcgan_ns_step", "case": "forward_backward", "shape": [64, 3, 64, 64],
+                "dtype": "float32", "impl": impl, "baseline": impl in ("eager", "compile"), "variant": variant,
+                "device": "FAKE GPU (renderer test)", "smoke": False, "median_ms": ms, "timer": "do_bench",
+                "wall_median_ms": ms, "peak_mem_mb": None, "bytes_moved": None, "bandwidth_gbps": None,
+                "images_per_s": 64 / (ms * 1e-3), **kw}
+
+    records = [rec("cuda", "dcgan64", 8.0, targets={"vs_eager": 1.3}), rec("eager", "dcgan64", 12.0),
+               rec("compile", "dcgan64", 10.0),
+               rec("cuda", "dcgan64-graph", 4.0, plain_variant="dcgan64", targets={"vs_eager_plain": 2.0}),
+               rec("eager", "dcgan64-graph", 6.0, plain_variant="dcgan64")]
+    checks = suite.compare(records)
+    graphed = records[3]
+    assert graphed["vs_eager"] == pytest.approx(1.5)        # against the captured eager step
+    assert graphed["vs_eager_plain"] == pytest.approx(3.0)  # against the uncaptured eager step
+    assert {(c["variant"], c["metric"], c["met"]) for c in checks} == {
+        ("dcgan64", "vs_eager", True), ("dcgan64-graph", "vs_eager_plain", True)}
+    text = render_table.render_markdown({"benchmarks": records, "targets": checks, "device": {"name": "FAKE"},
+                                         "versions": {}, "stages": {}})
+    assert "| dcgan_ns_step (dcgan64) | 64 | float32 | cuda | 8000 | 8.000 | 12.000 | 10.000 | 1.50× | 1.25× |" in text
+    assert "| cuda + CUDA graph | 16000 | 4.000 | 6.000 |" in text and "vs uncaptured eager: 3.00×" in text
+    assert "| batch_norm_act |" not in text and "Targets met: 2 of 2." in text
+
+
 def test_render_table_without_results_says_pending(tmp_path, capsys):
     render_table = _load("render_table")
     assert render_table.render_section(tmp_path) == render_table.PENDING + "\n"
