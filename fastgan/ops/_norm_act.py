@@ -91,9 +91,13 @@ def sum_to_param(t: torch.Tensor, param) -> torch.Tensor:
 def affine_tables(mean, invstd, weight, bias):
     """(scale, shift, w): z = x * scale + shift, with w the per-channel weight (ones if None)."""
     c = mean.shape[-1]
-    w = invstd.new_ones(c) if weight is None else weight.to(invstd.dtype)
-    scale = w * invstd
-    shift = -mean * scale if bias is None else bias.to(invstd.dtype) - mean * scale
+    if weight is None:
+        w, scale = invstd.new_ones(c), invstd
+    else:
+        w = weight.to(invstd.dtype)
+        scale = w * invstd
+    # Fewest launches: these small per-channel ops run in every fused layer's forward and backward.
+    shift = (mean * scale).neg_() if bias is None else torch.addcmul(bias.to(invstd.dtype), mean, scale, value=-1.0)
     return scale, shift, w
 
 
