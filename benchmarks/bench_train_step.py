@@ -160,6 +160,20 @@ def _record_throughput(bench, record, batch):
         bench.benchmark.extra_info["images_per_s"] = ips
 
 
+def _measure_step(bench, step, optimizers, graph, smoke, batch, *, variant, what, dtype, **case):
+    """Time one iteration (captured in a CUDA graph with ``graph``) and record images/s."""
+    extra = {}
+    if graph:
+        extra = {"plain_variant": variant}  # the GPU suite also compares with the uncaptured eager step
+        variant += "-graph"
+    notes = (f"one iteration: {what}; {_precision(dtype)}; "
+             + ("whole step captured in one CUDA graph (capturable Adam), replayed; " if graph else "")
+             + "images/s = batch / median_ms in extra_info")
+    record = bench(_graph_step(step, graph, optimizers), dtype=dtype, variant=variant, extra=extra, notes=notes,
+                   rounds=1 if smoke else None, **case)
+    _record_throughput(bench, record, batch)
+
+
 def _precision(dtype):
     return "autocast " + str(dtype).replace("torch.", "") if dtype != torch.float32 else "fp32"
 
@@ -196,23 +210,13 @@ def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype,
         return loss_g.detach()
 
     what = "minibatch discrimination (32x8) in D, " if minibatch != "none" else ""
-    variant = ("dcgan64" if not smoke else "smoke") + ("-mbd" if minibatch != "none" else "")
-    extra = {}
-    if graph:
-        extra = {"plain_variant": variant}
-        variant += "-graph"
-    fastgan_impl = impl in ("cuda", "triton")
     targets = None
-    if fastgan_impl and minibatch == "none":
+    if impl in ("cuda", "triton") and minibatch == "none":
         targets = GRAPH_TARGETS if graph else TARGETS
-    record = bench(_graph_step(step, graph, (opt_g, opt_d)), op=op, case="forward_backward", shape=shape,
-                   dtype=dtype, impl=impl, variant=variant, targets=targets, extra=extra,
-                   notes=f"one iteration: {what}D step (real + detached fake, non-saturating) + G step, Adam; "
-                         f"{_precision(dtype)}; "
-                         + ("whole step captured in one CUDA graph (capturable Adam), replayed; " if graph else "")
-                         + "images/s = batch / median_ms in extra_info",
-                   rounds=1 if smoke else None)
-    _record_throughput(bench, record, batch)
+    _measure_step(bench, step, (opt_g, opt_d), graph, smoke, batch, op=op, case="forward_backward", shape=shape,
+                  dtype=dtype, impl=impl, targets=targets,
+                  variant=("dcgan64" if not smoke else "smoke") + ("-mbd" if minibatch != "none" else ""),
+                  what=f"{what}D step (real + detached fake, non-saturating) + G step, Adam")
 
 
 def test_dcgan_ns_step(bench, compile_module, device, smoke, impl, label, shape, dtype):
@@ -269,21 +273,11 @@ def _wgan_gp_case(bench, device, smoke, impl, label, shape, dtype, graph=False):
         opt_g.step()
         return loss_g.detach()
 
-    variant = "dcgan64-layer" if not smoke else "smoke-layer"
-    extra = {}
-    if graph:
-        extra = {"plain_variant": variant}
-        variant += "-graph"
-    fastgan_impl = impl in ("cuda", "triton")
-    record = bench(_graph_step(step, graph, (opt_g, opt_d)), op="wgan_gp_train_step", case="double_backward",
-                   shape=shape, dtype=dtype, impl=impl, variant=variant, extra=extra,
-                   targets=(None if graph else TARGETS) if fastgan_impl else None,
-                   notes=f"one iteration: n_critic={N_CRITIC} critic steps (WGAN loss + GP 10, LayerNorm critic) "
-                         f"+ 1 G step, Adam; {_precision(dtype)}; "
-                         + ("whole step captured in one CUDA graph (capturable Adam), replayed; " if graph else "")
-                         + "images/s = batch / median_ms in extra_info",
-                   rounds=1 if smoke else None)
-    _record_throughput(bench, record, batch)
+    _measure_step(bench, step, (opt_g, opt_d), graph, smoke, batch, op="wgan_gp_train_step",
+                  case="double_backward", shape=shape, dtype=dtype, impl=impl,
+                  targets=TARGETS if impl in ("cuda", "triton") and not graph else None,
+                  variant="dcgan64-layer" if not smoke else "smoke-layer",
+                  what=f"n_critic={N_CRITIC} critic steps (WGAN loss + GP 10, LayerNorm critic) + 1 G step, Adam")
 
 
 @pytest.mark.impls("fastgan", "eager")

@@ -93,7 +93,6 @@ import json
 import math
 import os
 import statistics
-import time
 
 import pytest
 import torch

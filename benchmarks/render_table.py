@@ -119,6 +119,17 @@ def _preferred(records):
                                             r.get("dtype"), r.get("variant", ""))) is r]
 
 
+def _compile_cell(r) -> str:
+    """torch.compile's time, or why there is none (it cannot do double backward)."""
+    if r.get("compile_ms") is not None:
+        return fmt_ms(r["compile_ms"])
+    return "n/a" if r.get("case") == "double_backward" else DASH
+
+
+def _memory_cell(r) -> str:
+    return f"{fmt_mb(r.get('peak_mem_mb'))} / {fmt_mb(r.get('eager_peak_mem_mb'))}"
+
+
 def is_train_step(r) -> bool:
     """Whole training iterations (benchmarks/bench_train_step.py) get their own table."""
     return str(r.get("op", "")).endswith("_step")
@@ -133,9 +144,7 @@ def _train_step_rows(records, all_impls: bool):
            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         graph = str(r.get("variant", "")).endswith("-graph")
-        compile_ms = r.get("compile_ms")
-        compile_cell = fmt_ms(compile_ms) if compile_ms is not None else (
-            "n/a" if r.get("case") == "double_backward" else DASH)
+        compile_cell = _compile_cell(r)
         vs_eager = fmt_ratio(r.get("vs_eager"))
         if graph:
             # Both sides captured; the uncaptured eager step is the figure a user compares with.
@@ -145,7 +154,7 @@ def _train_step_rows(records, all_impls: bool):
                    f"| {r.get('impl')}{' + CUDA graph' if graph else ''} | {DASH if ips is None else f'{ips:.0f}'} "
                    f"| {fmt_ms(r.get('median_ms'))} | {fmt_ms(r.get('eager_ms'))} | {compile_cell} | {vs_eager} "
                    f"| {fmt_ratio(r.get('vs_compile'))} "
-                   f"| {fmt_mb(r.get('peak_mem_mb'))} / {fmt_mb(r.get('eager_peak_mem_mb'))} |")
+                   f"| {_memory_cell(r)} |")
     return out if len(out) > 2 else []
 
 
@@ -158,14 +167,12 @@ def _op_rows(records, all_impls: bool):
            "| peak MiB fastgan / eager |",
            "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        compile_ms = r.get("compile_ms")
-        compile_cell = fmt_ms(compile_ms) if compile_ms is not None else (
-            "n/a" if r.get("case") == "double_backward" else DASH)
+        compile_cell = _compile_cell(r)
         out.append(f"| {r.get('op')} | {r.get('case')} | {fmt_shape(r.get('shape'))}"
                    f"{' (' + r['variant'] + ')' if r.get('variant') else ''} | {r.get('dtype')} | {r.get('impl')} "
                    f"| {fmt_ms(r.get('median_ms'))} | {fmt_ms(r.get('eager_ms'))} | {compile_cell} "
                    f"| {fmt_ratio(r.get('vs_eager'))} | {fmt_ratio(r.get('vs_compile'))} "
-                   f"| {fmt_mb(r.get('peak_mem_mb'))} / {fmt_mb(r.get('eager_peak_mem_mb'))} |")
+                   f"| {_memory_cell(r)} |")
     return out if len(out) > 2 else []
 
 

@@ -72,6 +72,16 @@ def _layers():
 LAYERS = _layers()
 
 
+def _warm_up(run, times=2):
+    """Eager calls on a side stream before capturing: Triton compiles and cuDNN picks algorithms here."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(times):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+
+
 @pytest.mark.parametrize("impl", GPU_IMPLS)
 @pytest.mark.parametrize("name,factory,shape", LAYERS, ids=[n for n, _, _ in LAYERS])
 def test_layer_forward_backward_is_capturable(impl, name, factory, shape):
@@ -87,12 +97,7 @@ def test_layer_forward_backward_is_capturable(impl, name, factory, shape):
         y.float().square().sum().backward()
         return y
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up compiles Triton kernels outside the capture
-        for _ in range(2):
-            run()
-    torch.cuda.current_stream().wait_stream(side)
+    _warm_up(run)
     graph = torch.cuda.CUDAGraph()
     x.grad = None
     for p in params:
@@ -131,11 +136,7 @@ def test_virtual_batch_norm_is_capturable(impl):
         y.square().sum().backward()
         return y
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
+    _warm_up(run)
     graph = torch.cuda.CUDAGraph()
     x.grad = None
     with torch.cuda.graph(graph):
@@ -174,11 +175,7 @@ def test_gradient_penalty_double_backward_is_capturable(impl):
         gp.backward()
         return gp
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
+    _warm_up(run)
     critic.zero_grad(set_to_none=True)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
