@@ -135,8 +135,9 @@ class NormActBackwardFn(torch.autograd.Function):
         r_g, r_gx = k.norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, **kw)
         if grouping.batch_stats:
             m = grouping.group_size(x)
-            k2 = -invstd * grouping.group_sum(w * r_g) / m
-            k3 = -invstd * grouping.group_sum(w * r_gx) / m
+            # -invstd * sum_group(w * r) / m, with invstd constant within a group: scale = w * invstd.
+            k2 = grouping.group_sum(scale * r_g).mul_(-1.0 / m)
+            k3 = grouping.group_sum(scale * r_gx).mul_(-1.0 / m)
         else:
             k2 = k3 = torch.zeros_like(scale)
         dx = k.norm_act_backward_apply(gy, x, scale, shift, mean, invstd, scale, k2, k3, act, slope, **kw)
