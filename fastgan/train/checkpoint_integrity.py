@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Optional
 
 import torch
@@ -103,16 +104,18 @@ def describe_unreadable(path: str, exc: BaseException) -> str:
         return "the file is empty (0 bytes)"
     with open(path, "rb") as f:
         head = f.read(512)
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's message carries terminal colour codes
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    unsupported = [ln for ln in lines if "Unsupported global" in ln]
+    if unsupported and (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        # a readable torch / pickle file holding classes (a whole nn.Module, ...)
+        return ("it holds pickled Python objects, not a fastgan training checkpoint "
+                f"({unsupported[0][:160]}); checkpoints are loaded with weights_only=True, never unpickling code")
     if head.startswith(b"PK\x03\x04"):
         if _zip_is_truncated(path, size):
             return (f"it is truncated ({size} bytes; the end of its zip archive is missing: "
                     "the write was cut short or the copy is incomplete)")
         return f"it is a damaged torch file ({(lines or [type(exc).__name__])[0][:160]})"
-    unsupported = [ln for ln in lines if "Unsupported global" in ln or "Unsupported operand" in ln]
-    if head[:1] == b"\x80" and unsupported:
-        return ("it holds pickled Python objects, not a fastgan training checkpoint "
-                f"({unsupported[0][:160]}); checkpoints are loaded with weights_only=True, never unpickling code")
     if head[:1] == b"\x80":
         return f"it is a damaged or truncated pickle / legacy torch file ({(lines or [type(exc).__name__])[0][:160]})"
     if _looks_like_text(head):
