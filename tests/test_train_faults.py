@@ -143,6 +143,9 @@ def test_resume_falls_back_to_the_previous_good_checkpoint(tmp_path, capsys):
     last = load_checkpoint(str(ck / "last.pt"))
     assert last["step"] == 2 and load_checkpoint(str(ck / "last.prev.pt"))["step"] == 1
     _flip_tensor_byte(str(ck / "last.pt"), next(iter(last["generator"].values())))
+    with pytest.warns(UserWarning, match="falling back to the previous good checkpoint"):
+        assert load_generator(str(run)).checkpoint_step == 1  # `fastgan sample RUN_DIR` falls back too
+    assert (ck / "last.pt").exists()  # ... without moving anything
     capsys.readouterr()
     assert cli_main(args + ["--steps", "3", "--resume"]) == 0
     out = capsys.readouterr().out
