@@ -18,7 +18,7 @@ from fastgan.cli import main as cli_main
 from fastgan.data import DatasetUnavailableError, DataFileError, load_dataset
 from fastgan.train import ConfigError, Trainer, load_checkpoint, load_config, load_generator
 from fastgan.train import trainer as trainer_mod
-from fastgan.train.checkpoint import CheckpointError, save_checkpoint
+from fastgan.train.checkpoint import CheckpointError, load_resume_checkpoint, save_checkpoint
 from fastgan.train.config import TrainConfig, validate
 from fastgan.train.config_checks import check_against_data
 from fastgan.train.faults import is_out_of_memory
@@ -155,6 +155,16 @@ def test_resume_falls_back_to_the_previous_good_checkpoint(tmp_path, capsys):
     assert (ck / "last.damaged.pt").exists()  # kept for inspection, out of the rotation
     assert load_checkpoint(str(ck / "last.pt"))["step"] == 3
     assert load_checkpoint(str(ck / "last.prev.pt"))["step"] == 2
+    # killed between moving last.pt to .prev and renaming the new file into place: .prev, with a warning
+    os.unlink(ck / "last.pt")
+    messages = []
+    assert load_resume_checkpoint(str(run), log=messages.append)[1]["step"] == 2
+    assert messages == [f"fastgan: warning: checkpoint {ck / 'last.pt'} is missing (the run was stopped while "
+                        f"replacing it?); falling back to the previous good checkpoint {ck / 'last.prev.pt'}"]
+    (ck / "last.prev.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is missing .*; checkpoint .*last.prev.pt cannot be read: the file is "
+                                              "empty"):
+        load_resume_checkpoint(str(run))
 
 
 # ----------------------------------------------------------------------------

@@ -160,6 +160,8 @@ def load_resume_checkpoint(out_dir: str, log=print, quarantine: bool = True) -> 
     errors = []
     for path in (last, previous_path(last)):
         if not os.path.isfile(path):
+            if path == last and os.path.isfile(previous_path(last)):  # killed between rotating and replacing
+                errors.append(f"checkpoint {last} is missing (the run was stopped while replacing it?)")
             continue
         try:
             state = load_checkpoint(path)
@@ -175,7 +177,7 @@ def load_resume_checkpoint(out_dir: str, log=print, quarantine: bool = True) -> 
             log(f"fastgan: warning: {errors[0]}; falling back to the previous good checkpoint {path}{note}")
         return path, state
     if errors:
-        raise CheckpointError(errors[0])
+        raise CheckpointError("; ".join(errors))
     return None
 
 
