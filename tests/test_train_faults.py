@@ -401,6 +401,14 @@ REJECTED = [
     ("dcgan-mnist", ["swap_prob=0.5", "swap_every=500", "steps=100"], "swapping would never happen"),
     ("dcgan-mnist", ["eval_every=3", "log_every=2"], "run.eval_every: evaluations run at log points"),
     ("toy-ring8", ["upsample=pixelshuffle"], "model.upsample: 'pixelshuffle' applies to the DCGAN generator"),
+    ("toy-ring8", ["g_norm=vbn", "vbn_reference_size=1"], "tricks.vbn_reference_size: must be >= 2, got 1"),
+    ("toy-ring8", ["arch=dcgan"], "model.arch: 'dcgan' needs an image data set"),
+    ("dcgan-mnist", ["penalty=r1", "d_norm=layer", "clip_weights=0.01"], "weight clipping and a gradient penalty"),
+    ("dcgan-mnist", ["minibatch=stddev", "stddev_group=3"], "must be a multiple of the group size 3"),
+    ("dcgan-mnist", ["best_metric=eval_classifier_score"], "needs periodic evaluation (set run.eval_every)"),
+    ("dcgan-mnist", ["label_smoothing=0.1", "random_labels=true"], "both set targets; turn one off"),
+    ("dcgan-mnist", ["feature_matching_only=true"], "needs loss.feature_matching > 0"),
+    ("dcgan-mnist", ["image_size=48"], "DCGAN needs a power of two"),
     ("toy-ring8", ["g_norm=vbn", "compile_g=true"], "run.compile_g: not with model.g_norm='vbn'"),
 ]
 

@@ -729,8 +729,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           f"{m.stddev_group}")
     if r.compile_g and m.g_norm == "vbn":
         errors.append("run.compile_g: not with model.g_norm='vbn' (its reference pass switches the layers' mode)")
-    if "vbn" in (m.g_norm, m.d_norm) and t.vbn_reference_size < 2:
-        errors.append("tricks.vbn_reference_size: virtual batch norm needs a reference batch of >= 2")
+    # (a VBN reference batch of < 2: the field's minimum; < 2 packs for D: config_checks)
     if t.replay_size and t.replay_size < r.batch_size * t.replay_ratio:
         errors.append(f"tricks.replay_size: {t.replay_size} is smaller than the replayed part of a batch "
                       f"({r.batch_size} x {t.replay_ratio})")
