@@ -74,6 +74,11 @@ def load_checkpoint(path: str) -> dict:
                               ) from None
     if not isinstance(ckpt, dict) or "generator" not in ckpt:
         raise CheckpointError(f"{path} is not a fastgan checkpoint (no 'generator' entry)")
+    from .train.checkpoint_integrity import checksum_problem
+
+    problem = checksum_problem(ckpt)  # trainer checkpoints carry a checksum of their contents
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {problem}")
     return ckpt
 
 

