@@ -4,11 +4,12 @@ The module twin of ``nn.SyncBatchNorm`` (same constructor order, with
 ``process_group`` after ``track_running_stats``; same parameter and buffer
 names as ``nn.BatchNorm2d``, so state dicts load both ways) plus
 ``activation``, ``negative_slope`` and ``impl``.  Outside an initialised
-process group, or in a group of one, and in eval mode it is a plain
-``BatchNormAct``.  ``convert_sync(model)`` swaps every fused ``BatchNormAct``
-of a model for this module, keeping the very parameter and buffer objects
-(optimisers built before stay valid), like
-``nn.SyncBatchNorm.convert_sync_batchnorm``.
+process group, or in a group of one, and in eval mode (even without running
+statistics, as ``nn.SyncBatchNorm``) it is a plain ``BatchNormAct``: no
+collective runs, so one rank alone may sample in eval mode.
+``convert_sync(model)`` swaps every fused ``BatchNormAct`` of a model for
+this module, keeping the very parameter and buffer objects (optimisers built
+before stay valid), like ``nn.SyncBatchNorm.convert_sync_batchnorm``.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ class SyncBatchNormAct(_BatchNormAct):
         self.process_group = process_group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # as nn.SyncBatchNorm: no collective in eval mode (rank-0-only sampling)
+            return super().forward(x)
         self._check_input_dim(x)
         running_mean, running_var, use_batch_stats, factor = batch_norm_step(self)
         return sync_batch_norm_act(x, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor,

@@ -47,6 +47,7 @@ from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, l
                          save_checkpoint)
 from .config import TrainConfig, validate
 from .data import DataStream
+from .distributed import Distributed, NullLog
 from .logs import JsonlLog, plot_metrics, save_grid, save_toy_samples
 from .models import build_discriminator, build_generator, model_specs
 from .monitor import FailureMonitor, TrainingDiverged
@@ -117,6 +118,11 @@ class Trainer:
         self.cfg, self.log = cfg, log
         r, m, t, lo, o = cfg.run, cfg.model, cfg.tricks, cfg.loss, cfg.optim
         self.device = resolve_device(r.device)
+        self.dist = Distributed.from_env(self.device)  # under torchrun: one process per device
+        self.dist.check(cfg)
+        self.device = self.dist.local_device(self.device)
+        if not self.dist.is_main:
+            self.log = lambda *_: None  # rank 0 alone reports, writes samples, logs and checkpoints
         if r.threads:
             torch.set_num_threads(r.threads)
         if r.deterministic:
@@ -142,7 +148,7 @@ class Trainer:
             self.data_info = {"kind": "image", "dataset": d.dataset, "num_classes": self.dataset.num_classes,
                               "channels": self.dataset.channels, "image_size": d.image_size}
             self.mixture = None
-        self.stream = DataStream(self.dataset, r.batch_size, r.seed, self.device, workers=d.workers)
+        self.stream = self.dist.data_stream(self.dataset, r.batch_size, r.seed, self.device, workers=d.workers)
         self.scale_to_unit = not self.toy and not d.scale_inputs
         cl = r.channels_last == "on" or (r.channels_last == "auto" and self.device.type == "cpu")
         self.memory_format = torch.channels_last if (cl and not self.toy) else torch.contiguous_format
@@ -151,12 +157,14 @@ class Trainer:
         self.spec = model_specs(cfg, self.data_info)
         self.G = build_generator(self.spec["generator"]).to(self.device, memory_format=self.memory_format)
         self.D = build_discriminator(self.spec["discriminator"]).to(self.device, memory_format=self.memory_format)
+        self.G, self.D = self.dist.sync_batch_norm(self.G), self.dist.sync_batch_norm(self.D)
         self.num_classes = self.spec["generator"]["num_classes"]
         self.conditional = self.spec["discriminator"]["conditional"]
         self.g_vbn, self.d_vbn = has_vbn(self.G), has_vbn(self.D)
         # torch.compile of G for the training forward passes (G is never differentiated twice: the penalties
         # take D's gradient at detached inputs); the eager module keeps the weights and does the sampling.
-        self.G_train = torch.compile(self.G) if r.compile_g else self.G
+        self.G_train = torch.compile(self.dist.ddp(self.G)) if r.compile_g else self.dist.ddp(self.G)
+        self.D_train = self.dist.ddp(self.D)  # D's training forwards (the penalty's too) go through DDP
         self.opt_g = self._optimizer(self.G, o.optimizer_g, o.lr_g, 0.0)
         self.opt_d = self._optimizer(self.D, o.optimizer_d, o.lr_d, o.momentum_d)
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[r.amp]
@@ -204,12 +212,14 @@ class Trainer:
         self._resumed = resume is not None
         if resume is not None:
             self.load_state_dict(resume)
+        self.dist.sync_rng(self.device)
         os.makedirs(self.out, exist_ok=True)
         resume_step = self.step if self._resumed else None
-        self.metrics = JsonlLog(os.path.join(self.out, "metrics.jsonl"), resume_step)
-        self.events = JsonlLog(os.path.join(self.out, "events.jsonl"), resume_step)
+        log_cls = JsonlLog if self.dist.is_main else NullLog
+        self.metrics = log_cls(os.path.join(self.out, "metrics.jsonl"), resume_step)
+        self.events = log_cls(os.path.join(self.out, "events.jsonl"), resume_step)
         self.tb = None
-        if r.tensorboard:
+        if r.tensorboard and self.dist.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -291,6 +301,7 @@ class Trainer:
             loss.backward()
             gnorm = _grad_norm(model.parameters())
             finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm))
+            finite = self.dist.all_true(finite, self.device)
             if finite:
                 opt.step()
             else:
@@ -300,6 +311,7 @@ class Trainer:
         scaler.unscale_(opt)
         gnorm = _grad_norm(model.parameters())
         finite = bool(torch.isfinite(loss if watch is None else watch))
+        finite = self.dist.all_true(finite, self.device)
         if finite:
             scaler.step(opt)  # skipped by the scaler itself when the gradient overflowed
         else:
@@ -315,8 +327,10 @@ class Trainer:
         real, y_real = self.stream.next()
         real = self._prepare_real(real)
         n = real.shape[0]
-        z = sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device)
-        y_fake = sample_labels(n, self.num_classes, device=self.device) if self.num_classes else None
+        n_all = n * self.dist.world_size  # drawn for the global batch, this rank's share kept
+        z = self.dist.shard(sample_z(n_all, cfg.model.nz, cfg.model.z_dist, device=self.device))
+        y_fake = (self.dist.shard(sample_labels(n_all, self.num_classes, device=self.device))
+                  if self.num_classes else None)
         with self._autocast():
             swap = self.g_pool.draw() if self.g_pool is not None else None
             if swap is not None:
@@ -346,12 +360,12 @@ class Trainer:
             self._vbn_ref_d(self.D)
             yr, yf = self._labels_for_d(y_real), self._labels_for_d(y_fake_d)
             if t.separate_batches:
-                out_r, cls_r, _ = self.D.forward_all(real_in, yr)
-                out_f, cls_f, _ = self.D.forward_all(fake_in, yf)
+                out_r, cls_r, _ = self.D_train.forward_all(real_in, yr)
+                out_f, cls_f, _ = self.D_train.forward_all(fake_in, yf)
             else:
                 both = torch.cat([real_in, fake_in], 0)
                 yb = None if yr is None else torch.cat([yr, yf], 0)
-                out, cls, _ = self.D.forward_all(both, yb)
+                out, cls, _ = self.D_train.forward_all(both, yb)
                 out_r, out_f = out[:npk], out[npk:]
                 cls_r, cls_f = (None, None) if cls is None else (cls[:npk], cls[npk:])
             loss_adv = L.d_loss(lo.loss, out_r, out_f, t_real, t_fake)
@@ -363,7 +377,7 @@ class Trainer:
                 stats["aux_d"] = aux.detach()
                 stats["acc_cls_real"] = (cls_r.argmax(1) == y_real).float().mean().detach()
             if self.penalty is not None:
-                critic = (lambda x, y=None: self.D(x, y))
+                critic = (lambda x, y=None: self.D_train(x, y))
                 kw = dict(labels=yr) if yr is not None else {}
                 if self.scaler_d is not None:
                     kw["scaler"] = self.scaler_d
@@ -401,8 +415,9 @@ class Trainer:
             fake, y_fake = d_stats["_fake_live"], d_stats["_y_fake"]
             if fake is None:  # swapped G in the D step, or not reusable: draw anew
                 n = cfg.run.batch_size
-                z = sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device)
-                y_fake = sample_labels(n, self.num_classes, device=self.device) if self.num_classes else None
+                z = self.dist.shard(sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device))
+                y_fake = (self.dist.shard(sample_labels(n, self.num_classes, device=self.device))
+                          if self.num_classes else None)
                 self._vbn_ref_g(self.G)
                 fake = self.G_train(z, y_fake)
             swap = self.d_pool.draw() if self.d_pool is not None else None
@@ -458,6 +473,7 @@ class Trainer:
         self.step += 1
         out = {k: (v.item() if torch.is_tensor(v) else v) for k, v in {**d_stats, **g_stats}.items()
                if not k.startswith("_")}
+        out = self.dist.mean_stats(out, self.device)  # global-batch means: the same numbers on every rank
         out["d_steps"] = n_critic
         out["noise_std"] = self.noise_std(self.step - 1)
         if not (d_finite and g_stats["_finite"]):
@@ -495,7 +511,9 @@ class Trainer:
             g.train(was)
         return torch.cat(out, 0)
 
-    def write_samples(self) -> str:
+    def write_samples(self) -> Optional[str]:
+        if not self.dist.is_main:
+            return None
         os.makedirs(self.sample_dir, exist_ok=True)
         name = f"step_{self.step:06d}"
         with self._frozen_rng():
@@ -661,6 +679,8 @@ class Trainer:
 
     def save(self, periodic: bool = False) -> Optional[str]:
         """Write checkpoints/last.pt (and step_N.pt when ``periodic``); refuses non-finite weights."""
+        if not self.dist.is_main:
+            return None
         if not (_all_finite(self.G) and _all_finite(self.D)):
             self._write(f"[fastgan train] not writing a checkpoint at step {self.step}: the weights are not finite "
                         f"(the last good one stays: {self.last_good_checkpoint})")
@@ -730,16 +750,16 @@ class Trainer:
         start_step = self.step
         t0 = time.perf_counter()
         acc: dict[str, list] = {}
-        self._bar = tqdm(total=end, initial=self.step, desc="train", unit="step", disable=not r.progress,
-                         dynamic_ncols=True, file=sys.stderr)
+        self._bar = tqdm(total=end, initial=self.step, desc="train", unit="step",
+                         disable=not r.progress or not self.dist.is_main, dynamic_ncols=True, file=sys.stderr)
         last_row = {}
         try:
             while self.step < end:
-                if self._stop_reason:
-                    raise Interrupted(self._stop_reason)
+                if self.dist.any_true(bool(self._stop_reason), self.device):  # every rank stops at one step
+                    raise Interrupted(self._stop_reason or "SIGTERM on another rank")
                 stats = self.train_step()
                 self.monitor.check_step(self.step, stats)
-                for k, v in stats.items():
+                for k, v in stats.items() if self.dist.is_main else ():
                     if isinstance(v, (int, float)):
                         acc.setdefault(k, []).append(v)
                 elapsed = time.perf_counter() - t0
@@ -748,7 +768,7 @@ class Trainer:
                 if r.progress:
                     self._bar.set_postfix(loss_d=f"{stats['loss_d']:.3f}", loss_g=f"{stats['loss_g']:.3f}",
                                           img_s=f"{done * r.batch_size * cfg.optim.n_critic / elapsed:.0f}")
-                if self.step % r.log_every == 0 or self.step == end:
+                if (self.step % r.log_every == 0 or self.step == end) and self.dist.is_main:
                     row = {"step": self.step}
                     row.update({k: float(np.mean(v)) for k, v in acc.items()})
                     row.update(self.quality_proxy())
@@ -766,7 +786,7 @@ class Trainer:
                     self.monitor.check_log(self.step, row)
                     last_row = row
                     self._write(self._format_row(row, end))
-                if r.sample_every and self.step % r.sample_every == 0 and self.step != end:
+                if r.sample_every and self.step % r.sample_every == 0 and self.step != end and self.dist.is_main:
                     self.write_samples()
                     if r.plots:
                         plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png"))
@@ -790,12 +810,13 @@ class Trainer:
                     pass
         seconds = time.perf_counter() - t0
         paths = {}
-        if status != "diverged":
+        if status != "diverged" and self.dist.is_main:
             paths["samples"] = self.write_samples()
             ckpt = self.save(periodic=status == "done" and r.checkpoint_every > 0)
             if ckpt:
                 paths["checkpoint"] = ckpt
-        plot = plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png")) if r.plots else None
+        plot = (plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png"))
+                if r.plots and self.dist.is_main else None)
         if plot:
             paths["plot"] = plot
         paths["metrics"] = self.metrics.path
