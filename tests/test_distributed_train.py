@@ -1,7 +1,7 @@
 """`fastgan train` on 2 gloo processes equals the 1-process run of the same global batch.
 
-Tiny MLP on ring8, a few steps: synchronized batch norm in G and D (one mixed D batch), an EMA of G, and an
-R1 penalty through DDP (double backward); rank 0 alone writes checkpoints and logs; a 2-process checkpoint
+Tiny MLP on ring8, a few steps: synchronized batch norm in G and D (one mixed D batch), an EMA of G, and a
+WGAN-GP penalty through DDP (double backward) with the random per-sample tricks; rank 0 alone writes checkpoints and logs; a 2-process checkpoint
 resumes in 1 process exactly where a 1-process run would be.
 """
 import json
@@ -24,8 +24,10 @@ BASE = ["hidden=8", "depth=2", "nz=4", "batch_size=8", "toy_samples=256", "n_sam
 CONFIGS = {
     # batch norm in G and in D (mixed real + fake batch: SyncBatchNormAct on both), EMA of G
     "bn": ["d_norm=batch", "separate_batches=false", "ema=0.5", "steps=3"],
-    # a gradient penalty through DDP (autograd.grad(create_graph=True) on the DDP-wrapped critic), n_critic 2
-    "r1": ["d_norm=none", "penalty=r1", "n_critic=2", "steps=2"],
+    # a gradient penalty through DDP (autograd.grad(create_graph=True) on the DDP-wrapped critic), n_critic 2,
+    # and the per-sample random tricks (interpolation weights, instance noise, random / flipped labels)
+    "gp": ["d_norm=none", "penalty=wgan-gp", "n_critic=2", "steps=2", "instance_noise=0.1", "random_labels=true",
+           "label_flip=0.2"],
 }
 TOL = dict(atol=2e-5, rtol=1e-4)  # per-rank sums reduced in another order than one batch's sums
 
@@ -86,7 +88,7 @@ def test_two_processes_train_like_one(tmp_path):
         rows1, rows2 = _rows(tmp_path / f"{name}-1" / "metrics.jsonl"), _rows(tmp_path / f"{name}-2" / "metrics.jsonl")
         assert [r["step"] for r in rows2] == [r["step"] for r in rows1]
         for r1, r2 in zip(rows1, rows2):
-            for key in ("loss_d", "loss_g", "d_real", "d_fake") + (("penalty",) if name == "r1" else ()):
+            for key in ("loss_d", "loss_g", "d_real", "d_fake") + (("penalty",) if name == "gp" else ()):
                 assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-5), (name, r1["step"], key)
         assert sorted(os.listdir(tmp_path / f"{name}-2" / "checkpoints")) == ["last.pt"]
     # resume the 2-process checkpoint in one process: the same weights as 3 steps in one process

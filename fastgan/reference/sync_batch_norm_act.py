@@ -4,9 +4,9 @@ Each rank computes its (count, mean, M2) per channel; the rows of all ranks
 are gathered and merged exactly with Chan et al.'s parallel formula, so
 ranks may hold different batch sizes (an empty one included).  The gather
 is ``torch.distributed.nn.functional.all_reduce`` of a table in which each
-rank fills its own row: a collective whose backward is itself an all-reduce,
-so this reference is differentiable to any order (gloo has no differentiable
-all-gather: its reduce-scatter is missing).  Per-rank gradients follow
+rank fills its own row (``AllReduceSum``): a collective whose backward is
+itself an all-reduce, so this reference is differentiable to any order
+(torch's differentiable all-gather needs a reduce-scatter, which gloo lacks).  Per-rank gradients follow
 ``nn.SyncBatchNorm``'s convention: the input gradient is that of the sum of
 every rank's loss, weight and bias gradients are this rank's share (DDP
 averages them).
@@ -30,6 +30,24 @@ def group_size_and_rank(group) -> tuple[int, int]:
     return dist.get_world_size(group), dist.get_rank(group)
 
 
+class AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks; its backward is the same all-reduce of the gradients, so it is differentiable to
+    any order (``torch.distributed.nn.functional.all_reduce`` does the same but is deprecated)."""
+
+    @staticmethod
+    def forward(ctx, t, group):
+        import torch.distributed as dist
+
+        ctx.group = group
+        t = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(t, group=group)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad):
+        return AllReduceSum.apply(grad, ctx.group), None
+
+
 def gather_rows(row: torch.Tensor, group=None, differentiable: bool = True) -> torch.Tensor:
     """(world, *row.shape): every rank's ``row``, as an all-reduce of a table holding this rank's row only."""
     import torch.distributed as dist
@@ -38,9 +56,7 @@ def gather_rows(row: torch.Tensor, group=None, differentiable: bool = True) -> t
     zero = torch.zeros_like(row)
     table = torch.stack([row if r == rank else zero for r in range(world)])
     if differentiable:
-        import torch.distributed.nn.functional as dist_fn
-
-        return dist_fn.all_reduce(table, group=group if group is not None else dist.group.WORLD)
+        return AllReduceSum.apply(table, group)
     table = table.contiguous()
     dist.all_reduce(table, group=group)
     return table

@@ -28,6 +28,7 @@ a world of one and every method is the identity.
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import warnings
 from typing import Optional
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from .data import DataStream
+from .tricks import add_instance_noise
 
 
 class ShardedDataStream(DataStream):
@@ -82,8 +84,10 @@ class DDPModule:
         self.module = module
         # broadcast_buffers=False: the running statistics of synchronized batch norms agree on every rank
         # already, and the other buffers (spectral-norm vectors) follow identical updates.
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        no_buffer_sync = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
         self.ddp = DistributedDataParallel(_Dispatch(module), device_ids=[device.index] if device.type == "cuda"
-                                           else None, broadcast_buffers=False)
+                                           else None, **no_buffer_sync)
 
     def __call__(self, *args, **kwargs):
         return self.ddp("forward", *args, **kwargs)
@@ -215,6 +219,26 @@ class Distributed:
         if t is None or not self.enabled:
             return t
         return t[self.rank::self.world_size]
+
+    def add_instance_noise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """``tricks.add_instance_noise`` with the noise drawn for the global batch (in x's memory format) and
+        this rank's rows kept: every rank's noise differs, and equals the one-process run's."""
+        if not self.enabled or sigma <= 0:
+            return add_instance_noise(x, sigma)
+        fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format
+        big = torch.empty((x.shape[0] * self.world_size, *x.shape[1:]), dtype=x.dtype, device=x.device,
+                          memory_format=fmt)
+        return x + sigma * self.shard(torch.randn_like(big))
+
+    def penalty_kwargs(self, penalty, kind: str, real: torch.Tensor) -> dict:
+        """The interpolation weights of a due wgan-gp / wgan-lp penalty drawn for the global batch (the draw
+        ``gradient_penalty`` would make, at the same point of the RNG stream), this rank's share passed as
+        ``epsilon``.  DRAGAN's perturbation is drawn per rank (docs/distributed.md)."""
+        if not self.enabled or kind not in ("wgan-gp", "wgan-lp") or not penalty.due():
+            return {}
+        dtype = torch.float64 if real.dtype == torch.float64 else torch.float32
+        return {"epsilon": self.shard(torch.rand(real.shape[0] * self.world_size, device=real.device, dtype=dtype))}
 
     def _reduce(self, values: list[float], device: torch.device, op) -> list[float]:
         import torch.distributed as dist

@@ -278,7 +278,7 @@ class Trainer:
         return instance_noise_std(self.step if step is None else step, t.instance_noise, decay)
 
     def _d_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return pack(add_instance_noise(x, sigma), self.cfg.tricks.pack)
+        return pack(self.dist.add_instance_noise(x, sigma), self.cfg.tricks.pack)
 
     def _labels_for_d(self, y):
         return y if self.conditional != "none" else None
@@ -354,8 +354,9 @@ class Trainer:
             smooth = dict(smoothing=t.label_smoothing, random=t.random_labels, real_range=t.real_label_range,
                           fake_range=t.fake_label_range, flip=t.label_flip, device=self.device)
             targets_on = lo.loss in L.WITH_TARGETS and (t.label_smoothing > 0 or t.random_labels or t.label_flip > 0)
-            t_real = d_targets(npk, True, **smooth) if targets_on else None
-            t_fake = d_targets(npk, False, **smooth) if targets_on else None
+            w = self.dist.world_size  # targets drawn for the global batch, this rank's share kept
+            t_real = self.dist.shard(d_targets(npk * w, True, **smooth)) if targets_on else None
+            t_fake = self.dist.shard(d_targets(npk * w, False, **smooth)) if targets_on else None
 
             self._vbn_ref_d(self.D)
             yr, yf = self._labels_for_d(y_real), self._labels_for_d(y_fake_d)
@@ -381,6 +382,7 @@ class Trainer:
                 kw = dict(labels=yr) if yr is not None else {}
                 if self.scaler_d is not None:
                     kw["scaler"] = self.scaler_d
+                kw.update(self.dist.penalty_kwargs(self.penalty, lo.penalty, real_in))
                 gp = self.penalty(critic, real_in, fake_in, impl=cfg.model.impl, **kw)
                 if gp is not None:
                     loss = loss + gp
