@@ -24,11 +24,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, fn, world_size, port, args):
+def _worker(rank, fn, world_size, port, backend, args):
     torch.set_num_threads(1)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
     try:
         fn(rank, world_size, *args)
         dist.barrier()
@@ -36,10 +38,11 @@ def _worker(rank, fn, world_size, port, args):
         dist.destroy_process_group()
 
 
-def run_distributed(fn, world_size: int = 2, *args, timeout: float = 120.0) -> None:
-    """``fn(rank, world_size, *args)`` in ``world_size`` processes of one gloo group; raises on failure."""
-    ctx = mp.start_processes(_worker, args=(fn, world_size, free_port(), args), nprocs=world_size, join=False,
-                             start_method="fork")
+def run_distributed(fn, world_size: int = 2, *args, timeout: float = 120.0, backend: str = "gloo") -> None:
+    """``fn(rank, world_size, *args)`` in ``world_size`` processes of one process group (gloo on CPU; nccl:
+    rank r on cuda:r, spawned since CUDA cannot be forked); raises on failure."""
+    ctx = mp.start_processes(_worker, args=(fn, world_size, free_port(), backend, args), nprocs=world_size,
+                             join=False, start_method="spawn" if backend == "nccl" else "fork")
     deadline = time.monotonic() + timeout
     try:
         while not ctx.join(timeout=max(0.1, min(5.0, deadline - time.monotonic()))):

@@ -1,4 +1,6 @@
 """SyncBatchNormAct: 2 gloo processes against one process running BatchNormAct on the concatenated batch."""
+import zlib
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -7,7 +9,6 @@ from torch import nn
 import fastgan
 from fastgan import _backend
 from fastgan.nn import BatchNormAct2d, SyncBatchNormAct1d, SyncBatchNormAct2d, convert_sync
-from fastgan.ops.sync_batch_norm_act import SYNC_DOUBLE_BACKWARD_MESSAGE
 
 from _distributed import run_distributed
 from _tolerances import assert_close
@@ -21,48 +22,54 @@ def _fast_impls():
     return ["triton"] if _backend.interpreter_enabled() else []
 
 
-def _case(impl, sizes, rank, world):
+def _summed(t):
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t
+
+
+def _case(impl, sizes, rank, world, device="cpu"):
     """One rank's share of a global problem drawn from one seed on every rank; compares with one process."""
-    g = torch.Generator().manual_seed(hash((impl, tuple(sizes))) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(f"{impl} {sizes}".encode()))  # the same on every rank
     n = sum(sizes)
-    xs = [torch.randn(n, C, H, W, generator=g) * 2 + 1 for _ in range(2)]
-    gys = [torch.randn(n, C, H, W, generator=g) for _ in range(2)]
-    v = torch.randn(n, C, H, W, generator=g)
+    xs = [(torch.randn(n, C, H, W, generator=g) * 2 + 1).to(device) for _ in range(2)]
+    gys = [torch.randn(n, C, H, W, generator=g).to(device) for _ in range(2)]
+    v = torch.randn(n, C, H, W, generator=g).to(device)
     lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
     name = f"{impl} sizes {sizes} rank {rank}"
 
     single = BatchNormAct2d(C, momentum=0.3, impl="ref")
     with torch.no_grad():
-        single.weight.uniform_(0.5, 1.5), single.bias.normal_()
-    synced = convert_sync(BatchNormAct2d(C, momentum=0.3, impl=impl))
+        single.weight.uniform_(0.5, 1.5, generator=g), single.bias.normal_(generator=g)
+    single.to(device)
+    synced = convert_sync(BatchNormAct2d(C, momentum=0.3, impl=impl)).to(device)
     synced.load_state_dict(single.state_dict())
     assert isinstance(synced, SyncBatchNormAct2d)
+    alpha = torch.randn(C, generator=g).to(device)  # cotangent of dweight: the same on every rank
     for step, (x, gy) in enumerate(zip(xs, gys)):
-        x_all = x.clone().requires_grad_()
+        x_all, gy_all = x.clone().requires_grad_(), gy.clone().requires_grad_()
         y_all = single(x_all)
-        dx_all, dw_all, db_all = torch.autograd.grad((y_all * gy).sum(), (x_all, single.weight, single.bias),
-                                                     create_graph=impl == "ref")
-        x_loc = x[lo:hi].clone().requires_grad_()
+        dx_all, dw_all, db_all = torch.autograd.grad(y_all, (x_all, single.weight, single.bias), gy_all,
+                                                     create_graph=True)
+        x_loc, gy_loc = x[lo:hi].clone().requires_grad_(), gy[lo:hi].clone().requires_grad_()
         y_loc = synced(x_loc)
-        dx, dw, db = torch.autograd.grad((y_loc * gy[lo:hi]).sum(), (x_loc, synced.weight, synced.bias),
-                                         create_graph=True)
+        dx, dw, db = torch.autograd.grad(y_loc, (x_loc, synced.weight, synced.bias), gy_loc, create_graph=True)
         assert_close(y_loc, y_all[lo:hi], name=f"{name} step {step}: y")
         assert_close(dx, dx_all[lo:hi], name=f"{name} step {step}: dx")
         # weight / bias get each rank's share (DDP averages them): their sum is the single-process gradient
         for got, want, what in ((dw, dw_all, "dweight"), (db, db_all, "dbias")):
-            total = got.detach().clone()
-            dist.all_reduce(total)
-            assert_close(total, want, name=f"{name} step {step}: {what}")
-        if impl == "ref":  # double backward through the differentiable collectives
-            gg_all = torch.autograd.grad((dx_all * v).sum(), (x_all, single.weight))
-            gg = torch.autograd.grad((dx * v[lo:hi]).sum(), (x_loc, synced.weight))
-            assert_close(gg[0], gg_all[0][lo:hi], name=f"{name}: double backward wrt x")
-            total = gg[1].clone()
-            dist.all_reduce(total)
-            assert_close(total, gg_all[1], name=f"{name}: double backward wrt weight")
-        else:
-            with pytest.raises(RuntimeError, match="first derivatives only"):
-                torch.autograd.grad((dx * v[lo:hi]).sum(), x_loc)
+            assert_close(_summed(got), want, name=f"{name} step {step}: {what}")
+        # double backward (a gradient penalty's): the sum over ranks of <v, dx> + <alpha, dw> is the
+        # single-process one, so its gradients are the single-process ones (x, gy) or sum to them (weight)
+        gg_all = torch.autograd.grad((dx_all * v).sum() + (dw_all * alpha).sum(), (x_all, gy_all, single.weight))
+        gg = torch.autograd.grad((dx * v[lo:hi]).sum() + (dw * alpha).sum(), (x_loc, gy_loc, synced.weight),
+                                 create_graph=impl != "ref")
+        assert_close(gg[0], gg_all[0][lo:hi], name=f"{name} step {step}: double backward wrt x")
+        assert_close(gg[1], gg_all[1][lo:hi], name=f"{name} step {step}: double backward wrt gy")
+        assert_close(_summed(gg[2]), gg_all[2], name=f"{name} step {step}: double backward wrt weight")
+        if impl != "ref" and hi > lo:  # a third derivative raises instead of returning wrong zeros
+            with pytest.raises(RuntimeError, match="first and second derivatives only"):
+                torch.autograd.grad(gg[0].sum(), x_loc)
     for buf in ("running_mean", "running_var", "num_batches_tracked"):
         assert_close(getattr(synced, buf).float(), getattr(single, buf).float(), name=f"{name}: {buf}")
     # eval mode: running statistics, no collective
@@ -70,10 +77,14 @@ def _case(impl, sizes, rank, world):
     assert_close(synced(xs[0][lo:hi]), single(xs[0])[lo:hi], name=f"{name}: eval")
 
 
-def _sync_bn_worker(rank, world, impls):
+def _sync_bn_worker(rank, world, impls, device="cpu"):
+    device = f"cuda:{rank}" if device == "cuda" else device
     for impl in impls:
-        for sizes in ([2, 2], [3, 1], [3, 0]):  # equal, unequal, one rank empty
-            _case(impl, sizes, rank, world)
+        # equal, unequal, one rank empty (the interpreter is slow: unequal covers equal there)
+        for sizes in ([2, 2], [3, 1], [3, 0]) if impl == "ref" else ([3, 1], [3, 0]):
+            _case(impl, sizes, rank, world, device)
+    if device != "cpu":
+        return
     # 1d variant on (N, C) with the world's default impl
     g = torch.Generator().manual_seed(7)
     x = torch.randn(5, 4, generator=g)
@@ -90,9 +101,10 @@ def test_sync_bn_two_processes_match_one_process_on_the_concatenated_batch():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="nccl variant needs 2 CUDA GPUs")
-def test_sync_bn_nccl():  # pragma: no cover - GPU suite
-    pytest.skip("the nccl variant runs under torchrun in the GPU suite; see docs/distributed.md")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the nccl variant needs 2 CUDA GPUs")
+@pytest.mark.parametrize("impl", ["triton", "cuda"])
+def test_sync_bn_nccl_two_gpus(impl):  # pragma: no cover - GPU suite
+    run_distributed(_sync_bn_worker, 2, [impl], "cuda", timeout=300, backend="nccl")
 
 
 # ------------------------------------------------------------------ one process: fallbacks and conversion
@@ -136,4 +148,3 @@ def test_op_rejects_bad_arguments():
         fastgan.ops.sync_batch_norm_act(torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="weight must have 3"):
         fastgan.ops.sync_batch_norm_act(torch.randn(2, 3), weight=torch.ones(2))
-    assert "impl='ref'" in SYNC_DOUBLE_BACKWARD_MESSAGE

@@ -12,9 +12,11 @@ with the global group size.  dx is the gradient of the sum of every rank's
 loss; weight and bias get this rank's share (DDP then averages them), which
 is ``nn.SyncBatchNorm``'s convention.
 
-Double backward: the fused path raises (``SYNC_DOUBLE_BACKWARD_MESSAGE``);
-``impl="ref"`` is built on differentiable collectives and supports it
-(``docs/distributed.md``).
+Double backward (gradient penalties): the family's double-backward algebra
+with its per-channel sums all-reduced (one collective); a third derivative
+raises, as everywhere in fastgan.  ``impl="ref"`` is built on
+differentiable collectives and is differentiable to any order.  Every rank
+must run each backward pass that reaches the op (they hold collectives).
 
 Outside an initialised process group, or in a group of one, the op is plain
 ``batch_norm_act`` (``nn.SyncBatchNorm`` behaves the same way).
@@ -23,23 +25,20 @@ from __future__ import annotations
 
 from typing import Optional
 
+import functools
+
 import torch
 
 from .. import _backend, reference
 from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.sync_batch_norm_act import (gather_rows, merge_moments, update_running_stats_global)
+from ._autograd import last_derivative
 from ._layout import kernel_layout, like
 from ._norm_act import affine_tables
 from .batch_norm_act import batch_norm_act
 
-__all__ = ["sync_batch_norm_act", "is_synchronized", "SYNC_DOUBLE_BACKWARD_MESSAGE"]
-
-SYNC_DOUBLE_BACKWARD_MESSAGE = (
-    "sync_batch_norm_act: the fused (triton / cuda) synchronized batch norm supports first derivatives only; "
-    "a double backward (e.g. a gradient penalty through a SyncBatchNormAct) needs impl='ref', whose "
-    "differentiable collectives support it (see docs/distributed.md)")
-
+__all__ = ["sync_batch_norm_act", "is_synchronized"]
 
 def is_synchronized(process_group=None) -> bool:
     """Whether statistics would be reduced across processes: an initialised group of more than one rank."""
@@ -88,7 +87,7 @@ class SyncNormActFn(torch.autograd.Function):
 
 
 class SyncNormActBackwardFn(torch.autograd.Function):
-    """(gy, x, weight, bias) -> (dx, dw, db); its own backward raises (no fused double backward)."""
+    """(gy, x, weight, bias) -> (dx, dw, db) with group-wide sums; differentiable once more."""
 
     @staticmethod
     def forward(ctx, gy, x, weight, bias, mean, invstd, total, act, slope, backend, group):
@@ -106,11 +105,56 @@ class SyncNormActBackwardFn(torch.autograd.Function):
         k3 = -invstd * w * sums[1] / m
         dx = torch.empty_like(x) if empty else k.norm_act_backward_apply(gy, x, scale, shift, mean, invstd, scale,
                                                                           k2, k3, act, slope)
+        ctx.save_for_backward(gy, x, weight, bias, mean, invstd, total)
+        ctx.config = (act, slope, backend, group)
         return dx, r_gx, r_g
 
     @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(SYNC_DOUBLE_BACKWARD_MESSAGE)
+    def backward(ctx, u, alpha, beta):
+        gy, x, weight, bias, mean, invstd, total = ctx.saved_tensors
+        ggy, ggx, grad_w = last_derivative(functools.partial(_sync_double_backward, ctx.config), u, alpha, beta,
+                                           gy, x, weight, bias, mean, invstd, total)
+        grad_weight = grad_w.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+        # bias only moves the activation's kink: its second derivative is zero almost everywhere.
+        grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[3] else None
+        return (ggy, ggx, grad_weight, grad_bias) + (None,) * 7
+
+
+def _sync_double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd, total):
+    """``_norm_act._double_backward`` for batch norm across ranks: u, alpha, beta = grads wrt dx, dw, db.
+
+    The algebra (docs/norm_act_double_backward.md) needs sums over the whole
+    batch: this rank's five kernel sums, and its sums of alpha * R (alpha
+    may differ per rank: dw is this rank's share), are all-reduced in one
+    collective; M is the global count.  grad wrt weight is this rank's share,
+    as in the first backward."""
+    act, slope, backend, group = config
+    scale, shift, w = affine_tables(mean, invstd, weight, bias)
+    r = invstd
+    empty = x.numel() == 0
+    u = torch.zeros_like(x) if u is None else like(u, x)
+    alpha = torch.zeros_like(w) if alpha is None else alpha.to(r.dtype)
+    beta = torch.zeros_like(w) if beta is None else beta.to(r.dtype)
+    if empty:
+        r_g = r_gx = r_u = r_ux = r_gu = torch.zeros_like(scale)
+    else:
+        k = _backend.kernels(backend, "batch_norm_act")
+        r_g, r_gx, r_u, r_ux, r_gu = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope)
+    rows = torch.stack([r_g, r_gx, r_u, r_ux, r_gu, alpha * r_g, alpha * r_gx])
+    s_g, s_gx, s_u, s_ux, s_gu, s_ag, s_agx = _all_reduce_sum(rows, group).unbind(0)
+    m = total.to(scale.dtype)
+    a2 = beta - scale * s_u / m
+    c_g = alpha - scale * s_ux / m  # also the coefficient a3 of ggy
+    c_u = r * w * s_gx / m
+    sum_big_g = s_ag - scale * s_ux * s_g / m - c_u * s_u  # sum and xhat-moment of G = dL/dxhat, all ranks
+    sum_big_gx = s_agx - scale * s_ux * s_gx / m - c_u * s_ux
+    g_r = w * (s_gu - s_g * s_u / m - s_gx * s_ux / m)  # dL/dr
+    grad_w = r * (r_gu - s_u * r_g / m - s_ux * r_gx / m)  # this rank's share
+    coef = (scale, a2, c_g, r * c_g, -r * c_u, -r * sum_big_g / m, -(r * sum_big_gx + r * r * g_r) / m)
+    if empty:
+        return torch.empty_like(gy), torch.empty_like(x), grad_w
+    ggx, ggy = k.norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, *coef, act, slope)
+    return ggy, ggx, grad_w
 
 
 def _check(x, running_mean, running_var, weight, bias, training, momentum, eps):
@@ -142,7 +186,7 @@ def sync_batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = 
     must call it (and backpropagate through it) in the same order.  With
     ``training=False`` (running statistics), outside an initialised process
     group or in a group of one rank it is ``batch_norm_act``.  Differentiable
-    once on the fused backends, to any order with ``impl="ref"``.
+    twice on the fused backends, to any order with ``impl="ref"``.
     """
     _check(x, running_mean, running_var, weight, bias, training, momentum, eps)
     use_batch_stats = bool(training) or running_mean is None
