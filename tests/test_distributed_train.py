@@ -131,3 +131,20 @@ def test_configurations_that_cannot_be_split_are_rejected():
     msg = str(err.value)
     assert "run.batch_size is the global batch: 10 must be a multiple of the world size 4" in msg
     assert "vbn" in msg
+
+
+def test_every_batch_norm_is_synchronized_keeping_its_parameters():
+    from torch import nn
+
+    from fastgan.nn import BatchNormAct2d, PixelShuffleUpsample, SyncBatchNormAct
+
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Sequential(BatchNormAct2d(3)),
+                          PixelShuffleUpsample(3, 2, norm="batch"))
+    params = dict(model.named_parameters())
+    with pytest.warns(RuntimeWarning, match="per-rank statistics"):
+        synced = Distributed(rank=1, world_size=2).sync_batch_norm(model)
+    assert isinstance(synced[1], SyncBatchNormAct) and synced[1].impl == "ref"  # plain BN on CPU: the reference
+    assert isinstance(synced[2][0], SyncBatchNormAct)
+    assert type(synced[3].norm) is nn.BatchNorm2d  # read by the fused pixel-shuffle kernel: left alone
+    assert all(p is params[k] for k, p in synced.named_parameters())
+    assert Distributed().sync_batch_norm(model) is model

@@ -128,6 +128,9 @@ class Distributed:
             return cls()
         if not dist.is_available():
             raise RuntimeError("WORLD_SIZE > 1 but this torch has no torch.distributed")
+        if "RANK" not in os.environ:
+            raise ValueError(f"WORLD_SIZE={world} but RANK is not set: launch with torchrun, or set RANK, "
+                             "LOCAL_RANK, MASTER_ADDR and MASTER_PORT for every process")
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":
             torch.cuda.set_device(local)
