@@ -1,8 +1,8 @@
 """`fastgan train` on 2 gloo processes equals the 1-process run of the same global batch.
 
 Tiny MLP on ring8, a few steps: synchronized batch norm in G and D (one mixed D batch), an EMA of G, and a
-WGAN-GP penalty through DDP (double backward) with the random per-sample tricks; rank 0 alone writes checkpoints and logs; a 2-process checkpoint
-resumes in 1 process exactly where a 1-process run would be.
+WGAN-GP penalty through DDP (double backward) with the random per-sample tricks; rank 0 alone writes
+checkpoints and logs; a 2-process checkpoint resumes in 1 process exactly where a 1-process run would be.
 """
 import json
 import os
@@ -16,8 +16,8 @@ from fastgan.train.distributed import Distributed, ShardedDataStream
 
 from _distributed import run_distributed
 
-BASE = ["hidden=8", "depth=2", "nz=4", "batch_size=8", "toy_samples=256", "n_samples=2", "progress=false",
-        "threads=1", "impl=ref", "log_every=1", "sample_every=0", "checkpoint_every=0", "plots=false",
+BASE = ["device=cpu", "hidden=8", "depth=2", "nz=4", "batch_size=8", "toy_samples=256", "n_samples=2",
+        "progress=false", "threads=1", "impl=ref", "log_every=1", "sample_every=0", "checkpoint_every=0", "plots=false",
         # SGD, not Adam: Adam turns float-noise gradients (parameters whose true gradient is 0, e.g. G's output
         # bias in front of D's batch norm) into steps of size lr, whose sign is the noise's
         "optimizer_g=sgd", "optimizer_d=sgd", "lr_g=0.05", "lr_d=0.05"]
@@ -100,6 +100,23 @@ def test_two_processes_train_like_one(tmp_path):
     straight.train()
     _close(resumed.G.state_dict(), straight.G.state_dict(), "resumed G")
     _close(resumed.D.state_dict(), straight.D.state_dict(), "resumed D")
+
+
+def _gpu_train_worker(rank, world, root):
+    tr = Trainer(_cfg(os.path.join(root, "bn-2"), "bn", "device=cuda", "impl=auto"), log=lambda s: None)
+    assert tr.device == torch.device("cuda", rank)
+    tr.train()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the nccl variant needs 2 CUDA GPUs")
+def test_two_gpus_train_like_one(tmp_path):  # pragma: no cover - GPU suite
+    run_distributed(_gpu_train_worker, 2, str(tmp_path), timeout=300, backend="nccl")
+    one = Trainer(_cfg(tmp_path / "bn-1", "bn", "device=cuda", "impl=auto"), log=lambda s: None)
+    one.train()
+    two = load_checkpoint(str(tmp_path / "bn-2" / "checkpoints" / "last.pt"), map_location="cuda:0")
+    _close(two["generator"], one.G.state_dict(), "nccl: G")
+    _close(two["discriminator"], one.D.state_dict(), "nccl: D")
 
 
 def test_one_process_is_not_distributed(tmp_path):
