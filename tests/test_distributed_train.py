@@ -52,6 +52,19 @@ def _train_worker(rank, world, root):
         assert summary["status"] == "done"
     # stop after 2 of 3 steps: a checkpoint to resume with one process
     Trainer(_cfg(os.path.join(root, "resume"), "bn"), log=lambda s: None).train(stop_after=2)
+    # a stop request (SIGTERM) on rank 1 alone stops both ranks after the same step
+    tr = Trainer(_cfg(os.path.join(root, "stop"), "bn"), log=lambda s: None)
+    if rank == 1:
+        step = tr.train_step
+
+        def step_then_sigterm():
+            out = step()
+            tr._stop_reason = "SIGTERM"
+            return out
+
+        tr.train_step = step_then_sigterm
+    summary = tr.train()
+    assert summary["status"] == "interrupted" and summary["step"] == 1, summary
     with open(os.path.join(root, f"saves.{rank}.json"), "w") as f:
         json.dump(saves, f)
 
@@ -74,7 +87,8 @@ def test_two_processes_train_like_one(tmp_path):
     run_distributed(_train_worker, 2, str(tmp_path), timeout=150)
     # rank 0 alone wrote checkpoints; each run ended with one last.pt
     saves = [json.load(open(tmp_path / f"saves.{r}.json")) for r in range(2)]
-    assert saves[1] == [] and len(saves[0]) == 3
+    assert saves[1] == [] and len(saves[0]) == 4
+    assert load_checkpoint(str(tmp_path / "stop" / "checkpoints" / "last.pt"))["step"] == 1
     for name in CONFIGS:
         one = Trainer(_cfg(tmp_path / f"{name}-1", name), log=lambda s: None)
         one.train()
