@@ -266,6 +266,14 @@ class Distributed:
 
         return self._reduce([1.0 if flag else 0.0], device, dist.ReduceOp.MAX)[0] > 0.5
 
+    def stop_reason(self, reason: Optional[str], device: torch.device) -> Optional[str]:
+        """This rank's stop request, or one standing for another rank's: every rank stops after the same step
+        (one collective per step, so every rank calls it every step)."""
+        if not self.enabled:
+            return reason
+        anyone = self.any_true(bool(reason), device)
+        return reason or ("a stop request (SIGTERM) on another rank" if anyone else None)
+
     def mean_stats(self, stats: dict, device: torch.device) -> dict:
         """The float entries of a step's statistics averaged over the ranks (global-batch means)."""
         if not self.enabled:

@@ -46,10 +46,11 @@ from . import losses as L
 from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_resume_checkpoint, restore_rng,
                          save_checkpoint)
 from .config import TrainConfig, validate
-from .distributed import Distributed, NullLog
+from .data import DataStream  # noqa: F401 - kept for importers; the stream comes from self.dist.data_stream
 from .logs import JsonlLog, plot_metrics, save_grid, save_toy_samples
 from .models import build_discriminator, build_generator, model_specs
 from .monitor import FailureMonitor, TrainingDiverged
+from .distributed import Distributed, NullLog
 from .tricks import (EMA, HistoricalAverage, ReplayBuffer, SnapshotPool, add_instance_noise, d_targets,
                      instance_noise_std, pack, sample_labels, sample_z, slerp_grid)
 
@@ -756,8 +757,9 @@ class Trainer:
         last_row = {}
         try:
             while self.step < end:
-                if self.dist.any_true(bool(self._stop_reason), self.device):  # every rank stops at one step
-                    raise Interrupted(self._stop_reason or "SIGTERM on another rank")
+                self._stop_reason = self.dist.stop_reason(self._stop_reason, self.device)  # all ranks stop together
+                if self._stop_reason:
+                    raise Interrupted(self._stop_reason)
                 stats = self.train_step()
                 self.monitor.check_step(self.step, stats)
                 for k, v in stats.items() if self.dist.is_main else ():
@@ -811,7 +813,7 @@ class Trainer:
                     pass
         seconds = time.perf_counter() - t0
         paths = {}
-        if status != "diverged" and self.dist.is_main:
+        if status != "diverged":
             paths["samples"] = self.write_samples()
             ckpt = self.save(periodic=status == "done" and r.checkpoint_every > 0)
             if ckpt:
@@ -825,7 +827,7 @@ class Trainer:
             self.tb.close()
         steps_done = self.step - start_step
         self.log(f"fastgan train: {status} at step {self.step} ({steps_done} steps in {seconds:.1f}s, "
-                 f"{steps_done / max(seconds, 1e-9):.2f} steps/s); wrote {', '.join(paths.values())}")
+                 f"{steps_done / max(seconds, 1e-9):.2f} steps/s); wrote {', '.join(p for p in paths.values() if p)}")
         return {"status": status, "step": self.step, "steps": steps_done, "seconds": seconds, "paths": paths,
                 "final": last_row, "events": list(self.monitor.events)}
 
