@@ -46,7 +46,7 @@ from . import losses as L
 from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_resume_checkpoint, restore_rng,
                          save_checkpoint)
 from .config import TrainConfig, validate
-from .data import DataStream  # noqa: F401
+from .data import DataStream
 from .logs import JsonlLog, plot_metrics, save_grid, save_toy_samples
 from .models import build_discriminator, build_generator, model_specs
 from .monitor import FailureMonitor, TrainingDiverged
