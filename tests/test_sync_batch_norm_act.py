@@ -28,15 +28,21 @@ def _summed(t):
     return t
 
 
-def _case(impl, sizes, rank, world, device="cpu"):
+def _case(impl, sizes, rank, world, device="cpu", dtype=torch.float32, channels_last=False):
     """One rank's share of a global problem drawn from one seed on every rank; compares with one process."""
     g = torch.Generator().manual_seed(zlib.crc32(f"{impl} {sizes}".encode()))  # the same on every rank
     n = sum(sizes)
-    xs = [(torch.randn(n, C, H, W, generator=g) * 2 + 1).to(device) for _ in range(2)]
-    gys = [torch.randn(n, C, H, W, generator=g).to(device) for _ in range(2)]
-    v = torch.randn(n, C, H, W, generator=g).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def draw(scale=1.0, shift=0.0):
+        t = torch.randn(n, C, H, W, generator=g) * scale + shift
+        return t.to(device, dtype).contiguous(memory_format=fmt)
+
+    xs = [draw(2.0, 1.0) for _ in range(2)]
+    gys = [draw() for _ in range(2)]
+    v = draw()
     lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
-    name = f"{impl} sizes {sizes} rank {rank}"
+    name = f"{impl} sizes {sizes} {dtype} {'NHWC' if channels_last else 'NCHW'} rank {rank}"
 
     single = BatchNormAct2d(C, momentum=0.3, impl="ref")
     with torch.no_grad():
@@ -83,6 +89,7 @@ def _sync_bn_worker(rank, world, impls, device="cpu"):
         # equal, unequal, one rank empty (the interpreter is slow: unequal covers equal there)
         for sizes in ([2, 2], [3, 1], [3, 0]) if impl == "ref" else ([3, 1], [3, 0]):
             _case(impl, sizes, rank, world, device)
+        _case(impl, [3, 1], rank, world, device, torch.bfloat16, channels_last=True)
     if device != "cpu":
         return
     # 1d variant on (N, C) with the world's default impl
