@@ -113,14 +113,19 @@ def _convert_fx(model: nn.Module, impl: str):
     return gm
 
 
-def convert(model: nn.Module, impl: str = "auto") -> nn.Module:
+def convert(model: nn.Module, impl: str = "auto", sync: bool = False, process_group=None) -> nn.Module:
     """Fuse every BatchNorm / GroupNorm / InstanceNorm2d (+ReLU/LeakyReLU) of ``model``; returns the model.
 
     Sequential containers are converted in place, so a model whose
     norms all sit in Sequentials keeps its class; when norms remain
     elsewhere the model is traced with torch.fx and a ``GraphModule`` is
-    returned.
+    returned.  ``sync=True`` then makes every fused batch norm a
+    ``SyncBatchNormAct`` over ``process_group`` (``convert_sync``).
     """
+    if sync:
+        from .sync_batch_norm_act import convert_sync
+
+        return convert_sync(convert(model, impl), process_group)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if _is_norm(model):

@@ -112,7 +112,7 @@ def cmd_train(args) -> int:
             print(to_yaml(cfg), end="")
             return 0
         trainer = Trainer(cfg, resume=state)
-        if state is None:
+        if state is None and trainer.dist.is_main:  # under torchrun, rank 0 writes
             from .._io import atomic_write
 
             atomic_write(os.path.join(cfg.run.out, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))

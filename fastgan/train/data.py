@@ -62,11 +62,15 @@ class DataStream:
         if self.index + self.batch_size > self.n:
             self.epoch += 1
             self.index = 0
-        idx = self.permutation(self.epoch)[self.index:self.index + self.batch_size]
+        idx = self._select(self.permutation(self.epoch)[self.index:self.index + self.batch_size])
         self.index += self.batch_size
         if self._images is None and self._points is None and self.workers > 0:
             return self._loader_next(idx)
         return self._take(idx)
+
+    def _select(self, idx: torch.Tensor) -> torch.Tensor:
+        """The part of a global batch this process loads (all of it; a rank's share under torch.distributed)."""
+        return idx
 
     def _loader_next(self, idx: torch.Tensor):
         # A DataLoader per batch of indices would be slow; keep one over the rest of this epoch.
@@ -74,7 +78,7 @@ class DataStream:
         if self._loader_iter is None or self._loader_key != key:
             perm = self.permutation(self.epoch)
             start = self.index - self.batch_size
-            batches = [perm[i:i + self.batch_size].tolist()
+            batches = [self._select(perm[i:i + self.batch_size]).tolist()
                        for i in range(start, self.n - self.batch_size + 1, self.batch_size)]
             # Its own generator: a DataLoader iterator otherwise draws its workers' base seed from torch's
             # global generator, and a resumed run (which starts a new iterator mid-epoch) would drift.

@@ -52,6 +52,7 @@ from .data import DataStream
 from .logs import JsonlLog, plot_metrics, save_grid, save_toy_samples
 from .models import build_discriminator, build_generator, model_specs
 from .monitor import FailureMonitor, TrainingDiverged
+from .distributed import Distributed, NullLog
 from .tricks import (EMA, HistoricalAverage, ReplayBuffer, SnapshotPool, add_instance_noise, d_targets,
                      instance_noise_std, pack, sample_labels, sample_z, slerp_grid)
 
@@ -119,6 +120,11 @@ class Trainer:
         self.cfg, self.log = cfg, log
         r, m, t, lo, o = cfg.run, cfg.model, cfg.tricks, cfg.loss, cfg.optim
         self.device = resolve_device(r.device)
+        self.dist = Distributed.from_env(self.device)  # under torchrun: one process per device
+        self.dist.check(cfg)
+        self.device = self.dist.local_device(self.device)
+        if not self.dist.is_main:
+            self.log = lambda *_: None  # rank 0 alone reports, writes samples, logs and checkpoints
         if r.threads:
             torch.set_num_threads(r.threads)
         if r.deterministic:
@@ -147,7 +153,7 @@ class Trainer:
             self.data_info = {"kind": "image", "dataset": d.dataset, "num_classes": self.dataset.num_classes,
                               "channels": self.dataset.channels, "image_size": d.image_size}
             self.mixture = None
-        self.stream = DataStream(self.dataset, r.batch_size, r.seed, self.device, workers=d.workers)
+        self.stream = self.dist.data_stream(self.dataset, r.batch_size, r.seed, self.device, workers=d.workers)
         self.scale_to_unit = not self.toy and not d.scale_inputs
         cl = r.channels_last == "on" or (r.channels_last == "auto" and self.device.type == "cpu")
         self.memory_format = torch.channels_last if (cl and not self.toy) else torch.contiguous_format
@@ -156,12 +162,14 @@ class Trainer:
         self.spec = model_specs(cfg, self.data_info)
         self.G = build_generator(self.spec["generator"]).to(self.device, memory_format=self.memory_format)
         self.D = build_discriminator(self.spec["discriminator"]).to(self.device, memory_format=self.memory_format)
+        self.G, self.D = self.dist.sync_batch_norm(self.G), self.dist.sync_batch_norm(self.D)
         self.num_classes = self.spec["generator"]["num_classes"]
         self.conditional = self.spec["discriminator"]["conditional"]
         self.g_vbn, self.d_vbn = has_vbn(self.G), has_vbn(self.D)
         # torch.compile of G for the training forward passes (G is never differentiated twice: the penalties
         # take D's gradient at detached inputs); the eager module keeps the weights and does the sampling.
-        self.G_train = torch.compile(self.G) if r.compile_g else self.G
+        self.G_train = torch.compile(self.dist.ddp(self.G)) if r.compile_g else self.dist.ddp(self.G)
+        self.D_train = self.dist.ddp(self.D)  # D's training forwards (the penalty's too) go through DDP
         self.opt_g = self._optimizer(self.G, o.optimizer_g, o.lr_g, 0.0)
         self.opt_d = self._optimizer(self.D, o.optimizer_d, o.lr_d, o.momentum_d)
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[r.amp]
@@ -209,12 +217,14 @@ class Trainer:
         self._resumed = resume is not None
         if resume is not None:
             self.load_state_dict(resume)
+        self.dist.sync_rng(self.device)
         os.makedirs(self.out, exist_ok=True)
         resume_step = self.step if self._resumed else None
-        self.metrics = JsonlLog(os.path.join(self.out, "metrics.jsonl"), resume_step)
-        self.events = JsonlLog(os.path.join(self.out, "events.jsonl"), resume_step)
+        log_cls = JsonlLog if self.dist.is_main else NullLog
+        self.metrics = log_cls(os.path.join(self.out, "metrics.jsonl"), resume_step)
+        self.events = log_cls(os.path.join(self.out, "events.jsonl"), resume_step)
         self.tb = None
-        if r.tensorboard:
+        if r.tensorboard and self.dist.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -273,7 +283,7 @@ class Trainer:
         return instance_noise_std(self.step if step is None else step, t.instance_noise, decay)
 
     def _d_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return pack(add_instance_noise(x, sigma), self.cfg.tricks.pack)
+        return pack(self.dist.add_instance_noise(x, sigma), self.cfg.tricks.pack)
 
     def _labels_for_d(self, y):
         return y if self.conditional != "none" else None
@@ -296,6 +306,7 @@ class Trainer:
             loss.backward()
             gnorm = _grad_norm(model.parameters())
             finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm))
+            finite = self.dist.all_true(finite, self.device)
             if finite:
                 opt.step()
             else:
@@ -305,6 +316,7 @@ class Trainer:
         scaler.unscale_(opt)
         gnorm = _grad_norm(model.parameters())
         finite = bool(torch.isfinite(loss if watch is None else watch))
+        finite = self.dist.all_true(finite, self.device)
         if finite:
             scaler.step(opt)  # skipped by the scaler itself when the gradient overflowed
         else:
@@ -320,8 +332,10 @@ class Trainer:
         real, y_real = self.stream.next()
         real = self._prepare_real(real)
         n = real.shape[0]
-        z = sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device)
-        y_fake = sample_labels(n, self.num_classes, device=self.device) if self.num_classes else None
+        n_all = n * self.dist.world_size  # drawn for the global batch, this rank's share kept
+        z = self.dist.shard(sample_z(n_all, cfg.model.nz, cfg.model.z_dist, device=self.device))
+        y_fake = (self.dist.shard(sample_labels(n_all, self.num_classes, device=self.device))
+                  if self.num_classes else None)
         with self._autocast():
             swap = self.g_pool.draw() if self.g_pool is not None else None
             if swap is not None:
@@ -346,18 +360,19 @@ class Trainer:
             smooth = dict(smoothing=t.label_smoothing, random=t.random_labels, real_range=t.real_label_range,
                           fake_range=t.fake_label_range, flip=t.label_flip, device=self.device)
             targets_on = lo.loss in L.WITH_TARGETS and (t.label_smoothing > 0 or t.random_labels or t.label_flip > 0)
-            t_real = d_targets(npk, True, **smooth) if targets_on else None
-            t_fake = d_targets(npk, False, **smooth) if targets_on else None
+            w = self.dist.world_size  # targets drawn for the global batch, this rank's share kept
+            t_real = self.dist.shard(d_targets(npk * w, True, **smooth)) if targets_on else None
+            t_fake = self.dist.shard(d_targets(npk * w, False, **smooth)) if targets_on else None
 
             self._vbn_ref_d(self.D)
             yr, yf = self._labels_for_d(y_real), self._labels_for_d(y_fake_d)
             if t.separate_batches:
-                out_r, cls_r, _ = self.D.forward_all(real_in, yr)
-                out_f, cls_f, _ = self.D.forward_all(fake_in, yf)
+                out_r, cls_r, _ = self.D_train.forward_all(real_in, yr)
+                out_f, cls_f, _ = self.D_train.forward_all(fake_in, yf)
             else:
                 both = torch.cat([real_in, fake_in], 0)
                 yb = None if yr is None else torch.cat([yr, yf], 0)
-                out, cls, _ = self.D.forward_all(both, yb)
+                out, cls, _ = self.D_train.forward_all(both, yb)
                 out_r, out_f = out[:npk], out[npk:]
                 cls_r, cls_f = (None, None) if cls is None else (cls[:npk], cls[npk:])
             loss_adv = L.d_loss(lo.loss, out_r, out_f, t_real, t_fake)
@@ -369,10 +384,11 @@ class Trainer:
                 stats["aux_d"] = aux.detach()
                 stats["acc_cls_real"] = (cls_r.argmax(1) == y_real).float().mean().detach()
             if self.penalty is not None:
-                critic = (lambda x, y=None: self.D(x, y))
+                critic = (lambda x, y=None: self.D_train(x, y))
                 kw = dict(labels=yr) if yr is not None else {}
                 if self.scaler_d is not None:
                     kw["scaler"] = self.scaler_d
+                kw.update(self.dist.penalty_kwargs(self.penalty, lo.penalty, real_in))
                 gp = self.penalty(critic, real_in, fake_in, impl=cfg.model.impl, **kw)
                 if gp is not None:
                     loss = loss + gp
@@ -407,8 +423,9 @@ class Trainer:
             fake, y_fake = d_stats["_fake_live"], d_stats["_y_fake"]
             if fake is None:  # swapped G in the D step, or not reusable: draw anew
                 n = cfg.run.batch_size
-                z = sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device)
-                y_fake = sample_labels(n, self.num_classes, device=self.device) if self.num_classes else None
+                z = self.dist.shard(sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device))
+                y_fake = (self.dist.shard(sample_labels(n, self.num_classes, device=self.device))
+                          if self.num_classes else None)
                 self._vbn_ref_g(self.G)
                 fake = self.G_train(z, y_fake)
             swap = self.d_pool.draw() if self.d_pool is not None else None
@@ -465,6 +482,7 @@ class Trainer:
         self.step += 1
         out = {k: (v.item() if torch.is_tensor(v) else v) for k, v in {**d_stats, **g_stats}.items()
                if not k.startswith("_")}
+        out = self.dist.mean_stats(out, self.device)  # global-batch means: the same numbers on every rank
         out["d_steps"] = n_critic
         out["noise_std"] = self.noise_std(self.step - 1)
         if not (d_finite and g_stats["_finite"]):
@@ -503,7 +521,9 @@ class Trainer:
             g.train(was)
         return torch.cat(out, 0)
 
-    def write_samples(self) -> str:
+    def write_samples(self) -> Optional[str]:
+        if not self.dist.is_main:
+            return None
         os.makedirs(self.sample_dir, exist_ok=True)
         name = f"step_{self.step:06d}"
         with self._frozen_rng():
@@ -669,6 +689,8 @@ class Trainer:
 
     def save(self, periodic: bool = False) -> Optional[str]:
         """Write checkpoints/last.pt (and step_N.pt when ``periodic``); refuses non-finite weights."""
+        if not self.dist.is_main:
+            return None
         if not (_all_finite(self.G) and _all_finite(self.D)):
             self._write(f"[fastgan train] not writing a checkpoint at step {self.step}: the weights are not finite "
                         f"(the last good one stays: {self.last_good_checkpoint})")
@@ -740,18 +762,19 @@ class Trainer:
         start_step = self.step
         t0 = time.perf_counter()
         acc: dict[str, list] = {}
-        self._bar = tqdm(total=end, initial=self.step, desc="train", unit="step", disable=not r.progress,
-                         dynamic_ncols=True, file=sys.stderr)
+        self._bar = tqdm(total=end, initial=self.step, desc="train", unit="step",
+                         disable=not r.progress or not self.dist.is_main, dynamic_ncols=True, file=sys.stderr)
         last_row = {}
         try:
             while self.step < end:
+                self._stop_reason = self.dist.stop_reason(self._stop_reason, self.device)  # all ranks stop together
                 if self._stop_reason:
                     raise Interrupted(self._stop_reason)
                 phase = "the training step"
                 stats = self.train_step()
                 phase = "logging / sampling / evaluation / checkpointing"
                 self.monitor.check_step(self.step, stats)
-                for k, v in stats.items():
+                for k, v in stats.items() if self.dist.is_main else ():
                     if isinstance(v, (int, float)):
                         acc.setdefault(k, []).append(v)
                 elapsed = time.perf_counter() - t0
@@ -760,7 +783,7 @@ class Trainer:
                 if r.progress:
                     self._bar.set_postfix(loss_d=f"{stats['loss_d']:.3f}", loss_g=f"{stats['loss_g']:.3f}",
                                           img_s=f"{done * r.batch_size * cfg.optim.n_critic / elapsed:.0f}")
-                if self.step % r.log_every == 0 or self.step == end:
+                if (self.step % r.log_every == 0 or self.step == end) and self.dist.is_main:
                     row = {"step": self.step}
                     row.update({k: float(np.mean(v)) for k, v in acc.items()})
                     row.update(self.quality_proxy())
@@ -778,7 +801,7 @@ class Trainer:
                     self.monitor.check_log(self.step, row)
                     last_row = row
                     self._write(self._format_row(row, end))
-                if r.sample_every and self.step % r.sample_every == 0 and self.step != end:
+                if r.sample_every and self.step % r.sample_every == 0 and self.step != end and self.dist.is_main:
                     self.write_samples()
                     if r.plots:
                         plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png"))
@@ -815,7 +838,8 @@ class Trainer:
             ckpt = self.save(periodic=status == "done" and r.checkpoint_every > 0)
             if ckpt:
                 paths["checkpoint"] = ckpt
-        plot = plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png")) if r.plots else None
+        plot = (plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png"))
+                if r.plots and self.dist.is_main else None)
         if plot:
             paths["plot"] = plot
         paths["metrics"] = self.metrics.path
@@ -823,7 +847,7 @@ class Trainer:
             self.tb.close()
         steps_done = self.step - start_step
         self.log(f"fastgan train: {status} at step {self.step} ({steps_done} steps in {seconds:.1f}s, "
-                 f"{steps_done / max(seconds, 1e-9):.2f} steps/s); wrote {', '.join(paths.values())}")
+                 f"{steps_done / max(seconds, 1e-9):.2f} steps/s); wrote {', '.join(p for p in paths.values() if p)}")
         return {"status": status, "step": self.step, "steps": steps_done, "seconds": seconds, "paths": paths,
                 "final": last_row, "events": list(self.monitor.events)}
 

@@ -1,0 +1,54 @@
+"""Run a test function in N processes joined by a gloo process group, with a hard deadline.
+
+Forked (not spawned) workers: the parent has imported torch, Triton and fastgan already,
+and re-importing them per worker costs seconds.  Each worker sets one thread and a
+collective timeout, so a hang fails the test instead of blocking CI; the parent kills
+workers that outlive the deadline.  An exception in a worker fails the test with the
+worker's traceback.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, fn, world_size, port, backend, args):
+    torch.set_num_threads(1)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    try:
+        fn(rank, world_size, *args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn, world_size: int = 2, *args, timeout: float = 120.0, backend: str = "gloo") -> None:
+    """``fn(rank, world_size, *args)`` in ``world_size`` processes of one process group (gloo on CPU; nccl:
+    rank r on cuda:r, spawned since CUDA cannot be forked); raises on failure."""
+    ctx = mp.start_processes(_worker, args=(fn, world_size, free_port(), backend, args), nprocs=world_size,
+                             join=False, start_method="spawn" if backend == "nccl" else "fork")
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"distributed test did not finish within {timeout:.0f}s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
