@@ -281,3 +281,23 @@ def test_penalty_through_resnet_discriminator_fast_backend_matches_ref(impl, dev
     assert g_fast.keys() == g_ref.keys()
     for k in g_ref:
         assert_close(g_fast[k], g_ref[k], scale=100, name=f"{impl} d penalty / d {k}")
+
+
+def test_strided_shortcut_is_a_strided_1x1_conv_and_survives_channels_last():
+    """downsample='stride': the shortcut is the 1x1 conv of every other pixel (= a stride-2 1x1 conv; written
+    so because torch 2.14's CPU backward of a strided 1x1 conv on channels_last input with one thread
+    corrupts the heap)."""
+    block = ResBlockDown(4, 6, downsample="stride")
+    x = torch.randn(2, 4, 8, 8)
+    main = block.conv2(block.pre2(block.conv1(block.pre1(x))))
+    strided = nn.functional.conv2d(x, block.shortcut.weight, block.shortcut.bias, stride=2)
+    assert_close(block(x), main + strided, name="stride shortcut")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        d = ResNetDiscriminator(16, ndf=4, channels=1, downsample="stride").to(memory_format=torch.channels_last)
+        for _ in range(3):
+            d(torch.randn(8, 1, 16, 16).contiguous(memory_format=torch.channels_last)).mean().backward()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.isfinite(p.grad).all() for p in d.parameters())
