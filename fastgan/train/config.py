@@ -582,12 +582,13 @@ PRESETS: dict[str, dict] = {
 PRESETS["toy-grid25"] = _merge(PRESETS["toy-ring8"], {"data": {"dataset": "grid25"},
                                                      "run": {"steps": 5000}})
 PRESETS["toy-ring8-pacgan"] = _merge(PRESETS["toy-ring8"], {"tricks": {"pack": 2}})
-# SAGAN (Zhang et al. 2019), small: SNGAN-style residual G / D (Miyato et al. 2018) with self-attention at 16x16,
+# SAGAN (Zhang et al. 2019), small: SNGAN-style residual G / D (Miyato et al. 2018) with self-attention at 8x8
+# (a side both models have at 16, 32 and 64 px),
 # spectral norm in G and D, hinge loss, TTUR (lr_d 4e-4, lr_g 1e-4, Adam beta1 0, beta2 0.9); average-pool
 # downsampling in D (SNGAN); batch norm in G (fused BatchNormAct2d), no norm in D.
 PRESETS["sagan-resnet-mnist"] = _merge(_DCGAN_BASE, {
     "model": {"arch": "resnet", "ngf": 32, "ndf": 32, "d_norm": "none", "d_activation": "relu", "downsample": "avgpool",
-              "spectral_norm": True, "g_spectral_norm": True, "attention_res": 16},
+              "spectral_norm": True, "g_spectral_norm": True, "attention_res": 8},
     "loss": {"loss": "hinge"},
     "optim": {"lr_g": 1e-4, "lr_d": 4e-4, "beta1": 0.0, "beta2": 0.9},
 })
