@@ -262,17 +262,22 @@ def test_penalty_through_resnet_discriminator_ref_float64(norm):
     assert abs(numeric - analytic) <= 1e-5 * max(1.0, abs(numeric)), (numeric, analytic)
 
 
+@pytest.mark.parametrize("norm", ["layer", "batch"])
 @pytest.mark.parametrize("impl,device", all_backend_params())
-def test_penalty_through_resnet_discriminator_fast_backend_matches_ref(impl, device):
+def test_penalty_through_resnet_discriminator_fast_backend_matches_ref(impl, device, norm):
     """Fused layers on a fast backend (Triton interpreter on CPU): the penalty and its weight gradients equal
     the ref backend's (tiny: the interpreter is slow)."""
     torch.manual_seed(0)
-    d = ResNetDiscriminator(8, ndf=2, channels=1, norm="layer", activation="leaky_relu", attention_res=4,
+    d = ResNetDiscriminator(8, ndf=2, channels=1, norm=norm, activation="leaky_relu", attention_res=4,
                             spectral_norm=True, impl="ref").to(device)
     with torch.no_grad():
         d.attention.gamma.fill_(0.5)
     real, fake = torch.randn(2, 2, 1, 8, 8, device=device)
     d.eval()  # spectral norm: no power iteration, so both runs see the same weights
+    if norm == "batch":  # ... but batch norm in training mode (batch statistics, as under a penalty)
+        for m in d.modules():
+            if isinstance(m, BatchNormAct2d):
+                m.train()
     gp_ref, g_ref = _penalty_grads(d, real, fake)
     set_impl(d, impl)
     d._impl = impl

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastgan.models import ResNetDiscriminator, ResNetGenerator, SelfAttention2d
-from fastgan.train import ConfigError, Trainer, load_config
+from fastgan.train import ConfigError, Trainer, generate, load_config, load_generator
 from fastgan.train.collapse import ClassHistogramProbe, class_histogram_stats
 from fastgan.train.config import MonitorConfig
 from fastgan.train.monitor import FailureMonitor
@@ -57,6 +57,10 @@ def test_resnet_attention_preset_builds_the_sagan_models(tmp_path):
     assert math.isfinite(stats["loss_d"]) and math.isfinite(stats["loss_g"])
     gammas = [tr.G.base.attention.gamma.item(), tr.D.base.attention.gamma.item()]
     assert all(g != 0 for g in gammas)  # the attention blocks learn from step 1
+    path = tr.save()  # a checkpoint rebuilds the same G (spectral norm, attention) for `fastgan sample`
+    g = load_generator(path, impl="ref")
+    assert isinstance(g.base, ResNetGenerator) and g.base.attention.gamma.item() == gammas[0]
+    assert generate(g, 3, seed=0).shape == (3, 1, 16, 16)
 
 
 def test_penalty_trains_through_resnet_attention_critic(tmp_path):
