@@ -142,7 +142,7 @@ class ModelConfig:
     init: str = opt("dcgan", "weight init: dcgan = N(0, 0.02), default = PyTorch's", choices=("dcgan", "default"))
     # -- issue 13: architectures --
     attention_res: int = opt(0, "SAGAN self-attention block after the G and D blocks whose feature maps have this "
-                             "side, e.g. 16 (model.arch resnet; 0: off)", source="Zhang et al. 2019 (SAGAN)",
+                             "side, e.g. 8 (model.arch resnet; 0: off)", source="Zhang et al. 2019 (SAGAN)",
                              trick=True, minimum=0)
     g_dropout: float = opt(0.0, "dropout probability after each hidden generator layer, active while training "
                            "(0: off)", source="ganhacks #17; Isola et al. 2017 (pix2pix)", trick=True, minimum=0.0,
