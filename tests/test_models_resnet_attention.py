@@ -238,6 +238,8 @@ def test_penalty_through_resnet_discriminator_ref_float64(norm):
     torch.manual_seed(0)
     d = ResNetDiscriminator(8, ndf=2, channels=1, norm=norm, activation="leaky_relu", attention_res=4,
                             impl="ref").double()
+    fused = {"layer": LayerNormAct2d, "instance": InstanceNormAct2d, "batch": BatchNormAct2d}[norm]
+    assert any(isinstance(m, fused) for m in d.modules())  # the fused fastgan layer is in the path
     with torch.no_grad():
         d.attention.gamma.fill_(0.5)
     real = torch.randn(3, 1, 8, 8, dtype=torch.float64)
