@@ -2,7 +2,11 @@
 from .dcgan import (ACTIVATIONS, DOWNSAMPLE, MINIBATCH, NORMS, UPSAMPLE, DCGANDiscriminator, DCGANGenerator,
                     apply_spectral_norm, build_dcgan, dcgan_init, has_vbn, norm_act, set_impl)
 from .mlp import MLPDiscriminator, MLPGenerator
+from .attention import SelfAttention2d
+from .dropout import add_dropout
+from .resnet import ResBlockDown, ResBlockUp, ResNetDiscriminator, ResNetGenerator
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "build_dcgan", "MLPGenerator", "MLPDiscriminator",
            "dcgan_init", "norm_act", "set_impl", "NORMS", "ACTIVATIONS", "MINIBATCH", "DOWNSAMPLE", "UPSAMPLE",
-           "apply_spectral_norm", "has_vbn"]
+           "apply_spectral_norm", "has_vbn",
+           "SelfAttention2d", "ResBlockUp", "ResBlockDown", "ResNetGenerator", "ResNetDiscriminator", "add_dropout"]

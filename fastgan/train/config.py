@@ -69,6 +69,12 @@ def _impls():
     return IMPLS
 
 
+def issue13_checks(cfg) -> list[str]:
+    from .arch_checks import check_issue13_options
+
+    return check_issue13_options(cfg)
+
+
 def _norms():
     from ..models import NORMS
 
@@ -94,8 +100,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = opt("auto", "dcgan (images) or mlp (2D toy data); auto picks by data set",
-                    choices=("auto", "dcgan", "mlp"))
+    arch: str = opt("auto", "dcgan (images), resnet (images: SNGAN-style residual G / D) or mlp (2D toy data); "
+                    "auto picks dcgan or mlp by data set", choices=("auto", "dcgan", "mlp", "resnet"))
     nz: int = opt(100, "latent size", minimum=1)
     z_dist: str = opt("uniform", "latent distribution: normal = Gaussian z (the trick), uniform = U[-1, 1]",
                       source="ganhacks #3; White 2016 (Sampling generative networks)", trick=True,
@@ -134,6 +140,15 @@ class ModelConfig:
     fused: bool = opt(True, "fastgan's fused norm + activation layers (off: plain PyTorch layers)")
     impl: str = opt("auto", "backend of every fused layer: auto, ref, triton, cuda", choices=_impls())
     init: str = opt("dcgan", "weight init: dcgan = N(0, 0.02), default = PyTorch's", choices=("dcgan", "default"))
+    # -- issue 13: architectures --
+    attention_res: int = opt(0, "SAGAN self-attention block after the G and D blocks whose feature maps have this "
+                             "side, e.g. 8 (model.arch resnet; 0: off)", source="Zhang et al. 2019 (SAGAN)",
+                             trick=True, minimum=0)
+    g_dropout: float = opt(0.0, "dropout probability after each hidden generator layer, active while training "
+                           "(0: off)", source="ganhacks #17; Isola et al. 2017 (pix2pix)", trick=True, minimum=0.0,
+                           maximum=0.9)
+    g_spectral_norm: bool = opt(False, "spectral normalisation of every generator weight too",
+                                source="Zhang et al. 2019 (SAGAN)", trick=True)
 
 
 @dataclass
@@ -158,6 +173,18 @@ class LossConfig:
                                       source="Salimans et al. 2016, sec. 3.1")
     historical_averaging: float = opt(0.0, "weight of ||theta - mean of past theta||^2 added to G's and D's losses",
                                       source="Salimans et al. 2016, sec. 3.3", trick=True, minimum=0.0)
+    # -- issue 13: losses and regularisers --
+    mode_seeking: float = opt(0.0, "weight of the mode-seeking term 1 / (mean|G(z1)-G(z2)| / mean|z1-z2| + eps) in "
+                              "G's loss, against mode collapse (0: off)", source="Mao et al. 2019 (MSGAN)",
+                              trick=True, minimum=0.0)
+    pixel_loss: str = opt("none", "pixel-level l1 / l2 loss of G's output against a target, for paired or "
+                          "reconstructive settings (needs a target: Trainer.pixel_pair; none of the built-in data "
+                          "sets has one)", source="Isola et al. 2017 (pix2pix); Larsen et al. 2016", trick=True,
+                          choices=("none", "l1", "l2"))
+    pixel_weight: float = opt(10.0, "pixel loss weight during the warm-up", minimum=0.0)
+    pixel_warmup: int = opt(0, "steps at the full pixel loss weight", minimum=0)
+    pixel_decay: int = opt(0, "steps over which the pixel loss weight then falls linearly to 0 (0: it stays)",
+                           minimum=0)
 
 
 @dataclass
@@ -174,6 +201,22 @@ class OptimConfig:
     momentum_d: float = opt(0.0, "SGD momentum for D", minimum=0.0, maximum=0.9999)
     n_critic: int = opt(1, "D steps per G step", source="Arjovsky et al. 2017; Gulrajani et al. 2017", trick=True,
                         minimum=1)
+    # -- issue 13: weight decay and schedules --
+    weight_decay_g: float = opt(0.0, "L2 weight decay of G's parameters", source="Loshchilov & Hutter 2019 (AdamW)",
+                                trick=True, minimum=0.0)
+    weight_decay_d: float = opt(0.0, "L2 weight decay of D's parameters", source="Loshchilov & Hutter 2019 (AdamW)",
+                                trick=True, minimum=0.0)
+    weight_decay_mode: str = opt("decoupled", "decoupled (AdamW: p -= lr * wd * p after the step) or coupled "
+                                 "(wd * p added to the gradient, Adam's weight_decay); SGD: torch's weight_decay",
+                                 choices=("decoupled", "coupled"))
+    d_pretrain: int = opt(0, "the first N steps train D only (G's weights unchanged until step N + 1)",
+                          source="ganhacks #14 (train the discriminator more, sometimes)", trick=True,
+                          minimum=0)
+    balance: bool = opt(False, "loss balancing: D steps only while its loss > balance_d_above, G while its loss > "
+                        "balance_g_above (G always steps when D did not). ganhacks #11 warns: don't balance loss "
+                        "via statistics unless you have a good reason to", source="ganhacks #11", trick=True)
+    balance_d_above: float = opt(0.3, "balance: D trains while its loss is above this (A)")
+    balance_g_above: float = opt(0.3, "balance: G trains while its loss is above this (B)")
 
 
 @dataclass
@@ -256,6 +299,19 @@ class MonitorConfig:
                                  "as degraded", minimum=0.0)
     nonfinite_patience: int = opt(3, "NaN / Inf steps in a row (each skipped) before the run stops", minimum=1)
     hint_every: int = opt(200, "steps before the same warning is printed again", minimum=1)
+    # -- issue 13: mode-collapse monitor --
+    collapse_diversity: float = opt(0.2, "warn 'low_diversity' when the diversity ratio (fake / real mean pairwise "
+                                    "distance) stays below this (0: off)", minimum=0.0)
+    collapse_after: int = opt(500, "steps before the mode-collapse warnings are armed (an untrained G is not "
+                              "diverse yet)", minimum=0)
+    collapse_patience: int = opt(3, "log points in a row below a mode-collapse threshold before the warning",
+                                 minimum=1)
+    class_histogram: bool = opt(False, "classify fixed-z samples at each log point with fastgan.metrics' classifier "
+                                "(mnist5k / mnist / fashion-mnist) and log the class histogram's coverage",
+                                source="Srivastava et al. 2017 (VEEGAN, mode counting)")
+    class_samples: int = opt(500, "samples classified per log point", minimum=10)
+    class_floor: float = opt(0.8, "warn 'class_collapse' when fewer than this fraction of the classes hold 20% of "
+                             "their fair share of the samples", minimum=0.0, maximum=1.0)
 
 
 @dataclass
@@ -533,6 +589,16 @@ PRESETS: dict[str, dict] = {
 PRESETS["toy-grid25"] = _merge(PRESETS["toy-ring8"], {"data": {"dataset": "grid25"},
                                                      "run": {"steps": 5000}})
 PRESETS["toy-ring8-pacgan"] = _merge(PRESETS["toy-ring8"], {"tricks": {"pack": 2}})
+# SAGAN (Zhang et al. 2019), small: SNGAN-style residual G / D (Miyato et al. 2018) with self-attention at 8x8
+# (a side both models have at 16, 32 and 64 px),
+# spectral norm in G and D, hinge loss, TTUR (lr_d 4e-4, lr_g 1e-4, Adam beta1 0, beta2 0.9); average-pool
+# downsampling in D (SNGAN); batch norm in G (fused BatchNormAct2d), no norm in D.
+PRESETS["sagan-resnet-mnist"] = _merge(_DCGAN_BASE, {
+    "model": {"arch": "resnet", "ngf": 32, "ndf": 32, "d_norm": "none", "d_activation": "relu", "downsample": "avgpool",
+              "spectral_norm": True, "g_spectral_norm": True, "attention_res": 8},
+    "loss": {"loss": "hinge"},
+    "optim": {"lr_g": 1e-4, "lr_d": 4e-4, "beta1": 0.0, "beta2": 0.9},
+})
 
 
 def preset_names() -> list[str]:
@@ -736,6 +802,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if r.device not in ("auto", "cpu") and not r.device.startswith("cuda"):
         errors.append(f"run.device: expected auto, cpu, cuda or cuda:N, got {r.device!r}")
     errors += check_combinations(cfg)
+    errors += issue13_checks(cfg)
     if errors:
         raise ConfigError(errors)
     return cfg

@@ -274,6 +274,15 @@ class Distributed:
         anyone = self.any_true(bool(reason), device)
         return reason or ("a stop request (SIGTERM) on another rank" if anyone else None)
 
+    def mean_value(self, value: float, device: torch.device) -> float:
+        """``value`` averaged over the ranks: decisions taken on it (loss balancing) agree on every rank,
+        as DDP needs (a rank that skips a backward the others run would hang them)."""
+        if not self.enabled:
+            return float(value)
+        import torch.distributed as dist
+
+        return self._reduce([float(value)], device, dist.ReduceOp.SUM)[0] / self.world_size
+
     def mean_stats(self, stats: dict, device: torch.device) -> dict:
         """The float entries of a step's statistics averaged over the ranks (global-batch means)."""
         if not self.enabled:

@@ -23,7 +23,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, set_impl
+from ..models import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, ResNetDiscriminator,
+                      ResNetGenerator, set_impl)
+from .resnet_spec import apply_generator_extras, generator_extras, resnet_kwargs
+
+_GENERATORS = {"dcgan": DCGANGenerator, "mlp": MLPGenerator, "resnet": ResNetGenerator}
+_DISCRIMINATORS = {"dcgan": DCGANDiscriminator, "mlp": MLPDiscriminator, "resnet": ResNetDiscriminator}
 
 
 class Generator(nn.Module):
@@ -93,7 +98,10 @@ def model_specs(cfg, data_info: dict) -> dict:
     arch = cfg.resolved_arch()
     num_classes = int(data_info.get("num_classes") or 0) if m.conditional != "none" else 0
     embed = m.embed_dim if num_classes else 0
-    if arch == "dcgan":
+    if arch == "resnet":
+        g_kwargs, d_kwargs, feature_dim = resnet_kwargs(cfg, data_info, embed)
+        output = "tanh" if cfg.data.scale_inputs else "unit"
+    elif arch == "dcgan":
         g_kwargs = dict(image_size=data_info["image_size"], nz=m.nz + embed, ngf=m.ngf,
                         channels=data_info["channels"], norm=m.g_norm, activation=m.g_activation,
                         fused=m.fused, impl=m.impl, init=m.init == "dcgan")
@@ -119,7 +127,7 @@ def model_specs(cfg, data_info: dict) -> dict:
     kind = data_info.get("kind", "image")
     return {
         "generator": {"arch": arch, "kwargs": g_kwargs, "nz": m.nz, "num_classes": num_classes, "embed_dim": embed,
-                      "output": output, "z_dist": m.z_dist, "data_kind": kind},
+                      "output": output, "z_dist": m.z_dist, "data_kind": kind, **generator_extras(cfg)},
         "discriminator": {"arch": arch, "kwargs": d_kwargs, "feature_dim": feature_dim, "num_classes": num_classes,
                           "conditional": m.conditional if num_classes else "none", "pack": t.pack},
         "data": dict(data_info),
@@ -130,7 +138,7 @@ def build_generator(spec: dict, impl: Optional[str] = None) -> Generator:
     kwargs = dict(spec["kwargs"])
     if impl is not None:
         kwargs["impl"] = impl
-    base = (DCGANGenerator if spec["arch"] == "dcgan" else MLPGenerator)(**kwargs)
+    base = apply_generator_extras(_GENERATORS[spec["arch"]](**kwargs), spec)
     return Generator(base, spec["nz"], spec["num_classes"], spec["embed_dim"], spec["output"], spec["z_dist"],
                      spec.get("data_kind", "image"))
 
@@ -139,7 +147,7 @@ def build_discriminator(spec: dict, impl: Optional[str] = None) -> Discriminator
     kwargs = dict(spec["kwargs"])
     if impl is not None:
         kwargs["impl"] = impl
-    base = (DCGANDiscriminator if spec["arch"] == "dcgan" else MLPDiscriminator)(**kwargs)
+    base = _DISCRIMINATORS[spec["arch"]](**kwargs)
     return Discriminator(base, spec["feature_dim"], spec["num_classes"], spec["conditional"])
 
 

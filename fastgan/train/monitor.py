@@ -11,6 +11,11 @@ kind                    fires when
                         proxy degrades: sample diversity (mean pairwise distance of a fake batch over that
                         of a real batch) falls and ends below ``diversity_floor``, or (toy data) the number
                         of modes covered falls; or D is fooled (D(G(z)) ~ D(x)) by low-diversity samples.
+``low_diversity``       the sample diversity ratio (fake / real mean pairwise distance) stays below
+                        ``collapse_diversity`` for ``collapse_patience`` log points in a row, once
+                        ``collapse_after`` steps are done (an untrained G is not diverse yet).
+``class_collapse``      (``class_histogram`` on) fewer than ``class_floor`` of the classes hold their share
+                        of the classified fixed-z samples, for ``collapse_patience`` log points in a row.
 ``nonfinite``           NaN / Inf in a loss or a gradient: that update is skipped; after
                         ``nonfinite_patience`` in a row the run stops (raises :class:`TrainingDiverged`)
                         and the last good checkpoint is kept.
@@ -31,6 +36,10 @@ HINTS = {
     "grad_norm": "exploding gradients; try a lower learning rate, a gradient penalty or spectral norm",
     "collapse": "likely mode collapse (G fools D with a few samples); try minibatch discrimination / stddev, "
                 "PacGAN packing, feature matching, or a lower lr_g",
+    "low_diversity": "the samples are much less diverse than the data (mode collapse); try the mode-seeking "
+                     "loss, minibatch discrimination / stddev, PacGAN packing or unrolled D steps",
+    "class_collapse": "G covers only a few classes (mode collapse); try the mode-seeking loss, minibatch "
+                      "discrimination, PacGAN packing, or a conditional GAN",
     "nonfinite": "lower the learning rates, use a gradient penalty, check the data for NaN",
 }
 
@@ -58,6 +67,8 @@ class FailureMonitor:
         self.low_d_steps = 0
         self.nonfinite_run = 0
         self.last_reported: dict[str, int] = {}
+        self.low_diversity_run = 0  # log points in a row below collapse_diversity
+        self.class_collapse_run = 0
         self.history: list[dict] = []  # log points: step, loss_g, diversity, modes, d_real, d_fake
         self.events: list[dict] = []
 
@@ -110,7 +121,36 @@ class FailureMonitor:
 
     # -- per log point ---------------------------------------------------------------------------
     def check_log(self, step: int, row: dict) -> list[dict]:
-        """Trend check on the log rows (``loss_g``, ``diversity``, ``modes``, ``d_real``, ``d_fake``)."""
+        """Trend check on the log rows (``loss_g``, ``diversity``, ``modes``, ``d_real``, ``d_fake``), then the
+        mode-collapse thresholds (:meth:`check_collapse`)."""
+        return self._check_trends(step, row) + self.check_collapse(step, row)
+
+    def check_collapse(self, step: int, row: dict) -> list[dict]:
+        """``low_diversity`` / ``class_collapse``: the diversity ratio, or the share of classes covered
+        (``gen_classes_frac``, from the class-histogram probe), below its threshold for ``collapse_patience``
+        log points in a row."""
+        c = self.cfg
+        floor = c.collapse_diversity
+        if not c.enabled or step < c.collapse_after:
+            return []
+        out = []
+        div = row.get("diversity")
+        if floor > 0 and div is not None and math.isfinite(div):
+            self.low_diversity_run = self.low_diversity_run + 1 if div < floor else 0
+            if self.low_diversity_run >= c.collapse_patience:
+                e = self._emit(step, "low_diversity", f"step {step}: sample diversity {div:.3f} of the data's < "
+                               f"{floor:g} for {self.low_diversity_run} log points")
+                out += [e] if e else []
+        frac = row.get("gen_classes_frac")
+        if frac is not None and math.isfinite(frac):
+            self.class_collapse_run = self.class_collapse_run + 1 if frac < c.class_floor else 0
+            if self.class_collapse_run >= c.collapse_patience:
+                e = self._emit(step, "class_collapse", f"step {step}: the samples cover {row.get('gen_classes')} "
+                               f"classes ({frac:.0%} < {c.class_floor:.0%}) for {self.class_collapse_run} log points")
+                out += [e] if e else []
+        return out
+
+    def _check_trends(self, step: int, row: dict) -> list[dict]:
         point = {k: row.get(k) for k in ("loss_g", "diversity", "modes", "d_real", "d_fake")}
         point["step"] = step
         self.history.append(point)
@@ -147,10 +187,13 @@ class FailureMonitor:
 
     def state_dict(self) -> dict:
         return {"low_d_steps": self.low_d_steps, "nonfinite_run": self.nonfinite_run,
+                "low_diversity_run": self.low_diversity_run, "class_collapse_run": self.class_collapse_run,
                 "last_reported": dict(self.last_reported), "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         self.low_d_steps = int(state.get("low_d_steps", 0))
         self.nonfinite_run = int(state.get("nonfinite_run", 0))
+        self.low_diversity_run = int(state.get("low_diversity_run", 0))
+        self.class_collapse_run = int(state.get("class_collapse_run", 0))
         self.last_reported = dict(state.get("last_reported", {}))
         self.history = list(state.get("history", []))

@@ -53,6 +53,9 @@ from .logs import JsonlLog, plot_metrics, save_grid, save_toy_samples
 from .models import build_discriminator, build_generator, model_specs
 from .monitor import FailureMonitor, TrainingDiverged
 from .distributed import Distributed, NullLog
+from .g_extras import g_extra_losses
+from .optim import build_optimizer
+from .schedules import StepSchedule
 from .tricks import (EMA, HistoricalAverage, ReplayBuffer, SnapshotPool, add_instance_noise, d_targets,
                      instance_noise_std, pack, sample_labels, sample_z, slerp_grid)
 
@@ -170,8 +173,9 @@ class Trainer:
         # take D's gradient at detached inputs); the eager module keeps the weights and does the sampling.
         self.G_train = torch.compile(self.dist.ddp(self.G)) if r.compile_g else self.dist.ddp(self.G)
         self.D_train = self.dist.ddp(self.D)  # D's training forwards (the penalty's too) go through DDP
-        self.opt_g = self._optimizer(self.G, o.optimizer_g, o.lr_g, 0.0)
-        self.opt_d = self._optimizer(self.D, o.optimizer_d, o.lr_d, o.momentum_d)
+        self.opt_g = self._optimizer(self.G, o.optimizer_g, o.lr_g, 0.0, o.weight_decay_g)
+        self.opt_d = self._optimizer(self.D, o.optimizer_d, o.lr_d, o.momentum_d, o.weight_decay_d)
+        self.schedule = StepSchedule(o.d_pretrain, o.balance, o.balance_d_above, o.balance_g_above)
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[r.amp]
         self.scaler_d = torch.amp.GradScaler(self.device.type) if r.amp == "fp16" else None
         self.scaler_g = torch.amp.GradScaler(self.device.type) if r.amp == "fp16" else None
@@ -207,6 +211,14 @@ class Trainer:
 
         self.step = 0
         self.monitor = FailureMonitor(cfg.monitor, lo.loss, report=self._report)
+        self.class_probe = None
+        if cfg.monitor.class_histogram:
+            from .collapse import ClassHistogramProbe, metrics_classifier
+
+            gc = torch.Generator().manual_seed(r.seed + 7)
+            self.class_probe = ClassHistogramProbe(
+                metrics_classifier(d.dataset, self.device, log=self.log),
+                sample_z(cfg.monitor.class_samples, m.nz, m.z_dist, generator=gc).to(self.device))
         self._stop_reason: Optional[str] = None
         self._last_real = None
         self._last_fake = None
@@ -236,11 +248,15 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # Construction helpers
     # ------------------------------------------------------------------------------------------
-    def _optimizer(self, model, kind: str, lr: float, momentum: float):
-        params = [p for p in model.parameters() if p.requires_grad]
-        if kind == "adam":
-            return torch.optim.Adam(params, lr=lr, betas=(self.cfg.optim.beta1, self.cfg.optim.beta2))
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    def _optimizer(self, model, kind: str, lr: float, momentum: float, weight_decay: float = 0.0):
+        o = self.cfg.optim
+        return build_optimizer(model.parameters(), kind, lr, (o.beta1, o.beta2), momentum, weight_decay,
+                               o.weight_decay_mode)
+
+    def pixel_pair(self, fake: torch.Tensor, z: torch.Tensor, labels=None):
+        """(prediction, target) for ``loss.pixel_loss``; None: no target exists (the built-in data sets have no
+        paired images).  A paired / reconstructive setting overrides this."""
+        return None
 
     def _prepare_real(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale_to_unit:
@@ -395,8 +411,13 @@ class Trainer:
                     stats["penalty"] = gp.detach()
             if self.hist_d is not None:
                 loss = loss + self.hist_d.penalty(self.D)
-        finite, gnorm = self._update(loss, self.D, self.opt_d, self.scaler_d, watch=loss_adv)
-        if finite:
+        update = not self.schedule.balance or self.schedule.d_update(
+            self.dist.mean_value(loss_adv.item(), self.device))
+        if update:
+            finite, gnorm = self._update(loss, self.D, self.opt_d, self.scaler_d, watch=loss_adv)
+        else:  # loss balancing: D's loss is below balance_d_above, D rests
+            finite, gnorm = True, torch.zeros((), device=self.device)
+        if finite and update:
             if lo.clip_weights > 0:
                 with torch.no_grad():
                     for p in self.D.parameters():
@@ -411,8 +432,9 @@ class Trainer:
                          d_real=(torch.sigmoid(out_r) if as_prob else out_r).float().mean(),
                          d_fake=(torch.sigmoid(out_f) if as_prob else out_f).float().mean(),
                          d_acc=torch.tensor(L.d_accuracy(out_r, out_f, lo.loss)),
-                         swap_g=float(swap is not None))
+                         swap_g=float(swap is not None), d_updated=float(update))
         stats["_finite"] = finite
+        stats["_out_f"] = out_f.detach()
         stats["_fake_live"] = fake_live if keep_fake else None
         stats["_z"], stats["_y_fake"], stats["_y_real"] = z, y_fake, y_real
         return stats
@@ -421,6 +443,7 @@ class Trainer:
         cfg, lo = self.cfg, self.cfg.loss
         with self._autocast():
             fake, y_fake = d_stats["_fake_live"], d_stats["_y_fake"]
+            z = d_stats["_z"]
             if fake is None:  # swapped G in the D step, or not reusable: draw anew
                 n = cfg.run.batch_size
                 z = self.dist.shard(sample_z(n, cfg.model.nz, cfg.model.z_dist, device=self.device))
@@ -456,11 +479,24 @@ class Trainer:
                     stats["aux_g"] = aux.detach()
                 if self.hist_g is not None:
                     loss = loss + self.hist_g.penalty(self.G)
+                extra, extra_stats = g_extra_losses(self, fake, z, y_fake)  # mode seeking, pixel loss
+                if extra is not None:
+                    loss = loss + extra
+                stats.update(extra_stats)
             finally:
                 for p in self.D.parameters():
                     p.requires_grad_(True)
-        finite, gnorm = self._update(loss, self.G, self.opt_g, self.scaler_g)
-        if finite and self.hist_g is not None:
+        update = True
+        if self.schedule.balance:
+            own = stats.get("loss_g_adv", loss)
+            update = self.schedule.g_update(self.dist.mean_value(own.item(), self.device),
+                                            bool(d_stats.get("_d_stepped", True)))
+        if update:
+            finite, gnorm = self._update(loss, self.G, self.opt_g, self.scaler_g)
+        else:  # loss balancing: G's loss is below balance_g_above, G rests
+            finite, gnorm = True, torch.zeros((), device=self.device)
+        stats["g_updated"] = float(update)
+        if finite and update and self.hist_g is not None:
             self.hist_g.update(self.G)
         if self.ema is not None and finite:
             self.ema.update(self.G, self.step)
@@ -475,10 +511,18 @@ class Trainer:
         d_stats = {}
         d_finite = True
         guard = BufferGuard(self.G, self.D)  # a non-finite step must not leave NaN running statistics behind
+        d_stepped = False
+        g_on = self.schedule.g_active(self.step)  # False while D pre-trains (optim.d_pretrain)
         for i in range(n_critic):
-            d_stats = self.d_step(keep_fake=(i == n_critic - 1))
+            d_stats = self.d_step(keep_fake=g_on and (i == n_critic - 1))
             d_finite &= d_stats["_finite"]
-        g_stats = self.g_step(d_stats)
+            d_stepped |= d_stats["d_updated"] > 0
+        d_stats["_d_stepped"] = d_stepped
+        if g_on:
+            g_stats = self.g_step(d_stats)
+        else:  # G rests; its loss on this step's fakes (before D's update) keeps the log's column
+            g_stats = {"loss_g": L.g_loss(self.cfg.loss.loss, d_stats["_out_f"]), "grad_g": 0.0, "g_updated": 0.0,
+                       "_finite": True}
         self.step += 1
         out = {k: (v.item() if torch.is_tensor(v) else v) for k, v in {**d_stats, **g_stats}.items()
                if not k.startswith("_")}
@@ -579,6 +623,9 @@ class Trainer:
             with self._frozen_rng():
                 pts = self.generate(self._toy_eval_z, self._toy_eval_y)
             out.update(toy_mode_stats(pts, self.mixture))
+        if self.class_probe is not None:  # monitor.class_histogram: classes of fixed-z samples
+            with self._frozen_rng():
+                out.update(self.class_probe(lambda z, y: self.G.to_data_range(self.generate(z, y))))
         return out
 
     def evaluate(self) -> dict:
