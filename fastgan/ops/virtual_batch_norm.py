@@ -82,7 +82,9 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
         own_mean, own_sq = moments(x, True, backend)  # (N, C)
         mu = a * own_mean + (1 - a) * mu_r
         s = a * own_sq + (1 - a) * s_r
-    scale = torch.rsqrt(eps + s - mu * mu)
+    # s - mu^2 is E[x^2] - E[x]^2 (the paper's statistics): it cancels catastrophically
+    # when the variance is tiny next to the mean and can come out negative -> clamp (see ref)
+    scale = torch.rsqrt(eps + (s - mu * mu).clamp_min(0))
     if weight is not None:
         scale = scale * weight.to(stats_dtype)
     shift = -mu * scale if bias is None else bias.to(stats_dtype) - mu * scale
