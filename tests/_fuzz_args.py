@@ -18,8 +18,11 @@ BAD_DTYPES = (torch.int32, torch.int64, torch.bool, torch.complex64)
 ACTIVATIONS = ("leaky_relu", "relu", "identity")
 
 
-def other_device() -> Optional[str]:
-    """A device other than cpu for mixed-device calls: meta (always there), cuda when present."""
+def other_device(device: str = "cpu") -> str:
+    """A device other than ``device`` for mixed-device calls: cpu for CUDA inputs; for
+    CPU inputs cuda when present, else meta (always there)."""
+    if device != "cpu":
+        return "cpu"
     return "cuda" if torch.cuda.is_available() else "meta"
 
 
@@ -40,7 +43,7 @@ def vector(c: int, dtype: torch.dtype, seed: int, device: str, *, positive: bool
     v = v.to(dtype)
     if corruption == "rank":
         v = v.unsqueeze(0)
-    dev = other_device() if corruption == "device" else device
+    dev = other_device(device) if corruption == "device" else device
     v = v.to(dev)
     return v.requires_grad_(requires_grad) if requires_grad and v.is_floating_point() else v
 
