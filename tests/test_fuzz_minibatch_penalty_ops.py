@@ -46,7 +46,7 @@ def minibatch_discrimination_calls(draw, device):
 
 @pytest.mark.parametrize("impl,device", BACKENDS)
 def test_fuzz_minibatch_discrimination(impl, device):
-    run_fuzz(minibatch_discrimination_calls, impl, device, ref_examples=30, fast_examples=8)
+    run_fuzz(minibatch_discrimination_calls, impl, device, ref_examples=30, fast_examples=10)
 
 
 def test_fuzz_minibatch_discrimination_lean_cpu_path():
@@ -100,7 +100,7 @@ def interpolate_calls(draw, device):
 
 @pytest.mark.parametrize("impl,device", BACKENDS)
 def test_fuzz_interpolate(impl, device):
-    run_fuzz(interpolate_calls, impl, device, ref_examples=30, fast_examples=6)
+    run_fuzz(interpolate_calls, impl, device, ref_examples=30, fast_examples=8)
 
 
 # ----------------------------------------------------------------------------- penalty_from_grad
@@ -128,7 +128,7 @@ def penalty_from_grad_calls(draw, device):
 
 @pytest.mark.parametrize("impl,device", BACKENDS)
 def test_fuzz_penalty_from_grad(impl, device):
-    run_fuzz(penalty_from_grad_calls, impl, device, ref_examples=30, fast_examples=6)
+    run_fuzz(penalty_from_grad_calls, impl, device, ref_examples=30, fast_examples=8)
 
 
 # ----------------------------------------------------------------------------- gradient_penalty

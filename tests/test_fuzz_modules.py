@@ -130,7 +130,7 @@ def _forward(module, x, steps, impl):
 
 @pytest.mark.parametrize("impl,device", BACKENDS)
 def test_fuzz_modules(impl, device):
-    run_fuzz(module_calls, impl, device, ref_examples=40, fast_examples=10)
+    run_fuzz(module_calls, impl, device, ref_examples=40, fast_examples=14)
 
 
 # ----------------------------------------------------------------------------- constructors

@@ -68,7 +68,7 @@ BN_VECTORS = ("weight", "bias", "running_mean", "running_var")
 @st.composite
 def batch_norm_calls(draw, device):
     fault = draw(faults(COMMON_FAULTS + ("momentum", "x_rank"), BN_VECTORS))
-    shapes = nc_shapes(0, 0).map(lambda s: s[:1]) if fault == "x_rank" else nc_shapes(0, 2)
+    shapes = nc_shapes(0, 0).map(lambda s: s[:1]) if fault == "x_rank" else nc_shapes(0, 3)
     xd = draw(x_description(shapes, fault))
     c = xd[0][1] if len(xd[0]) > 1 else 1
     vecs = _vectors(draw, BN_VECTORS, c, xd[1], device, fault, positive=("running_var",),
@@ -105,7 +105,7 @@ def batch_norm_calls(draw, device):
 
 @pytest.mark.parametrize("impl,device", BACKENDS)
 def test_fuzz_batch_norm_act(impl, device):
-    run_fuzz(batch_norm_calls, impl, device, ref_examples=30, fast_examples=8)
+    run_fuzz(batch_norm_calls, impl, device, ref_examples=30, fast_examples=10)
 
 
 # ----------------------------------------------------------------------------- group / layer / instance norm
@@ -116,7 +116,7 @@ def group_norm_calls(draw, device):
     kind = draw(st.sampled_from(("group", "layer", "instance")))
     vec_names = ("weight", "bias") + (("running_mean", "running_var") if kind == "instance" else ())
     fault = draw(faults(COMMON_FAULTS + (("num_groups",) if kind == "group" else ()), vec_names))
-    xd = draw(x_description(nc_shapes(1 if kind == "instance" else 0, 2), fault))
+    xd = draw(x_description(nc_shapes(1 if kind == "instance" else 0, 3), fault))
     c = xd[0][1]
     vecs = _vectors(draw, vec_names, c, xd[1], device, fault, positive=("running_var",),
                     buffers=("running_mean", "running_var"))
@@ -153,7 +153,7 @@ def group_norm_calls(draw, device):
 
 @pytest.mark.parametrize("impl,device", BACKENDS)
 def test_fuzz_group_layer_instance_norm_act(impl, device):
-    run_fuzz(group_norm_calls, impl, device, ref_examples=30, fast_examples=8)
+    run_fuzz(group_norm_calls, impl, device, ref_examples=30, fast_examples=10)
 
 
 # ----------------------------------------------------------------------------- pixel shuffle
@@ -203,7 +203,7 @@ def pixel_shuffle_calls(draw, device):
 
 @pytest.mark.parametrize("impl,device", BACKENDS)
 def test_fuzz_pixel_shuffle_act(impl, device):
-    run_fuzz(pixel_shuffle_calls, impl, device, ref_examples=25, fast_examples=5)
+    run_fuzz(pixel_shuffle_calls, impl, device, ref_examples=25, fast_examples=6)
 
 
 # ----------------------------------------------------------------------------- virtual batch norm
@@ -212,7 +212,7 @@ def test_fuzz_pixel_shuffle_act(impl, device):
 @st.composite
 def virtual_batch_norm_calls(draw, device):
     fault = draw(faults(COMMON_FAULTS + ("ref_count",), ("weight", "bias", "ref_mean", "ref_sq_mean")))
-    xd = draw(x_description(nc_shapes(0, 2), fault))
+    xd = draw(x_description(nc_shapes(0, 3), fault))
     c = xd[0][1]
     use_ref_stats_op = draw(st.booleans())
     ref_n = draw(st.integers(1, 3))
@@ -251,13 +251,13 @@ def virtual_batch_norm_calls(draw, device):
 
 @pytest.mark.parametrize("impl,device", BACKENDS)
 def test_fuzz_virtual_batch_norm(impl, device):
-    run_fuzz(virtual_batch_norm_calls, impl, device, ref_examples=25, fast_examples=6)
+    run_fuzz(virtual_batch_norm_calls, impl, device, ref_examples=25, fast_examples=8)
 
 
 @st.composite
 def reference_stats_calls(draw, device):
     fault = draw(faults(("x_dtype",)))
-    xd = draw(x_description(nc_shapes(0, 2), fault))
+    xd = draw(x_description(nc_shapes(0, 3), fault))
 
     def build(impl):
         leaf, x = make_x(xd, device)
