@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import note
 from hypothesis import strategies as st
 
 from fastgan import nn as fnn
@@ -99,6 +100,9 @@ def module_calls(draw, device):
     seed = draw(st.integers(0, 2**20))
     double = draw(double_backward_flags())
     steps = draw(st.sampled_from((1, 2)))  # a second step uses updated running stats / counters
+    in_x_dtype = draw(st.booleans())  # parameters and buffers in x's dtype (a half-precision model)
+
+    note(f"{name}{ctor_args} {ctor_kwargs} x={xd} training={training} steps={steps} in_x_dtype={in_x_dtype}")
 
     def build(impl):
         cls = MODULES[name][0]
@@ -107,6 +111,8 @@ def module_calls(draw, device):
         module = cls(*ctor_args, **kw).to(device)
         module.train(training)
         leaf, x = make_x(xd, device)
+        if in_x_dtype and x.is_floating_point():
+            module.to(x.dtype)
         if name.startswith("VirtualBatchNorm"):  # a valid reference pass first, whatever x is
             ref_shape = (2, c) + tuple(_x_shape(name, c, (2, c, 2, 2))[2:])
             ref_batch = torch.randn(ref_shape, generator=torch.Generator().manual_seed(seed))

@@ -26,3 +26,19 @@ def check_momentum(momentum) -> None:
         raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1] (or None), got {momentum}")
+
+
+def check_input_matches(module_name: str, x, param) -> None:
+    """x must be a floating tensor of ``param``'s dtype and device (outside autocast), for
+    modules whose first step is a plain matmul / conv: that would raise a RuntimeError."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{module_name}: x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{module_name}: x must be a floating tensor, got {x.dtype}")
+    if x.device != param.device:
+        raise ValueError(f"{module_name}: x is on {x.device} but the module's parameters are on {param.device}")
+    if x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{module_name}: x is {x.dtype} but the module's parameters are {param.dtype}; "
+                        "convert one of them (or run under torch.autocast)")

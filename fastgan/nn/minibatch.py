@@ -19,6 +19,7 @@ from torch import nn
 
 from .._validation import check_positive_float
 from ..ops.minibatch_discrimination import minibatch_discrimination
+from ._checks import check_input_matches
 
 __all__ = ["MinibatchDiscrimination", "MinibatchStdDev"]
 
@@ -84,6 +85,7 @@ class MinibatchDiscrimination(nn.Module):
         if x.shape[1] != self.in_features:
             raise ValueError(f"x must have in_features={self.in_features} features per sample, "
                              f"got shape {tuple(x.shape)}")
+        check_input_matches(type(self).__name__, x, self.T)
         n = x.shape[0]
         m = (x @ self.T.reshape(self.in_features, -1)).reshape(n, self.num_kernels, self.kernel_dim)
         o = minibatch_discrimination(m, self.exclude_self, impl=self.impl)

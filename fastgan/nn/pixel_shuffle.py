@@ -17,7 +17,7 @@ from torch import nn
 
 from .._activation import activation_code, activation_repr
 from ..ops.pixel_shuffle_act import pixel_shuffle_act, pixel_shuffle_batch_norm_act
-from ._checks import positive_int
+from ._checks import check_input_matches, positive_int
 from .batch_norm_act import batch_norm_step
 
 
@@ -71,6 +71,7 @@ class PixelShuffleUpsample(nn.Module):
             self.bias = nn.Parameter(torch.zeros(out_channels, **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_matches(type(self).__name__, x, self.conv.weight)
         h = self.conv(x)
         if self.norm is None:
             return pixel_shuffle_act(h, self.scale, self.bias, self.activation, self.negative_slope, impl=self.impl)
