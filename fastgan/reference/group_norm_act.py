@@ -27,7 +27,8 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     group_size = (x.shape[1] // num_groups) * math.prod(x.shape[2:])
     xg = x.to(compute_dtype).reshape(n, num_groups, group_size)
     mean = xg.mean(dim=-1, keepdim=True)
-    var = xg.var(dim=-1, unbiased=False, keepdim=True)
+    # (var() of an empty batch warns about degrees of freedom; there is nothing to normalise)
+    var = xg.var(dim=-1, unbiased=False, keepdim=True) if xg.numel() else torch.zeros_like(mean)
     y = ((xg - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
     shape = channel_view_shape(x)
     if weight is not None:
