@@ -98,10 +98,11 @@ def make_x(desc, device: str):
 def eps_value(draw, fault):
     """A valid eps, or (fault "eps") 0, negative, a bool or a string."""
     bad = fault == "eps"
-    return draw(st.sampled_from((0.0, -1e-5, True, "1e-5") if bad else (1e-5, 1e-3, 0.1)))
+    return draw(st.sampled_from((0.0, -1e-5, float("nan"), True, "1e-5") if bad else (1e-5, 1e-3, 0.1)))
 
 
 def activation_value(draw, fault):
     act = "tanh" if fault == "activation" else draw(st.sampled_from(ACTIVATIONS))
-    slope = "0.2" if fault == "negative_slope" else draw(st.sampled_from((0.2, 0.01, 1.0, 0.0)))
+    slope = (draw(st.sampled_from(("0.2", float("inf"), float("nan")))) if fault == "negative_slope"
+             else draw(st.sampled_from((0.2, 0.01, 1.0, 0.0))))
     return act, slope

@@ -29,7 +29,8 @@ def _shape(draw, rank_min=1, rank_max=4):
 @st.composite
 def minibatch_discrimination_calls(draw, device):
     fault = draw(faults(("x_dtype", "m_rank", "exclude_self")))
-    shape = (draw(st.sampled_from((2, 3, 4, 1, 0))), draw(st.integers(1, 3)), draw(st.sampled_from((1, 2, 3, 0))))
+    shape = (draw(st.sampled_from((2, 3, 4, 2, 3, 1, 0))), draw(st.integers(1, 3)),
+             draw(st.sampled_from((1, 2, 3, 2, 3, 0))))
     if fault == "m_rank":
         shape = shape[:draw(st.sampled_from((1, 2)))] if draw(st.booleans()) else shape + (2,)
     xd = draw(x_description(st.just(shape), fault))
@@ -111,7 +112,7 @@ def penalty_from_grad_calls(draw, device):
     fault = draw(faults(("x_dtype", "mode", "center")))
     xd = draw(x_description(st.just(_shape(draw)), fault))
     mode = "quadratic" if fault == "mode" else draw(st.sampled_from(("two-sided", "one-sided", "squared")))
-    center = draw(st.sampled_from(("1", None) if fault == "center" else (1.0, 0.0, 2)))
+    center = draw(st.sampled_from(("1", None, float("inf")) if fault == "center" else (1.0, 0.0, 2)))
     zero_rows = draw(st.booleans())  # some samples with an exactly-zero gradient
     return_norms = draw(st.booleans())
 
