@@ -37,7 +37,8 @@ def vector(c: int, dtype: torch.dtype, seed: int, device: str, *, positive: bool
         return [1.0] * c
     n = c + 1 if corruption == "size" else c
     v = random_values((n,), torch.float64, seed, scale=0.5)
-    v = (v.abs() + 0.5) if positive else v
+    # never 0: a zero bias puts a constant group exactly at the activation's kink (see kink_safe)
+    v = (v.abs() + 0.5) if positive else torch.where(v >= 0, v + 0.25, v - 0.25)
     if corruption == "int_dtype":
         return v.round().to(torch.int64).to(device)
     v = v.to(dtype)
@@ -46,6 +47,21 @@ def vector(c: int, dtype: torch.dtype, seed: int, device: str, *, positive: bool
     dev = other_device(device) if corruption == "device" else device
     v = v.to(dev)
     return v.requires_grad_(requires_grad) if requires_grad and v.is_floating_point() else v
+
+
+def kink_safe(vecs: dict, activation, c: int, device: str) -> dict:
+    """With a kinked activation (relu / leaky_relu) a norm op gets a (nonzero) bias.
+
+    A constant statistics group (or an element equal to its mean -- likely
+    with grid values) normalises to xhat = 0, so z = bias.  Without a bias
+    z = 0 sits exactly on the kink: ref computes (x - mean) * r = 0 exactly,
+    but GPU kernels compute fma(x, scale, shift), whose rounding leaves z =
+    +-tiny, and act'(z) is 1 or the slope by chance -- a tie, not a bug.
+    A nonzero bias moves z off the kink.  (Calls without bias keep their
+    coverage with the identity activation.)"""
+    if activation in ("relu", "leaky_relu") and vecs.get("bias") is None:
+        vecs = dict(vecs, bias=(c, torch.float32, 1001, device, False, None, False))
+    return vecs
 
 
 def faults(scalar_names=(), vector_names=()) -> st.SearchStrategy:

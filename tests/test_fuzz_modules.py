@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fastgan import nn as fnn
 
-from _fuzz_args import ACTIVATIONS, faults, make_x, x_description
+from _fuzz_args import ACTIVATIONS, faults, make_x, vector, x_description
 from _strategies import Spec, check_call, double_backward_flags, fuzz_settings, nc_shapes, run_fuzz
 from conftest import all_backend_params
 
@@ -44,21 +44,26 @@ BN_LIKE = ("BatchNormAct1d", "BatchNormAct2d", "BatchNormLeakyReLU2d", "BatchNor
 
 
 def _ctor(name, c, draw):
-    """Valid constructor (args, kwargs) of module ``name`` for c channels."""
+    """Valid constructor (args, kwargs) of module ``name`` for c channels.
+
+    A kinked activation comes with affine=True (and ``build`` gives the bias
+    nonzero values): see ``_fuzz_args.kink_safe``."""
     act = draw(st.sampled_from(ACTIVATIONS))
+    kinked = act != "identity" or name in ("BatchNormLeakyReLU2d", "BatchNormReLU2d")
     if name in BN_LIKE:
         kw = dict(eps=draw(st.sampled_from((1e-5, 1e-3))), momentum=draw(st.sampled_from((0.1, None, 1.0))),
-                  affine=draw(st.booleans()), track_running_stats=draw(st.booleans()))
+                  affine=draw(st.booleans()) or kinked, track_running_stats=draw(st.booleans()))
         if name in ("BatchNormAct1d", "BatchNormAct2d"):
             kw["activation"] = act
         return (c,), kw
     if name == "GroupNormAct":
         return (draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0])), c), dict(
-            affine=draw(st.booleans()), activation=act)
+            affine=draw(st.booleans()) or kinked, activation=act)
     if name == "LayerNormAct2d":
-        return (c,), dict(affine=draw(st.booleans()), activation=act)
+        return (c,), dict(affine=draw(st.booleans()) or kinked, activation=act)
     if name == "InstanceNormAct2d":
-        return (c,), dict(affine=draw(st.booleans()), track_running_stats=draw(st.booleans()), activation=act)
+        return (c,), dict(affine=draw(st.booleans()) or kinked, track_running_stats=draw(st.booleans()),
+                          activation=act)
     if name == "PixelShuffleUpsample":
         return (c, draw(st.integers(1, 2))), dict(scale=draw(st.sampled_from((1, 2))), kernel_size=1,
                                                   norm=draw(st.sampled_from(("batch", None))), activation=act)
@@ -110,6 +115,10 @@ def module_calls(draw, device):
         kw = dict(ctor_kwargs, impl=impl) if _needs_impl(name) else dict(ctor_kwargs)
         module = cls(*ctor_args, **kw).to(device)
         module.train(training)
+        with torch.no_grad():  # nonzero biases (they start at 0): off the activation's kink
+            for pname, p in module.named_parameters():
+                if pname.endswith("bias"):
+                    p.copy_(vector(p.numel(), p.dtype, 1001, device))
         leaf, x = make_x(xd, device)
         if in_x_dtype and x.is_floating_point():
             module.to(x.dtype)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from fastgan import ops
 
-from _fuzz_args import (activation_value, eps_value, fault_name, faults, make_x, vector, vector_fault,
+from _fuzz_args import (activation_value, eps_value, fault_name, faults, kink_safe, make_x, vector, vector_fault,
                         x_description)
 from _strategies import Spec, double_backward_flags, nc_shapes, run_fuzz
 from conftest import all_backend_params
@@ -85,6 +85,7 @@ def batch_norm_calls(draw, device):
         vecs["running_mean"] = vecs["running_mean"][:5] + (None, False)
     eps = eps_value(draw, fault)
     act, slope = activation_value(draw, fault)
+    vecs = kink_safe(vecs, act, c, device)
     double = draw(double_backward_flags())
     x_bad = fault == "x_rank" or (len(xd[0]) >= 2 and training and _count_per_channel(xd[0]) == 1)
 
@@ -128,6 +129,7 @@ def group_norm_calls(draw, device):
     use_input_stats = draw(st.booleans()) or kind != "instance" or vecs.get("running_mean") is None
     eps = eps_value(draw, fault)
     act, slope = activation_value(draw, fault)
+    vecs = kink_safe(vecs, act, c, device)
     double = draw(double_backward_flags())
     x_bad = kind == "instance" and use_input_stats and math.prod(xd[0][2:]) == 1 and xd[0][0] > 0
 
@@ -177,6 +179,8 @@ def pixel_shuffle_calls(draw, device):
     training = draw(st.booleans()) or not with_norm or vecs["running_mean"] is None
     eps = eps_value(draw, fault)
     act, slope = activation_value(draw, fault)
+    if with_norm:
+        vecs = kink_safe(vecs, act, out_c, device)
     double = draw(double_backward_flags())
     shape = xd[0]
     x_bad = fault == "x_rank" or (with_norm and training and len(shape) == 4
@@ -221,6 +225,7 @@ def virtual_batch_norm_calls(draw, device):
     reference_batch = draw(st.booleans())
     eps = eps_value(draw, fault)
     act, slope = activation_value(draw, fault)
+    vecs = kink_safe(vecs, act, c, device)
     double = draw(double_backward_flags())
     ref_fault = vector_fault(fault, "ref_mean") or vector_fault(fault, "ref_sq_mean")
 
