@@ -10,7 +10,6 @@ Two properties per module:
   module with ``impl="ref"``: output, updated buffers (running stats,
   ``num_batches_tracked``), gradients of the input and of every parameter.
 """
-import math
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from fastgan import nn as fnn
 
 from _fuzz_args import ACTIVATIONS, faults, make_x, vector, x_description
-from _strategies import Spec, check_call, double_backward_flags, fuzz_settings, nc_shapes, run_fuzz
+from _strategies import Spec, double_backward_flags, fuzz_settings, nc_shapes, run_fuzz
 from conftest import all_backend_params
 
 BACKENDS = [pytest.param("ref", "cpu", id="ref")] + all_backend_params()
