@@ -138,6 +138,9 @@ def penalty_from_outputs(outputs: torch.Tensor, inputs: torch.Tensor, kind: str 
     or (N, ...) scores, summed per sample; inputs: the (N, ...) tensor they
     were computed from, which must require grad."""
     _, mode, default_weight, factor = _check_kind(kind)
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
+        raise TypeError(f"weight must be a float (or None for the default {default_weight}), "
+                        f"got {type(weight).__name__}")
     weight = default_weight if weight is None else float(weight)
     _check_input("inputs", inputs)
     if not isinstance(outputs, torch.Tensor):

@@ -14,6 +14,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .._activation import activation_code, activation_repr
 from ..ops.batch_norm_act import batch_norm_act
+from ._checks import check_eps, check_momentum, positive_int
 
 
 def batch_norm_step(bn: _NormBase):
@@ -38,6 +39,9 @@ class _BatchNormAct(_NormBase):
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
                  activation: str = "leaky_relu", negative_slope: float = 0.2, impl: str = "auto"):
         activation_code(activation, negative_slope)  # validate early
+        positive_int("num_features", num_features)
+        check_eps(eps)
+        check_momentum(momentum)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.activation = activation
         self.negative_slope = negative_slope

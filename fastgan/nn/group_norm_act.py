@@ -13,6 +13,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .._activation import activation_code, activation_repr
 from ..ops.group_norm_act import group_norm_act, instance_norm_act
+from ._checks import check_eps, check_momentum, positive_int
 
 
 class GroupNormAct(nn.GroupNorm):
@@ -22,6 +23,9 @@ class GroupNormAct(nn.GroupNorm):
                  device=None, dtype=None, activation: str = "leaky_relu", negative_slope: float = 0.2,
                  impl: str = "auto"):
         activation_code(activation, negative_slope)
+        positive_int("num_groups", num_groups)
+        positive_int("num_channels", num_channels)
+        check_eps(eps)
         super().__init__(num_groups, num_channels, eps, affine, device, dtype)
         self.activation, self.negative_slope, self.impl = activation, negative_slope, impl
 
@@ -54,6 +58,9 @@ class InstanceNormAct2d(_InstanceNorm):
                  track_running_stats: bool = False, device=None, dtype=None, activation: str = "leaky_relu",
                  negative_slope: float = 0.2, impl: str = "auto"):
         activation_code(activation, negative_slope)
+        positive_int("num_features", num_features)
+        check_eps(eps)
+        check_momentum(momentum)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.activation, self.negative_slope, self.impl = activation, negative_slope, impl
 

@@ -17,7 +17,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .._validation import check_positive_float
 from ..ops.minibatch_discrimination import minibatch_discrimination
+from ._checks import check_input_matches
 
 __all__ = ["MinibatchDiscrimination", "MinibatchStdDev"]
 
@@ -83,6 +85,7 @@ class MinibatchDiscrimination(nn.Module):
         if x.shape[1] != self.in_features:
             raise ValueError(f"x must have in_features={self.in_features} features per sample, "
                              f"got shape {tuple(x.shape)}")
+        check_input_matches(type(self).__name__, x, self.T)
         n = x.shape[0]
         m = (x @ self.T.reshape(self.in_features, -1)).reshape(n, self.num_kernels, self.kernel_dim)
         o = minibatch_discrimination(m, self.exclude_self, impl=self.impl)
@@ -121,7 +124,8 @@ class MinibatchStdDev(nn.Module):
             _positive_int("group_size", group_size)
         self.group_size = group_size
         self.num_channels = _positive_int("num_channels", num_channels)
-        self.eps = float(eps)
+        # sqrt(var + eps) of a constant group: eps = 0 gives an infinite derivative (NaN gradients)
+        self.eps = check_positive_float("eps", eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -135,8 +139,10 @@ class MinibatchStdDev(nn.Module):
         f = self.num_channels
         if c % f != 0:
             raise ValueError(f"the {c} channels of x must divide into num_channels={f} groups")
+        if n == 0:  # an empty batch: no statistics and no sample to append them to
+            return torch.cat([x, x.new_zeros((0, f) + spatial)], dim=1)
         g = n if self.group_size is None else min(self.group_size, n)
-        if g == 0 or n % g != 0:
+        if n % g != 0:
             raise ValueError(f"the batch size {n} must be a multiple of the group size {g} "
                              f"(group_size={self.group_size})")
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -17,6 +17,7 @@ from torch import nn
 
 from .._activation import activation_code, activation_repr
 from ..ops.pixel_shuffle_act import pixel_shuffle_act, pixel_shuffle_batch_norm_act
+from ._checks import check_input_matches, positive_int
 from .batch_norm_act import batch_norm_step
 
 
@@ -53,6 +54,9 @@ class PixelShuffleUpsample(nn.Module):
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale must be a positive int, got {scale!r}")
         activation_code(activation, negative_slope)
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("kernel_size", kernel_size)):
+            positive_int(name, value)
         factory = dict(device=device, dtype=dtype)
         self.scale, self.activation, self.negative_slope, self.impl = scale, activation, negative_slope, impl
         self.conv = nn.Conv2d(in_channels, out_channels * scale * scale, kernel_size, padding=kernel_size // 2,
@@ -67,6 +71,7 @@ class PixelShuffleUpsample(nn.Module):
             self.bias = nn.Parameter(torch.zeros(out_channels, **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_matches(type(self).__name__, x, self.conv.weight)
         h = self.conv(x)
         if self.norm is None:
             return pixel_shuffle_act(h, self.scale, self.bias, self.activation, self.negative_slope, impl=self.impl)

@@ -22,6 +22,7 @@ from torch import nn
 
 from .._activation import activation_code, activation_repr
 from ..ops.virtual_batch_norm import virtual_batch_norm, virtual_batch_reference_stats
+from ._checks import check_eps, positive_int
 
 
 class _VirtualBatchNorm(nn.Module):
@@ -32,7 +33,7 @@ class _VirtualBatchNorm(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         activation_code(activation, negative_slope)
-        self.num_features, self.eps = num_features, eps
+        self.num_features, self.eps = positive_int("num_features", num_features), check_eps(eps)
         self.activation, self.negative_slope = activation, negative_slope
         self.detach_reference, self.impl = detach_reference, impl
         # The authors' code: gamma ~ N(1, 0.02), beta = 0.

@@ -11,15 +11,36 @@ from __future__ import annotations
 import torch
 
 
+def _canonical_strides(x: torch.Tensor, order: tuple) -> torch.Tensor:
+    """x (dense in the dim order ``order``) as a view with that order's standard strides.
+
+    PyTorch calls a tensor contiguous whatever the strides of its size-1
+    dims (``randn(2, 3, 1, 4).transpose(2, 3)`` is contiguous with
+    stride(-1) = 4), but the Triton kernels address x through its strides:
+    such a stride made them read outside x.  The view costs nothing and
+    addresses the same elements."""
+    if x.numel() == 0:
+        return x
+    permuted = x.permute(order)
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return permuted.reshape(-1).view(permuted.shape).permute(inverse)
+
+
+def contiguous_canonical(x: torch.Tensor) -> torch.Tensor:
+    """x contiguous (copied only when it is not), with standard strides."""
+    return _canonical_strides(x.contiguous(), tuple(range(x.dim())))
+
+
 def kernel_layout(x: torch.Tensor) -> torch.Tensor:
-    """x itself when a kernel can read it in place, else a contiguous copy."""
+    """x itself (a view with standard strides) when a kernel can read it in place,
+    else a contiguous copy."""
     if x.is_contiguous():
-        return x
+        return _canonical_strides(x, tuple(range(x.dim())))
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return x
+        return _canonical_strides(x, (0, 2, 3, 1))
     if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return x
-    return x.contiguous()
+        return _canonical_strides(x, (0, 2, 3, 4, 1))
+    return contiguous_canonical(x)
 
 
 def like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

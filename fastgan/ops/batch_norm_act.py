@@ -41,7 +41,7 @@ def _check(x, running_mean, running_var, weight, bias, training, momentum, eps):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     if training and x.numel() // max(channels, 1) == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        raise ValueError(f"x must have more than 1 value per channel when training, got input size {tuple(x.shape)}")
 
 
 def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,

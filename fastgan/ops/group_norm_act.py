@@ -99,7 +99,7 @@ def instance_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = No
         return batch_norm_act(x, running_mean, running_var, weight, bias, False, momentum, eps,
                               activation, negative_slope, impl)
     if x.numel() // max(x.shape[0] * x.shape[1], 1) == 1 and x.numel() > 0:
-        raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}")
+        raise ValueError(f"x must have more than 1 spatial element when training, got input size {tuple(x.shape)}")
     act, slope = activation_code(activation, negative_slope)
     backend = _backend.resolve(impl, x.device, "instance_norm_act")
     if backend == "ref" or x.numel() == 0:

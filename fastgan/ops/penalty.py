@@ -19,6 +19,7 @@ returning wrong zeros.  Kernels: ``fastgan/kernels/penalty.py`` (Triton) or
 from __future__ import annotations
 
 import functools
+import math
 from typing import Union
 
 import torch
@@ -172,6 +173,8 @@ def penalty_from_grad(grad: torch.Tensor, mode: str = "two-sided", center: float
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
     if isinstance(center, bool) or not isinstance(center, (int, float)):
         raise TypeError(f"center must be a float, got {type(center).__name__}")
+    if not math.isfinite(center):
+        raise ValueError(f"center must be finite, got {center}")
     if grad.shape[0] == 0:
         raise ValueError("grad must hold at least one sample (its first dimension is 0)")
     backend = _backend.resolve(impl, grad.device, "penalty_from_grad")

@@ -21,6 +21,7 @@ from .. import _backend, reference
 from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
+from ._layout import contiguous_canonical
 from ._norm_act import Grouping, NormActFn
 
 __all__ = ["pixel_shuffle_act", "pixel_shuffle_batch_norm_act"]
@@ -49,7 +50,7 @@ def pixel_shuffle_act(x: torch.Tensor, upscale_factor: int, bias: Optional[torch
     if backend == "ref" or x.numel() == 0:
         return reference.pixel_shuffle_act(x, upscale_factor, bias, activation, negative_slope)
     r2 = upscale_factor ** 2
-    x = x.contiguous()
+    x = contiguous_canonical(x)
     dtype = _compute_dtype(x)
     zero = torch.zeros(x.shape[1], device=x.device, dtype=dtype)
     one = torch.ones_like(zero)
@@ -76,14 +77,14 @@ def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_m
         raise ValueError("running_mean and running_var are required when training=False")
     check_positive_float("eps", eps)
     if training and x.shape[0] * x.shape[2] * x.shape[3] * upscale_factor ** 2 == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        raise ValueError(f"x must have more than 1 value per channel when training, got input size {tuple(x.shape)}")
     act, slope = activation_code(activation, negative_slope)
     backend = _backend.resolve(impl, x.device, "pixel_shuffle_batch_norm_act", cuda_support=True)
     if backend == "ref" or x.numel() == 0:
         return reference.pixel_shuffle_batch_norm_act(x, upscale_factor, running_mean, running_var, weight, bias,
                                                       training, momentum, eps, activation, negative_slope)
     r2 = upscale_factor ** 2
-    x = x.contiguous()
+    x = contiguous_canonical(x)
     dtype = _compute_dtype(x)
     use_batch_stats = bool(training) or running_mean is None
     if use_batch_stats:

@@ -10,6 +10,7 @@ differentiable Functions (``_moments.py``, ``_norm_act.py``).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -28,6 +29,10 @@ def virtual_batch_reference_stats(x_ref: torch.Tensor, impl: str = "auto") -> tu
     """(ref_mean, ref_sq_mean) of a reference batch: per-channel mean of x and of x^2
     over (N_ref, *spatial), float32; differentiable (gradients reach x_ref)."""
     check_tensor("x_ref", x_ref, min_dim=2)
+    if x_ref.shape[0] * math.prod(x_ref.shape[2:]) == 0:
+        # the mean over no elements is NaN: refuse rather than normalise everything with it
+        raise ValueError(f"x_ref must hold at least one value per channel (a non-empty reference batch), "
+                         f"got shape {tuple(x_ref.shape)}")
     backend = _backend.resolve(impl, x_ref.device, "virtual_batch_reference_stats")
     if backend == "ref" or x_ref.numel() == 0:
         return reference.virtual_batch_reference_stats(x_ref)
@@ -77,7 +82,9 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
         own_mean, own_sq = moments(x, True, backend)  # (N, C)
         mu = a * own_mean + (1 - a) * mu_r
         s = a * own_sq + (1 - a) * s_r
-    scale = torch.rsqrt(eps + s - mu * mu)
+    # s - mu^2 is E[x^2] - E[x]^2 (the paper's statistics): it cancels catastrophically
+    # when the variance is tiny next to the mean and can come out negative -> clamp (see ref)
+    scale = torch.rsqrt(eps + (s - mu * mu).clamp_min(0))
     if weight is not None:
         scale = scale * weight.to(stats_dtype)
     shift = -mu * scale if bias is None else bias.to(stats_dtype) - mu * scale

@@ -8,6 +8,7 @@ statistics over (C, H, W) of each sample, affine per channel.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -22,9 +23,12 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     """``act(F.group_norm(x, num_groups, weight, bias, eps))``, statistics in float32 (float64)."""
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     n = x.shape[0]
-    xg = x.to(compute_dtype).reshape(n, num_groups, -1)
+    # the group size spelled out: reshape(n, G, -1) is ambiguous (an error) for an empty batch
+    group_size = (x.shape[1] // num_groups) * math.prod(x.shape[2:])
+    xg = x.to(compute_dtype).reshape(n, num_groups, group_size)
     mean = xg.mean(dim=-1, keepdim=True)
-    var = xg.var(dim=-1, unbiased=False, keepdim=True)
+    # (var() of an empty batch warns about degrees of freedom; there is nothing to normalise)
+    var = xg.var(dim=-1, unbiased=False, keepdim=True) if xg.numel() else torch.zeros_like(mean)
     y = ((xg - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
     shape = channel_view_shape(x)
     if weight is not None:
@@ -44,7 +48,8 @@ def instance_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = No
     if not use_input_stats:
         return batch_norm_act(x, running_mean, running_var, weight, bias, False, momentum, eps,
                               activation, negative_slope)
-    if running_mean is not None or running_var is not None:
+    # an empty batch has no statistics: leave the running stats alone (PyTorch would write NaN)
+    if (running_mean is not None or running_var is not None) and x.shape[0] > 0:
         with torch.no_grad():
             xs = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
             xs = xs.reshape(x.shape[0], x.shape[1], -1)

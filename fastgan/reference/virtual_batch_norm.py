@@ -8,7 +8,10 @@ For each live example i, with a = 1 / (N_ref + 1)::
 
     mu_i = a * mean_spatial(x_i) + (1 - a) * mu_r
     s_i  = a * mean_spatial(x_i ** 2) + (1 - a) * s_r
-    y    = (x - mu_i) / sqrt(eps + s_i - mu_i ** 2) * gamma + beta
+    y    = (x - mu_i) / sqrt(eps + max(s_i - mu_i ** 2, 0)) * gamma + beta
+
+(the max: in floating point s_i - mu_i^2 can come out slightly negative when
+the variance is tiny next to the mean; the exact value is >= 0).
 
 The reference batch itself is normalised with (mu_r, s_r) alone.  Gradients
 flow into mu_r and s_r (and so through the reference batch).
@@ -52,7 +55,10 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
         own_sq = (xc * xc).mean(dim=spatial, keepdim=True) if spatial else xc * xc
         mu = a * own_mean + (1 - a) * mu_r
         s = a * own_sq + (1 - a) * s_r
-    y = (xc - mu) * torch.rsqrt(eps + s - mu * mu)
+    # s - mu^2 = E[x^2] - E[x]^2 cancels catastrophically when the variance is tiny next to
+    # the mean (x = 1000 + 1e-3 noise in float32): a negative value would give NaN, so clamp
+    var = (s - mu * mu).clamp_min(0)
+    y = (xc - mu) * torch.rsqrt(eps + var)
     if weight is not None:
         y = y * weight.to(xc.dtype).view(shape)
     if bias is not None:
