@@ -134,6 +134,9 @@ class ModelConfig:
     fused: bool = opt(True, "fastgan's fused norm + activation layers (off: plain PyTorch layers)")
     impl: str = opt("auto", "backend of every fused layer: auto, ref, triton, cuda", choices=_impls())
     init: str = opt("dcgan", "weight init: dcgan = N(0, 0.02), default = PyTorch's", choices=("dcgan", "default"))
+    num_generators: int = opt(1, "MGAN: K generators sharing all layers but the first (sample i from generator "
+                              "i % K) and a D head classifying which one made a sample (1: off)",
+                              source="Hoang et al. 2018 (MGAN); Ghosh et al. 2018 (MAD-GAN)", trick=True, minimum=1)
 
 
 @dataclass
@@ -158,6 +161,27 @@ class LossConfig:
                                       source="Salimans et al. 2016, sec. 3.1")
     historical_averaging: float = opt(0.0, "weight of ||theta - mean of past theta||^2 added to G's and D's losses",
                                       source="Salimans et al. 2016, sec. 3.3", trick=True, minimum=0.0)
+    unrolled_steps: int = opt(0, "Unrolled GAN: G's loss against D unrolled K steps of D's own optimiser (SGD or "
+                              "Adam), differentiated through; D keeps its plain update (0: off)",
+                              source="Metz et al. 2017 (Unrolled GANs)", trick=True, minimum=0)
+    hybrid: str = opt("none", "VAE + GAN hybrids with an encoder q(z|x): vae_gan = KL + reconstruction in D's "
+                      "feature space, D also judges reconstructions; kl_gan = KL + pixel reconstruction + GAN",
+                      source="Larsen et al. 2016 (VAE-GAN); ganhacks #16", trick=True,
+                      choices=("none", "vae_gan", "kl_gan"))
+    hybrid_kl_weight: float = opt(1.0, "hybrid: weight of KL(q(z|x) || N(0, I))", minimum=0.0)
+    hybrid_recon_weight: float = opt(1.0, "hybrid: weight of the reconstruction loss (mean squared error)",
+                                     minimum=0.0)
+    generator_classifier: float = opt(1.0, "MGAN's beta: weight of the cross-entropy of D's generator-classifier "
+                                      "head (D and G both minimise it; needs model.num_generators > 1)",
+                                      source="Hoang et al. 2018 (MGAN)", minimum=0.0)
+    semi_supervised: bool = opt(False, "semi-supervised GAN: D is a K-class classifier with D(x) = Z / (Z + 1), "
+                                "trained on a few labelled examples per class plus the GAN loss; accuracy on a "
+                                "held-out split goes to the metrics log (pair with feature matching)",
+                                source="Salimans et al. 2016, sec. 5", trick=True)
+    labelled_per_class: int = opt(10, "semi-supervised: labelled training examples per class", minimum=1)
+    semi_holdout: int = opt(500, "semi-supervised: examples held out of training for the accuracy", minimum=1)
+    semi_weight: float = opt(1.0, "semi-supervised: weight of the supervised cross-entropy in D's loss",
+                             minimum=0.0)
 
 
 @dataclass
@@ -724,6 +748,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                       f"({r.batch_size} x {t.replay_ratio})")
     if r.device not in ("auto", "cpu") and not r.device.startswith("cuda"):
         errors.append(f"run.device: expected auto, cpu, cuda or cuda:N, got {r.device!r}")
+    from .algos import config_errors  # issue 13's options
+
+    errors += config_errors(cfg)
     if errors:
         raise ConfigError(errors)
     return cfg
