@@ -550,6 +550,11 @@ PRESETS: dict[str, dict] = {
 PRESETS["toy-grid25"] = _merge(PRESETS["toy-ring8"], {"data": {"dataset": "grid25"},
                                                      "run": {"steps": 5000}})
 PRESETS["toy-ring8-pacgan"] = _merge(PRESETS["toy-ring8"], {"tricks": {"pack": 2}})
+# Issue 13: Unrolled GAN (Metz et al. 2017: 5 unrolling steps on the ring), MGAN (Hoang et al. 2018) with 4
+# generators, and VAE-GAN (Larsen et al. 2016) on the shipped digits.
+PRESETS["toy-ring8-unrolled"] = _merge(PRESETS["toy-ring8"], {"loss": {"unrolled_steps": 5}})
+PRESETS["toy-ring8-mgan"] = _merge(PRESETS["toy-ring8"], {"model": {"num_generators": 4}})
+PRESETS["vae-gan-mnist"] = _merge(_DCGAN_BASE, {"loss": {"hybrid": "vae_gan"}})
 
 
 def preset_names() -> list[str]:
