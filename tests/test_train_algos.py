@@ -205,3 +205,17 @@ def test_unrolled_g_step_differs_from_the_plain_one(tmp_path):
 def test_bad_combinations_are_refused(sets, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
         load_config(preset="toy-ring8", sets=TINY_TOY + QUIET + [f"out={tmp_path}", *sets])
+
+
+def test_toy_comparison_writes_a_table(tmp_path):
+    from fastgan.experiments.toy_compare import main
+
+    out = tmp_path / "cmp.md"
+    sets = ["--set", "hidden=16", "--set", "toy_samples=2000", "--set", "batch_size=32", "--set", "impl=ref"]
+    assert main(["--out", str(out), "--datasets", "ring8", "--steps", "2", "--only", "baseline", "MGAN K=4",
+                 "--add-variant", "mine", "label_flip=0.1", "--workdir", str(tmp_path / "runs"), *sets]) == 0
+    text = out.read_text()
+    assert "2 generator steps per run, seeds 0" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ring8 |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["baseline", "MGAN K=4"]  # --only filters, in order
+    assert "`num_generators=4`" in rows[1] and "/ 8 |" in rows[0]
