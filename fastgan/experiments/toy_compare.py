@@ -124,6 +124,9 @@ def main(argv=None) -> int:
                     print(f"{dataset} {name} seed {seed}: {res['modes']}/{res['num_modes']} modes, "
                           f"{100 * (res['high_quality'] or 0):.1f} % high quality, {res['seconds']:.0f}s "
                           f"({res['status']})", flush=True)
+                    if res["status"] == "interrupted":  # the trainer turned SIGTERM / Ctrl-C into a clean stop
+                        print("interrupted: stopping (the table keeps the variants finished so far)")
+                        return 130
                 rows.append(row)
                 text = table(rows, a.steps, a.seeds, command)
                 os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
