@@ -123,12 +123,13 @@ def test_semi_supervised_loss_by_hand():
 def test_semi_supervised_digits_beats_chance(tmp_path):
     tiny = ["image_size=16", "ngf=8", "ndf=8", "nz=16", "batch_size=32", "n_samples=4"]
     t = _trainer(tmp_path, "dataset=digits8x8", "semi_supervised=true", "labelled_per_class=10", "semi_holdout=300",
-                 "feature_matching=1", "feature_matching_only=true", "d_norm=none", "steps=40", "log_every=20",
+                 "feature_matching=1", "feature_matching_only=true", "d_norm=none", "lr_d=1e-3", "steps=40",
+                 "log_every=20",
                  preset="dcgan-mnist", tiny=tiny)
     assert len(t.dataset) == 1797 - 300 and t.semi.x_lab.shape[0] == 100
     t.train()
     acc = _rows(t)[-1]["ssl_accuracy"]
-    assert acc > 0.3, acc  # chance is 0.1
+    assert acc > 0.3, acc  # chance is 0.1; this run reached ~0.6 here
 
 
 # ----------------------------------------------------------------------------------------------
