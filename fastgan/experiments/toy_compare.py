@@ -73,6 +73,9 @@ def table(rows: list[dict], steps: int, seeds: list[int], command: str) -> str:
         "samples within 3 sigma); high quality: the fraction within 3 sigma of a centre.  With several seeds a "
         "cell is the mean, then the per-seed values.",
         "",
+        f"Total training time of the {sum(len(r['seconds']) for r in rows)} runs: "
+        f"{sum(sum(r['seconds']) for r in rows) / 60:.1f} min.",
+        "",
         "| data | variant | options | modes covered | high quality % | seconds / run |",
         "|---|---|---|---|---|---|",
     ]
