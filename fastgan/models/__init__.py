@@ -4,9 +4,12 @@ from .dcgan import (ACTIVATIONS, DOWNSAMPLE, MINIBATCH, NORMS, UPSAMPLE, DCGANDi
 from .mlp import MLPDiscriminator, MLPGenerator
 from .attention import SelfAttention2d
 from .dropout import add_dropout
+from .encoder import Encoder, build_encoder
+from .multi_generator import MultiHeadGenerator, generator_ids
 from .resnet import ResBlockDown, ResBlockUp, ResNetDiscriminator, ResNetGenerator
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "build_dcgan", "MLPGenerator", "MLPDiscriminator",
            "dcgan_init", "norm_act", "set_impl", "NORMS", "ACTIVATIONS", "MINIBATCH", "DOWNSAMPLE", "UPSAMPLE",
            "apply_spectral_norm", "has_vbn",
-           "SelfAttention2d", "ResBlockUp", "ResBlockDown", "ResNetGenerator", "ResNetDiscriminator", "add_dropout"]
+           "SelfAttention2d", "ResBlockUp", "ResBlockDown", "ResNetGenerator", "ResNetDiscriminator", "add_dropout",
+           "MultiHeadGenerator", "generator_ids", "Encoder", "build_encoder"]

@@ -149,6 +149,9 @@ class ModelConfig:
                            maximum=0.9)
     g_spectral_norm: bool = opt(False, "spectral normalisation of every generator weight too",
                                 source="Zhang et al. 2019 (SAGAN)", trick=True)
+    num_generators: int = opt(1, "MGAN: K generators sharing all layers but the first (sample i from generator "
+                              "i % K) and a D head classifying which one made a sample (1: off)",
+                              source="Hoang et al. 2018 (MGAN); Ghosh et al. 2018 (MAD-GAN)", trick=True, minimum=1)
 
 
 @dataclass
@@ -185,6 +188,27 @@ class LossConfig:
     pixel_warmup: int = opt(0, "steps at the full pixel loss weight", minimum=0)
     pixel_decay: int = opt(0, "steps over which the pixel loss weight then falls linearly to 0 (0: it stays)",
                            minimum=0)
+    unrolled_steps: int = opt(0, "Unrolled GAN: G's loss against D unrolled K steps of D's own optimiser (SGD or "
+                              "Adam), differentiated through; D keeps its plain update (0: off)",
+                              source="Metz et al. 2017 (Unrolled GANs)", trick=True, minimum=0)
+    hybrid: str = opt("none", "VAE + GAN hybrids with an encoder q(z|x): vae_gan = KL + reconstruction in D's "
+                      "feature space, D also judges reconstructions; kl_gan = KL + pixel reconstruction + GAN",
+                      source="Larsen et al. 2016 (VAE-GAN); ganhacks #16", trick=True,
+                      choices=("none", "vae_gan", "kl_gan"))
+    hybrid_kl_weight: float = opt(1.0, "hybrid: weight of KL(q(z|x) || N(0, I))", minimum=0.0)
+    hybrid_recon_weight: float = opt(1.0, "hybrid: weight of the reconstruction loss (mean squared error)",
+                                     minimum=0.0)
+    generator_classifier: float = opt(1.0, "MGAN's beta: weight of the cross-entropy of D's generator-classifier "
+                                      "head (D and G both minimise it; needs model.num_generators > 1)",
+                                      source="Hoang et al. 2018 (MGAN)", minimum=0.0)
+    semi_supervised: bool = opt(False, "semi-supervised GAN: D is a K-class classifier with D(x) = Z / (Z + 1), "
+                                "trained on a few labelled examples per class plus the GAN loss; accuracy on a "
+                                "held-out split goes to the metrics log (pair with feature matching)",
+                                source="Salimans et al. 2016, sec. 5", trick=True)
+    labelled_per_class: int = opt(10, "semi-supervised: labelled training examples per class", minimum=1)
+    semi_holdout: int = opt(500, "semi-supervised: examples held out of training for the accuracy", minimum=1)
+    semi_weight: float = opt(1.0, "semi-supervised: weight of the supervised cross-entropy in D's loss",
+                             minimum=0.0)
 
 
 @dataclass
@@ -599,6 +623,11 @@ PRESETS["sagan-resnet-mnist"] = _merge(_DCGAN_BASE, {
     "loss": {"loss": "hinge"},
     "optim": {"lr_g": 1e-4, "lr_d": 4e-4, "beta1": 0.0, "beta2": 0.9},
 })
+# Issue 13: Unrolled GAN (Metz et al. 2017: 5 unrolling steps on the ring), MGAN (Hoang et al. 2018) with 4
+# generators, and VAE-GAN (Larsen et al. 2016) on the shipped digits.
+PRESETS["toy-ring8-unrolled"] = _merge(PRESETS["toy-ring8"], {"loss": {"unrolled_steps": 5}})
+PRESETS["toy-ring8-mgan"] = _merge(PRESETS["toy-ring8"], {"model": {"num_generators": 4}})
+PRESETS["vae-gan-mnist"] = _merge(_DCGAN_BASE, {"loss": {"hybrid": "vae_gan"}})
 
 
 def preset_names() -> list[str]:
@@ -803,6 +832,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         errors.append(f"run.device: expected auto, cpu, cuda or cuda:N, got {r.device!r}")
     errors += check_combinations(cfg)
     errors += issue13_checks(cfg)
+    from .algos import config_errors  # issue 13's options
+
+    errors += config_errors(cfg)
     if errors:
         raise ConfigError(errors)
     return cfg

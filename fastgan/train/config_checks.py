@@ -73,7 +73,7 @@ def check_types(cfg) -> list[str]:
 
 def check_combinations(cfg) -> list[str]:
     """Impossible or silently ineffective combinations beyond those :func:`validate` checks inline."""
-    d, m, lo, o, t, r = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.tricks, cfg.run
+    d, m, lo, t, r = cfg.data, cfg.model, cfg.loss, cfg.tricks, cfg.run
     toy = cfg.is_toy()
     arch = cfg.resolved_arch()
     errors = []

@@ -165,6 +165,13 @@ class Distributed:
         if m.minibatch == "stddev" and (local // t.pack) % min(m.stddev_group, local // t.pack):
             errors.append(f"model.stddev_group: each rank's D batch ({local // t.pack}) must be a multiple of the "
                           f"group size {m.stddev_group}")
+        lo = cfg.loss
+        # Issue 13's algorithms keep extra networks / per-batch bookkeeping that is not synced across ranks yet
+        # (the encoder is not under DDP; the unrolled look-ahead and the labelled subset would be per rank).
+        for on, name in ((lo.unrolled_steps > 0, "loss.unrolled_steps"), (lo.hybrid != "none", "loss.hybrid"),
+                         (lo.semi_supervised, "loss.semi_supervised"), (m.num_generators > 1, "model.num_generators")):
+            if on:
+                errors.append(f"{name}: not supported with several processes yet; train it on one process")
         if "vbn" in (m.g_norm, m.d_norm):
             errors.append("model.g_norm / d_norm = vbn: virtual batch norm's reference pass is not supported "
                           "with several processes")

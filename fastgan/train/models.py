@@ -14,6 +14,12 @@ and ``head``): ``forward(x, labels=None)`` returns logits (N,);
 the flattened features, Odena et al. 2017) and the features (for feature
 matching).  The embedding-conditioned D adds a projection term
 <embed(y), features> to the logit (Miyato & Koyama 2018).
+
+``conditional="semi"`` is the semi-supervised D of Salimans et al. 2016
+(sec. 5): the classifier head gives K class logits l and the real / fake
+logit is logsumexp(l), i.e. D(x) = Z / (Z + 1) with Z = sum_k exp(l_k).
+``num_generators > 1`` (MGAN) adds ``generator_classifier``, a linear head on
+the features that predicts which generator made a sample.
 """
 from __future__ import annotations
 
@@ -23,8 +29,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..models import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, ResNetDiscriminator,
-                      ResNetGenerator, set_impl)
+from ..models import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, MultiHeadGenerator,
+                      ResNetDiscriminator, ResNetGenerator, set_impl)
 from .resnet_spec import apply_generator_extras, generator_extras, resnet_kwargs
 
 _GENERATORS = {"dcgan": DCGANGenerator, "mlp": MLPGenerator, "resnet": ResNetGenerator}
@@ -63,11 +69,13 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, base: nn.Module, feature_dim: int, num_classes: int = 0, conditional: str = "none"):
+    def __init__(self, base: nn.Module, feature_dim: int, num_classes: int = 0, conditional: str = "none",
+                 num_generators: int = 1):
         super().__init__()
         self.base = base
         self.conditional, self.num_classes = conditional, num_classes
-        self.classifier = nn.Linear(feature_dim, num_classes) if conditional == "acgan" else None
+        self.classifier = nn.Linear(feature_dim, num_classes) if conditional in ("acgan", "semi") else None
+        self.generator_classifier = nn.Linear(feature_dim, num_generators) if num_generators > 1 else None
         self.projection = nn.Embedding(num_classes, feature_dim) if conditional == "embedding" else None
         if self.projection is not None:
             nn.init.normal_(self.projection.weight, 0.0, 0.02)
@@ -78,9 +86,9 @@ class Discriminator(nn.Module):
     def forward_all(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
         """(logits (N,), class logits (N, K) or None, features (N, ...))."""
         h = self.base.features(x)
-        logits = self.base.head(h)
         flat = h.flatten(1)
         class_logits = self.classifier(flat) if self.classifier is not None else None
+        logits = torch.logsumexp(class_logits, 1) if self.conditional == "semi" else self.base.head(h)
         if self.projection is not None:
             if labels is None:
                 raise ValueError("this discriminator is conditional: pass labels")
@@ -97,6 +105,7 @@ def model_specs(cfg, data_info: dict) -> dict:
     m, t = cfg.model, cfg.tricks
     arch = cfg.resolved_arch()
     num_classes = int(data_info.get("num_classes") or 0) if m.conditional != "none" else 0
+    semi = getattr(cfg.loss, "semi_supervised", False)
     embed = m.embed_dim if num_classes else 0
     if arch == "resnet":
         g_kwargs, d_kwargs, feature_dim = resnet_kwargs(cfg, data_info, embed)
@@ -125,20 +134,29 @@ def model_specs(cfg, data_info: dict) -> dict:
         feature_dim = m.hidden
         output = "linear"
     kind = data_info.get("kind", "image")
-    return {
+    spec = {
         "generator": {"arch": arch, "kwargs": g_kwargs, "nz": m.nz, "num_classes": num_classes, "embed_dim": embed,
                       "output": output, "z_dist": m.z_dist, "data_kind": kind, **generator_extras(cfg)},
         "discriminator": {"arch": arch, "kwargs": d_kwargs, "feature_dim": feature_dim, "num_classes": num_classes,
                           "conditional": m.conditional if num_classes else "none", "pack": t.pack},
         "data": dict(data_info),
     }
+    k = getattr(m, "num_generators", 1)
+    if k > 1:  # MGAN (only then, so older specs stay as they were)
+        spec["generator"]["num_generators"] = spec["discriminator"]["num_generators"] = k
+    if semi:  # an unconditional G; D classifies the K real classes
+        spec["discriminator"].update(conditional="semi", num_classes=int(data_info.get("num_classes") or 0))
+    return spec
 
 
 def build_generator(spec: dict, impl: Optional[str] = None) -> Generator:
     kwargs = dict(spec["kwargs"])
     if impl is not None:
         kwargs["impl"] = impl
-    base = apply_generator_extras(_GENERATORS[spec["arch"]](**kwargs), spec)
+    cls, k = _GENERATORS[spec["arch"]], spec.get("num_generators", 1)
+    # MGAN: K generators (extras applied to each) sharing all layers but the first.
+    bases = [apply_generator_extras(cls(**kwargs), spec) for _ in range(k)]
+    base = MultiHeadGenerator(bases) if k > 1 else bases[0]
     return Generator(base, spec["nz"], spec["num_classes"], spec["embed_dim"], spec["output"], spec["z_dist"],
                      spec.get("data_kind", "image"))
 
@@ -148,7 +166,8 @@ def build_discriminator(spec: dict, impl: Optional[str] = None) -> Discriminator
     if impl is not None:
         kwargs["impl"] = impl
     base = _DISCRIMINATORS[spec["arch"]](**kwargs)
-    return Discriminator(base, spec["feature_dim"], spec["num_classes"], spec["conditional"])
+    return Discriminator(base, spec["feature_dim"], spec["num_classes"], spec["conditional"],
+                         spec.get("num_generators", 1))
 
 
 def switch_impl(model: nn.Module, impl: str) -> nn.Module:

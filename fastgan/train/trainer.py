@@ -42,13 +42,12 @@ import torch.nn.functional as F
 
 from ..models import has_vbn
 from ..nn import virtual_batch_reference
+from . import algos
 from . import losses as L
-from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_resume_checkpoint, restore_rng,
-                         save_checkpoint)
+from .checkpoint import CheckpointError, capture_rng, load_resume_checkpoint, restore_rng, save_checkpoint
 from .config import ConfigError, TrainConfig, validate
 from .config_checks import check_against_data
 from .faults import BufferGuard, is_out_of_memory, out_of_memory_message, save_after_fault
-from .data import DataStream
 from .logs import JsonlLog, plot_metrics, save_grid, save_toy_samples
 from .models import build_discriminator, build_generator, model_specs
 from .monitor import FailureMonitor, TrainingDiverged
@@ -156,6 +155,9 @@ class Trainer:
             self.data_info = {"kind": "image", "dataset": d.dataset, "num_classes": self.dataset.num_classes,
                               "channels": self.dataset.channels, "image_size": d.image_size}
             self.mixture = None
+        self.semi = algos.SemiSupervised(self, self.dataset) if lo.semi_supervised else None  # issue 13
+        if self.semi is not None:
+            self.dataset = self.semi.train_dataset  # held-out examples never reach the stream
         self.stream = self.dist.data_stream(self.dataset, r.batch_size, r.seed, self.device, workers=d.workers)
         self.scale_to_unit = not self.toy and not d.scale_inputs
         cl = r.channels_last == "on" or (r.channels_last == "auto" and self.device.type == "cpu")
@@ -208,6 +210,7 @@ class Trainer:
             from ..penalties import LazyRegularizer
 
             self.penalty = LazyRegularizer(lo.penalty, every=lo.penalty_every, weight=lo.penalty_weight)
+        algos.attach(self)  # issue 13: unrolled GAN, VAE-GAN / KL-GAN encoder
 
         self.step = 0
         self.monitor = FailureMonitor(cfg.monitor, lo.loss, report=self._report)
@@ -302,7 +305,7 @@ class Trainer:
         return pack(self.dist.add_instance_noise(x, sigma), self.cfg.tricks.pack)
 
     def _labels_for_d(self, y):
-        return y if self.conditional != "none" else None
+        return y if self.conditional not in ("none", "semi") else None
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -384,12 +387,12 @@ class Trainer:
             yr, yf = self._labels_for_d(y_real), self._labels_for_d(y_fake_d)
             if t.separate_batches:
                 out_r, cls_r, _ = self.D_train.forward_all(real_in, yr)
-                out_f, cls_f, _ = self.D_train.forward_all(fake_in, yf)
+                out_f, cls_f, feat_f = self.D_train.forward_all(fake_in, yf)
             else:
                 both = torch.cat([real_in, fake_in], 0)
                 yb = None if yr is None else torch.cat([yr, yf], 0)
-                out, cls, _ = self.D_train.forward_all(both, yb)
-                out_r, out_f = out[:npk], out[npk:]
+                out, cls, feat = self.D_train.forward_all(both, yb)
+                out_r, out_f, feat_f = out[:npk], out[npk:], feat[npk:]
                 cls_r, cls_f = (None, None) if cls is None else (cls[:npk], cls[npk:])
             loss_adv = L.d_loss(lo.loss, out_r, out_f, t_real, t_fake)
             loss = loss_adv
@@ -399,6 +402,14 @@ class Trainer:
                 loss = loss + lo.aux_weight * aux
                 stats["aux_d"] = aux.detach()
                 stats["acc_cls_real"] = (cls_r.argmax(1) == y_real).float().mean().detach()
+            if self.D.generator_classifier is not None:  # MGAN
+                cls_g = algos.generator_classifier_loss(self.D, feat_f)
+                loss = loss + lo.generator_classifier * cls_g
+                stats["gen_cls_d"] = cls_g.detach()
+            if self.semi is not None:
+                loss = loss + self.semi.d_loss(self, stats)
+            if self.hybrid is not None and (extra := self.hybrid.d_loss(self, real, y_real)) is not None:
+                loss = loss + extra
             if self.penalty is not None:
                 critic = (lambda x, y=None: self.D_train(x, y))
                 kw = dict(labels=yr) if yr is not None else {}
@@ -453,6 +464,8 @@ class Trainer:
                 fake = self.G_train(z, y_fake)
             swap = self.d_pool.draw() if self.d_pool is not None else None
             d_adv = self.d_pool.load(swap, self.D) if swap is not None else self.D
+            if lo.unrolled_steps:  # Metz et al. 2017: G plays against D a few optimiser steps ahead
+                d_adv = algos.unrolled_discriminator(self, fake, d_stats["_y_real"], y_fake)
             for p in self.D.parameters():
                 p.requires_grad_(False)
             try:
@@ -477,6 +490,12 @@ class Trainer:
                     aux = F.cross_entropy(cls_f.float(), y_fake)
                     loss = loss + lo.aux_weight * aux
                     stats["aux_g"] = aux.detach()
+                if self.D.generator_classifier is not None:  # MGAN: G also wants its generators told apart
+                    cls_g = algos.generator_classifier_loss(self.D, feat_f)
+                    loss = loss + lo.generator_classifier * cls_g
+                    stats["gen_cls_g"] = cls_g.detach()
+                if self.hybrid is not None:
+                    loss = loss + self.hybrid.g_loss(self, d_adv, self._last_real, d_stats["_y_real"], stats)
                 if self.hist_g is not None:
                     loss = loss + self.hist_g.penalty(self.G)
                 extra, extra_stats = g_extra_losses(self, fake, z, y_fake)  # mode seeking, pixel loss
@@ -496,6 +515,8 @@ class Trainer:
         else:  # loss balancing: G's loss is below balance_g_above, G rests
             finite, gnorm = True, torch.zeros((), device=self.device)
         stats["g_updated"] = float(update)
+        if self.hybrid is not None:
+            self.hybrid.step(finite and update)  # the encoder steps with G (no backward ran while G rests)
         if finite and update and self.hist_g is not None:
             self.hist_g.update(self.G)
         if self.ema is not None and finite:
@@ -626,6 +647,8 @@ class Trainer:
         if self.class_probe is not None:  # monitor.class_histogram: classes of fixed-z samples
             with self._frozen_rng():
                 out.update(self.class_probe(lambda z, y: self.G.to_data_range(self.generate(z, y))))
+        if self.semi is not None:
+            out.update(self.semi.accuracy(self))
         return out
 
     def evaluate(self) -> dict:
@@ -700,6 +723,7 @@ class Trainer:
                       "vbn_labels": None if self.vbn_labels is None else self.vbn_labels.cpu()},
             "monitor": self.monitor.state_dict(),
             "best_value": self.best_value,
+            "algos": algos.state_dict(self),
             "meta": {"torch": str(torch.__version__), "time": time.time(), "device": str(self.device)},
         }
 
@@ -731,6 +755,7 @@ class Trainer:
         self.stream.load_state_dict(state["data"])
         self.monitor.load_state_dict(state.get("monitor", {}))
         self.best_value = state.get("best_value")
+        algos.load_state_dict(self, state.get("algos"))
         self.step = int(state["step"])
         restore_rng(state["rng"])
 

@@ -1,0 +1,1 @@
+"""Reproducible experiments that write tables for the docs (``python -m fastgan.experiments.<name>``)."""
