@@ -71,6 +71,16 @@ def test_reconstruction_gradient_reaches_encoder_and_g_not_d(kind, tmp_path):
     assert all(p.grad is None for p in t.D.parameters())
 
 
+def test_pixel_loss_applies_to_the_hybrid_reconstruction(tmp_path):
+    """loss.pixel_loss with a hybrid: the reconstruction of the real batch is the prediction, the batch the target."""
+    t = _trainer(tmp_path, "hybrid=kl_gan", "pixel_loss=l1", "pixel_weight=3", "pixel_warmup=5")
+    stats = t.train_step()
+    recon, real = t.hybrid.last_pair
+    assert recon.shape == real.shape
+    assert stats["pixel_weight"] == 3.0
+    assert stats["pixel_loss"] == pytest.approx((recon.detach() - real).abs().mean().item(), rel=1e-5)
+
+
 def test_training_reduces_reconstruction_error(tmp_path):
     t = _trainer(tmp_path, "hybrid=kl_gan", "hybrid_recon_weight=10", "hybrid_kl_weight=0.01", "steps=150",
                  "log_every=10")

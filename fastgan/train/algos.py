@@ -122,6 +122,7 @@ class Hybrid:
                                 activation="leaky_relu", fused=m.fused, impl=m.impl)
         self.encoder: Encoder = enc.to(trainer.device)
         self.opt = trainer._optimizer(self.encoder, o.optimizer_g, o.lr_g, 0.0)
+        self.last_pair = None  # (reconstruction, real) of the last G step: loss.pixel_loss's target
 
     def _reconstruct(self, trainer, real, y_real, grad: bool):
         with torch.set_grad_enabled(grad):
@@ -144,6 +145,7 @@ class Hybrid:
         self.opt.zero_grad(set_to_none=True)
         mu, logvar, z, recon = self._reconstruct(trainer, real, y_real, grad=True)
         kl = kl_divergence(mu, logvar)
+        self.last_pair = (recon, real)
         if self.kind == "kl_gan":
             rec = F.mse_loss(recon.float(), real.float())
             loss = self.kl_weight * kl + self.recon_weight * rec

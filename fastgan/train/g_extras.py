@@ -14,8 +14,8 @@ from .tricks.diversity import mode_seeking_loss, split_pairs
 from .tricks.pixel import pixel_loss, pixel_weight
 
 NO_TARGET = ("loss.pixel_loss: there is no target image for G's output: none of fastgan's data sets has paired "
-             "images, so the pixel loss applies only where a reconstruction or paired target exists "
-             "(a Trainer subclass returns (prediction, target) from pixel_pair)")
+             "images, so the pixel loss applies to reconstructions (turn on loss.hybrid) or where a Trainer "
+             "subclass returns (prediction, target) from pixel_pair")
 
 
 def mode_seeking_pairs(trainer, fake: torch.Tensor, z: torch.Tensor, labels: Optional[torch.Tensor]):

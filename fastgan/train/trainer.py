@@ -257,8 +257,11 @@ class Trainer:
                                o.weight_decay_mode)
 
     def pixel_pair(self, fake: torch.Tensor, z: torch.Tensor, labels=None):
-        """(prediction, target) for ``loss.pixel_loss``; None: no target exists (the built-in data sets have no
-        paired images).  A paired / reconstructive setting overrides this."""
+        """(prediction, target) for ``loss.pixel_loss``: with ``loss.hybrid`` the encoder-decoder's reconstruction
+        of this step's real batch and that batch (the reconstructive setting); otherwise None, as no built-in
+        data set has paired images (a paired setting overrides this)."""
+        if self.hybrid is not None and self.hybrid.last_pair is not None:
+            return self.hybrid.last_pair
         return None
 
     def _prepare_real(self, x: torch.Tensor) -> torch.Tensor:
