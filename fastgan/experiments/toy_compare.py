@@ -34,6 +34,11 @@ VARIANTS: dict[str, list[str]] = {
     "MGAN K=4": ["num_generators=4"],
     "semi-supervised + FM": ["semi_supervised=true", "feature_matching=1", "feature_matching_only=true",
                              "labelled_per_class=10", "semi_holdout=1000"],
+    "mode seeking 1": ["mode_seeking=1"],
+    "G dropout 0.1": ["g_dropout=0.1"],
+    "D pre-train 500": ["d_pretrain=500"],
+    "loss balancing": ["balance=true"],
+    "weight decay 1e-4": ["weight_decay_g=1e-4", "weight_decay_d=1e-4"],
 }
 
 
