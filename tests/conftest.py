@@ -41,3 +41,11 @@ def all_backend_params():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Trainer runs set torch's thread count (run.threads); keep it from leaking into the next test."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

@@ -16,18 +16,9 @@ from fastgan.train import (PRESETS, ConfigError, Trainer, generate, load_checkpo
 from fastgan.train import trainer as trainer_mod
 from fastgan.train.checkpoint import CheckpointError, save_checkpoint
 
+from _train_settings import QUIET, TINY_IMAGE, TINY_TOY
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_IMAGE = ["image_size=16", "ngf=4", "ndf=4", "nz=8", "batch_size=8", "max_samples=256", "n_samples=16"]
-TINY_TOY = ["hidden=16", "nz=4", "batch_size=32", "toy_samples=2000", "n_samples=4"]
-QUIET = ["progress=false", "threads=1", "impl=ref", "log_every=1", "sample_every=0", "checkpoint_every=0",
-         "plots=false"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _cfg(preset, out, *sets, toy=None):

@@ -13,16 +13,10 @@ from fastgan.train import ConfigError, Trainer, generate, load_checkpoint, load_
 from fastgan.train.algos import generator_classifier_loss, kl_divergence, semi_supervised_d_loss
 from fastgan.train.models import Discriminator
 
-TINY_TOY = ["hidden=16", "nz=4", "batch_size=32", "toy_samples=2000", "n_samples=4", "semi_holdout=200"]
-QUIET = ["progress=false", "threads=1", "impl=ref", "log_every=1", "sample_every=0", "checkpoint_every=0",
-         "plots=false"]
+from _train_settings import QUIET
+from _train_settings import TINY_TOY as _TINY_TOY
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+TINY_TOY = _TINY_TOY + ["semi_holdout=200"]
 
 
 def _trainer(out, *sets, preset="toy-ring8", tiny=TINY_TOY, resume=None):

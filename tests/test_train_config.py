@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_presets_validate_and_match_their_files(name):
     cfg = validate(preset_config(name))
     path = os.path.join(ROOT, "configs", f"{name}.yaml")
-    assert os.path.isfile(path), f"regenerate with: python -m fastgan.train.config --write-presets configs"
+    assert os.path.isfile(path), "regenerate with: python -m fastgan.train.config --write-presets configs"
     assert open(path).read() == preset_yaml(name), "configs/ is stale: python -m fastgan.train.config " \
                                                    "--write-presets configs"
     from_file = load_config(path)

@@ -23,18 +23,12 @@ from fastgan.train.config import TrainConfig, validate
 from fastgan.train.config_checks import check_against_data
 from fastgan.train.faults import is_out_of_memory
 
+from _train_settings import QUIET, TINY_TOY
+from _train_settings import TINY_IMAGE as _TINY_IMAGE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_TOY = ["hidden=16", "nz=4", "batch_size=32", "toy_samples=2000", "n_samples=4"]
-TINY_IMAGE = ["image_size=16", "ngf=4", "ndf=4", "nz=8", "batch_size=8", "max_samples=64", "n_samples=4"]
-QUIET = ["progress=false", "threads=1", "impl=ref", "log_every=1", "sample_every=0", "checkpoint_every=0",
-         "plots=false"]
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+TINY_IMAGE = _TINY_IMAGE + ["max_samples=64", "n_samples=4"]  # later settings win
 
 
 def _cfg(preset, out, *sets):

@@ -15,17 +15,7 @@ from fastgan.train.schedules import StepSchedule
 from fastgan.train.tricks.diversity import mode_seeking_loss, mode_seeking_ratio, split_pairs
 from fastgan.train.tricks.pixel import pixel_loss, pixel_weight
 
-TINY_IMAGE = ["image_size=16", "ngf=4", "ndf=4", "nz=8", "batch_size=8", "max_samples=256", "n_samples=16"]
-TINY_TOY = ["hidden=16", "nz=4", "batch_size=32", "toy_samples=2000", "n_samples=4"]
-QUIET = ["progress=false", "threads=1", "impl=ref", "log_every=1", "sample_every=0", "checkpoint_every=0",
-         "plots=false"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+from _train_settings import QUIET, TINY_IMAGE, TINY_TOY
 
 
 def _trainer(preset, out, *sets, cls=Trainer):

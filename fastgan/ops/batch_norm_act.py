@@ -24,7 +24,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _check(x, running_mean, running_var, weight, bias, training, momentum, eps):
+def check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps, *, local_batch=True):
+    """Argument checks of batch_norm_act; ``local_batch=False`` (sync batch norm) leaves the count of values per
+    channel to the caller, as this rank's batch alone may be tiny or empty."""
     check_tensor("x", x, min_dim=2)
     channels = x.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
@@ -40,7 +42,7 @@ def _check(x, running_mean, running_var, weight, bias, training, momentum, eps):
             raise TypeError(f"momentum must be a float, got {type(momentum).__name__}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    if training and x.numel() // max(channels, 1) == 1:
+    if local_batch and training and x.numel() // max(channels, 1) == 1:
         raise ValueError(f"x must have more than 1 value per channel when training, got input size {tuple(x.shape)}")
 
 
@@ -58,7 +60,7 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     ``activation`` is ``"leaky_relu"`` (``negative_slope``), ``"relu"`` or
     ``"identity"``.  Differentiable twice (gradient penalties).
     """
-    _check(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps)
     act, slope = activation_code(activation, negative_slope)
     backend = _backend.resolve(impl, x.device, "batch_norm_act")
     if backend == "ref" or x.numel() == 0:

@@ -31,12 +31,11 @@ import torch
 
 from .. import _backend, reference
 from .._activation import activation_code
-from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.sync_batch_norm_act import (gather_rows, merge_moments, update_running_stats_global)
 from ._autograd import last_derivative
 from ._layout import kernel_layout, like
 from ._norm_act import affine_tables
-from .batch_norm_act import batch_norm_act
+from .batch_norm_act import batch_norm_act, check_arguments
 
 __all__ = ["sync_batch_norm_act", "is_synchronized"]
 
@@ -157,24 +156,6 @@ def _sync_double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, inv
     return ggy, ggx, grad_w
 
 
-def _check(x, running_mean, running_var, weight, bias, training, momentum, eps):
-    check_tensor("x", x, min_dim=2)
-    channels = x.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        check_channel_vector(name, t, channels, x.device)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together (or both None)")
-    if not training and running_mean is None:
-        raise ValueError("running_mean and running_var are required when training=False")
-    check_positive_float("eps", eps)
-    if training and running_mean is not None:
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-            raise TypeError(f"momentum must be a float, got {type(momentum).__name__}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-
-
 def sync_batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
                         running_var: Optional[torch.Tensor] = None, weight: Optional[torch.Tensor] = None,
                         bias: Optional[torch.Tensor] = None, training: bool = True, momentum: float = 0.1,
@@ -188,7 +169,7 @@ def sync_batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = 
     group or in a group of one rank it is ``batch_norm_act``.  Differentiable
     twice on the fused backends, to any order with ``impl="ref"``.
     """
-    _check(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps, local_batch=False)
     use_batch_stats = bool(training) or running_mean is None
     if not use_batch_stats or not is_synchronized(process_group):
         return batch_norm_act(x, running_mean, running_var, weight, bias, training, momentum, eps, activation,
