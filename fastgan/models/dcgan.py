@@ -163,6 +163,15 @@ def _num_blocks(image_size: int) -> int:
     return int(math.log2(image_size)) - 2
 
 
+def check_discriminator_args(ndf, channels, norm, activation, downsample, minibatch) -> None:
+    """The argument checks every image discriminator (DCGAN, ResNet) shares."""
+    _check_positive(ndf=ndf, channels=channels)
+    check_norm(norm)
+    check_activation(activation)
+    _check_choice("downsample", downsample, DOWNSAMPLE)
+    _check_choice("minibatch", minibatch, MINIBATCH)
+
+
 def _check_positive(**kwargs) -> None:
     for name, value in kwargs.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -264,11 +273,7 @@ class DCGANDiscriminator(FeatureDiscriminator):
                  spectral_norm: bool = False):
         super().__init__()
         k = _num_blocks(image_size)
-        _check_positive(ndf=ndf, channels=channels)
-        check_norm(norm)
-        check_activation(activation)
-        _check_choice("downsample", downsample, DOWNSAMPLE)
-        _check_choice("minibatch", minibatch, MINIBATCH)
+        check_discriminator_args(ndf, channels, norm, activation, downsample, minibatch)
         self.config = dict(image_size=image_size, ndf=ndf, channels=channels, norm=norm, activation=activation,
                            negative_slope=negative_slope, fused=fused, impl=impl)
         # Options beyond the DCGAN paper's model enter the config only when used, so the

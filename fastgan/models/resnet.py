@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import SelfAttention2d
-from .dcgan import (DOWNSAMPLE, MINIBATCH, _activation_module, _check_choice, _check_positive, _minibatch_layer,
-                    _num_blocks, apply_spectral_norm, check_activation, check_norm, dcgan_init, norm_act)
+from .dcgan import (DOWNSAMPLE, _activation_module, _check_choice, _check_positive, _minibatch_layer, _num_blocks,
+                    apply_spectral_norm, check_activation, check_discriminator_args, check_norm, dcgan_init, norm_act)
 
 
 def _pre(num_features: int, norm: str, activation: str, negative_slope: float, fused: bool, impl: str):
@@ -163,11 +163,7 @@ class ResNetDiscriminator(nn.Module):
                  spectral_norm: bool = False):
         super().__init__()
         k = _num_blocks(image_size)
-        _check_positive(ndf=ndf, channels=channels)
-        check_norm(norm)
-        check_activation(activation)
-        _check_choice("downsample", downsample, DOWNSAMPLE)
-        _check_choice("minibatch", minibatch, MINIBATCH)
+        check_discriminator_args(ndf, channels, norm, activation, downsample, minibatch)
         sides = {image_size // 2 ** (i + 1) for i in range(k)}
         _check_attention_res(attention_res, image_size, sides)
         self.config = dict(image_size=image_size, ndf=ndf, channels=channels, norm=norm, activation=activation,
