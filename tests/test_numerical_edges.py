@@ -262,7 +262,7 @@ def test_penalty_of_exactly_zero_gradients(impl, device, mode, center, expected,
             assert torch.isfinite(value) and torch.isfinite(dg).all(), (which, rows)
             assert (dg[0] == 0).all() and (dg[2] == 0).all(), (which, rows)
             results[which, rows] = (value, dg)
-    assert float(results[impl, "all"][0]) == expected
+    assert results[impl, "all"][0].item() == expected
     assert_close(results[impl, "mixed"][0], results["ref", "mixed"][0], torch.float32, name="value")
     assert_close(results[impl, "mixed"][1], results["ref", "mixed"][1], dtype, name="dg")
 
