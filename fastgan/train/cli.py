@@ -100,14 +100,17 @@ def cmd_train(args) -> int:
     try:
         cfg = load_config(args.config, args.preset, _flag_overrides(args), _sets(args))
         state = None
+        # Under torchrun every rank reads the checkpoint; only rank 0 says so (the process group is not up yet).
+        main_rank = os.environ.get("RANK", "0") == "0"
+        say = print if main_rank else (lambda *a, **k: None)
         if args.resume:
-            found = load_resume_checkpoint(cfg.run.out)
+            found = load_resume_checkpoint(cfg.run.out, log=say, quarantine=main_rank)
             if found is None:
-                print(f"{prog}: nothing to resume under {cfg.run.out}; starting from scratch")
+                say(f"{prog}: nothing to resume under {cfg.run.out}; starting from scratch")
             else:
                 path, state = found
                 cfg = validate(_resume_config(args, cfg, state))
-                print(f"{prog}: resuming from {path} at step {state['step']}")
+                say(f"{prog}: resuming from {path} at step {state['step']}")
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
