@@ -87,7 +87,26 @@ def test_g_dropout_option_reaches_the_generator_and_resumes(tmp_path):
     assert sum(isinstance(m, torch.nn.Dropout) for m in rebuilt.modules()) == len(drops)
 
 
+@pytest.mark.parametrize("preset", ["dcgan-mnist", "sagan-resnet-mnist"])
+def test_g_dropout_sampling_keeps_samples_noisy_in_eval_mode(preset, tmp_path):
+    """ganhacks #17: with g_dropout_sampling the same z gives different samples in eval mode; without, the same."""
+    from fastgan.models import SamplingDropout
+    from fastgan.train.models import build_generator
+
+    for on in (False, True):
+        tr = _trainer(preset, tmp_path / str(on), "g_dropout=0.5", f"g_dropout_sampling={str(on).lower()}")
+        g = tr.G.eval()
+        assert any(isinstance(m, SamplingDropout) for m in g.modules()) == on
+        z = torch.randn(4, g.nz)
+        with torch.no_grad():
+            assert torch.equal(g(z), g(z)) != on
+        rebuilt = build_generator(tr.spec["generator"]).eval()  # the checkpoint's G keeps the choice
+        rebuilt.load_state_dict(g.state_dict())
+        assert any(isinstance(m, SamplingDropout) for m in rebuilt.modules()) == on
+
+
 @pytest.mark.parametrize("sets,message", [
+    (["g_dropout_sampling=true"], "set model.g_dropout > 0 too"),
     (["attention_res=16"], "self-attention blocks are in the ResNet models"),
     (["arch=resnet", "attention_res=32"], "not a feature-map side"),
     (["arch=resnet", "upsample=pixelshuffle"], "pixelshuffle is for dcgan"),

@@ -12,6 +12,7 @@ Dropout is active in ``train()`` mode only; the trainer samples in ``eval()`` mo
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from ..nn import PixelShuffleUpsample
@@ -38,3 +39,20 @@ def add_dropout(main: nn.Sequential, p: float) -> nn.Sequential:
 
 def dropout_modules(model: nn.Module) -> list:
     return [m for m in model.modules() if isinstance(m, nn.Dropout)]
+
+
+class SamplingDropout(nn.Dropout):
+    """Dropout that stays on in ``eval()`` mode too: ganhacks #17's noise "at both training and test time"."""
+
+    def forward(self, x):
+        return F.dropout(x, self.p, training=True, inplace=self.inplace)
+
+
+def keep_dropout_when_sampling(model: nn.Module) -> nn.Module:
+    """Swap every ``nn.Dropout`` of ``model`` for :class:`SamplingDropout` (same p; no parameters, so the
+    state_dict is unchanged); returns the model."""
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout:
+                setattr(parent, name, SamplingDropout(child.p, child.inplace))
+    return model

@@ -26,6 +26,8 @@ def check_issue13_options(cfg) -> list[str]:
     elif m.attention_res:
         errors.append(f"model.attention_res: self-attention blocks are in the ResNet models; set model.arch: resnet "
                       f"(got {arch!r})")
+    if m.g_dropout_sampling and m.g_dropout <= 0:
+        errors.append("model.g_dropout_sampling: set model.g_dropout > 0 too")
     if m.g_dropout > 0 and m.g_norm == "vbn":
         errors.append("model.g_dropout: not with g_norm='vbn' (the reference batch would see other dropout masks)")
     if lo.pixel_loss != "none" and lo.pixel_weight <= 0:

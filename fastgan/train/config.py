@@ -147,6 +147,8 @@ class ModelConfig:
     g_dropout: float = opt(0.0, "dropout probability after each hidden generator layer, active while training "
                            "(0: off)", source="ganhacks #17; Isola et al. 2017 (pix2pix)", trick=True, minimum=0.0,
                            maximum=0.9)
+    g_dropout_sampling: bool = opt(False, "keep G's dropout on when sampling too (noise at training and test "
+                                   "time; needs g_dropout > 0)", source="ganhacks #17", trick=True)
     g_spectral_norm: bool = opt(False, "spectral normalisation of every generator weight too",
                                 source="Zhang et al. 2019 (SAGAN)", trick=True)
     num_generators: int = opt(1, "MGAN: K generators sharing all layers but the first (sample i from generator "

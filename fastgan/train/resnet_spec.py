@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models import add_dropout, apply_spectral_norm
+from ..models import add_dropout, apply_spectral_norm, keep_dropout_when_sampling
 
 
 def resnet_kwargs(cfg, data_info: dict, embed: int) -> tuple[dict, dict, int]:
@@ -27,9 +27,9 @@ def generator_extras(cfg) -> dict:
     """Spec entries for G's dropout / spectral norm on the DCGAN and MLP generators (only when used, so the
     spec of a model without them is unchanged).  The ResNet generator takes them as constructor arguments."""
     m = cfg.model
+    extras = {"dropout_sampling": True} if m.g_dropout_sampling else {}
     if cfg.resolved_arch() == "resnet":
-        return {}
-    extras = {}
+        return extras
     if m.g_dropout > 0:
         extras["dropout"] = m.g_dropout
     if m.g_spectral_norm:
@@ -42,4 +42,6 @@ def apply_generator_extras(base: nn.Module, spec: dict) -> nn.Module:
         add_dropout(base.main, spec["dropout"])
     if spec.get("spectral_norm"):
         apply_spectral_norm(base)
+    if spec.get("dropout_sampling"):
+        keep_dropout_when_sampling(base)
     return base
