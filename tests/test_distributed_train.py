@@ -164,6 +164,15 @@ def test_configurations_that_cannot_be_split_are_rejected():
     assert "vbn" in msg
 
 
+@pytest.mark.parametrize("option", ["unrolled_steps=2", "hybrid=kl_gan", "semi_supervised=true",
+                                    "num_generators=2"])
+def test_issue13_algorithms_are_refused_with_several_processes(option):
+    cfg = load_config(preset="toy-ring8", sets=[option])
+    Distributed(rank=0, world_size=1).check(cfg)  # one process: fine
+    with pytest.raises(ConfigError, match=f"{option.split('=')[0]}: not supported with several processes"):
+        Distributed(rank=0, world_size=2).check(cfg)
+
+
 def test_every_batch_norm_is_synchronized_keeping_its_parameters():
     from torch import nn
 
