@@ -163,6 +163,13 @@ def _num_blocks(image_size: int) -> int:
     return int(math.log2(image_size)) - 2
 
 
+def check_image_batch(x: torch.Tensor, channels: int, image_size: int) -> None:
+    """x must be (N, channels, image_size, image_size): a ValueError naming x otherwise."""
+    expected = (channels, image_size, image_size)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"x must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+
+
 def check_discriminator_args(ndf, channels, norm, activation, downsample, minibatch) -> None:
     """The argument checks every image discriminator (DCGAN, ResNet) shares."""
     _check_positive(ndf=ndf, channels=channels)
@@ -318,9 +325,7 @@ class DCGANDiscriminator(FeatureDiscriminator):
             apply_spectral_norm(self)
 
     def _check(self, x: torch.Tensor) -> None:
-        expected = (self.channels, self.image_size, self.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"x must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        check_image_batch(x, self.channels, self.image_size)
 
 
 

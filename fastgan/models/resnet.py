@@ -34,7 +34,8 @@ from torch import nn
 
 from .attention import SelfAttention2d
 from .dcgan import (DOWNSAMPLE, _activation_module, _check_choice, _check_positive, _minibatch_layer, _num_blocks,
-                    apply_spectral_norm, check_activation, check_discriminator_args, check_norm, dcgan_init, norm_act)
+                    apply_spectral_norm, check_activation, check_discriminator_args, check_image_batch, check_norm,
+                    dcgan_init, norm_act)
 
 
 def _pre(num_features: int, norm: str, activation: str, negative_slope: float, fused: bool, impl: str):
@@ -199,9 +200,7 @@ class ResNetDiscriminator(nn.Module):
             apply_spectral_norm(self)
 
     def _check(self, x: torch.Tensor) -> None:
-        expected = (self.channels, self.image_size, self.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"x must have shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        check_image_batch(x, self.channels, self.image_size)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, ndf*2^(k-1)): the activation of the last block summed over H, W (SNGAN's global sum pooling)."""
