@@ -55,7 +55,9 @@ def triton_reason_unusable(device: torch.device) -> Optional[str]:
     if device.type == "cuda":
         return None
     if device.type == "cpu":
-        if interpreter_enabled():
+        from .kernels import _target
+
+        if interpreter_enabled() or _target.compile_only is not None:
             return None
         return ("Triton kernels run on CPU tensors only under TRITON_INTERPRET=1 "
                 "(set it before fastgan's kernels are imported)")

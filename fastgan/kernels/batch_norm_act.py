@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from ..ops._layout import strides_ncs
+from ._target import multiprocessors
 
 MODE_FORWARD, MODE_BACKWARD, MODE_DOUBLE = 0, 1, 2
 
@@ -97,7 +98,8 @@ def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, seg_len, C, S, s_n, 
     run_m2 = tl.zeros([BLOCK_C], acc_ty)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     for t in range(pid_p, num_tiles, P):
-        offs, mask, c = _tile(m_base + t * BLOCK_M, m_end, pid_c * BLOCK_C, C, S, s_n, s_c, s_s,
+        # c stays the int32 vector set above: a loop-carried value may not change type (INDEX_64)
+        offs, mask, _ = _tile(m_base + t * BLOCK_M, m_end, pid_c * BLOCK_C, C, S, s_n, s_c, s_s,
                               BLOCK_M, BLOCK_C, INDEX_64)
         v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         cnt = tl.minimum(seg_len - t * BLOCK_M, BLOCK_M).to(acc_ty)
@@ -163,8 +165,8 @@ def _grad_sums_kernel(gy_ptr, x_ptr, u_ptr, scale_ptr, shift_ptr, mean_ptr, invs
     s_ux = tl.zeros([BLOCK_C], acc_ty)
     s_gu = tl.zeros([BLOCK_C], acc_ty)
     for t in range(pid_p, num_tiles, P):
-        offs, mask, c = _tile(m_base + t * BLOCK_M, m_end, pid_c * BLOCK_C, C, S, s_n, s_c, s_s,
-                              BLOCK_M, BLOCK_C, INDEX_64)
+        offs, mask, _ = _tile(m_base + t * BLOCK_M, m_end, pid_c * BLOCK_C, C, S, s_n, s_c, s_s,
+                              BLOCK_M, BLOCK_C, INDEX_64)  # c not rebound: see _stats_partial_kernel
         offs_y = _y_offsets(offs, m_base + t * BLOCK_M, pid_c * BLOCK_C, C, S, W, BLOCK_M, BLOCK_C, INDEX_64,
                             UPSCALE)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
@@ -273,8 +275,9 @@ class _Geometry:
     def _num_partials(self, x: torch.Tensor) -> int:
         """Programs per (channel block, segment) for the reductions: enough to fill the GPU."""
         programs = self.num_cblocks * self.num_segments
-        if x.is_cuda:
-            target = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+        sms = multiprocessors(x)
+        if sms is not None:
+            target = 4 * sms
         else:  # interpreter: few programs, but more than one so the merge is exercised
             target = 2 * programs
         return max(1, min(self.num_tiles, target // programs, 512))

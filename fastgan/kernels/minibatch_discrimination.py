@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._target import multiprocessors
+
 __all__ = ["mbd_forward", "mbd_backward", "mbd_double_backward"]
 
 
@@ -123,14 +125,15 @@ def _acc_dtype(m: torch.Tensor) -> torch.dtype:
     return torch.float64 if m.dtype == torch.float64 else torch.float32
 
 
-def _blocks(n: int, device: torch.device):
+def _blocks(n: int, m: torch.Tensor):
     """(BLOCK_I, BLOCK_J, num_warps): tiles of the pair matrix."""
-    if device.type != "cuda":  # interpreter: the cost is per program and loop step, numpy does the tile
+    if multiprocessors(m) is None:  # interpreter: the cost is per program and loop step, numpy does the tile
         blk = 16 if n <= 64 else min(256, triton.next_power_of_2(n))
         return blk, blk, 4
     block_j = 64 if n >= 64 else max(16, triton.next_power_of_2(n))
     block_i = 32 if n <= 256 else 64  # small N: more programs to fill the SMs
-    return block_i, block_j, 4
+    # 64 x 64 pair tiles on 4 warps spill registers in the gradient kernel (compile_check, sm_90): use 8
+    return block_i, block_j, 8 if block_i * block_j >= 4096 else 4
 
 
 def _bcn(t: torch.Tensor) -> torch.Tensor:
@@ -143,7 +146,7 @@ def mbd_forward(m: torch.Tensor, exclude_self: bool) -> torch.Tensor:
     n, b, c = m.shape
     acc = _acc_dtype(m)
     o = torch.empty((n, b), device=m.device, dtype=acc)
-    block_i, block_j, warps = _blocks(n, m.device)
+    block_i, block_j, warps = _blocks(n, m)
     _mbd_forward_kernel[(b, triton.cdiv(n, block_i))](_bcn(m), o, n, b, c, EXCLUDE_SELF=bool(exclude_self),
                                                       BLOCK_I=block_i, BLOCK_J=block_j, num_warps=warps)
     return o.to(m.dtype)
@@ -154,7 +157,7 @@ def mbd_backward(g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     n, b, c = m.shape
     gt = g.to(_acc_dtype(m)).t().contiguous()
     dm = torch.empty((n, b, c), device=m.device, dtype=m.dtype)
-    block_i, block_j, warps = _blocks(n, m.device)
+    block_i, block_j, warps = _blocks(n, m)
     mt = _bcn(m)
     _mbd_grad_kernel[(b, triton.cdiv(n, block_i))](mt, mt, gt, dm, gt, n, b, c, DOUBLE=False,
                                                    BLOCK_I=block_i, BLOCK_J=block_j,
@@ -169,7 +172,7 @@ def mbd_double_backward(u: torch.Tensor, g: torch.Tensor, m: torch.Tensor) -> tu
     gt = g.to(acc).t().contiguous()
     grad_m = torch.empty((n, b, c), device=m.device, dtype=m.dtype)
     grad_g = torch.empty((n, b), device=m.device, dtype=acc)
-    block_i, block_j, warps = _blocks(n, m.device)
+    block_i, block_j, warps = _blocks(n, m)
     _mbd_grad_kernel[(b, triton.cdiv(n, block_i))](_bcn(m), _bcn(u), gt, grad_m, grad_g, n, b, c,
                                                    DOUBLE=True, BLOCK_I=block_i, BLOCK_J=block_j,
                                                    BLOCK_C=triton.next_power_of_2(c), num_warps=warps)

@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._target import multiprocessors
+
 MODE_TWO_SIDED, MODE_ONE_SIDED, MODE_SQUARED = 0, 1, 2
 FINALIZE_ROW_SUMS = -1  # finalize without a penalty: write the per-sample sums
 
@@ -201,8 +203,9 @@ def _row_partials(a, b, c, dot_diff: bool) -> torch.Tensor:
     rows = min(rows, triton.next_power_of_2(n))
     num_chunks = triton.cdiv(k, block_k)
     row_groups = triton.cdiv(n, rows)
-    if a.is_cuda:
-        target = 4 * torch.cuda.get_device_properties(a.device).multi_processor_count
+    sms = multiprocessors(a)
+    if sms is not None:
+        target = 4 * sms
     else:  # interpreter: few programs, more than one so the merge is exercised
         target = 2 * row_groups
     partials = max(1, min(num_chunks, triton.cdiv(target, row_groups), _MAX_PARTIALS))
