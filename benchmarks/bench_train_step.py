@@ -178,21 +178,8 @@ def _precision(dtype):
     return "autocast " + str(dtype).replace("torch.", "") if dtype != torch.float32 else "fp32"
 
 
-def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, minibatch, graph=False):
-    if smoke and impl == "triton" and minibatch != "none":
-        pytest.skip("CPU smoke: the Triton interpreter runs the plain DCGAN step only "
-                    "(the minibatch step takes ~8 s interpreted)")
-    g, d, nz = _models(impl, shape, device, smoke, minibatch=minibatch)
-    op = "dcgan_ns_step" if minibatch == "none" else "dcgan_mbd_step"
-    if impl == "compile":
-        key = (op, label, str(dtype))
-        g, d = compile_module(g, key + ("G",)), compile_module(d, key + ("D",))
-    opt_g, opt_d = _adam(g, graph=graph), _adam(d, graph=graph)
-    batch = shape[0]
-    real = torch.randn(shape, device=device).clamp_(-1, 1)
-    z = torch.randn(batch, nz, device=device)
-    amp = _autocast(device, dtype, graph)
-
+def dcgan_step(g, d, opt_g, opt_d, real, z, amp):
+    """One non-saturating DCGAN iteration: D step on real + detached fake, then G step on the same fake."""
     def step():
         opt_d.zero_grad(set_to_none=True)
         with amp():
@@ -208,6 +195,52 @@ def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype,
         loss_g.backward()
         opt_g.step()
         return loss_g.detach()
+
+    return step
+
+
+def wgan_gp_step(g, d, opt_g, opt_d, real, zs, amp, impl):
+    """One WGAN-GP iteration: N_CRITIC critic steps (loss + GP on interpolates), then one G step.
+    ``impl`` "eager" uses the usual PyTorch penalty, anything else fastgan's."""
+    def step():
+        for i in range(N_CRITIC):
+            opt_d.zero_grad(set_to_none=True)
+            with amp():
+                with torch.no_grad():
+                    fake = g(zs[i])
+                loss = d(fake).float().mean() - d(real).float().mean()
+                if impl == "eager":
+                    gp = eager_wgan_gp(d, real, fake)
+                else:
+                    gp = gradient_penalty(d, real, fake, "wgan-gp", weight=GP_WEIGHT, impl=impl)
+            (loss + gp).backward()
+            opt_d.step()
+        opt_g.zero_grad(set_to_none=True)
+        with amp():
+            loss_g = -d(g(zs[N_CRITIC])).float().mean()
+        loss_g.backward()
+        opt_g.step()
+        return loss_g.detach()
+
+    return step
+
+
+def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, minibatch, graph=False):
+    if smoke and impl == "triton" and minibatch != "none":
+        pytest.skip("CPU smoke: the Triton interpreter runs the plain DCGAN step only "
+                    "(the minibatch step takes ~8 s interpreted)")
+    g, d, nz = _models(impl, shape, device, smoke, minibatch=minibatch)
+    op = "dcgan_ns_step" if minibatch == "none" else "dcgan_mbd_step"
+    if impl == "compile":
+        key = (op, label, str(dtype))
+        g, d = compile_module(g, key + ("G",)), compile_module(d, key + ("D",))
+    opt_g, opt_d = _adam(g, graph=graph), _adam(d, graph=graph)
+    batch = shape[0]
+    real = torch.randn(shape, device=device).clamp_(-1, 1)
+    z = torch.randn(batch, nz, device=device)
+    amp = _autocast(device, dtype, graph)
+
+    step = dcgan_step(g, d, opt_g, opt_d, real, z, amp)
 
     what = "minibatch discrimination (32x8) in D, " if minibatch != "none" else ""
     targets = None
@@ -253,25 +286,7 @@ def _wgan_gp_case(bench, device, smoke, impl, label, shape, dtype, graph=False):
     zs = torch.randn(N_CRITIC + 1, batch, nz, device=device)
     amp = _autocast(device, dtype, graph)
 
-    def step():
-        for i in range(N_CRITIC):
-            opt_d.zero_grad(set_to_none=True)
-            with amp():
-                with torch.no_grad():
-                    fake = g(zs[i])
-                loss = d(fake).float().mean() - d(real).float().mean()
-                if impl == "eager":
-                    gp = eager_wgan_gp(d, real, fake)
-                else:
-                    gp = gradient_penalty(d, real, fake, "wgan-gp", weight=GP_WEIGHT, impl=impl)
-            (loss + gp).backward()
-            opt_d.step()
-        opt_g.zero_grad(set_to_none=True)
-        with amp():
-            loss_g = -d(g(zs[N_CRITIC])).float().mean()
-        loss_g.backward()
-        opt_g.step()
-        return loss_g.detach()
+    step = wgan_gp_step(g, d, opt_g, opt_d, real, zs, amp, impl)
 
     _measure_step(bench, step, (opt_g, opt_d), graph, smoke, batch, op="wgan_gp_train_step",
                   case="double_backward", shape=shape, dtype=dtype, impl=impl,

@@ -100,7 +100,7 @@ def load(allow_jit: bool = True) -> tuple[bool, str]:
             raise RuntimeError(f"FASTGAN_STRICT=1: {reason}")
         if ok:
             # meta kernels for torch.compile, one module per op family
-            from .ops import _fake, _fake_minibatch, _fake_penalty  # noqa: F401
+            from .ops import _fake, _fake_minibatch, _fake_penalty, _fake_stats_affine  # noqa: F401
         _state["result"] = (ok, reason)
         return ok, reason
 

@@ -89,7 +89,11 @@ def _batch_norm_cases(tag, shape, fmt, dtype) -> list[Case]:
             lambda x, w, b: ops.batch_norm_act(x, rm, rv, w, b, training=False, activation="relu", impl="triton"),
             _input(shape, dtype, fmt), w, b)
 
-    return [(f"batch_norm_act train {tag} {dtype}", train), (f"batch_norm_act eval {tag} {dtype}", evaluate)]
+    def no_affine():  # batch statistics only: no weight, bias or running stats
+        forward_backward_double(lambda x: ops.batch_norm_act(x, impl="triton"), _input(shape, dtype, fmt))
+
+    return [(f"batch_norm_act train {tag} {dtype}", train), (f"batch_norm_act eval {tag} {dtype}", evaluate),
+            (f"batch_norm_act no affine {tag} {dtype}", no_affine)]
 
 
 def _per_sample_norm_cases(tag, shape, fmt, dtype) -> list[Case]:

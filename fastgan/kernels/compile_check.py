@@ -42,7 +42,7 @@ import torch
 from . import _target
 from .compile_cases import all_cases
 
-KERNEL_MODULES = ("batch_norm_act", "minibatch_discrimination", "penalty")
+KERNEL_MODULES = ("batch_norm_act", "stats_affine", "minibatch_discrimination", "penalty")
 
 
 @dataclass

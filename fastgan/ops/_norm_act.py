@@ -90,73 +90,89 @@ def sum_to_param(t: torch.Tensor, param) -> torch.Tensor:
 
 def affine_tables(mean, invstd, weight, bias):
     """(scale, shift, w): z = x * scale + shift, with w the per-channel weight (ones if None)."""
-    c = mean.shape[-1]
-    if weight is None:
-        w, scale = invstd.new_ones(c), invstd
-    else:
-        w = weight.to(invstd.dtype)
-        scale = w * invstd
-    # Fewest launches: these small per-channel ops run in every fused layer's forward and backward.
+    w = _weight_or_ones(weight, invstd)
+    scale = invstd if weight is None else w * invstd
+    # Fewest launches: these small per-channel ops run in every fused layer's forward.
     shift = (mean * scale).neg_() if bias is None else torch.addcmul(bias.to(invstd.dtype), mean, scale, value=-1.0)
     return scale, shift, w
+
+
+def _weight_or_ones(weight, like):
+    return like.new_ones(like.shape[-1]) if weight is None else weight.to(like.dtype)
+
+
+def _stats_coefficients(grouping, scale, r_g, r_gx, m):
+    """(k2, k3) = -group_sum(scale * r) / m for r = r_g, r_gx (invstd is constant within a group).
+
+    With statistics per channel (or per (n, c)) the group sums are the identity and both come
+    from one multi-tensor launch."""
+    if grouping.groups == scale.shape[-1]:
+        coef = scale * (-1.0 / m)
+        k2, k3 = torch._foreach_mul([r_g, r_gx], [coef, coef])
+        return k2, k3
+    return (grouping.group_sum(scale * r_g).mul_(-1.0 / m), grouping.group_sum(scale * r_gx).mul_(-1.0 / m))
 
 
 class NormActFn(torch.autograd.Function):
     """(x, weight, bias) -> act(w * (x - mean) * invstd + b) with given statistics."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, grouping, act, slope, backend):
+    def forward(ctx, x, weight, bias, mean, invstd, grouping, act, slope, backend, scale=None, shift=None):
+        """``scale`` and ``shift``, when the caller has them (``stats_affine``), are the affine tables
+        of (mean, invstd, weight, bias); else they are computed here."""
         k = _backend.kernels(backend, "batch_norm_act")
-        scale, shift, _ = affine_tables(mean, invstd, weight, bias)
+        if scale is None:
+            scale, shift, _ = affine_tables(mean, invstd, weight, bias)
         y = k.norm_act_forward(x, scale, shift, act, slope, **grouping.kernel_kwargs())
-        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        # scale and shift are kept (2 x C values): recomputing them would cost launches in each backward.
+        ctx.save_for_backward(x, weight, bias, mean, invstd, scale, shift)
         ctx.config = (grouping, act, slope, backend)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, bias, mean, invstd = ctx.saved_tensors
-        dx, dw, db = NormActBackwardFn.apply(gy, x, weight, bias, mean, invstd, *ctx.config)
+        x, weight, bias, mean, invstd, scale, shift = ctx.saved_tensors
+        dx, dw, db = NormActBackwardFn.apply(gy, x, weight, bias, mean, invstd, scale, shift, *ctx.config)
         need_w = weight is not None and ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         return (dx, dw.to(weight.dtype) if need_w else None, db.to(bias.dtype) if need_b else None,
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 class NormActBackwardFn(torch.autograd.Function):
-    """(gy, x, weight, bias) -> (dx, dw, db); differentiable once more."""
+    """(gy, x, weight, bias) -> (dx, dw, db); differentiable once more.
+
+    ``scale`` and ``shift`` are the forward's affine tables of (mean, invstd, weight, bias), passed
+    along rather than recomputed; derivatives flow through weight and bias, never through them."""
 
     @staticmethod
-    def forward(ctx, gy, x, weight, bias, mean, invstd, grouping, act, slope, backend):
+    def forward(ctx, gy, x, weight, bias, mean, invstd, scale, shift, grouping, act, slope, backend):
         k = _backend.kernels(backend, "batch_norm_act")
         gy = grouping.as_y_layout(gy, x)
         kw = grouping.kernel_kwargs()
-        scale, shift, w = affine_tables(mean, invstd, weight, bias)
         r_g, r_gx = k.norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, **kw)
         if grouping.batch_stats:
-            m = grouping.group_size(x)
-            # -invstd * sum_group(w * r) / m, with invstd constant within a group: scale = w * invstd.
-            k2 = grouping.group_sum(scale * r_g).mul_(-1.0 / m)
-            k3 = grouping.group_sum(scale * r_gx).mul_(-1.0 / m)
+            k2, k3 = _stats_coefficients(grouping, scale, r_g, r_gx, grouping.group_size(x))
         else:
             k2 = k3 = torch.zeros_like(scale)
         dx = k.norm_act_backward_apply(gy, x, scale, shift, mean, invstd, scale, k2, k3, act, slope, **kw)
-        ctx.save_for_backward(gy, x, weight, bias, mean, invstd)
+        ctx.save_for_backward(gy, x, weight, bias, mean, invstd, scale, shift)
         ctx.config = (grouping, act, slope, backend)
         return dx, sum_to_param(r_gx, weight), sum_to_param(r_g, bias)
 
     @staticmethod
     def backward(ctx, u, alpha, beta):
-        gy, x, weight, bias, mean, invstd = ctx.saved_tensors
+        gy, x, weight, bias, mean, invstd, scale, shift = ctx.saved_tensors
         ggy, ggx, grad_w = last_derivative(
-            functools.partial(_double_backward, ctx.config), u, alpha, beta, gy, x, weight, bias, mean, invstd)
+            functools.partial(_double_backward, ctx.config), u, alpha, beta, gy, x, weight, bias, mean, invstd,
+            scale, shift)
         grad_weight = grad_w.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
         # bias only moves the activation's kink: its second derivative is zero almost everywhere.
         grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[3] else None
-        return ggy, ggx, grad_weight, grad_bias, None, None, None, None, None, None
+        return ggy, ggx, grad_weight, grad_bias, None, None, None, None, None, None, None, None
 
 
-def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd):
+def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd, scale, shift):
     """Double backward: u, alpha, beta = grads wrt dx, dw, db.
 
     Returns (grad wrt gy, grad wrt x, grad wrt weight).  Notation of
@@ -164,7 +180,7 @@ def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd):
     (or per-(n, c)) sums, S* their group sums, M the group size."""
     grouping, act, slope, backend = config
     k = _backend.kernels(backend, "batch_norm_act")
-    scale, shift, w = affine_tables(mean, invstd, weight, bias)
+    w = _weight_or_ones(weight, invstd)
     r = invstd
     u = torch.zeros_like(x) if u is None else like(u, x)
     alpha = torch.zeros_like(w) if alpha is None else alpha.to(r.dtype)

@@ -67,13 +67,25 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
         return reference.batch_norm_act(x, running_mean, running_var, weight, bias, training,
                                         momentum, eps, activation, negative_slope)
     x = kernel_layout(x)
+    k = _backend.kernels(backend, "batch_norm_act")
+    dtype = _compute_dtype(x)
     use_batch_stats = bool(training) or running_mean is None
     if use_batch_stats:
-        mean, var = _backend.kernels(backend, "batch_norm_act").channel_stats(x)
-        if training and running_mean is not None:
-            update_running_stats(running_mean, running_var, mean, var, x.numel() // x.shape[1], momentum)
+        # detached: the Functions differentiate through the statistics themselves; a graph here only costs
+        mean, var = k.channel_stats(x.detach())
     else:
-        mean, var = running_mean.detach().to(_compute_dtype(x)), running_var.detach().to(_compute_dtype(x))
-    invstd = torch.rsqrt(var + eps)
+        mean, var = running_mean.detach().to(dtype), running_var.detach().to(dtype)
+    count = x.numel() // x.shape[1]
+    running = (running_mean, running_var) if training and running_mean is not None else (None, None)
+    if running[0] is not None and not all(t.dtype == dtype and t.is_contiguous() for t in running):
+        update_running_stats(running[0], running[1], mean, var, count, momentum)  # e.g. float16 buffers
+        running = (None, None)
+    # one launch: invstd, the affine tables and the running-stat update (six eager launches otherwise)
+    invstd, scale, shift = k.stats_affine(mean, var, _detached(weight, dtype), _detached(bias, dtype), *running,
+                                          count, float(momentum) if running[0] is not None else 0.0, float(eps))
     grouping = Grouping(per_sample=False, groups=x.shape[1], batch_stats=use_batch_stats)
-    return NormActFn.apply(x, weight, bias, mean, invstd, grouping, act, slope, backend)
+    return NormActFn.apply(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)
+
+
+def _detached(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    return None if t is None else t.detach().to(dtype).contiguous()

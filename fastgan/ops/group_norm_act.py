@@ -43,7 +43,7 @@ def _fused(x, groups, weight, bias, eps, act, slope, backend, running=None, mome
     k = _backend.kernels(backend, "batch_norm_act")
     n, c = x.shape[0], x.shape[1]
     spatial = x.numel() // (n * c)
-    row_mean, row_m2 = k.row_moments(x)
+    row_mean, row_m2 = k.row_moments(x.detach())  # NormActFn differentiates through the statistics
     if running is not None:  # instance norm: batch means of the per-instance stats
         update_running_stats(running[0], running[1], row_mean.mean(0), (row_m2 / spatial).mean(0),
                              spatial, momentum)

@@ -88,7 +88,7 @@ def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_m
     dtype = _compute_dtype(x)
     use_batch_stats = bool(training) or running_mean is None
     if use_batch_stats:
-        sub_mean, sub_var = _backend.kernels(backend, "batch_norm_act").channel_stats(x)
+        sub_mean, sub_var = _backend.kernels(backend, "batch_norm_act").channel_stats(x.detach())
         # Chan: merge the r^2 sub-channels (equal counts) of each output channel.
         sub_mean, sub_var = sub_mean.view(out_channels, r2), sub_var.view(out_channels, r2)
         mean = sub_mean.mean(1)

@@ -184,7 +184,7 @@ def sync_batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = 
     x = kernel_layout(x)
     count = x.numel() // x.shape[1]
     if count:
-        mean_l, var_l = _backend.kernels(backend, "batch_norm_act").channel_stats(x)
+        mean_l, var_l = _backend.kernels(backend, "batch_norm_act").channel_stats(x.detach())
     else:
         mean_l = var_l = torch.zeros(x.shape[1], device=x.device, dtype=_compute_dtype(x))
     row = torch.stack([torch.full_like(mean_l, float(count)), mean_l, var_l * count]).to(torch.float64)

@@ -31,6 +31,22 @@ def update_running_stats(running_mean: Optional[torch.Tensor], running_var: Opti
         torch._foreach_lerp_(targets, values, momentum)
 
 
+@torch.no_grad()
+def stats_affine(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
+                 bias: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
+                 running_var: Optional[torch.Tensor], count: int, momentum: float,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(invstd, scale, shift) with ``z = x * scale + shift`` the normalised, affine-transformed x, from
+    the per-channel statistics (biased ``var``); the running stats, when given, are updated as
+    ``update_running_stats`` does.  The reference of the ``stats_affine`` kernels, which do all of
+    this in one launch."""
+    update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if weight is None else weight * invstd
+    shift = -(mean * scale) if bias is None else bias - mean * scale
+    return invstd, scale, shift
+
+
 def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                    weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool,
                    momentum: float, eps: float, activation: str = "leaky_relu",

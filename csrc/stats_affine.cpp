@@ -1,0 +1,92 @@
+// torch.ops.fastgan.stats_affine: the binding of csrc/stats_affine.cu, same name,
+// argument order and semantics as the Triton backend's
+// fastgan/kernels/stats_affine.py and the reference
+// fastgan/reference/batch_norm_act.py's stats_affine:
+//
+//   stats_affine(mean, var, weight?, bias?, running_mean?, running_var?, count, momentum, eps)
+//       -> (invstd, scale, shift)
+//
+// mean, var: (C,) float32 or float64 statistics (biased variance); weight, bias:
+// (C,) of the same dtype or None; running_mean / running_var, when given, (C,)
+// of the same dtype, updated in place with the unbiased variance
+// (var * count / (count - 1)).  No host synchronisation (graph capturable).
+
+#include <cstdint>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/Optional.h>
+#include <torch/library.h>
+
+namespace fastgan {
+namespace sa {
+
+cudaError_t launch_stats_affine(bool double_, const void* mean, const void* var, const void* weight,
+                                const void* bias, void* running_mean, void* running_var, void* invstd, void* scale,
+                                void* shift, int64_t channels, double eps, double momentum, double unbias,
+                                cudaStream_t stream);
+
+namespace {
+
+using at::Tensor;
+constexpr const char* kOp = "fastgan::stats_affine";
+
+void check_vector(const char* name, const Tensor& t, const Tensor& mean) {
+  TORCH_CHECK(t.device() == mean.device(), kOp, ": ", name, " must be on ", mean.device(), ", got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == mean.scalar_type(), kOp, ": ", name, " must have mean's dtype ",
+                   mean.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == mean.size(0), kOp, ": ", name, " must have shape (",
+                    mean.size(0), ",), got ", t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), kOp, ": ", name, " must be contiguous");
+}
+
+const void* data_or_null(const c10::optional<Tensor>& t, const char* name, const Tensor& mean) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  check_vector(name, *t, mean);
+  return t->data_ptr();
+}
+
+std::tuple<Tensor, Tensor, Tensor> stats_affine(const Tensor& mean, const Tensor& var,
+                                                const c10::optional<Tensor>& weight,
+                                                const c10::optional<Tensor>& bias,
+                                                const c10::optional<Tensor>& running_mean,
+                                                const c10::optional<Tensor>& running_var, int64_t count,
+                                                double momentum, double eps) {
+  TORCH_CHECK(mean.defined() && mean.is_cuda(), kOp, ": mean must be a CUDA tensor");
+  TORCH_CHECK_TYPE(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble, kOp,
+                   ": mean must be float32 or float64, got ", mean.scalar_type());
+  TORCH_CHECK_VALUE(mean.dim() == 1 && mean.is_contiguous(), kOp, ": mean must be a contiguous (C,) vector, got ",
+                    mean.sizes());
+  check_vector("var", var, mean);
+  const void* w = data_or_null(weight, "weight", mean);
+  const void* b = data_or_null(bias, "bias", mean);
+  void* rm = const_cast<void*>(data_or_null(running_mean, "running_mean", mean));
+  void* rv = const_cast<void*>(data_or_null(running_var, "running_var", mean));
+  const bool updates = rm != nullptr || rv != nullptr;
+  TORCH_CHECK_VALUE(!updates || count > 1, kOp, ": count must be > 1 to update running stats, got ", count);
+  const double unbias = updates ? static_cast<double>(count) / static_cast<double>(count - 1) : 1.0;
+  c10::cuda::CUDAGuard guard(mean.device());
+  Tensor invstd = at::empty_like(mean);
+  Tensor scale = at::empty_like(mean);
+  Tensor shift = at::empty_like(mean);
+  C10_CUDA_CHECK(launch_stats_affine(mean.scalar_type() == at::kDouble, mean.data_ptr(), var.data_ptr(), w, b, rm,
+                                     rv, invstd.data_ptr(), scale.data_ptr(), shift.data_ptr(), mean.size(0), eps,
+                                     momentum, unbias, c10::cuda::getCurrentCUDAStream(mean.get_device())));
+  return {invstd, scale, shift};
+}
+
+}  // namespace
+}  // namespace sa
+}  // namespace fastgan
+
+// The schema (TORCH_LIBRARY(fastgan, m) itself is in module.cpp: one per namespace).
+TORCH_LIBRARY_FRAGMENT(fastgan, m) {
+  m.def("stats_affine(Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, int count, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastgan, CUDA, m) { m.impl("stats_affine", &fastgan::sa::stats_affine); }

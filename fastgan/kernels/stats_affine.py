@@ -1,0 +1,77 @@
+"""Triton kernel of ``stats_affine``: statistics -> (invstd, scale, shift), running stats updated.
+
+One program per block of channels does what eager PyTorch needs six small
+launches for (see ``csrc/stats_affine.cu``, its CUDA twin, and
+``fastgan.reference.batch_norm_act.stats_affine``, the reference)::
+
+    invstd = 1 / sqrt(var + eps),  scale = w * invstd,  shift = b - mean * scale,
+    running_mean += momentum * (mean - running_mean),
+    running_var  += momentum * (var * count / (count - 1) - running_var).
+
+Triton's float arguments are float32, so float64 statistics (whose eps and
+momentum must stay exact) take the reference instead.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference.batch_norm_act import stats_affine as reference_stats_affine
+
+_HAS_SQRT_RN = hasattr(tl, "sqrt_rn")  # correctly rounded sqrt where this Triton has it
+_BLOCK = 256
+
+
+@triton.jit
+def _stats_affine_kernel(mean_ptr, var_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr,
+                         C, eps, momentum, unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         HAS_RUNNING: tl.constexpr, SQRT_RN: tl.constexpr, BLOCK: tl.constexpr):
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = c < C
+    m = tl.load(mean_ptr + c, mask=mask, other=0.0)
+    v = tl.load(var_ptr + c, mask=mask, other=1.0)
+    if SQRT_RN:
+        r = 1.0 / tl.sqrt_rn(v + eps)
+    else:
+        r = 1.0 / tl.sqrt(v + eps)
+    if HAS_WEIGHT:
+        s = tl.load(w_ptr + c, mask=mask, other=0.0) * r
+    else:
+        s = r
+    if HAS_BIAS:
+        sh = tl.load(b_ptr + c, mask=mask, other=0.0) - m * s
+    else:
+        sh = -(m * s)
+    tl.store(invstd_ptr + c, r, mask=mask)
+    tl.store(scale_ptr + c, s, mask=mask)
+    tl.store(shift_ptr + c, sh, mask=mask)
+    if HAS_RUNNING:
+        rm = tl.load(rm_ptr + c, mask=mask, other=0.0)
+        rv = tl.load(rv_ptr + c, mask=mask, other=0.0)
+        tl.store(rm_ptr + c, rm + momentum * (m - rm), mask=mask)
+        tl.store(rv_ptr + c, rv + momentum * (v * unbias - rv), mask=mask)
+
+
+def stats_affine(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
+                 bias: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
+                 running_var: Optional[torch.Tensor], count: int, momentum: float, eps: float):
+    """(invstd, scale, shift), each like ``mean``; same arguments as ``torch.ops.fastgan.stats_affine``.
+    running_mean and running_var are given together (or neither) and updated in place."""
+    if mean.dtype == torch.float64 or (running_mean is None) != (running_var is None):
+        return reference_stats_affine(mean, var, weight, bias, running_mean, running_var, count, momentum, eps)
+    if running_mean is not None and count < 2:
+        raise ValueError(f"count must be > 1 to update running stats, got {count}")
+    invstd, scale, shift = torch.empty_like(mean), torch.empty_like(mean), torch.empty_like(mean)
+    c = mean.numel()
+    if c:
+        has_running = running_mean is not None
+        _stats_affine_kernel[(triton.cdiv(c, _BLOCK),)](
+            mean, var, mean if weight is None else weight, mean if bias is None else bias,
+            running_mean if has_running else mean, running_var if has_running else mean, invstd, scale, shift,
+            c, float(eps), float(momentum), count / (count - 1) if has_running else 1.0,
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_RUNNING=has_running,
+            SQRT_RN=_HAS_SQRT_RN, BLOCK=_BLOCK)
+    return invstd, scale, shift

@@ -1,0 +1,62 @@
+"""stats_affine (statistics -> invstd, affine tables, running-stat update in one launch): fast vs ref."""
+import pytest
+import torch
+
+from fastgan import _backend
+from fastgan.reference.batch_norm_act import stats_affine as ref_stats_affine
+
+from _tolerances import assert_close
+from conftest import all_backend_params
+
+
+def _kernels(impl):
+    return _backend.kernels(impl, "batch_norm_act")
+
+
+def _inputs(c, dtype, device, weight, bias, running):
+    mean = torch.randn(c, dtype=dtype, device=device) * 2
+    var = torch.rand(c, dtype=dtype, device=device) * 3 + 1e-3
+    var[0] = 0.0  # a constant channel: invstd = 1 / sqrt(eps)
+    w = torch.randn(c, dtype=dtype, device=device) if weight else None
+    b = torch.randn(c, dtype=dtype, device=device) if bias else None
+    rm = torch.randn(c, dtype=dtype, device=device) if running else None
+    rv = torch.rand(c, dtype=dtype, device=device) + 0.5 if running else None
+    return mean, var, w, b, rm, rv
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+@pytest.mark.parametrize("c", [1, 7, 300])  # one program, a partial block, several blocks
+@pytest.mark.parametrize("weight,bias", [(True, True), (False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("running", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_matches_ref(impl, device, c, weight, bias, running, dtype):
+    mean, var, w, b, rm, rv = _inputs(c, dtype, device, weight, bias, running)
+    count, momentum, eps = 37, 0.3, 1e-5
+    rm_ref, rv_ref = (rm.clone(), rv.clone()) if running else (None, None)
+    got = _kernels(impl).stats_affine(mean, var, w, b, rm, rv, count, momentum, eps)
+    want = ref_stats_affine(mean, var, w, b, rm_ref, rv_ref, count, momentum, eps)
+    for name, g, e in zip(("invstd", "scale", "shift"), got, want):
+        assert g.shape == e.shape and g.dtype == e.dtype, name
+        assert_close(g, e, dtype, name=name)
+    if running:
+        assert_close(rm, rm_ref, dtype, name="running_mean")
+        assert_close(rv, rv_ref, dtype, name="running_var")
+        assert not torch.equal(rv, rv_ref.new_zeros(c))
+
+
+def test_ref_is_the_batch_norm_formula():
+    mean, var, w, b, rm, rv = _inputs(5, torch.float64, "cpu", True, True, True)
+    rm0, rv0 = rm.clone(), rv.clone()
+    invstd, scale, shift = ref_stats_affine(mean, var, w, b, rm, rv, 10, 0.1, 1e-5)
+    torch.testing.assert_close(invstd, 1 / torch.sqrt(var + 1e-5))
+    x = torch.randn(3, 5, dtype=torch.float64)
+    torch.testing.assert_close(x * scale + shift, (x - mean) * invstd * w + b)
+    torch.testing.assert_close(rm, 0.9 * rm0 + 0.1 * mean)
+    torch.testing.assert_close(rv, 0.9 * rv0 + 0.1 * var * 10 / 9)
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+def test_running_stats_need_two_values(impl, device):
+    mean, var, w, b, rm, rv = _inputs(4, torch.float32, device, True, True, True)
+    with pytest.raises((ValueError, RuntimeError), match="count"):
+        _kernels(impl).stats_affine(mean, var, w, b, rm, rv, 1, 0.1, 1e-5)
