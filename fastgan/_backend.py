@@ -47,6 +47,34 @@ def triton_status() -> tuple[bool, str]:
     return True, f"Triton {triton.__version__}"
 
 
+def _version(text: str) -> tuple:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_incompatibility(triton_version: Optional[str] = None,
+                                numpy_version: Optional[str] = None) -> Optional[str]:
+    """Why Triton's interpreter can't run here (None when it can).
+
+    Triton 3.6 and older turn a kernel's scalar arguments into Python ints with
+    ``int()`` of a 1-element array, which numpy 2.3 made an error: every kernel
+    with a loop over a runtime bound fails deep inside the interpreter."""
+    import numpy
+
+    import triton
+
+    triton_version = triton_version or triton.__version__
+    numpy_version = numpy_version or numpy.__version__
+    if _version(triton_version) < (3, 7) and _version(numpy_version) >= (2, 3):
+        return (f"Triton {triton_version}'s interpreter fails with numpy {numpy_version} (int() of a 1-element "
+                "array, an error since numpy 2.3): use Triton >= 3.7 or numpy < 2.3")
+    return None
+
+
 def triton_reason_unusable(device: torch.device) -> Optional[str]:
     """Why the Triton kernels can't run on ``device`` (None when they can)."""
     ok, reason = triton_status()
@@ -57,8 +85,10 @@ def triton_reason_unusable(device: torch.device) -> Optional[str]:
     if device.type == "cpu":
         from .kernels import _target
 
-        if interpreter_enabled() or _target.compile_only is not None:
+        if _target.compile_only is not None:
             return None
+        if interpreter_enabled():
+            return interpreter_incompatibility()
         return ("Triton kernels run on CPU tensors only under TRITON_INTERPRET=1 "
                 "(set it before fastgan's kernels are imported)")
     return f"Triton kernels do not run on {device.type} tensors"

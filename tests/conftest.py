@@ -22,16 +22,24 @@ def fast_backends():
     out = []
     if torch.cuda.is_available():
         out += [("triton", "cuda"), ("cuda", "cuda")]
-    elif _backend.interpreter_enabled():
+    elif _backend.interpreter_enabled() and _backend.interpreter_incompatibility() is None:
         out.append(("triton", "cpu"))
     return out
 
 
+def _interpreter_skip_reason():
+    if torch.cuda.is_available():
+        return "interpreter runs only without a GPU"
+    if not _backend.interpreter_enabled():
+        return "needs TRITON_INTERPRET=1"
+    return _backend.interpreter_incompatibility()
+
+
 def all_backend_params():
     """pytest params for every fast backend; CUDA ones skip without a GPU."""
+    skip = _interpreter_skip_reason()
     params = [pytest.param("triton", "cpu", id="triton-interp",
-                           marks=pytest.mark.skipif(torch.cuda.is_available() or not _backend.interpreter_enabled(),
-                                                    reason="interpreter runs only without a GPU"))]
+                           marks=pytest.mark.skipif(skip is not None, reason=skip or ""))]
     for impl in ("triton", "cuda"):
         params.append(pytest.param(impl, "cuda", id=f"{impl}-cuda", marks=[
             pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]))

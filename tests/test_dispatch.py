@@ -48,6 +48,15 @@ def test_explicit_unavailable_backends_raise(monkeypatch):
         _backend.resolve("fast", CPU)
 
 
+def test_interpreter_incompatibility_is_named():
+    # Triton <= 3.6's interpreter calls int() on 1-element arrays, an error since numpy 2.3
+    reason = _backend.interpreter_incompatibility("3.6.0", "2.5.2")
+    assert "Triton 3.6.0" in reason and "numpy 2.5.2" in reason and "Triton >= 3.7" in reason
+    assert _backend.interpreter_incompatibility("3.6.0", "2.2.6") is None
+    assert _backend.interpreter_incompatibility("3.7.0", "2.5.2") is None
+    assert _backend.interpreter_incompatibility("3.8.0+git1234", "2.3.0rc1") is None
+
+
 @pytest.mark.skipif(not _backend.interpreter_enabled(), reason="needs TRITON_INTERPRET=1 (set without a GPU)")
 def test_explicit_triton_on_cpu_runs_the_kernels():
     assert grad_fn_name("triton") == "NormActFnBackward"
