@@ -1,10 +1,13 @@
-// torch.ops.fastgan.stats_affine: the binding of csrc/stats_affine.cu, same name,
-// argument order and semantics as the Triton backend's
-// fastgan/kernels/stats_affine.py and the reference
-// fastgan/reference/batch_norm_act.py's stats_affine:
+// torch.ops.fastgan.stats_affine / group_stats_affine: the bindings of
+// csrc/stats_affine.cu, same names, argument order and semantics as the Triton
+// backend's fastgan/kernels/stats_affine.py and the references (stats_affine in
+// fastgan/reference/batch_norm_act.py, group_stats_affine in
+// fastgan/reference/group_norm_act.py):
 //
 //   stats_affine(mean, var, weight?, bias?, running_mean?, running_var?, count, momentum, eps)
 //       -> (invstd, scale, shift)
+//   group_stats_affine(row_mean, row_m2, weight?, bias?, groups, spatial, eps)
+//       -> (mean, invstd, scale, shift)   (N, C) tables of the per-sample group statistics
 //
 // mean, var: (C,) float32 or float64 statistics (biased variance); weight, bias:
 // (C,) of the same dtype or None; running_mean / running_var, when given, (C,)
@@ -29,6 +32,10 @@ cudaError_t launch_stats_affine(bool double_, const void* mean, const void* var,
                                 const void* bias, void* running_mean, void* running_var, void* invstd, void* scale,
                                 void* shift, int64_t channels, double eps, double momentum, double unbias,
                                 cudaStream_t stream);
+
+cudaError_t launch_group_stats_affine(bool double_, const void* row_mean, const void* row_m2, const void* weight,
+                                      const void* bias, void* const* out, int64_t samples, int64_t channels,
+                                      int64_t groups, int64_t spatial, double eps, cudaStream_t stream);
 
 namespace {
 
@@ -79,6 +86,40 @@ std::tuple<Tensor, Tensor, Tensor> stats_affine(const Tensor& mean, const Tensor
   return {invstd, scale, shift};
 }
 
+std::tuple<Tensor, Tensor, Tensor, Tensor> group_stats_affine(const Tensor& row_mean, const Tensor& row_m2,
+                                                              const c10::optional<Tensor>& weight,
+                                                              const c10::optional<Tensor>& bias, int64_t groups,
+                                                              int64_t spatial, double eps) {
+  constexpr const char* op = "fastgan::group_stats_affine";
+  TORCH_CHECK(row_mean.defined() && row_mean.is_cuda(), op, ": row_mean must be a CUDA tensor");
+  TORCH_CHECK_TYPE(row_mean.scalar_type() == at::kFloat || row_mean.scalar_type() == at::kDouble, op,
+                   ": row_mean must be float32 or float64, got ", row_mean.scalar_type());
+  TORCH_CHECK_VALUE(row_mean.dim() == 2 && row_mean.is_contiguous(), op,
+                    ": row_mean must be a contiguous (N, C) table, got ", row_mean.sizes());
+  TORCH_CHECK(row_m2.device() == row_mean.device() && row_m2.scalar_type() == row_mean.scalar_type() &&
+                  row_m2.sizes() == row_mean.sizes() && row_m2.is_contiguous(),
+              op, ": row_m2 must be like row_mean");
+  const int64_t n = row_mean.size(0), c = row_mean.size(1);
+  TORCH_CHECK_VALUE(groups >= 1 && c % groups == 0, op, ": groups must divide C = ", c, ", got ", groups);
+  TORCH_CHECK_VALUE(groups <= 65535 && n <= INT32_MAX, op, ": at most 65535 groups and 2^31 - 1 samples");
+  TORCH_CHECK_VALUE(spatial >= 1, op, ": spatial must be >= 1, got ", spatial);
+  const void* w = nullptr;
+  const void* b = nullptr;
+  if (n > 0) {
+    const Tensor channel = row_mean.select(0, 0);  // the (C,) shape and dtype weight and bias must have
+    w = data_or_null(weight, "weight", channel);
+    b = data_or_null(bias, "bias", channel);
+  }
+  c10::cuda::CUDAGuard guard(row_mean.device());
+  Tensor mean = at::empty_like(row_mean), invstd = at::empty_like(row_mean);
+  Tensor scale = at::empty_like(row_mean), shift = at::empty_like(row_mean);
+  void* out[4] = {mean.data_ptr(), invstd.data_ptr(), scale.data_ptr(), shift.data_ptr()};
+  C10_CUDA_CHECK(launch_group_stats_affine(row_mean.scalar_type() == at::kDouble, row_mean.data_ptr(),
+                                           row_m2.data_ptr(), w, b, out, n, c, groups, spatial, eps,
+                                           c10::cuda::getCurrentCUDAStream(row_mean.get_device())));
+  return {mean, invstd, scale, shift};
+}
+
 }  // namespace
 }  // namespace sa
 }  // namespace fastgan
@@ -87,6 +128,11 @@ std::tuple<Tensor, Tensor, Tensor> stats_affine(const Tensor& mean, const Tensor
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def("stats_affine(Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
         "Tensor(b!)? running_var, int count, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("group_stats_affine(Tensor row_mean, Tensor row_m2, Tensor? weight, Tensor? bias, int groups, int spatial, "
+        "float eps) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(fastgan, CUDA, m) { m.impl("stats_affine", &fastgan::sa::stats_affine); }
+TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
+  m.impl("stats_affine", &fastgan::sa::stats_affine);
+  m.impl("group_stats_affine", &fastgan::sa::group_stats_affine);
+}

@@ -60,3 +60,42 @@ def test_running_stats_need_two_values(impl, device):
     mean, var, w, b, rm, rv = _inputs(4, torch.float32, device, True, True, True)
     with pytest.raises((ValueError, RuntimeError), match="count"):
         _kernels(impl).stats_affine(mean, var, w, b, rm, rv, 1, 0.1, 1e-5)
+
+
+# ----------------------------------------------------------------------------- group_stats_affine
+
+from fastgan.reference.group_norm_act import group_stats_affine as ref_group_stats_affine  # noqa: E402
+
+
+def _moments(x):
+    """Per-(n, c) mean and M2 over the spatial positions of x (N, C, S)."""
+    mean = x.mean(-1)
+    return mean, ((x - mean[..., None]) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+@pytest.mark.parametrize("n,c,groups,spatial", [(3, 8, 1, 5), (2, 6, 3, 1), (4, 5, 5, 7), (1, 600, 2, 3)])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_group_fast_matches_ref(impl, device, n, c, groups, spatial, affine, dtype):
+    x = torch.randn(n, c, spatial, dtype=dtype, device=device) * 2 + torch.randn(n, c, 1, dtype=dtype, device=device)
+    row_mean, row_m2 = _moments(x)
+    w = torch.randn(c, dtype=dtype, device=device) if affine else None
+    b = torch.randn(c, dtype=dtype, device=device) if affine else None
+    got = _kernels(impl).group_stats_affine(row_mean, row_m2, w, b, groups, spatial, 1e-5)
+    want = ref_group_stats_affine(row_mean, row_m2, w, b, groups, spatial, 1e-5)
+    for name, g, e in zip(("mean", "invstd", "scale", "shift"), got, want):
+        assert g.shape == (n, c) and g.dtype == dtype, name
+        assert_close(g, e, dtype, name=name)
+
+
+def test_group_ref_is_the_group_norm_formula():
+    n, c, groups, spatial = 3, 6, 2, 4
+    x = torch.randn(n, c, spatial, dtype=torch.float64)
+    w, b = torch.randn(c, dtype=torch.float64), torch.randn(c, dtype=torch.float64)
+    mean_t, invstd_t, scale, shift = ref_group_stats_affine(*_moments(x), w, b, groups, spatial, 1e-5)
+    expected = torch.nn.functional.group_norm(x, groups, w, b, 1e-5)
+    torch.testing.assert_close(x * scale[..., None] + shift[..., None], expected)
+    xg = x.reshape(n, groups, -1)
+    torch.testing.assert_close(mean_t[:, ::c // groups], xg.mean(-1))
+    torch.testing.assert_close(invstd_t[:, ::c // groups], torch.rsqrt(xg.var(-1, unbiased=False) + 1e-5))

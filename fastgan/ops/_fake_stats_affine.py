@@ -1,4 +1,4 @@
-"""Fake (meta) kernel of ``torch.ops.fastgan.stats_affine`` (csrc/stats_affine.cpp):
+"""Fake (meta) kernels of ``torch.ops.fastgan.stats_affine`` and ``group_stats_affine`` (csrc/stats_affine.cpp):
 shapes and dtypes only, for torch.compile tracing and meta tensors."""
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ def _stats_affine(mean, var, weight, bias, running_mean, running_var, count, mom
     return mean.new_empty(mean.shape), mean.new_empty(mean.shape), mean.new_empty(mean.shape)
 
 
-FAKES: dict[str, Callable] = {"stats_affine": _stats_affine}
+def _group_stats_affine(row_mean, row_m2, weight, bias, groups, spatial, eps):
+    return tuple(row_mean.new_empty(row_mean.shape) for _ in range(4))
+
+
+FAKES: dict[str, Callable] = {"stats_affine": _stats_affine, "group_stats_affine": _group_stats_affine}
 
 registered: list[str] = register_fakes(FAKES)

@@ -97,6 +97,12 @@ def affine_tables(mean, invstd, weight, bias):
     return scale, shift, w
 
 
+def detached_param(t, dtype):
+    """A weight or bias as the statistics kernels take it: detached (their outputs are constants to
+    autograd; the Functions differentiate through weight and bias themselves), in ``dtype``, dense."""
+    return None if t is None else t.detach().to(dtype).contiguous()
+
+
 def _weight_or_ones(weight, like):
     return like.new_ones(like.shape[-1]) if weight is None else weight.to(like.dtype)
 

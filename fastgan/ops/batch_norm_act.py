@@ -15,7 +15,7 @@ from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
 from ._layout import kernel_layout
-from ._norm_act import Grouping, NormActFn
+from ._norm_act import Grouping, NormActFn, detached_param
 
 __all__ = ["batch_norm_act"]
 
@@ -81,11 +81,7 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
         update_running_stats(running[0], running[1], mean, var, count, momentum)  # e.g. float16 buffers
         running = (None, None)
     # one launch: invstd, the affine tables and the running-stat update (six eager launches otherwise)
-    invstd, scale, shift = k.stats_affine(mean, var, _detached(weight, dtype), _detached(bias, dtype), *running,
+    invstd, scale, shift = k.stats_affine(mean, var, detached_param(weight, dtype), detached_param(bias, dtype), *running,
                                           count, float(momentum) if running[0] is not None else 0.0, float(eps))
     grouping = Grouping(per_sample=False, groups=x.shape[1], batch_stats=use_batch_stats)
     return NormActFn.apply(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)
-
-
-def _detached(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    return None if t is None else t.detach().to(dtype).contiguous()

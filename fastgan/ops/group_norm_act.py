@@ -16,19 +16,10 @@ from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
 from ._layout import kernel_layout
-from ._norm_act import Grouping, NormActFn
+from ._norm_act import Grouping, NormActFn, detached_param
 from .batch_norm_act import batch_norm_act
 
 __all__ = ["group_norm_act", "instance_norm_act", "layer_norm_act"]
-
-
-def _group_stats(row_mean: torch.Tensor, row_m2: torch.Tensor, groups: int, spatial: int):
-    """Exact merge of per-(n, c) (mean, M2) over the channels of each group -> (N, G) mean, var."""
-    n, c = row_mean.shape
-    rm = row_mean.reshape(n, groups, c // groups)
-    mean = rm.mean(-1)
-    m2 = row_m2.reshape(n, groups, c // groups).sum(-1) + spatial * ((rm - mean[..., None]) ** 2).sum(-1)
-    return mean, m2 / (spatial * (c // groups))
 
 
 def _check_common(x, weight, bias, eps, min_dim=2):
@@ -47,11 +38,12 @@ def _fused(x, groups, weight, bias, eps, act, slope, backend, running=None, mome
     if running is not None:  # instance norm: batch means of the per-instance stats
         update_running_stats(running[0], running[1], row_mean.mean(0), (row_m2 / spatial).mean(0),
                              spatial, momentum)
-    mean, var = _group_stats(row_mean, row_m2, groups, spatial)
-    per_group = c // groups
-    mean_t = mean.repeat_interleave(per_group, dim=1)
-    invstd_t = torch.rsqrt(var + eps).repeat_interleave(per_group, dim=1)
-    return NormActFn.apply(x, weight, bias, mean_t, invstd_t, Grouping(True, groups), act, slope, backend)
+    # one launch for the group merge, invstd and the affine tables (about fourteen eager launches)
+    dtype = row_mean.dtype
+    mean_t, invstd_t, scale_t, shift_t = k.group_stats_affine(row_mean, row_m2, detached_param(weight, dtype),
+                                                              detached_param(bias, dtype), groups, spatial, float(eps))
+    return NormActFn.apply(x, weight, bias, mean_t, invstd_t, Grouping(True, groups), act, slope, backend,
+                           scale_t, shift_t)
 
 
 def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] = None,

@@ -17,6 +17,26 @@ from .._activation import apply_activation
 from .batch_norm_act import batch_norm_act, channel_view_shape, update_running_stats
 
 
+@torch.no_grad()
+def group_stats_affine(row_mean: torch.Tensor, row_m2: torch.Tensor, weight: Optional[torch.Tensor],
+                       bias: Optional[torch.Tensor], groups: int, spatial: int, eps: float):
+    """Per-sample group statistics as (N, C) tables: (mean, invstd, scale, shift), from the
+    per-(n, c) mean and M2 over ``spatial`` positions (Chan's merge, equal counts), with
+    ``z = x * scale + shift`` the normalised, affine-transformed x.  The reference of the
+    ``group_stats_affine`` kernels, which do this in one launch."""
+    n, c = row_mean.shape
+    per_group = c // groups
+    rm = row_mean.reshape(n, groups, per_group)
+    mean = rm.mean(-1, keepdim=True)
+    m2 = row_m2.reshape(n, groups, per_group).sum(-1, keepdim=True) + spatial * ((rm - mean) ** 2).sum(-1, keepdim=True)
+    invstd = torch.rsqrt(m2 / (spatial * per_group) + eps)
+    mean_t = mean.expand(n, groups, per_group).reshape(n, c)
+    invstd_t = invstd.expand(n, groups, per_group).reshape(n, c)
+    scale = invstd_t if weight is None else invstd_t * weight
+    shift = -(mean_t * scale) if bias is None else bias - mean_t * scale
+    return mean_t, invstd_t, scale, shift
+
+
 def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] = None,
                    bias: Optional[torch.Tensor] = None, eps: float = 1e-5, activation: str = "leaky_relu",
                    negative_slope: float = 0.2) -> torch.Tensor:
