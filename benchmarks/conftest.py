@@ -121,7 +121,9 @@ DEFAULT_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _interpreter() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    from fastgan import _backend
+
+    return _backend.interpreter_usable()
 
 
 def device_name() -> str:

@@ -75,6 +75,11 @@ def interpreter_incompatibility(triton_version: Optional[str] = None,
     return None
 
 
+def interpreter_usable() -> bool:
+    """TRITON_INTERPRET=1 is set and this Triton's interpreter can run with this numpy."""
+    return interpreter_enabled() and interpreter_incompatibility() is None
+
+
 def triton_reason_unusable(device: torch.device) -> Optional[str]:
     """Why the Triton kernels can't run on ``device`` (None when they can)."""
     ok, reason = triton_status()

@@ -27,7 +27,7 @@ def test_auto_on_cpu_is_ref(monkeypatch):
 def test_env_replaces_the_default_at_call_time(monkeypatch):
     monkeypatch.setenv("FASTGAN_IMPL", "ref")
     assert _backend.resolve("auto", CPU) == "ref"
-    if _backend.interpreter_enabled():
+    if _backend.interpreter_usable():
         monkeypatch.setenv("FASTGAN_IMPL", "triton")
         assert _backend.resolve("auto", CPU) == "triton"
         assert grad_fn_name() == "NormActFnBackward"
@@ -57,7 +57,7 @@ def test_interpreter_incompatibility_is_named():
     assert _backend.interpreter_incompatibility("3.8.0+git1234", "2.3.0rc1") is None
 
 
-@pytest.mark.skipif(not _backend.interpreter_enabled(), reason="needs TRITON_INTERPRET=1 (set without a GPU)")
+@pytest.mark.skipif(not _backend.interpreter_usable(), reason="needs a usable Triton interpreter (TRITON_INTERPRET=1, no GPU)")
 def test_explicit_triton_on_cpu_runs_the_kernels():
     assert grad_fn_name("triton") == "NormActFnBackward"
 

@@ -158,7 +158,7 @@ def test_fast_empty_batch(impl, device):
 
 @pytest.mark.parametrize("impl", ["triton-interp", "lean"])
 def test_third_order_raises(impl):
-    if impl == "triton-interp" and not fastgan._backend.interpreter_enabled():
+    if impl == "triton-interp" and not fastgan._backend.interpreter_usable():
         pytest.skip("needs the Triton interpreter")
     fn = impl_fn("triton" if impl == "triton-interp" else "auto")
     m = make_m((4, 2, 3), torch.float64).requires_grad_()
@@ -254,7 +254,7 @@ def test_peak_memory_never_builds_the_pair_tensor():
     """Peak RSS of a fresh process: the Triton kernels (interpreter) stay O(N*B*C), the
     CPU lean path O(N^2*B); the N^2*B*C tensor of the naive layer would not fit either budget."""
     args = [sys.executable, "-c", MEMORY_SCRIPT]
-    if fastgan._backend.interpreter_enabled() and not torch.cuda.is_available():
+    if fastgan._backend.interpreter_usable() and not torch.cuda.is_available():
         args.append("triton")
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("FASTGAN_IMPL", None)
@@ -310,7 +310,7 @@ def test_minibatch_discrimination_module_flattens_and_second_order():
     assert gradgradcheck(lambda t: layer(t), (x,), fast_mode=True)
 
 
-@pytest.mark.skipif(not fastgan._backend.interpreter_enabled() or torch.cuda.is_available(),
+@pytest.mark.skipif(not fastgan._backend.interpreter_usable() or torch.cuda.is_available(),
                     reason="needs the Triton interpreter")
 def test_minibatch_discrimination_module_triton_interp():
     layer = MinibatchDiscrimination(8, 3, 4, impl="triton")

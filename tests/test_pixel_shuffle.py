@@ -70,7 +70,7 @@ def test_fast_pixel_shuffle_batch_norm_matches_ref(impl, device, r, dtype, train
 
 @pytest.mark.parametrize("impl", ["ref"] + [p.values[0] for p in all_backend_params()[:1]])
 def test_gradcheck_gradgradcheck_float64(impl):
-    if impl != "ref" and not __import__("fastgan")._backend.interpreter_enabled():
+    if impl != "ref" and not __import__("fastgan")._backend.interpreter_usable():
         pytest.skip("Triton on CPU needs the interpreter")
     x = torch.randn(2, 4, 2, 2, dtype=torch.float64, requires_grad=True)
     w = (torch.rand(1, dtype=torch.float64) + 0.5).requires_grad_()
@@ -95,7 +95,7 @@ def test_errors():
 
 
 @pytest.mark.parametrize("norm", ["batch", None])
-@pytest.mark.parametrize("impl", ["ref"] + (["triton"] if __import__("fastgan")._backend.interpreter_enabled() else []))
+@pytest.mark.parametrize("impl", ["ref"] + (["triton"] if __import__("fastgan")._backend.interpreter_usable() else []))
 def test_module_matches_conv_shuffle_norm_act(norm, impl):
     block = PixelShuffleUpsample(4, 3, scale=2, norm=norm, impl=impl)
     with torch.no_grad():
