@@ -116,7 +116,9 @@ def _stats_coefficients(grouping, scale, r_g, r_gx, m):
         coef = scale * (-1.0 / m)
         k2, k3 = torch._foreach_mul([r_g, r_gx], [coef, coef])
         return k2, k3
-    return (grouping.group_sum(scale * r_g).mul_(-1.0 / m), grouping.group_sum(scale * r_gx).mul_(-1.0 / m))
+    # both at once: (2, ..., C) products, group sums, back to channels (five launches instead of eight)
+    both = grouping.group_sum(torch.stack([r_g, r_gx]) * (scale * (-1.0 / m)))
+    return both[0], both[1]
 
 
 class NormActFn(torch.autograd.Function):
