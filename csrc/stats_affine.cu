@@ -22,6 +22,8 @@
 
 #include <cuda_runtime.h>
 
+#include "block_reduce.cuh"
+
 namespace fastgan {
 namespace sa {
 
@@ -58,22 +60,6 @@ cudaError_t launch(const void* mean, const void* var, const void* weight, const 
       static_cast<acc*>(invstd), static_cast<acc*>(scale), static_cast<acc*>(shift), channels,
       static_cast<acc>(eps), static_cast<acc>(momentum), static_cast<acc>(unbias));
   return cudaGetLastError();
-}
-
-constexpr int kGroupThreads = 256;  // a power of two: block_sum halves it
-
-// The sum of v over the block, returned to every thread (red: kGroupThreads values of shared memory).
-template <typename acc>
-__device__ acc block_sum(acc v, acc* red) {
-  red[threadIdx.x] = v;
-  __syncthreads();
-  for (int stride = kGroupThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) red[threadIdx.x] += red[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const acc total = red[0];
-  __syncthreads();  // red is written again by the next call
-  return total;
 }
 
 template <typename acc>

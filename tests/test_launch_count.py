@@ -62,3 +62,11 @@ def test_fused_layer_norm_forward_launch_budget():
     # row_moments, group_stats_affine (group merge, invstd, affine tables), norm_act_forward
     assert forward.ops["fastgan.group_stats_affine"] == 1
     assert forward.total <= 3, forward.ops
+
+
+def test_wgan_gp_iteration_launches_fewer_than_eager():
+    # fused double backward: one coefficient launch per layer instead of ~50 eager autograd ops
+    fused = launch_count.count_iteration("wgan-gp", "cuda", batch=8, size=32)
+    eager = launch_count.count_iteration("wgan-gp", "eager", batch=8, size=32)
+    assert fused.ops["fastgan.norm_act_double_coefficients"] > 0
+    assert fused.total < eager.total, (fused.total, eager.total)

@@ -38,7 +38,8 @@ import triton.language as tl
 
 from ..ops._layout import strides_ncs
 from ._target import multiprocessors
-from .stats_affine import group_stats_affine, stats_affine  # noqa: F401 - the family's kernels are reached here
+from .double_coefficients import norm_act_double_coefficients  # noqa: F401 - reached through this module
+from .stats_affine import group_stats_affine, stats_affine  # noqa: F401 - reached through this module
 
 MODE_FORWARD, MODE_BACKWARD, MODE_DOUBLE = 0, 1, 2
 

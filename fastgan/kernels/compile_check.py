@@ -42,7 +42,7 @@ import torch
 from . import _target
 from .compile_cases import all_cases
 
-KERNEL_MODULES = ("batch_norm_act", "stats_affine", "minibatch_discrimination", "penalty")
+KERNEL_MODULES = ("batch_norm_act", "stats_affine", "double_coefficients", "minibatch_discrimination", "penalty")
 
 
 @dataclass
@@ -251,11 +251,11 @@ def format_report(report: dict) -> str:
     by_kernel: dict = {}
     for c in report["compiled"]:
         by_kernel.setdefault((c["kernel"], c["arch"]), []).append(c)
-    lines.append(f"{'kernel':<26} {'arch':>5} {'variants':>8} {'regs max':>8} {'local max':>9} {'shared max':>10}")
+    lines.append(f"{'kernel':<28} {'arch':>5} {'variants':>8} {'regs max':>8} {'local max':>9} {'shared max':>10}")
     for (kernel, arch), group in sorted(by_kernel.items()):
         regs = [c["registers"] for c in group if c["registers"] is not None]
         local = [(c["local_bytes"] or 0) + (c["stack_bytes"] or 0) for c in group]
-        lines.append(f"{kernel:<26} {'sm_' + str(arch):>5} {len(group):>8} {max(regs) if regs else '?':>8} "
+        lines.append(f"{kernel:<28} {'sm_' + str(arch):>5} {len(group):>8} {max(regs) if regs else '?':>8} "
                      f"{max(local):>9} {max(c['shared_bytes'] for c in group):>10}")
     if not report["resource_usage_read"]:
         lines.append("(no cuobjdump found: registers and spills not read)")

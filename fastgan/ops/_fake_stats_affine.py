@@ -1,4 +1,6 @@
-"""Fake (meta) kernels of ``torch.ops.fastgan.stats_affine`` and ``group_stats_affine`` (csrc/stats_affine.cpp):
+"""Fake (meta) kernels of the small coefficient ops: ``torch.ops.fastgan.stats_affine``,
+``group_stats_affine`` (csrc/stats_affine.cpp) and ``norm_act_double_coefficients``
+(csrc/double_coefficients.cpp):
 shapes and dtypes only, for torch.compile tracing and meta tensors."""
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ def _group_stats_affine(row_mean, row_m2, weight, bias, groups, spatial, eps):
     return tuple(row_mean.new_empty(row_mean.shape) for _ in range(4))
 
 
-FAKES: dict[str, Callable] = {"stats_affine": _stats_affine, "group_stats_affine": _group_stats_affine}
+def _double_coefficients(r_g, r_gx, r_u, r_ux, r_gu, weight, invstd, alpha, beta, groups, m, batch_stats):
+    return tuple(invstd.new_empty(invstd.shape) for _ in range(7))
+
+
+FAKES: dict[str, Callable] = {"stats_affine": _stats_affine, "group_stats_affine": _group_stats_affine,
+                              "norm_act_double_coefficients": _double_coefficients}
 
 registered: list[str] = register_fakes(FAKES)

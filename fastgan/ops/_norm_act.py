@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _backend
+from ..reference.norm_act_double import double_coefficients
 from ._autograd import last_derivative
 from ._layout import like
 
@@ -183,34 +184,25 @@ class NormActBackwardFn(torch.autograd.Function):
 def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd, scale, shift):
     """Double backward: u, alpha, beta = grads wrt dx, dw, db.
 
-    Returns (grad wrt gy, grad wrt x, grad wrt weight).  Notation of
-    ``docs/norm_act_double_backward.md``: R* are the kernel's per-channel
-    (or per-(n, c)) sums, S* their group sums, M the group size."""
+    Returns (grad wrt gy, grad wrt x, grad wrt weight): the five sums (one
+    reduction kernel), their coefficients (``norm_act_double_coefficients``, one
+    launch; math in ``fastgan.reference.norm_act_double`` and
+    ``docs/norm_act_double_backward.md``), then one elementwise kernel."""
     grouping, act, slope, backend = config
     k = _backend.kernels(backend, "batch_norm_act")
-    w = _weight_or_ones(weight, invstd)
-    r = invstd
     u = torch.zeros_like(x) if u is None else like(u, x)
-    alpha = torch.zeros_like(w) if alpha is None else alpha.to(r.dtype)
-    beta = torch.zeros_like(w) if beta is None else beta.to(r.dtype)
     kw = grouping.kernel_kwargs()
-    r_g, r_gx, r_u, r_ux, r_gu = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope, **kw)
-    if not grouping.batch_stats:
-        zero = torch.zeros_like(scale)
-        grad_w = sum_to_param(r * r_gu, weight)
-        coef = (scale, beta + zero, alpha + zero, alpha * r, zero, zero, zero)
-    else:
-        m = grouping.group_size(x)
-        gs = grouping.group_sum
-        s_u, s_ux = gs(r_u), gs(r_ux)
-        s_wg, s_wgx, s_wgu = gs(w * r_g), gs(w * r_gx), gs(w * r_gu)
-        a2 = beta - scale * s_u / m
-        c_g = alpha - scale * s_ux / m  # also the coefficient a3 of ggy
-        c_u = r * s_wgx / m
-        sum_big_g = gs(c_g * r_g) - c_u * s_u  # sum and xhat-moment of G = dL/dxhat
-        sum_big_gx = gs(c_g * r_gx) - c_u * s_ux
-        g_r = s_wgu - s_wg * s_u / m - s_wgx * s_ux / m  # dL/dr
-        grad_w = sum_to_param(r * (r_gu - s_u * r_g / m - s_ux * r_gx / m), weight)
-        coef = (scale, a2, c_g, r * c_g, -r * c_u, -r * sum_big_g / m, -(r * sum_big_gx + r * r * g_r) / m)
-    ggx, ggy = k.norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, *coef, act, slope, **kw)
-    return ggy, ggx, grad_w
+    sums = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope, **kw)
+    dtype = invstd.dtype
+    alpha = None if alpha is None else alpha.to(dtype)
+    beta = None if beta is None else beta.to(dtype)
+    weight_c = None if weight is None else weight.to(dtype)
+    rows = invstd.numel() // max(invstd.shape[-1], 1)
+    args = (*sums, weight_c, invstd, alpha, beta, grouping.groups, grouping.group_size(x), grouping.batch_stats)
+    if all(t is None or t.dim() == 1 for t in (weight, alpha, beta)) and rows <= 65535:
+        coef = k.norm_act_double_coefficients(*(t.contiguous() if isinstance(t, torch.Tensor) else t for t in args))
+    else:  # per-sample weight tables (virtual batch norm) or > 65535 rows: the same math in PyTorch
+        coef = double_coefficients(*args)
+    *coef, grad_w = coef
+    ggx, ggy = k.norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, scale, *coef, act, slope, **kw)
+    return ggy, ggx, sum_to_param(grad_w, weight)
