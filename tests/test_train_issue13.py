@@ -228,6 +228,19 @@ def test_build_optimizer_choices_and_errors():
         build_optimizer(p, "adam", 1e-3, mode="l1")
     with pytest.raises(ValueError, match="weight_decay"):
         build_optimizer(p, "adam", 1e-3, weight_decay=-1)
+    assert not build_optimizer(p, "adam", 1e-3).defaults.get("fused")  # CPU: PyTorch's default Adam
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_build_optimizer_uses_fused_adam_on_cuda():
+    p = [torch.nn.Parameter(torch.ones(3, device="cuda"))]
+    for mode, wd in (("coupled", 0.0), ("decoupled", 0.1)):
+        opt = build_optimizer(p, "adam", 1e-3, weight_decay=wd, mode=mode)
+        assert opt.defaults["fused"] is True
+        p[0].grad = torch.ones_like(p[0])
+        opt.step()
+        assert torch.isfinite(p[0]).all() and not torch.equal(p[0].detach(), torch.ones(3, device="cuda"))
 
 
 # ----------------------------------------------------------------------------
