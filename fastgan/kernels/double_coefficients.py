@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ..reference.norm_act_double import double_coefficients as reference_double_coefficients
+from .stats_affine import group_lanes
 
 
 @triton.jit
@@ -24,12 +25,7 @@ def _double_coefficients_kernel(rg_ptr, rgx_ptr, ru_ptr, rux_ptr, rgu_ptr, w_ptr
                                 a2_ptr, a3_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, gw_ptr, C, PER_GROUP, m,
                                 HAS_WEIGHT: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr,
                                 BATCH_STATS: tl.constexpr, BLOCK: tl.constexpr):
-    g = tl.program_id(0)
-    t = tl.program_id(1)
-    j = tl.arange(0, BLOCK)
-    mask = j < PER_GROUP
-    ch = g * PER_GROUP + j
-    offs = t.to(tl.int64) * C + ch
+    ch, offs, mask = group_lanes(tl.program_id(1), tl.program_id(0), C, PER_GROUP, BLOCK)
     r = tl.load(r_ptr + offs, mask=mask, other=0.0)
     r_gu = tl.load(rgu_ptr + offs, mask=mask, other=0.0)
     if HAS_WEIGHT:

@@ -35,6 +35,37 @@ _BLOCK = 256
 
 
 @triton.jit
+def _inverse_sqrt(v, eps, SQRT_RN: tl.constexpr):
+    """1 / sqrt(v + eps), each step correctly rounded where this Triton has sqrt_rn."""
+    if SQRT_RN:
+        return 1.0 / tl.sqrt_rn(v + eps)
+    return 1.0 / tl.sqrt(v + eps)
+
+
+@triton.jit
+def _affine(r, mean, w_ptr, b_ptr, ch, mask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """(scale, shift) = (w * r, b - mean * scale) for the channels ``ch`` (w = 1, b = 0 when absent)."""
+    if HAS_WEIGHT:
+        s = tl.load(w_ptr + ch, mask=mask, other=0.0) * r
+    else:
+        s = tl.zeros_like(mean) + r
+    if HAS_BIAS:
+        sh = tl.load(b_ptr + ch, mask=mask, other=0.0) - mean * s
+    else:
+        sh = -(mean * s)
+    return s, sh
+
+
+@triton.jit
+def group_lanes(row, g, C, PER_GROUP, BLOCK: tl.constexpr):
+    """The channels of group g in row ``row`` of a (T, C) table: (channel index, offset, mask)."""
+    j = tl.arange(0, BLOCK)
+    mask = j < PER_GROUP
+    ch = g * PER_GROUP + j
+    return ch, row.to(tl.int64) * C + ch, mask
+
+
+@triton.jit
 def _stats_affine_kernel(mean_ptr, var_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr,
                          C, eps, momentum, unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                          HAS_RUNNING: tl.constexpr, SQRT_RN: tl.constexpr, BLOCK: tl.constexpr):
@@ -42,18 +73,8 @@ def _stats_affine_kernel(mean_ptr, var_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd
     mask = c < C
     m = tl.load(mean_ptr + c, mask=mask, other=0.0)
     v = tl.load(var_ptr + c, mask=mask, other=1.0)
-    if SQRT_RN:
-        r = 1.0 / tl.sqrt_rn(v + eps)
-    else:
-        r = 1.0 / tl.sqrt(v + eps)
-    if HAS_WEIGHT:
-        s = tl.load(w_ptr + c, mask=mask, other=0.0) * r
-    else:
-        s = r
-    if HAS_BIAS:
-        sh = tl.load(b_ptr + c, mask=mask, other=0.0) - m * s
-    else:
-        sh = -(m * s)
+    r = _inverse_sqrt(v, eps, SQRT_RN)
+    s, sh = _affine(r, m, w_ptr, b_ptr, c, mask, HAS_WEIGHT, HAS_BIAS)
     tl.store(invstd_ptr + c, r, mask=mask)
     tl.store(scale_ptr + c, s, mask=mask)
     tl.store(shift_ptr + c, sh, mask=mask)
@@ -90,12 +111,7 @@ def stats_affine(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.T
 def _group_stats_affine_kernel(rm_ptr, m2_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, scale_ptr, shift_ptr,
                                C, PER_GROUP, spatial, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                                SQRT_RN: tl.constexpr, BLOCK: tl.constexpr):
-    n = tl.program_id(0)
-    g = tl.program_id(1)
-    j = tl.arange(0, BLOCK)
-    mask = j < PER_GROUP
-    ch = g * PER_GROUP + j
-    offs = n.to(tl.int64) * C + ch
+    ch, offs, mask = group_lanes(tl.program_id(0), tl.program_id(1), C, PER_GROUP, BLOCK)
     rm = tl.load(rm_ptr + offs, mask=mask, other=0.0)
     m2 = tl.load(m2_ptr + offs, mask=mask, other=0.0)
     # "* 1.0", not .to(): an integer argument equal to 1 arrives as a constant (Triton specializes it)
@@ -104,18 +120,8 @@ def _group_stats_affine_kernel(rm_ptr, m2_ptr, w_ptr, b_ptr, mean_ptr, invstd_pt
     mean = tl.sum(rm, axis=0) / count
     d = tl.where(mask, rm - mean, 0.0)
     var = (tl.sum(m2, axis=0) + positions * tl.sum(d * d, axis=0)) / (positions * count)
-    if SQRT_RN:
-        r = 1.0 / tl.sqrt_rn(var + eps)
-    else:
-        r = 1.0 / tl.sqrt(var + eps)
-    if HAS_WEIGHT:
-        s = tl.load(w_ptr + ch, mask=mask, other=0.0) * r
-    else:
-        s = tl.zeros_like(rm) + r
-    if HAS_BIAS:
-        sh = tl.load(b_ptr + ch, mask=mask, other=0.0) - mean * s
-    else:
-        sh = -(mean * s)
+    r = _inverse_sqrt(var, eps, SQRT_RN)
+    s, sh = _affine(r, tl.zeros_like(rm) + mean, w_ptr, b_ptr, ch, mask, HAS_WEIGHT, HAS_BIAS)
     tl.store(mean_ptr + offs, tl.zeros_like(rm) + mean, mask=mask)
     tl.store(invstd_ptr + offs, tl.zeros_like(rm) + r, mask=mask)
     tl.store(scale_ptr + offs, s, mask=mask)
