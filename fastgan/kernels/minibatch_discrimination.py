@@ -125,13 +125,16 @@ def _acc_dtype(m: torch.Tensor) -> torch.dtype:
     return torch.float64 if m.dtype == torch.float64 else torch.float32
 
 
-def _blocks(n: int, m: torch.Tensor):
-    """(BLOCK_I, BLOCK_J, num_warps): tiles of the pair matrix."""
+def _blocks(n: int, m: torch.Tensor, double: bool = False):
+    """(BLOCK_I, BLOCK_J, num_warps): tiles of the pair matrix (``double``: for the double backward,
+    which keeps two more pair tiles live)."""
     if multiprocessors(m) is None:  # interpreter: the cost is per program and loop step, numpy does the tile
         blk = 16 if n <= 64 else min(256, triton.next_power_of_2(n))
         return blk, blk, 4
     block_j = 64 if n >= 64 else max(16, triton.next_power_of_2(n))
     block_i = 32 if n <= 256 else 64  # small N: more programs to fill the SMs
+    if double and block_i == 64:
+        block_j = min(block_j, 32)  # 64 x 64 double-backward tiles spill on sm_80 even on 8 warps (compile_check)
     # 64 x 64 pair tiles on 4 warps spill registers in the gradient kernel (compile_check, sm_90): use 8
     return block_i, block_j, 8 if block_i * block_j >= 4096 else 4
 
@@ -172,7 +175,7 @@ def mbd_double_backward(u: torch.Tensor, g: torch.Tensor, m: torch.Tensor) -> tu
     gt = g.to(acc).t().contiguous()
     grad_m = torch.empty((n, b, c), device=m.device, dtype=m.dtype)
     grad_g = torch.empty((n, b), device=m.device, dtype=acc)
-    block_i, block_j, warps = _blocks(n, m)
+    block_i, block_j, warps = _blocks(n, m, double=True)
     _mbd_grad_kernel[(b, triton.cdiv(n, block_i))](_bcn(m), _bcn(u), gt, grad_m, grad_g, n, b, c,
                                                    DOUBLE=True, BLOCK_I=block_i, BLOCK_J=block_j,
                                                    BLOCK_C=triton.next_power_of_2(c), num_warps=warps)
