@@ -1,4 +1,4 @@
-"""Every Triton kernel compiles for sm_90 with Triton's real compiler, no GPU needed.
+"""Every Triton kernel compiles for sm_90 (H100 / H200) and sm_80 (A100) with Triton's real compiler, no GPU needed.
 
 The interpreter tests check what the kernels compute; they never compile them.
 ``fastgan.kernels.compile_check`` runs each op's three passes with launches
@@ -35,15 +35,17 @@ def _python(code_or_args, timeout=600, env=None):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
+def test_every_kernel_compiles_for_sm90_and_sm80_without_spills(tmp_path):
     out = tmp_path / "report.json"
-    proc = _python(["-m", "fastgan.kernels.compile_check", "--quick", "--arch", "90", "--json", str(out)])
+    proc = _python(["-m", "fastgan.kernels.compile_check", "--quick", "--arch", "90", "80", "--json", str(out)])
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     report = json.loads(out.read_text())
     assert report["ok"] and not report["failures"] and not report["never_compiled"]
     compiled = {c["kernel"] for c in report["compiled"]}
     assert {"_stats_partial_kernel", "_grad_sums_kernel", "_pointwise_kernel", "_mbd_grad_kernel",
-            "_row_partials_kernel", "_penalty_backward_kernel"} <= compiled
+            "_row_partials_kernel", "_penalty_backward_kernel", "_stats_affine_kernel", "_group_stats_affine_kernel",
+            "_double_coefficients_kernel"} <= compiled
+    assert {c["arch"] for c in report["compiled"]} == {80, 90}
     # the 64-bit index variants (tensors of 2**31+ elements) are compiled too
     index_64 = {c["kernel"] for c in report["compiled"] if c["config"].get("INDEX_64") is True}
     assert {"_stats_partial_kernel", "_grad_sums_kernel", "_pointwise_kernel", "_interp_kernel"} <= index_64
