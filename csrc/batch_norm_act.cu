@@ -363,6 +363,18 @@ moments_merge_kernel(const acc* __restrict__ work, acc* __restrict__ mean, acc* 
   }
 }
 
+// z = x * scale + shift with two roundings, never one fused multiply-add: for x equal to its
+// channel's mean and a zero bias (shift = -(mean * scale) rounded), z is then exactly 0, so the
+// activation's kink ties (relu'(0) = 0, leaky'(0) = slope) exactly as in eager PyTorch and the
+// reference, which round the normalisation step by step.  A contracted fma would leave the
+// product's rounding error in z, of either sign, and flip the mask of constant channels.
+__device__ __forceinline__ float affine_rn(float x, float scale, float shift) {
+  return __fadd_rn(__fmul_rn(x, scale), shift);
+}
+__device__ __forceinline__ double affine_rn(double x, double scale, double shift) {
+  return __dadd_rn(__dmul_rn(x, scale), shift);
+}
+
 // ----------------------------------------------------------------------------- gradient sums
 
 template <bool DOUBLE> constexpr int sums_k() { return DOUBLE ? 5 : 2; }
@@ -371,7 +383,7 @@ template <bool DOUBLE> constexpr int sums_k() { return DOUBLE ? 5 : 2; }
 template <bool DOUBLE, typename acc>
 __device__ __forceinline__ void grad_terms(State<acc, sums_k<DOUBLE>()>& s, acc x, acc gy, acc u,
                                            const NormCoef<acc>& k, acc slope) {
-  const acc z = x * k.scale + k.shift;
+  const acc z = affine_rn(x, k.scale, k.shift);
   const acc gz = gy * (z > acc(0) ? acc(1) : slope);
   const acc xhat = (x - k.mean) * k.invstd;
   s.v[0] += gz;
@@ -511,7 +523,7 @@ __device__ __forceinline__ PointCoef<acc> load_point_coef(const ChannelArgs<acc>
 template <int MODE, typename acc>
 __device__ __forceinline__ void point_map(const PointCoef<acc>& k, acc slope, acc x, acc gy, acc u, acc& o1,
                                           acc& o2) {
-  const acc z = x * k.scale + k.shift;
+  const acc z = affine_rn(x, k.scale, k.shift);
   if constexpr (MODE == kModeForward) {
     o1 = z > acc(0) ? z : z * slope;
   } else {

@@ -52,6 +52,12 @@ def test_every_kernel_compiles_for_sm90_and_sm80_without_spills(tmp_path):
     # GPU launch configurations, not the interpreter's: the widest batch-norm tile runs on 8 warps
     assert any(c["kernel"] == "_pointwise_kernel" and c["config"].get("BLOCK_M") == 2048 and c["num_warps"] == 8
                for c in report["compiled"])
+    # the norm kernels recompute z = x * scale + shift without fused multiply-adds (the activation's kink
+    # must tie exactly where eager PyTorch's does); the option really reaches the compiler
+    for c in report["compiled"]:
+        if c["kernel"] in ("_pointwise_kernel", "_grad_sums_kernel"):
+            assert c["config"].get("enable_fp_fusion") is False and c["fma_instructions"] == 0, c
+    assert any(c["fma_instructions"] > 0 for c in report["compiled"])  # elsewhere fma is used (the count works)
     if report["resource_usage_read"]:
         assert all(c["registers"] for c in report["compiled"])
         assert report["spilling"] == []

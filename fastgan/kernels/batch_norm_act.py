@@ -365,7 +365,7 @@ def _grad_sums(double: bool, gy, x, u, scale, shift, mean, invstd, slope, upscal
     _grad_sums_kernel[(g.num_cblocks, g.partials, g.num_segments)](
         gy, x, x if u is None else u, scale, shift, mean, invstd, parts, g.seg_len, g.tbl_stride,
         *g.kernel_args(), g.num_tiles, g.partials, _slope_tensor(slope, scale), _width(x, upscale),
-        DOUBLE=double, UPSCALE=upscale, **g.meta())
+        DOUBLE=double, UPSCALE=upscale, enable_fp_fusion=False, **g.meta())  # see _launch_pointwise
     sums = parts.sum(dim=2)  # fixed-order merge of the partials: deterministic
     return tuple(sums.unbind(0)) if g.per_sample else tuple(sums[:, 0].unbind(0))
 
@@ -408,4 +408,7 @@ def _launch_pointwise(mode, x, gy, u, out, out2, scale, shift, mean, invstd, coe
                             out if out2 is None else out2, scale, shift, mean, invstd, coef,
                             g.seg_len, g.tbl_stride, scale.numel(), *g.kernel_args(),
                             _slope_tensor(slope, scale), _width(x, upscale), MODE=mode, UPSCALE=upscale,
-                            **g.meta())
+                            # no fused multiply-add: z = x * scale + shift rounded twice is exactly 0 for x
+                            # equal to its channel's mean with a zero bias, so the activation's kink ties as
+                            # in eager PyTorch (csrc/batch_norm_act.cu, affine_rn)
+                            enable_fp_fusion=False, **g.meta())

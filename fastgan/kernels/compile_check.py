@@ -56,6 +56,7 @@ class Compiled:
     registers: Optional[int] = None
     local_bytes: Optional[int] = None
     stack_bytes: Optional[int] = None
+    fma_instructions: int = 0  # fused multiply-adds in the PTX (kernels compiled with enable_fp_fusion=False: 0)
     cases: list = field(default_factory=list)
 
     def spills(self) -> bool:
@@ -101,7 +102,9 @@ class _Recorder:
         key = id(compiled_kernel)
         if key not in self.compiled:
             meta = compiled_kernel.metadata
-            self.compiled[key] = Compiled(name, self.arch, config, int(meta.num_warps), int(meta.shared))
+            ptx = compiled_kernel.asm.get("ptx", "")
+            self.compiled[key] = Compiled(name, self.arch, config, int(meta.num_warps), int(meta.shared),
+                                          fma_instructions=len(re.findall(r"\bfma\.", ptx)))
             self.binaries[key] = compiled_kernel.asm.get("cubin", b"")
         entry = self.compiled[key]
         if self.case not in entry.cases:
