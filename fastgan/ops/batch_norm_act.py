@@ -81,7 +81,8 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
         update_running_stats(running[0], running[1], mean, var, count, momentum)  # e.g. float16 buffers
         running = (None, None)
     # one launch: invstd, the affine tables and the running-stat update (six eager launches otherwise)
-    invstd, scale, shift = k.stats_affine(mean, var, detached_param(weight, dtype), detached_param(bias, dtype), *running,
-                                          count, float(momentum) if running[0] is not None else 0.0, float(eps))
+    momentum = float(momentum) if running[0] is not None else 0.0
+    invstd, scale, shift = k.stats_affine(mean, var, detached_param(weight, dtype), detached_param(bias, dtype),
+                                          *running, count, momentum, float(eps))
     grouping = Grouping(per_sample=False, groups=x.shape[1], batch_stats=use_batch_stats)
     return NormActFn.apply(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)
