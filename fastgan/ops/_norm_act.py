@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _backend
-from ..reference.norm_act_double import double_coefficients
+from ..reference.norm_act_double import double_coefficients, group_sum
 from ._autograd import last_derivative
 from ._layout import like
 
@@ -61,11 +61,7 @@ class Grouping:
 
     def group_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Per-channel or per-(n, c) sums -> per-group sums, expanded back to t's shape."""
-        c = t.shape[-1]
-        if c == self.groups:
-            return t
-        sums = t.reshape(*t.shape[:-1], self.groups, c // self.groups).sum(-1)
-        return sums.repeat_interleave(c // self.groups, dim=-1)
+        return group_sum(t, self.groups)
 
     def group_size(self, x: torch.Tensor) -> int:
         n, c = x.shape[0], x.shape[1]
@@ -91,7 +87,7 @@ def sum_to_param(t: torch.Tensor, param) -> torch.Tensor:
 
 def affine_tables(mean, invstd, weight, bias):
     """(scale, shift, w): z = x * scale + shift, with w the per-channel weight (ones if None)."""
-    w = _weight_or_ones(weight, invstd)
+    w = invstd.new_ones(invstd.shape[-1]) if weight is None else weight.to(invstd.dtype)
     scale = invstd if weight is None else w * invstd
     # Fewest launches: these small per-channel ops run in every fused layer's forward.
     shift = (mean * scale).neg_() if bias is None else torch.addcmul(bias.to(invstd.dtype), mean, scale, value=-1.0)
@@ -102,10 +98,6 @@ def detached_param(t, dtype):
     """A weight or bias as the statistics kernels take it: detached (their outputs are constants to
     autograd; the Functions differentiate through weight and bias themselves), in ``dtype``, dense."""
     return None if t is None else t.detach().to(dtype).contiguous()
-
-
-def _weight_or_ones(weight, like):
-    return like.new_ones(like.shape[-1]) if weight is None else weight.to(like.dtype)
 
 
 def _stats_coefficients(grouping, scale, r_g, r_gx, m):
