@@ -6,6 +6,8 @@
 //
 //   channel_stats(x) -> (mean, var)                  per channel, (C,)
 //   row_moments(x) -> (mean, m2)                      per (n, c) over spatial, (N, C)
+//   channel_stats_affine(x, weight?, bias?, running_mean?, running_var?, momentum, eps)
+//       -> (mean, var, invstd, scale, shift)           channel_stats + stats_affine in one merge kernel
 //   norm_act_forward(x, scale, shift, act, slope, upscale=1) -> y
 //   norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, upscale=1) -> (sum gz, sum gz*xhat)
 //   norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act, slope, upscale=1) -> dx
@@ -40,6 +42,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/Optional.h>
 #include <torch/library.h>
 
 #include "host_utils.h"
@@ -236,6 +239,57 @@ std::tuple<Tensor, Tensor> channel_stats(const Tensor& x) {
   return moments("fastgan::channel_stats", x, /*per_sample=*/false, /*variance=*/true);
 }
 
+// A (C,) input of channel_stats_affine, or nullptr when absent; running stats are updated in place, so
+// they must be contiguous already (channel_vector would copy them).
+void* optional_vector(const char* op, const char* name, const c10::optional<Tensor>& t, const Tensor& x,
+                      const Geometry& g, bool in_place) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  TORCH_CHECK_VALUE(!in_place || t->is_contiguous(), op, ": ", name, " must be contiguous (updated in place)");
+  return channel_vector(op, name, *t, x, g).data_ptr();
+}
+
+// channel_stats, then from the statistics in the merge kernel itself (stats_affine's math, one launch
+// fewer): invstd, scale, shift, and the running stats updated in place when given.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> channel_stats_affine(
+    const Tensor& x, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+    const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var, double momentum,
+    double eps) {
+  const char* op = "fastgan::channel_stats_affine";
+  Geometry g = geometry(op, x);
+  g.problem.per_sample = false;
+  // weight and bias are read by the kernel: keep the (possibly copied) contiguous tensors alive
+  const Tensor w = weight.has_value() && weight->defined() ? channel_vector(op, "weight", *weight, x, g) : Tensor();
+  const Tensor b = bias.has_value() && bias->defined() ? channel_vector(op, "bias", *bias, x, g) : Tensor();
+  bna::AffineParams affine;
+  affine.weight = w.defined() ? w.data_ptr() : nullptr;
+  affine.bias = b.defined() ? b.data_ptr() : nullptr;
+  affine.running_mean = optional_vector(op, "running_mean", running_mean, x, g, true);
+  affine.running_var = optional_vector(op, "running_var", running_var, x, g, true);
+  const int64_t count = g.problem.N * g.problem.S;
+  const bool updates = affine.running_mean != nullptr || affine.running_var != nullptr;
+  TORCH_CHECK_VALUE(!updates || count > 1, op, ": x must have more than 1 value per channel to update running "
+                    "stats, got ", count);
+  TORCH_CHECK_VALUE(g.problem.C == 0 || count > 0, op, ": x has no values per channel (shape ", x.sizes(), ")");
+  affine.eps = eps;
+  affine.momentum = momentum;
+  affine.unbias = updates ? static_cast<double>(count) / static_cast<double>(count - 1) : 1.0;
+  Launch run(x);
+  const auto opts = x.options().dtype(acc_type(x));
+  Tensor mean = at::empty({g.problem.C}, opts), var = at::empty({g.problem.C}, opts);
+  Tensor invstd = at::empty({g.problem.C}, opts), scale = at::empty({g.problem.C}, opts);
+  Tensor shift = at::empty({g.problem.C}, opts);
+  if (g.problem.C == 0) return {mean, var, invstd, scale, shift};
+  affine.invstd = invstd.data_ptr();
+  affine.scale = scale.data_ptr();
+  affine.shift = shift.data_ptr();
+  g.problem.sm_count = sm_count(x.get_device());
+  const int64_t partials = bna::reduce_partials(g.problem);
+  Tensor work = at::empty({3, partials, g.problem.C}, opts);
+  C10_CUDA_CHECK(bna::launch_moments(g.problem, x.data_ptr(), partials, work.data_ptr(), mean.data_ptr(),
+                                     var.data_ptr(), /*variance=*/true, run.stream, &affine));
+  return {mean, var, invstd, scale, shift};
+}
+
 std::tuple<Tensor, Tensor> row_moments(const Tensor& x) {
   return moments("fastgan::row_moments", x, /*per_sample=*/true, /*variance=*/false);
 }
@@ -396,6 +450,9 @@ std::tuple<Tensor, Tensor> norm_act_double_apply(const Tensor& u, const Tensor& 
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def("channel_stats(Tensor x) -> (Tensor, Tensor)");
   m.def("row_moments(Tensor x) -> (Tensor, Tensor)");
+  m.def(
+      "channel_stats_affine(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // upscale (last, default 1): calls that leave it out are the plain norm + activation.
   m.def("norm_act_forward(Tensor x, Tensor scale, Tensor shift, int act, float slope, int upscale=1) -> Tensor");
   m.def(
@@ -416,6 +473,7 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
   m.impl("channel_stats", &fastgan::channel_stats);
   m.impl("row_moments", &fastgan::row_moments);
+  m.impl("channel_stats_affine", &fastgan::channel_stats_affine);
   m.impl("norm_act_forward", &fastgan::norm_act_forward);
   m.impl("norm_act_backward_reduce", &fastgan::norm_act_backward_reduce);
   m.impl("norm_act_backward_apply", &fastgan::norm_act_backward_apply);

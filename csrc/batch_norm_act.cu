@@ -41,6 +41,7 @@
 #include <cuda_runtime.h>
 
 #include "device_types.cuh"
+#include "stats_affine.cuh"
 
 namespace fastgan {
 namespace bna {
@@ -342,10 +343,12 @@ moments_cl_kernel(const T* __restrict__ x, acc_t<T>* __restrict__ work, Segments
 // One warp per entry e < R: lane l merges the partials l, l + 32, ... in order,
 // then the lanes merge by a fixed tree.  second = M2 / count when `variance`
 // (the biased variance; 0 for an empty entry), else M2.
+// With affine.invstd set (channel_stats_affine: per-channel vectors, variance) lane 0 also writes the
+// channel's affine tables and running stats (stats_affine.cuh): one launch fewer per batch-norm forward.
 template <typename acc>
 __global__ void __launch_bounds__(kThreads)
 moments_merge_kernel(const acc* __restrict__ work, acc* __restrict__ mean, acc* __restrict__ second, int64_t R,
-                     int64_t P, bool variance) {
+                     int64_t P, bool variance, AffineOut<acc> affine) {
   const int64_t e = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (e >= R) return;  // e is uniform over a warp: whole warps leave, the shuffles stay full
@@ -358,8 +361,10 @@ moments_merge_kernel(const acc* __restrict__ work, acc* __restrict__ mean, acc* 
   }
   st = warp_reduce<ChanMerge>(st);
   if (lane == 0) {
+    const acc sec = !variance ? st.v[2] : (st.v[0] > acc(0) ? st.v[2] / st.v[0] : acc(0));
     mean[e] = st.v[1];
-    second[e] = !variance ? st.v[2] : (st.v[0] > acc(0) ? st.v[2] / st.v[0] : acc(0));
+    second[e] = sec;
+    if (affine.invstd != nullptr) write_affine(affine, e, st.v[1], sec);
   }
 }
 
@@ -886,8 +891,9 @@ int64_t reduce_partials(const Problem& pr) {
 }
 
 cudaError_t launch_moments(const Problem& pr, const void* x_, int64_t partials, void* work_, void* mean_,
-                           void* second_, bool variance, cudaStream_t stream) {
+                           void* second_, bool variance, cudaStream_t stream, const AffineParams* affine) {
   if (!valid_problem(pr) || partials < 1 || partials > kMaxPartials) return cudaErrorInvalidValue;
+  if (affine != nullptr && (pr.per_sample || !variance)) return cudaErrorInvalidValue;
   return dispatch_dtype(pr.dtype, [&](auto tag) -> cudaError_t {
     using T = typename decltype(tag)::type;
     using acc = acc_t<T>;
@@ -905,8 +911,12 @@ cudaError_t launch_moments(const Problem& pr, const void* x_, int64_t partials, 
         });
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
+    const AffineParams none;
+    const AffineParams& a = affine != nullptr ? *affine : none;  // none: invstd null, no epilogue
     moments_merge_kernel<acc><<<(unsigned)ceil_div(seg.entries, kWarps), kThreads, 0, stream>>>(
-        work, static_cast<acc*>(mean_), static_cast<acc*>(second_), seg.entries, P, variance);
+        work, static_cast<acc*>(mean_), static_cast<acc*>(second_), seg.entries, P, variance,
+        affine_out<acc>(a.weight, a.bias, a.running_mean, a.running_var, a.invstd, a.scale, a.shift, a.eps,
+                        a.momentum, a.unbias));
     return cudaGetLastError();
   });
 }

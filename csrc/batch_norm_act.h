@@ -74,11 +74,27 @@ struct ChannelParams {
 // accumulator values (K = 3 for the moments, 2 or 5 for the gradient sums).
 int64_t reduce_partials(const Problem& pr);
 
+// channel_stats_affine's epilogue (csrc/stats_affine.cuh): per channel, from the
+// mean and biased variance, invstd / scale / shift and the running-stat update.
+// (C,) vectors of the accumulator type; weight, bias and running_* may be null.
+struct AffineParams {
+  const void* weight = nullptr;
+  const void* bias = nullptr;
+  void* running_mean = nullptr;
+  void* running_var = nullptr;
+  void* invstd = nullptr;
+  void* scale = nullptr;
+  void* shift = nullptr;
+  double eps = 0.0, momentum = 0.0, unbias = 1.0;  // unbias = count / (count - 1)
+};
+
 // Per entry (Welford / Chan; deterministic): mean and, when `variance`, the
 // biased variance M2 / count, else M2 (the sum of squared deviations).
 // channel_stats: per_sample = false, variance = true; row_moments: true, false.
+// `affine` (channel_stats_affine; per_sample = false and variance only): the
+// merge kernel also writes its outputs, in the same launch.
 cudaError_t launch_moments(const Problem& pr, const void* x, int64_t partials, void* work, void* mean,
-                           void* second, bool variance, cudaStream_t stream);
+                           void* second, bool variance, cudaStream_t stream, const AffineParams* affine = nullptr);
 
 // Sums per entry, gz = gy * act'(x * scale + shift), xhat = (x - mean) * invstd
 // (gy y-side, x and u x-side):

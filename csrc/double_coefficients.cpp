@@ -22,6 +22,8 @@
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
+#include "host_utils.h"
+
 namespace fastgan {
 namespace dc {
 
@@ -35,11 +37,7 @@ using at::Tensor;
 constexpr const char* kOp = "fastgan::norm_act_double_coefficients";
 
 void check_like(const char* name, const Tensor& t, const Tensor& invstd) {
-  TORCH_CHECK(t.defined() && t.device() == invstd.device(), kOp, ": ", name, " must be on ", invstd.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == invstd.scalar_type(), kOp, ": ", name, " must have invstd's dtype ",
-                   invstd.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == invstd.sizes() && t.is_contiguous(), kOp, ": ", name,
-                    " must be a contiguous tensor of invstd's shape ", invstd.sizes(), ", got ", t.sizes());
+  check_like_table(kOp, name, t, invstd, "invstd");
 }
 
 const void* channel_vector(const char* name, const c10::optional<Tensor>& t, const Tensor& invstd) {

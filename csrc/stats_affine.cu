@@ -23,29 +23,16 @@
 #include <cuda_runtime.h>
 
 #include "block_reduce.cuh"
+#include "stats_affine.cuh"
 
 namespace fastgan {
 namespace sa {
 
 template <typename acc>
-__global__ void stats_affine_kernel(const acc* __restrict__ mean, const acc* __restrict__ var,
-                                    const acc* __restrict__ weight, const acc* __restrict__ bias,
-                                    acc* __restrict__ running_mean, acc* __restrict__ running_var,
-                                    acc* __restrict__ invstd, acc* __restrict__ scale, acc* __restrict__ shift,
-                                    int64_t channels, acc eps, acc momentum, acc unbias) {
+__global__ void stats_affine_kernel(const acc* __restrict__ mean, const acc* __restrict__ var, AffineOut<acc> out,
+                                    int64_t channels) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= channels) return;
-  const acc m = mean[c];
-  const acc v = var[c];
-  // 1 / sqrt, each correctly rounded (CUDA's rsqrt is approximate); torch.rsqrt of the reference may
-  // differ from it by an ulp.
-  const acc r = acc(1) / sqrt(v + eps);
-  const acc s = weight != nullptr ? weight[c] * r : r;
-  invstd[c] = r;
-  scale[c] = s;
-  shift[c] = bias != nullptr ? bias[c] - m * s : -(m * s);
-  if (running_mean != nullptr) running_mean[c] += momentum * (m - running_mean[c]);
-  if (running_var != nullptr) running_var[c] += momentum * (v * unbias - running_var[c]);
+  if (c < channels) write_affine(out, c, mean[c], var[c]);
 }
 
 template <typename acc>
@@ -55,10 +42,9 @@ cudaError_t launch(const void* mean, const void* var, const void* weight, const 
   constexpr int kThreads = 256;
   const unsigned blocks = static_cast<unsigned>((channels + kThreads - 1) / kThreads);
   stats_affine_kernel<acc><<<blocks, kThreads, 0, stream>>>(
-      static_cast<const acc*>(mean), static_cast<const acc*>(var), static_cast<const acc*>(weight),
-      static_cast<const acc*>(bias), static_cast<acc*>(running_mean), static_cast<acc*>(running_var),
-      static_cast<acc*>(invstd), static_cast<acc*>(scale), static_cast<acc*>(shift), channels,
-      static_cast<acc>(eps), static_cast<acc>(momentum), static_cast<acc>(unbias));
+      static_cast<const acc*>(mean), static_cast<const acc*>(var),
+      affine_out<acc>(weight, bias, running_mean, running_var, invstd, scale, shift, eps, momentum, unbias),
+      channels);
   return cudaGetLastError();
 }
 

@@ -62,6 +62,57 @@ def test_running_stats_need_two_values(impl, device):
         _kernels(impl).stats_affine(mean, var, w, b, rm, rv, 1, 0.1, 1e-5)
 
 
+# ----------------------------------------------------------------------------- channel_stats_affine
+
+from fastgan.reference.batch_norm_act import channel_stats_affine as ref_channel_stats_affine  # noqa: E402
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+@pytest.mark.parametrize("shape,channels_last", [((6, 5, 3, 4), False), ((6, 5, 3, 4), True), ((9, 70), False)])
+@pytest.mark.parametrize("weight,bias", [(True, True), (False, False), (True, False)])
+@pytest.mark.parametrize("running", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_channel_stats_affine_matches_ref(impl, device, shape, channels_last, weight, bias, running, dtype):
+    """The statistics and, from the merge step, stats_affine's outputs and running-stat update."""
+    x = torch.randn(shape, device=device).to(dtype) * 2 + 0.5
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    c = shape[1]
+    _, _, w, b, rm, rv = _inputs(c, acc, device, weight, bias, running)
+    rm_ref, rv_ref = (rm.clone(), rv.clone()) if running else (None, None)
+    rm0 = rm.clone() if running else None
+    got = _kernels(impl).channel_stats_affine(x, w, b, rm, rv, 0.3, 1e-5)
+    want = ref_channel_stats_affine(x, w, b, rm_ref, rv_ref, 0.3, 1e-5)
+    for name, g, e in zip(("mean", "var", "invstd", "scale", "shift"), got, want):
+        assert g.shape == (c,) and g.dtype == acc, name
+        assert_close(g, e, acc, name=name)
+    if running:
+        assert_close(rm, rm_ref, acc, name="running_mean")
+        assert_close(rv, rv_ref, acc, name="running_var")
+        assert not torch.equal(rm, rm0)  # really updated in place
+
+
+def test_channel_stats_affine_ref_is_channel_stats_then_stats_affine():
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    w, b = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    mean, var, invstd, scale, shift = ref_channel_stats_affine(x, w, b, rm, rv, 0.1, 1e-5)
+    torch.testing.assert_close(mean, x.mean((0, 2)))
+    torch.testing.assert_close(var, x.var((0, 2), unbiased=False))
+    torch.testing.assert_close(rv, 0.9 + 0.1 * x.var((0, 2), unbiased=True))
+    torch.testing.assert_close(x * scale[:, None] + shift[:, None],
+                               torch.nn.functional.batch_norm(x, None, None, w, b, True, 0.0, 1e-5))
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+def test_channel_stats_affine_running_stats_need_two_values(impl, device):
+    x = torch.randn(1, 4, 1, device=device)
+    with pytest.raises((ValueError, RuntimeError), match="more than 1 value per channel"):
+        _kernels(impl).channel_stats_affine(x, None, None, torch.zeros(4, device=device),
+                                            torch.ones(4, device=device), 0.1, 1e-5)
+
+
 # ----------------------------------------------------------------------------- group_stats_affine
 
 from fastgan.reference.group_norm_act import group_stats_affine as ref_group_stats_affine  # noqa: E402

@@ -44,7 +44,10 @@ def test_every_kernel_compiles_for_sm90_and_sm80_without_spills(tmp_path):
     compiled = {c["kernel"] for c in report["compiled"]}
     assert {"_stats_partial_kernel", "_grad_sums_kernel", "_pointwise_kernel", "_mbd_grad_kernel",
             "_row_partials_kernel", "_penalty_backward_kernel", "_stats_affine_kernel", "_group_stats_affine_kernel",
-            "_double_coefficients_kernel"} <= compiled
+            "_double_coefficients_kernel", "_backward_coefficients_kernel", "_stats_finalize_kernel"} <= compiled
+    # channel_stats_affine's merge kernel with its stats_affine epilogue, and the plain one
+    assert {c["config"].get("AFFINE") for c in report["compiled"] if c["kernel"] == "_stats_finalize_kernel"} == {
+        True, False}
     assert {c["arch"] for c in report["compiled"]} == {80, 90}
     # the 64-bit index variants (tensors of 2**31+ elements) are compiled too
     index_64 = {c["kernel"] for c in report["compiled"] if c["config"].get("INDEX_64") is True}

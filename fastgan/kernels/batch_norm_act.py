@@ -32,14 +32,18 @@ ops ``torch.ops.fastgan.*`` registered from ``csrc/batch_norm_act.cpp``.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
 from ..ops._layout import strides_ncs
 from ._target import multiprocessors
+from .backward_coefficients import norm_act_backward_coefficients  # noqa: F401 - reached through this module
 from .double_coefficients import norm_act_double_coefficients  # noqa: F401 - reached through this module
-from .stats_affine import group_stats_affine, stats_affine  # noqa: F401 - reached through this module
+from .stats_affine import group_stats_affine  # noqa: F401 - reached through this module
+from .stats_affine import HAS_SQRT_RN, stats_affine, write_affine
 
 MODE_FORWARD, MODE_BACKWARD, MODE_DOUBLE = 0, 1, 2
 
@@ -123,22 +127,34 @@ def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, seg_len, C, S, s_n, 
 
 @triton.jit
 def _stats_finalize_kernel(cnt_ptr, mean_ptr, m2_ptr, out_mean_ptr, out_var_ptr, C, P,
-                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Chan's parallel merge of the P partial (count, mean, M2) of each channel."""
+                           w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps, momentum, unbias,
+                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, VARIANCE: tl.constexpr,
+                           AFFINE: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           HAS_RUNNING: tl.constexpr, SQRT_RN: tl.constexpr):
+    """Chan's parallel merge of the P partial (count, mean, M2) of each channel of segment
+    program_id(1) (partials (T, P, C), results (T, C)): the mean and the biased variance
+    (VARIANCE) or M2.  With AFFINE (channel_stats_affine, one segment) also stats_affine's
+    outputs and running-stat update, in the same launch."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    seg = tl.program_id(1).to(tl.int64)
     p = tl.arange(0, BLOCK_P)
     mask = (p < P)[:, None] & (c < C)[None, :]
-    idx = p[:, None] * C + c[None, :]
+    idx = seg * P * C + p[:, None] * C + c[None, :]
     cnt = tl.load(cnt_ptr + idx, mask=mask, other=0.0)
     mu = tl.load(mean_ptr + idx, mask=mask, other=0.0)
     m2 = tl.load(m2_ptr + idx, mask=mask, other=0.0)
     total = tl.maximum(tl.sum(cnt, axis=0), 1.0)  # masked channels: avoid 0/0
     mean = tl.sum(cnt * mu, axis=0) / total
     d = tl.where(mask, mu - mean[None, :], 0.0)
-    var = (tl.sum(m2, axis=0) + tl.sum(cnt * d * d, axis=0)) / total
+    second = tl.sum(m2, axis=0) + tl.sum(cnt * d * d, axis=0)
+    if VARIANCE:
+        second = second / total
     cmask = c < C
-    tl.store(out_mean_ptr + c, mean, mask=cmask)
-    tl.store(out_var_ptr + c, var, mask=cmask)
+    tl.store(out_mean_ptr + seg * C + c, mean, mask=cmask)
+    tl.store(out_var_ptr + seg * C + c, second, mask=cmask)
+    if AFFINE:
+        write_affine(mean, second, c, cmask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps,
+                     momentum, unbias, HAS_WEIGHT, HAS_BIAS, HAS_RUNNING, SQRT_RN)
 
 
 @triton.jit
@@ -312,26 +328,62 @@ def _moments(x: torch.Tensor, per_sample: bool) -> torch.Tensor:
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of x over (N, *spatial), in float32
     (float64 for float64 x): Welford within tiles, Chan merging across them."""
-    parts = _moments(x, per_sample=False)[:, 0]
-    c, p = x.shape[1], parts.shape[1]
-    mean = torch.empty(c, device=x.device, dtype=parts.dtype)
-    var = torch.empty(c, device=x.device, dtype=parts.dtype)
-    fin_c = min(64, triton.next_power_of_2(c))
-    _stats_finalize_kernel[(triton.cdiv(c, fin_c),)](parts[0], parts[1], parts[2], mean, var, c, p,
-                                                     BLOCK_P=triton.next_power_of_2(p), BLOCK_C=fin_c)
-    return mean, var
+    return _channel_stats(x, None)
+
+
+def channel_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                         running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                         momentum: float, eps: float):
+    """(mean, var, invstd, scale, shift): ``channel_stats`` whose merge kernel also does
+    ``stats_affine`` (running stats, when given, updated in place); same arguments as
+    ``torch.ops.fastgan.channel_stats_affine``.  Float64 takes two steps (Triton's float
+    arguments are float32; eps and momentum must stay exact)."""
+    count = x.numel() // max(x.shape[1], 1)
+    has_running = running_mean is not None or running_var is not None
+    if has_running and count < 2:
+        raise ValueError(f"x must have more than 1 value per channel to update running stats, got {count}")
+    if x.dtype == torch.float64 or (running_mean is None) != (running_var is None):
+        mean, var = channel_stats(x)
+        return (mean, var, *stats_affine(mean, var, weight, bias, running_mean, running_var, count, momentum, eps))
+    affine = dict(weight=weight, bias=bias, running_mean=running_mean, running_var=running_var,
+                  eps=float(eps), momentum=float(momentum), unbias=count / (count - 1) if has_running else 1.0)
+    return _channel_stats(x, affine)
+
+
+def _channel_stats(x: torch.Tensor, affine: Optional[dict]):
+    """(mean, var), or with ``affine`` (channel_stats_affine's arguments) (mean, var, invstd, scale, shift)."""
+    out = _merge_moments(x, per_sample=False, affine=affine)
+    return (out[0][0], out[1][0], *out[2:])  # (1, C) -> (C,)
 
 
 def row_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(n, c) mean and M2 (sum of squared deviations) over the spatial
     positions, each (N, C); the caller merges rows into group statistics."""
-    parts = _moments(x, per_sample=True)
-    if parts.shape[2] == 1:
-        return parts[1, :, 0], parts[2, :, 0]
-    cnt, mu, m2 = parts[0], parts[1], parts[2]  # (N, P, C): Chan merge over P
-    total = cnt.sum(1)
-    mean = (cnt * mu).sum(1) / total
-    return mean, m2.sum(1) + (cnt * (mu - mean[:, None]) ** 2).sum(1)
+    return _merge_moments(x, per_sample=True, affine=None)
+
+
+def _merge_moments(x: torch.Tensor, per_sample: bool, affine: Optional[dict]):
+    """Two launches: the partial moments, then their merge per (segment, channel) into (T, C) tables of
+    the mean and the biased variance (batch norm, T = 1) or M2 (per sample, T = N); with ``affine``
+    (channel_stats_affine's arguments) the merge also writes invstd, scale and shift, (C,) each."""
+    parts = _moments(x, per_sample)
+    segments, p, c = parts.shape[1:]
+    out = [torch.empty((segments, c), device=x.device, dtype=parts.dtype) for _ in range(2)]
+    out += [torch.empty(c, device=x.device, dtype=parts.dtype) for _ in range(0 if affine is None else 3)]
+    if c == 0 or segments == 0:
+        return tuple(out)
+    mean = out[0]
+    a = affine or {}
+    vec = [a.get(name) if a.get(name) is not None else mean
+           for name in ("weight", "bias", "running_mean", "running_var")]
+    tables = out[2:] if affine else [mean] * 3
+    fin_c = min(64, triton.next_power_of_2(c))
+    _stats_finalize_kernel[(triton.cdiv(c, fin_c), segments)](
+        parts[0], parts[1], parts[2], out[0], out[1], c, p, *vec, *tables, a.get("eps", 0.0),
+        a.get("momentum", 0.0), a.get("unbias", 1.0), BLOCK_P=triton.next_power_of_2(p), BLOCK_C=fin_c,
+        VARIANCE=not per_sample, AFFINE=affine is not None, HAS_WEIGHT=a.get("weight") is not None,
+        HAS_BIAS=a.get("bias") is not None, HAS_RUNNING=a.get("running_mean") is not None, SQRT_RN=HAS_SQRT_RN)
+    return tuple(out)
 
 
 def _shuffled_empty(x: torch.Tensor, upscale: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ import triton.language as tl
 from ..reference.batch_norm_act import stats_affine as reference_stats_affine
 from ..reference.group_norm_act import group_stats_affine as reference_group_stats_affine
 
-_HAS_SQRT_RN = hasattr(tl, "sqrt_rn")  # correctly rounded sqrt where this Triton has it
+HAS_SQRT_RN = hasattr(tl, "sqrt_rn")  # correctly rounded sqrt where this Triton has it
 _BLOCK = 256
 
 
@@ -66,13 +66,11 @@ def group_lanes(row, g, C, PER_GROUP, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _stats_affine_kernel(mean_ptr, var_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr,
-                         C, eps, momentum, unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         HAS_RUNNING: tl.constexpr, SQRT_RN: tl.constexpr, BLOCK: tl.constexpr):
-    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = c < C
-    m = tl.load(mean_ptr + c, mask=mask, other=0.0)
-    v = tl.load(var_ptr + c, mask=mask, other=1.0)
+def write_affine(m, v, c, mask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps, momentum,
+                 unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RUNNING: tl.constexpr,
+                 SQRT_RN: tl.constexpr):
+    """stats_affine for the channels ``c`` with mean m and biased variance v: invstd, scale, shift
+    stored, running stats updated.  Shared with channel_stats_affine's merge kernel."""
     r = _inverse_sqrt(v, eps, SQRT_RN)
     s, sh = _affine(r, m, w_ptr, b_ptr, c, mask, HAS_WEIGHT, HAS_BIAS)
     tl.store(invstd_ptr + c, r, mask=mask)
@@ -83,6 +81,18 @@ def _stats_affine_kernel(mean_ptr, var_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd
         rv = tl.load(rv_ptr + c, mask=mask, other=0.0)
         tl.store(rm_ptr + c, rm + momentum * (m - rm), mask=mask)
         tl.store(rv_ptr + c, rv + momentum * (v * unbias - rv), mask=mask)
+
+
+@triton.jit
+def _stats_affine_kernel(mean_ptr, var_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr,
+                         C, eps, momentum, unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         HAS_RUNNING: tl.constexpr, SQRT_RN: tl.constexpr, BLOCK: tl.constexpr):
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = c < C
+    m = tl.load(mean_ptr + c, mask=mask, other=0.0)
+    v = tl.load(var_ptr + c, mask=mask, other=1.0)
+    write_affine(m, v, c, mask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps, momentum,
+                 unbias, HAS_WEIGHT, HAS_BIAS, HAS_RUNNING, SQRT_RN)
 
 
 def stats_affine(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
@@ -103,7 +113,7 @@ def stats_affine(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.T
             running_mean if has_running else mean, running_var if has_running else mean, invstd, scale, shift,
             c, float(eps), float(momentum), count / (count - 1) if has_running else 1.0,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_RUNNING=has_running,
-            SQRT_RN=_HAS_SQRT_RN, BLOCK=_BLOCK)
+            SQRT_RN=HAS_SQRT_RN, BLOCK=_BLOCK)
     return invstd, scale, shift
 
 
@@ -140,5 +150,5 @@ def group_stats_affine(row_mean: torch.Tensor, row_m2: torch.Tensor, weight: Opt
         _group_stats_affine_kernel[(n, groups)](
             row_mean, row_m2, row_mean if weight is None else weight, row_mean if bias is None else bias, *out,
             c, per_group, spatial, float(eps), HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-            SQRT_RN=_HAS_SQRT_RN, BLOCK=triton.next_power_of_2(per_group))
+            SQRT_RN=HAS_SQRT_RN, BLOCK=triton.next_power_of_2(per_group))
     return tuple(out)

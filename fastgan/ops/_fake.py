@@ -46,6 +46,10 @@ def _channel_stats(x):
     return _channel_vector(x), _channel_vector(x)
 
 
+def _channel_stats_affine(x, weight, bias, running_mean, running_var, momentum, eps):
+    return tuple(_channel_vector(x) for _ in range(5))
+
+
 def _row_moments(x):
     shape = (x.shape[0], x.shape[1])
     return x.new_empty(shape, dtype=_acc_dtype(x)), x.new_empty(shape, dtype=_acc_dtype(x))
@@ -103,6 +107,7 @@ def _norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1,
 # families keep theirs in their own _fake_*.py).
 FAKES: dict[str, Callable] = {
     "channel_stats": _channel_stats,
+    "channel_stats_affine": _channel_stats_affine,
     "row_moments": _row_moments,
     "norm_act_forward": _norm_act_forward,
     "norm_act_backward_reduce": _norm_act_backward_reduce,

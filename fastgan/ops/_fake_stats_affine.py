@@ -1,5 +1,6 @@
 """Fake (meta) kernels of the small coefficient ops: ``torch.ops.fastgan.stats_affine``,
-``group_stats_affine`` (csrc/stats_affine.cpp) and ``norm_act_double_coefficients``
+``group_stats_affine`` (csrc/stats_affine.cpp), ``norm_act_backward_coefficients``
+(csrc/backward_coefficients.cpp) and ``norm_act_double_coefficients``
 (csrc/double_coefficients.cpp):
 shapes and dtypes only, for torch.compile tracing and meta tensors."""
 from __future__ import annotations
@@ -19,11 +20,18 @@ def _group_stats_affine(row_mean, row_m2, weight, bias, groups, spatial, eps):
     return tuple(row_mean.new_empty(row_mean.shape) for _ in range(4))
 
 
+def _backward_coefficients(r_g, r_gx, scale, groups, count):
+    channels = scale.shape[-1]
+    return (scale.new_empty(scale.shape), scale.new_empty(scale.shape), scale.new_empty((channels,)),
+            scale.new_empty((channels,)))
+
+
 def _double_coefficients(r_g, r_gx, r_u, r_ux, r_gu, weight, invstd, alpha, beta, groups, m, batch_stats):
     return tuple(invstd.new_empty(invstd.shape) for _ in range(7))
 
 
 FAKES: dict[str, Callable] = {"stats_affine": _stats_affine, "group_stats_affine": _group_stats_affine,
+                              "norm_act_backward_coefficients": _backward_coefficients,
                               "norm_act_double_coefficients": _double_coefficients}
 
 registered: list[str] = register_fakes(FAKES)

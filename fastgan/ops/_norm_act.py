@@ -18,8 +18,9 @@ and is itself a Function whose backward -- the double backward a gradient
 penalty needs -- is derived in ``docs/norm_act_double_backward.md``.  Every
 pass is one kernel: a reduction (per channel over (N, *spatial) for batch
 norm, per (n, c) over *spatial otherwise) or an elementwise map
-``out = k1 * a + k2 + k3 * xhat`` whose coefficients are computed here from
-the reductions.  ``Grouping`` says how the per-(n, c) sums combine into
+``out = k1 * a + k2 + k3 * xhat`` whose coefficients come from the
+reductions in one small launch (``norm_act_backward_coefficients``,
+``norm_act_double_coefficients``).  ``Grouping`` says how the per-(n, c) sums combine into
 statistics groups; the kernels (``fastgan/kernels/batch_norm_act.py`` for
 Triton, ``torch.ops.fastgan.*`` for CUDA) take (C,) vectors or (N, C) tables.
 
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _backend
-from ..reference.norm_act_double import double_coefficients, group_sum
+from ..reference.norm_act_double import double_coefficients
 from ._autograd import last_derivative
 from ._layout import like
 
@@ -59,10 +60,6 @@ class Grouping:
     batch_stats: bool = True
     upscale: int = 1
 
-    def group_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-channel or per-(n, c) sums -> per-group sums, expanded back to t's shape."""
-        return group_sum(t, self.groups)
-
     def group_size(self, x: torch.Tensor) -> int:
         n, c = x.shape[0], x.shape[1]
         spatial = x.numel() // max(n * c, 1)
@@ -77,11 +74,12 @@ class Grouping:
         return like(gy, x) if self.upscale == 1 else gy.contiguous()
 
 
-def sum_to_param(t: torch.Tensor, param) -> torch.Tensor:
+def sum_to_param(t: torch.Tensor, param, row_sums=None) -> torch.Tensor:
     """Per-(n, c) or per-channel sums -> the shape of a weight / bias: (C,),
-    or an (N, C) table when the caller passes per-sample affine tables."""
+    or an (N, C) table when the caller passes per-sample affine tables.
+    ``row_sums``: t summed over its rows, when a kernel has computed it already."""
     if t.dim() == 2 and (param is None or param.dim() == 1):
-        return t.sum(0)
+        return t.sum(0) if row_sums is None else row_sums
     return t
 
 
@@ -98,20 +96,6 @@ def detached_param(t, dtype):
     """A weight or bias as the statistics kernels take it: detached (their outputs are constants to
     autograd; the Functions differentiate through weight and bias themselves), in ``dtype``, dense."""
     return None if t is None else t.detach().to(dtype).contiguous()
-
-
-def _stats_coefficients(grouping, scale, r_g, r_gx, m):
-    """(k2, k3) = -group_sum(scale * r) / m for r = r_g, r_gx (invstd is constant within a group).
-
-    With statistics per channel (or per (n, c)) the group sums are the identity and both come
-    from one multi-tensor launch."""
-    if grouping.groups == scale.shape[-1]:
-        coef = scale * (-1.0 / m)
-        k2, k3 = torch._foreach_mul([r_g, r_gx], [coef, coef])
-        return k2, k3
-    # both at once: (2, ..., C) products, group sums, back to channels (five launches instead of eight)
-    both = grouping.group_sum(torch.stack([r_g, r_gx]) * (scale * (-1.0 / m)))
-    return both[0], both[1]
 
 
 class NormActFn(torch.autograd.Function):
@@ -153,13 +137,16 @@ class NormActBackwardFn(torch.autograd.Function):
         kw = grouping.kernel_kwargs()
         r_g, r_gx = k.norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, **kw)
         if grouping.batch_stats:
-            k2, k3 = _stats_coefficients(grouping, scale, r_g, r_gx, grouping.group_size(x))
+            # one launch: k2, k3 (the statistics' terms) and r_g, r_gx summed over the rows of (N, C) tables
+            k2, k3, sum_g, sum_gx = k.norm_act_backward_coefficients(r_g, r_gx, scale, grouping.groups,
+                                                                     grouping.group_size(x))
         else:
             k2 = k3 = torch.zeros_like(scale)
+            sum_g = sum_gx = None
         dx = k.norm_act_backward_apply(gy, x, scale, shift, mean, invstd, scale, k2, k3, act, slope, **kw)
         ctx.save_for_backward(gy, x, weight, bias, mean, invstd, scale, shift)
         ctx.config = (grouping, act, slope, backend)
-        return dx, sum_to_param(r_gx, weight), sum_to_param(r_g, bias)
+        return dx, sum_to_param(r_gx, weight, sum_gx), sum_to_param(r_g, bias, sum_g)
 
     @staticmethod
     def backward(ctx, u, alpha, beta):

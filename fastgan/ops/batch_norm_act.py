@@ -70,19 +70,22 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     k = _backend.kernels(backend, "batch_norm_act")
     dtype = _compute_dtype(x)
     use_batch_stats = bool(training) or running_mean is None
-    if use_batch_stats:
-        # detached: the Functions differentiate through the statistics themselves; a graph here only costs
-        mean, var = k.channel_stats(x.detach())
-    else:
-        mean, var = running_mean.detach().to(dtype), running_var.detach().to(dtype)
     count = x.numel() // x.shape[1]
     running = (running_mean, running_var) if training and running_mean is not None else (None, None)
-    if running[0] is not None and not all(t.dtype == dtype and t.is_contiguous() for t in running):
-        update_running_stats(running[0], running[1], mean, var, count, momentum)  # e.g. float16 buffers
-        running = (None, None)
-    # one launch: invstd, the affine tables and the running-stat update (six eager launches otherwise)
-    momentum = float(momentum) if running[0] is not None else 0.0
-    invstd, scale, shift = k.stats_affine(mean, var, detached_param(weight, dtype), detached_param(bias, dtype),
-                                          *running, count, momentum, float(eps))
+    in_kernel = running[0] is None or all(t.dtype == dtype and t.is_contiguous() for t in running)
+    kernel_running = running if in_kernel else (None, None)  # else (e.g. float16 buffers) updated below
+    kernel_momentum = float(momentum) if kernel_running[0] is not None else 0.0
+    w, b = detached_param(weight, dtype), detached_param(bias, dtype)
+    # invstd, the affine tables and the running-stat update: six eager launches, done by the statistics'
+    # own merge kernel (batch statistics) or one more (running statistics)
+    if use_batch_stats:
+        # detached: the Functions differentiate through the statistics themselves; a graph here only costs
+        mean, var, invstd, scale, shift = k.channel_stats_affine(x.detach(), w, b, *kernel_running,
+                                                                 kernel_momentum, float(eps))
+    else:
+        mean, var = running_mean.detach().to(dtype), running_var.detach().to(dtype)
+        invstd, scale, shift = k.stats_affine(mean, var, w, b, None, None, count, 0.0, float(eps))
+    if not in_kernel:
+        update_running_stats(running[0], running[1], mean, var, count, momentum)
     grouping = Grouping(per_sample=False, groups=x.shape[1], batch_stats=use_batch_stats)
     return NormActFn.apply(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)

@@ -47,6 +47,21 @@ def stats_affine(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.T
     return invstd, scale, shift
 
 
+@torch.no_grad()
+def channel_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                         running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                         momentum: float, eps: float):
+    """(mean, var, invstd, scale, shift): x's per-channel statistics over (N, *spatial) (biased var,
+    float32 or float64 for float64 x), then ``stats_affine`` of them.  The reference of the
+    ``channel_stats_affine`` kernels, which compute the statistics and, in their merge step, the rest."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dims = [0] + list(range(2, x.dim()))
+    xc = x.to(dtype)
+    mean, var = xc.mean(dim=dims), xc.var(dim=dims, unbiased=False)
+    count = x.numel() // max(x.shape[1], 1)
+    return (mean, var, *stats_affine(mean, var, weight, bias, running_mean, running_var, count, momentum, eps))
+
+
 def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                    weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool,
                    momentum: float, eps: float, activation: str = "leaky_relu",
