@@ -140,7 +140,10 @@ PASSES = {
 @pytest.mark.parametrize("pass_name", list(PASSES))
 def test_pass(bench, device, impl, label, shape, dtype, pass_name):
     k = _backend.kernels(impl, OP)
-    kernel = {"stats": "channel_stats", "forward_apply": "norm_act_forward"}.get(pass_name, f"norm_act_{pass_name}")
+    # "stats": what a training forward runs, the statistics with the affine tables and running-stat
+    # update from their merge kernel
+    kernel = {"stats": "channel_stats_affine", "forward_apply": "norm_act_forward"}.get(pass_name,
+                                                                                        f"norm_act_{pass_name}")
     try:
         fn = getattr(k, kernel)
     except (AttributeError, RuntimeError):
@@ -156,7 +159,7 @@ def test_pass(bench, device, impl, label, shape, dtype, pass_name):
     coef = [torch.randn(c, device=device) for _ in range(7)]
     per_channel = (scale, shift, mean, invstd)
     args = {
-        "stats": (x,),
+        "stats": (x, scale, shift, torch.zeros(c, device=device), torch.ones(c, device=device), 0.1, 1e-5),
         "forward_apply": (x, scale, shift, ACT_LEAKY_RELU, SLOPE),
         "backward_reduce": (gy, x, *per_channel, ACT_LEAKY_RELU, SLOPE),
         "backward_apply": (gy, x, *per_channel, *coef[:3], ACT_LEAKY_RELU, SLOPE),

@@ -276,3 +276,37 @@ def test_cuda_graph_capture_and_replay(impl):
     torch.cuda.synchronize()
     expected = batch_norm_act(x.detach(), None, None, w.detach(), None, True, 0.1, 1e-5, impl="ref")
     assert_close(y, expected)
+
+
+@pytest.mark.parametrize("impl,device", [p for p in all_backend_params() if p.values[0] == "triton"])
+def test_triton_slope_tensor_made_once_and_exact(impl, device):
+    """The activation slope reaches the Triton kernels as a 1-element tensor (float64 needs it exact),
+    made once per (value, dtype, device) rather than by a fill launch per kernel call."""
+    from fastgan.kernels.batch_norm_act import _slope_tensor
+
+    like64 = torch.zeros(3, dtype=torch.float64, device=device)
+    first = _slope_tensor(0.137, like64)
+    assert _slope_tensor(0.137, like64) is first
+    assert first.dtype == torch.float64 and first.item() == 0.137  # exact in float64
+    assert _slope_tensor(0.137, like64.float()) is not first
+    assert _slope_tensor(0.25, like64) is not first and _slope_tensor(0.25, like64).item() == 0.25
+
+
+@pytest.mark.parametrize("impl", GPU_IMPLS)
+def test_cuda_graph_capture_with_a_slope_first_seen_in_the_capture(impl):
+    """A slope the Triton kernels have not seen is made inside the graph (no synchronous copy there)
+    and is right when the graph replays."""
+    x = torch.randn(8, 4, 6, 6, device="cuda")
+    slope = 0.0789  # used nowhere else in the tests: not cached before the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile the kernels outside the capture, with another slope
+        batch_norm_act(x, negative_slope=0.2, impl=impl)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = batch_norm_act(x, negative_slope=slope, impl=impl)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(y, batch_norm_act(x, negative_slope=slope, impl="ref"))

@@ -308,8 +308,25 @@ class _Geometry:
                     num_warps=self.num_warps)
 
 
+_SLOPES: dict = {}  # (slope, dtype, device) -> a 1-element tensor: one fill launch per value, not per call
+
+
 def _slope_tensor(slope: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.full((1,), slope, dtype=like.dtype, device=like.device)
+    """The activation's slope as a 1-element tensor of the statistics' dtype (float64 needs it exact;
+    Triton's float arguments are float32), made once per (value, dtype, device) by a synchronous copy,
+    so any stream may read it afterwards.  While a CUDA graph is being captured a new value gets a
+    fill inside the graph instead (a synchronous copy is not allowed there), and is not cached: that
+    fill only runs when the graph is replayed."""
+    key = (float(slope), like.dtype, like.device)
+    t = _SLOPES.get(key)
+    if t is not None:
+        return t
+    if like.is_cuda and torch.cuda.is_current_stream_capturing():
+        return torch.full((1,), slope, dtype=like.dtype, device=like.device)
+    t = torch.tensor([slope], dtype=like.dtype, device=like.device)
+    if len(_SLOPES) < 64:
+        _SLOPES[key] = t
+    return t
 
 
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:

@@ -132,6 +132,9 @@ class NormActBackwardFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gy, x, weight, bias, mean, invstd, scale, shift, grouping, act, slope, backend):
+        # unused outputs (a gradient penalty differentiates dx only) reach backward as None, not as
+        # zero tensors autograd would allocate and launch for
+        ctx.set_materialize_grads(False)
         k = _backend.kernels(backend, "batch_norm_act")
         gy = grouping.as_y_layout(gy, x)
         kw = grouping.kernel_kwargs()
