@@ -11,6 +11,18 @@ from __future__ import annotations
 import torch
 
 
+def _has_standard_strides(x: torch.Tensor, order: tuple) -> bool:
+    """Whether x's strides are exactly those of a dense tensor laid out in the dim order ``order``
+    (outermost first), size-1 dims included."""
+    expected = 1
+    shape, strides = x.shape, x.stride()
+    for d in reversed(order):
+        if strides[d] != expected:
+            return False
+        expected *= shape[d]
+    return True
+
+
 def _canonical_strides(x: torch.Tensor, order: tuple) -> torch.Tensor:
     """x (dense in the dim order ``order``) as a view with that order's standard strides.
 
@@ -19,8 +31,8 @@ def _canonical_strides(x: torch.Tensor, order: tuple) -> torch.Tensor:
     stride(-1) = 4), but the Triton kernels address x through its strides:
     such a stride made them read outside x.  The view costs nothing and
     addresses the same elements."""
-    if x.numel() == 0:
-        return x
+    if x.numel() == 0 or _has_standard_strides(x, order):
+        return x  # the usual case: no views (each would cost a dispatch and an autograd node)
     permuted = x.permute(order)
     inverse = sorted(range(len(order)), key=order.__getitem__)
     return permuted.reshape(-1).view(permuted.shape).permute(inverse)

@@ -133,8 +133,17 @@ class _MinibatchDiscriminationFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (m,) = ctx.saved_tensors
-        dm = _MinibatchDiscriminationBackwardFn.apply(g, m, ctx.backend, ctx.cache)
-        return dm, None, None
+        # through the differentiable Function only when the backward builds a graph (create_graph=True)
+        if torch.is_grad_enabled():
+            return _MinibatchDiscriminationBackwardFn.apply(g, m, ctx.backend, ctx.cache), None, None
+        return _backward(g.contiguous(), m, ctx.backend, ctx.cache), None, None
+
+
+def _backward(g, m, backend, cache):
+    """dM for the gradient g (contiguous) of the output."""
+    if backend == "lean":
+        return _Lean.backward(g, m, cache)
+    return _kernels(backend).mbd_backward(g, m)
 
 
 class _MinibatchDiscriminationBackwardFn(torch.autograd.Function):
@@ -143,10 +152,7 @@ class _MinibatchDiscriminationBackwardFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, m, backend, cache):
         g = g.contiguous()
-        if backend == "lean":
-            dm = _Lean.backward(g, m, cache)
-        else:
-            dm = _kernels(backend).mbd_backward(g, m)
+        dm = _backward(g, m, backend, cache)
         ctx.save_for_backward(g, m)
         ctx.backend = backend
         ctx.cache = cache
