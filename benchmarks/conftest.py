@@ -58,6 +58,9 @@ FILE as soon as the case finishes (a time-limited run keeps what it finished):
 ``timer``         ``"do_bench"``, ``"cuda_events"``, ``"wall"`` or None
 ``wall_median_ms`` pytest-benchmark's synchronised wall-clock median, or None
 ``peak_mem_mb``   peak memory of one call in MiB (None on CPU)
+``host_ms``       median host time to issue one call (Python, dispatch and launches, the GPU
+                  drained before and not waited on within), in ms; None on CPU.  Near
+                  ``median_ms`` the case is bound by the host, not by the GPU
 ``bytes_moved``   bytes a pass must read + write at least (None if not given)
 ``bandwidth_gbps`` ``bytes_moved / median`` in GB/s (1e9 bytes/s), or None
 ``targets``       optional goals the GPU suite checks: ``{"vs_eager": 1.5,
@@ -93,6 +96,7 @@ import json
 import math
 import os
 import statistics
+import time
 
 import pytest
 import torch
@@ -203,6 +207,21 @@ def peak_memory_mb(fn) -> float | None:
     return round(peak / 2**20, 3)
 
 
+def host_issue_ms(fn, calls: int = 5) -> float | None:
+    """Median host time (ms) to issue one call of ``fn`` on an idle GPU: what the GPU would wait
+    on if the host could not run ahead of it."""
+    if DEVICE.type != "cuda":
+        return None
+    times = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
 def _sync() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
@@ -229,6 +248,7 @@ class Bench:
             fn()
             _sync()
         peak = peak_memory_mb(fn) if DEVICE.type == "cuda" else None
+        host_ms = host_issue_ms(fn) if enabled else None
         median_ms, timer = None, None
         if enabled and DEVICE.type == "cuda":
             median_ms, timer = cuda_median_ms(fn)
@@ -265,6 +285,7 @@ class Bench:
             "timer": timer,
             "wall_median_ms": _round(wall_ms),
             "peak_mem_mb": peak,
+            "host_ms": _round(host_ms),
             "bytes_moved": int(bytes_moved) if bytes_moved else None,
             "bandwidth_gbps": _round(bandwidth),
         }

@@ -317,6 +317,7 @@ def compare(records: list[dict]) -> list[dict]:
                 continue
             r[f"{base}_ms"] = b.get("median_ms")
             r[f"{base}_peak_mem_mb"] = b.get("peak_mem_mb")
+            r[f"{base}_host_ms"] = b.get("host_ms")
             r[f"vs_{base}"] = _ratio(b.get("median_ms"), r.get("median_ms"))
             r[f"mem_vs_{base}"] = _ratio(r.get("peak_mem_mb"), b.get("peak_mem_mb"))
         plain = r.get("plain_variant")

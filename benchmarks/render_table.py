@@ -140,8 +140,8 @@ def _train_step_rows(records, all_impls: bool):
     if not all_impls:
         rows = _preferred(rows)
     out = ["| training iteration | batch | dtype | impl | images/s | fastgan ms | eager ms | compile ms "
-           "| vs eager | vs compile | peak MiB fastgan / eager |",
-           "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| vs eager | vs compile | peak MiB fastgan / eager | host ms fastgan / eager |",
+           "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         graph = str(r.get("variant", "")).endswith("-graph")
         compile_cell = _compile_cell(r)
@@ -154,8 +154,14 @@ def _train_step_rows(records, all_impls: bool):
                    f"| {r.get('impl')}{' + CUDA graph' if graph else ''} | {DASH if ips is None else f'{ips:.0f}'} "
                    f"| {fmt_ms(r.get('median_ms'))} | {fmt_ms(r.get('eager_ms'))} | {compile_cell} | {vs_eager} "
                    f"| {fmt_ratio(r.get('vs_compile'))} "
-                   f"| {_memory_cell(r)} |")
+                   f"| {_memory_cell(r)} | {_host_cell(r)} |")
     return out if len(out) > 2 else []
+
+
+def _host_cell(r) -> str:
+    """Host time to issue one iteration (benchmarks/conftest.py ``host_ms``): near the GPU time, the
+    step is bound by the host."""
+    return f"{fmt_ms(r.get('host_ms'))} / {fmt_ms(r.get('eager_host_ms'))}"
 
 
 def _op_rows(records, all_impls: bool):

@@ -20,8 +20,8 @@ pass is one kernel: a reduction (per channel over (N, *spatial) for batch
 norm, per (n, c) over *spatial otherwise) or an elementwise map
 ``out = k1 * a + k2 + k3 * xhat`` whose coefficients come from the
 reductions in one small launch (``norm_act_backward_coefficients``,
-``norm_act_double_coefficients``).  ``Grouping`` says how the per-(n, c) sums combine into
-statistics groups; the kernels (``fastgan/kernels/batch_norm_act.py`` for
+``norm_act_double_coefficients``).  ``Grouping`` says how the per-(n, c)
+sums combine into statistics groups; the kernels (``fastgan/kernels/batch_norm_act.py`` for
 Triton, ``torch.ops.fastgan.*`` for CUDA) take (C,) vectors or (N, C) tables.
 
 When the statistics are constants (batch norm in eval mode) the terms that
@@ -92,6 +92,11 @@ def affine_tables(mean, invstd, weight, bias):
     return scale, shift, w
 
 
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in ``dtype`` (t itself when it already is: no dispatch)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def detached_param(t, dtype):
     """A weight or bias as the statistics kernels take it: detached (their outputs are constants to
     autograd; the Functions differentiate through weight and bias themselves), in ``dtype``, dense.
@@ -130,11 +135,6 @@ class NormActFn(torch.autograd.Function):
         need_b = bias is not None and ctx.needs_input_grad[2]
         return (dx, as_dtype(dw, weight.dtype) if need_w else None, as_dtype(db, bias.dtype) if need_b else None,
                 None, None, None, None, None, None, None, None)
-
-
-def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """t in ``dtype`` (t itself when it already is: no dispatch)."""
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _backward(gy, x, weight, bias, mean, invstd, scale, shift, grouping, act, slope, backend):
