@@ -26,5 +26,10 @@ class _LastDerivative(torch.autograd.Function):
 
 
 def last_derivative(fn, *args):
-    """Run a double-backward computation ``fn(*args)`` that cannot be differentiated again."""
+    """Run a double-backward computation ``fn(*args)`` that cannot be differentiated again.
+
+    Without grad mode (the usual ``penalty.backward()``, no ``create_graph``) nothing records a graph,
+    so there is nothing to guard: ``fn`` runs directly, without a Function's host overhead."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
     return _LastDerivative.apply(fn, *args)
