@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from . import _ext
+
 IMPLS = ("auto", "ref", "triton", "cuda")
 _warned: set = set()
 
@@ -103,15 +105,16 @@ def cuda_reason_unusable(device: torch.device) -> Optional[str]:
     """Why the CUDA extension can't run on ``device`` (None when it can)."""
     if device.type != "cuda":
         return f"the cuda backend needs CUDA tensors, got {device.type} tensors"
-    from . import _ext
-
     loaded, reason = _ext.load()
     return None if loaded else reason
 
 
 def requested_impl(impl: Optional[str]) -> str:
     """The impl asked for: the argument, with FASTGAN_IMPL replacing ``auto``."""
-    if impl is None:
+    if impl is None or impl == "auto":
+        env = os.environ.get("FASTGAN_IMPL")
+        if env is None:  # the usual case, first: this runs in every op call
+            return "auto"
         impl = "auto"
     if not isinstance(impl, str) or impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
