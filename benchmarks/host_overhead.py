@@ -52,6 +52,9 @@ class _StubKernels:
     def norm_act_backward_coefficients(self, r_g, r_gx, scale, *args):
         return scale, scale, self.vec, self.vec
 
+    def norm_act_backward_reduce_coefficients(self, gy, x, scale, *args, **kw):
+        return scale, scale, scale, scale, self.vec, self.vec
+
     def norm_act_backward_apply(self, gy, x, *args, **kw):
         return torch.empty_like(x)
 

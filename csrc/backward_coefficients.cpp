@@ -22,6 +22,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "backward_coefficients.h"
 #include "host_utils.h"
 
 namespace fastgan {
@@ -31,14 +32,17 @@ cudaError_t launch_backward_coefficients(bool double_, const void* r_g, const vo
                                          void* const* out, int64_t rows, int64_t channels, int64_t groups,
                                          int64_t count, cudaStream_t stream);
 
+using at::Tensor;
+
 namespace {
 
-using at::Tensor;
 constexpr const char* kOp = "fastgan::norm_act_backward_coefficients";
 
 void check_like(const char* name, const Tensor& t, const Tensor& scale) {
   check_like_table(kOp, name, t, scale, "scale");
 }
+
+}  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> backward_coefficients(const Tensor& r_g, const Tensor& r_gx,
                                                                  const Tensor& scale, int64_t groups, int64_t count) {
@@ -64,7 +68,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_coefficients(const Tensor& r
   return {out[0], out[1], out[2], out[3]};
 }
 
-}  // namespace
 }  // namespace bc
 }  // namespace fastgan
 

@@ -10,6 +10,9 @@
 //       -> (mean, var, invstd, scale, shift)           channel_stats + stats_affine in one merge kernel
 //   norm_act_forward(x, scale, shift, act, slope, upscale=1) -> y
 //   norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, upscale=1) -> (sum gz, sum gz*xhat)
+//   norm_act_backward_reduce_coefficients(gy, x, scale, shift, mean, invstd, act, slope, groups, count,
+//                                         upscale=1) -> (sum gz, sum gz*xhat, k2, k3, sum_g, sum_gx)
+//       the reduction, then norm_act_backward_coefficients (csrc/backward_coefficients.cpp) of its sums
 //   norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act, slope, upscale=1) -> dx
 //   norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope, upscale=1) -> 5 sums
 //   norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, b2, b3, b4, act, slope,
@@ -47,6 +50,7 @@
 
 #include "host_utils.h"
 
+#include "backward_coefficients.h"
 #include "batch_norm_act.h"
 
 namespace fastgan {
@@ -368,6 +372,17 @@ std::tuple<Tensor, Tensor> norm_act_backward_reduce(const Tensor& gy, const Tens
   return {s[0], s[1]};
 }
 
+// norm_act_backward_reduce, then norm_act_backward_coefficients of its sums, in one call: a fused
+// layer's backward with batch statistics is two host calls (this, then the elementwise pass).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> norm_act_backward_reduce_coefficients(
+    const Tensor& gy, const Tensor& x, const Tensor& scale, const Tensor& shift, const Tensor& mean,
+    const Tensor& invstd, int64_t act, double slope, int64_t groups, int64_t count, int64_t upscale) {
+  auto s = grad_sums("fastgan::norm_act_backward_reduce_coefficients", nullptr, gy, x, scale, shift, mean, invstd,
+                     act, slope, upscale);
+  auto [k2, k3, sum_g, sum_gx] = bc::backward_coefficients(s[0], s[1], scale.contiguous(), groups, count);
+  return {s[0], s[1], k2, k3, sum_g, sum_gx};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> norm_act_double_reduce(const Tensor& u, const Tensor& gy,
                                                                           const Tensor& x, const Tensor& scale,
                                                                           const Tensor& shift, const Tensor& mean,
@@ -459,6 +474,10 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
       "norm_act_backward_reduce(Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, Tensor invstd, "
       "int act, float slope, int upscale=1) -> (Tensor, Tensor)");
   m.def(
+      "norm_act_backward_reduce_coefficients(Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, "
+      "Tensor invstd, int act, float slope, int groups, int count, int upscale=1) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
       "norm_act_backward_apply(Tensor gy, Tensor x, Tensor scale, Tensor shift, Tensor mean, Tensor invstd, "
       "Tensor k1, Tensor k2, Tensor k3, int act, float slope, int upscale=1) -> Tensor");
   m.def(
@@ -476,6 +495,7 @@ TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
   m.impl("channel_stats_affine", &fastgan::channel_stats_affine);
   m.impl("norm_act_forward", &fastgan::norm_act_forward);
   m.impl("norm_act_backward_reduce", &fastgan::norm_act_backward_reduce);
+  m.impl("norm_act_backward_reduce_coefficients", &fastgan::norm_act_backward_reduce_coefficients);
   m.impl("norm_act_backward_apply", &fastgan::norm_act_backward_apply);
   m.impl("norm_act_double_reduce", &fastgan::norm_act_double_reduce);
   m.impl("norm_act_double_apply", &fastgan::norm_act_double_apply);

@@ -52,3 +52,24 @@ def test_no_rows(impl, device):
     k2, k3, sum_g, sum_gx = _backend.kernels(impl, "batch_norm_act").norm_act_backward_coefficients(r, r, r, 5, 3)
     assert k2.shape == k3.shape == (0, 5)
     assert torch.equal(sum_g, torch.zeros(5, device=device)) and torch.equal(sum_gx, torch.zeros(5, device=device))
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+@pytest.mark.parametrize("per_sample,groups", [(False, 6), (True, 1), (True, 3), (True, 6)])
+def test_reduce_coefficients_is_reduce_then_coefficients(impl, device, per_sample, groups):
+    """norm_act_backward_reduce_coefficients: the reduction and its coefficients in one call, the same
+    bits as the two ops called one after the other."""
+    k = _backend.kernels(impl, "batch_norm_act")
+    x, gy = torch.randn(4, 6, 3, 5, device=device), torch.randn(4, 6, 3, 5, device=device)
+    shape = (4, 6) if per_sample else (6,)
+    scale, shift, mean = (torch.randn(shape, device=device) for _ in range(3))
+    invstd = torch.rand(shape, device=device) + 0.5
+    count = 37
+    got = k.norm_act_backward_reduce_coefficients(gy, x, scale, shift, mean, invstd, 2, 0.2, groups, count)
+    r_g, r_gx = k.norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, 2, 0.2)
+    want = (r_g, r_gx, *k.norm_act_backward_coefficients(r_g, r_gx, scale, groups, count))
+    assert len(got) == 6
+    for name, g, e in zip(("r_g", "r_gx") + NAMES, got, want):
+        assert g.shape == e.shape and g.dtype == e.dtype and torch.equal(g, e), name
+    for name, g, e in zip(NAMES, got[2:], ref_backward_coefficients(r_g, r_gx, scale, groups, count)):
+        assert_close(g, e, torch.float32, name=name)

@@ -38,10 +38,9 @@ def test_fused_batch_norm_layer_launch_budget():
     # norm_act_forward, and the num_batches_tracked increment nn.BatchNorm2d does too
     assert forward.ops["fastgan.channel_stats_affine"] == 1
     assert forward.total <= 3, forward.ops
-    # backward_reduce, backward_coefficients (k2, k3), apply -- eager takes 2 + 1 (norm, activation)
-    assert backward.ops["fastgan.norm_act_backward_reduce"] == 1
-    assert backward.ops["fastgan.norm_act_backward_coefficients"] == 1
-    assert backward.total <= 3, backward.ops
+    # backward_reduce_coefficients (the sums, then k2, k3 from them), apply -- as eager (norm, activation)
+    assert backward.ops["fastgan.norm_act_backward_reduce_coefficients"] == 1
+    assert backward.total <= 2, backward.ops
 
 
 def test_training_iterations_are_counted_on_the_fused_path():
@@ -50,9 +49,9 @@ def test_training_iterations_are_counted_on_the_fused_path():
     assert fused.ops["fastgan.norm_act_forward"] > 0 and "fastgan.norm_act_forward" not in eager.ops
     assert eager.ops["aten.convolution"] == fused.ops["aten.convolution"] > 0
     assert fused.by_category()["optimizer"] == eager.by_category()["optimizer"] > 0
-    # measured 183 vs 170 at 64x64 (209 before channel_stats_affine / backward_coefficients, 326 before
-    # stats_affine); keep it within 1.15x
-    assert fused.total <= 1.15 * eager.total, (fused.total, eager.total)
+    # measured 170 vs 170 at 64x64 (209 before channel_stats_affine / backward_reduce_coefficients, 326
+    # before stats_affine): no more launches than eager
+    assert fused.total <= eager.total, (fused.total, eager.total)
 
 
 def test_fused_layer_norm_layer_launch_budget():
@@ -67,10 +66,10 @@ def test_fused_layer_norm_layer_launch_budget():
     # row_moments, group_stats_affine (group merge, invstd, affine tables), norm_act_forward
     assert forward.ops["fastgan.group_stats_affine"] == 1
     assert forward.total <= 3, forward.ops
-    # backward_reduce, backward_coefficients (group sums, and dw / db summed over the samples), apply:
-    # nine launches before backward_coefficients
-    assert backward.ops["fastgan.norm_act_backward_coefficients"] == 1
-    assert backward.total <= 3, backward.ops
+    # backward_reduce_coefficients (the sums, then their group sums and dw / db summed over the samples),
+    # apply: nine launches before backward_coefficients
+    assert backward.ops["fastgan.norm_act_backward_reduce_coefficients"] == 1
+    assert backward.total <= 2, backward.ops
 
 
 def test_wgan_gp_iteration_launches_fewer_than_eager():
@@ -78,5 +77,5 @@ def test_wgan_gp_iteration_launches_fewer_than_eager():
     fused = launch_count.count_iteration("wgan-gp", "cuda", batch=8, size=32)
     eager = launch_count.count_iteration("wgan-gp", "eager", batch=8, size=32)
     assert fused.ops["fastgan.norm_act_double_coefficients"] > 0
-    # measured 1165 vs 2265 at 64x64 (1601 before backward_coefficients and unmaterialised None grads)
-    assert fused.total < 0.6 * eager.total, (fused.total, eager.total)
+    # measured 1098 vs 2265 at 64x64 (1601 before backward_reduce_coefficients and unmaterialised None grads)
+    assert fused.total < 0.55 * eager.total, (fused.total, eager.total)

@@ -446,6 +446,14 @@ def norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act: int, slope:
     return _grad_sums(False, gy, x, None, scale, shift, mean, invstd, slope, upscale)
 
 
+def norm_act_backward_reduce_coefficients(gy, x, scale, shift, mean, invstd, act: int, slope: float, groups: int,
+                                          count: int, upscale: int = 1):
+    """(sum gz, sum gz * xhat, k2, k3, sum_g, sum_gx): ``norm_act_backward_reduce``, then
+    ``norm_act_backward_coefficients`` of its sums, in one call (the CUDA op's signature)."""
+    r_g, r_gx = norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, upscale)
+    return (r_g, r_gx, *norm_act_backward_coefficients(r_g, r_gx, scale.contiguous(), groups, count))
+
+
 def norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act: int, slope: float,
                             upscale: int = 1):
     """dx = k1 * gz + k2 + k3 * xhat (dx in x's layout)."""

@@ -87,6 +87,13 @@ def _norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, ups
     return _table(x, scale), _table(x, scale)
 
 
+def _norm_act_backward_reduce_coefficients(gy, x, scale, shift, mean, invstd, act, slope, groups, count,
+                                           upscale=1):
+    _check_upscale("norm_act_backward_reduce_coefficients", x, upscale)
+    channels = (x.new_empty((scale.shape[-1],), dtype=_acc_dtype(x)) for _ in range(2))
+    return (*(_table(x, scale) for _ in range(4)), *channels)
+
+
 def _norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act, slope, upscale=1):
     _check_upscale("norm_act_backward_apply", x, upscale)
     return torch.empty_like(x)
@@ -111,6 +118,7 @@ FAKES: dict[str, Callable] = {
     "row_moments": _row_moments,
     "norm_act_forward": _norm_act_forward,
     "norm_act_backward_reduce": _norm_act_backward_reduce,
+    "norm_act_backward_reduce_coefficients": _norm_act_backward_reduce_coefficients,
     "norm_act_backward_apply": _norm_act_backward_apply,
     "norm_act_double_reduce": _norm_act_double_reduce,
     "norm_act_double_apply": _norm_act_double_apply,

@@ -142,12 +142,13 @@ def _backward(gy, x, weight, bias, mean, invstd, scale, shift, grouping, act, sl
     k = _backend.kernels(backend, "batch_norm_act")
     gy = grouping.as_y_layout(gy, x)
     kw = grouping.kernel_kwargs()
-    r_g, r_gx = k.norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, **kw)
     if grouping.batch_stats:
-        # one launch: k2, k3 (the statistics' terms) and r_g, r_gx summed over the rows of (N, C) tables
-        k2, k3, sum_g, sum_gx = k.norm_act_backward_coefficients(r_g, r_gx, scale, grouping.groups,
-                                                                 grouping.group_size(x))
+        # one call: the sums, then from them k2, k3 (the statistics' terms) and r_g, r_gx summed over the
+        # rows of (N, C) tables (norm_act_backward_coefficients)
+        r_g, r_gx, k2, k3, sum_g, sum_gx = k.norm_act_backward_reduce_coefficients(
+            gy, x, scale, shift, mean, invstd, act, slope, grouping.groups, grouping.group_size(x), **kw)
     else:
+        r_g, r_gx = k.norm_act_backward_reduce(gy, x, scale, shift, mean, invstd, act, slope, **kw)
         k2 = k3 = torch.zeros_like(scale)
         sum_g = sum_gx = None
     dx = k.norm_act_backward_apply(gy, x, scale, shift, mean, invstd, scale, k2, k3, act, slope, **kw)
