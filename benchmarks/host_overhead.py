@@ -43,6 +43,9 @@ class _StubKernels:
     def group_stats_affine(self, row_mean, *args):
         return (row_mean,) * 4
 
+    def row_stats_affine(self, x, *args):
+        return (self.table(x),) * 4
+
     def norm_act_forward(self, x, *args, **kw):
         return torch.empty_like(x)
 

@@ -6,6 +6,8 @@
 //
 //   channel_stats(x) -> (mean, var)                  per channel, (C,)
 //   row_moments(x) -> (mean, m2)                      per (n, c) over spatial, (N, C)
+//   row_stats_affine(x, weight?, bias?, groups, eps) -> (mean, invstd, scale, shift)
+//       row_moments, then group_stats_affine (csrc/stats_affine.cpp) of them, (N, C) tables
 //   channel_stats_affine(x, weight?, bias?, running_mean?, running_var?, momentum, eps)
 //       -> (mean, var, invstd, scale, shift)           channel_stats + stats_affine in one merge kernel
 //   norm_act_forward(x, scale, shift, act, slope, upscale=1) -> y
@@ -52,6 +54,7 @@
 
 #include "backward_coefficients.h"
 #include "batch_norm_act.h"
+#include "stats_affine.h"
 
 namespace fastgan {
 namespace {
@@ -298,6 +301,16 @@ std::tuple<Tensor, Tensor> row_moments(const Tensor& x) {
   return moments("fastgan::row_moments", x, /*per_sample=*/true, /*variance=*/false);
 }
 
+// row_moments, then group_stats_affine of them, in one call: the statistics of a group / instance /
+// layer norm forward as (N, C) tables (mean, invstd, scale, shift).
+std::tuple<Tensor, Tensor, Tensor, Tensor> row_stats_affine(const Tensor& x, const c10::optional<Tensor>& weight,
+                                                            const c10::optional<Tensor>& bias, int64_t groups,
+                                                            double eps) {
+  auto [row_mean, row_m2] = moments("fastgan::row_stats_affine", x, /*per_sample=*/true, /*variance=*/false);
+  const int64_t rows = x.size(0) * x.size(1);
+  return sa::group_stats_affine(row_mean, row_m2, weight, bias, groups, rows > 0 ? x.numel() / rows : 0, eps);
+}
+
 Tensor norm_act_forward(const Tensor& x, const Tensor& scale, const Tensor& shift, int64_t act, double slope,
                         int64_t upscale) {
   const char* op = "fastgan::norm_act_forward";
@@ -465,6 +478,8 @@ std::tuple<Tensor, Tensor> norm_act_double_apply(const Tensor& u, const Tensor& 
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def("channel_stats(Tensor x) -> (Tensor, Tensor)");
   m.def("row_moments(Tensor x) -> (Tensor, Tensor)");
+  m.def("row_stats_affine(Tensor x, Tensor? weight, Tensor? bias, int groups, float eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "channel_stats_affine(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
@@ -492,6 +507,7 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
   m.impl("channel_stats", &fastgan::channel_stats);
   m.impl("row_moments", &fastgan::row_moments);
+  m.impl("row_stats_affine", &fastgan::row_stats_affine);
   m.impl("channel_stats_affine", &fastgan::channel_stats_affine);
   m.impl("norm_act_forward", &fastgan::norm_act_forward);
   m.impl("norm_act_backward_reduce", &fastgan::norm_act_backward_reduce);

@@ -25,6 +25,8 @@
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
+#include "stats_affine.h"
+
 namespace fastgan {
 namespace sa {
 
@@ -86,6 +88,8 @@ std::tuple<Tensor, Tensor, Tensor> stats_affine(const Tensor& mean, const Tensor
   return {invstd, scale, shift};
 }
 
+}  // namespace
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> group_stats_affine(const Tensor& row_mean, const Tensor& row_m2,
                                                               const c10::optional<Tensor>& weight,
                                                               const c10::optional<Tensor>& bias, int64_t groups,
@@ -120,7 +124,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> group_stats_affine(const Tensor& row_
   return {mean, invstd, scale, shift};
 }
 
-}  // namespace
 }  // namespace sa
 }  // namespace fastgan
 

@@ -63,9 +63,10 @@ def test_fused_layer_norm_layer_launch_budget():
         forward, y = _count(lambda: layer(x))
         grad = torch.randn(y.shape)
         backward, _ = _count(lambda: y.backward(grad))
-    # row_moments, group_stats_affine (group merge, invstd, affine tables), norm_act_forward
-    assert forward.ops["fastgan.group_stats_affine"] == 1
-    assert forward.total <= 3, forward.ops
+    # row_stats_affine (per-(n, c) moments, then the group merge, invstd, affine tables), norm_act_forward:
+    # as eager's two (group norm, activation)
+    assert forward.ops["fastgan.row_stats_affine"] == 1
+    assert forward.total <= 2, forward.ops
     # backward_reduce_coefficients (the sums, then their group sums and dw / db summed over the samples),
     # apply: nine launches before backward_coefficients
     assert backward.ops["fastgan.norm_act_backward_reduce_coefficients"] == 1
@@ -77,5 +78,6 @@ def test_wgan_gp_iteration_launches_fewer_than_eager():
     fused = launch_count.count_iteration("wgan-gp", "cuda", batch=8, size=32)
     eager = launch_count.count_iteration("wgan-gp", "eager", batch=8, size=32)
     assert fused.ops["fastgan.norm_act_double_coefficients"] > 0
-    # measured 1098 vs 2265 at 64x64 (1601 before backward_reduce_coefficients and unmaterialised None grads)
-    assert fused.total < 0.55 * eager.total, (fused.total, eager.total)
+    # measured 1050 vs 2265 at 64x64 (1601 before backward_reduce_coefficients, row_stats_affine and
+    # unmaterialised None grads)
+    assert fused.total < 0.5 * eager.total, (fused.total, eager.total)

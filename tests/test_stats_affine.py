@@ -150,3 +150,36 @@ def test_group_ref_is_the_group_norm_formula():
     xg = x.reshape(n, groups, -1)
     torch.testing.assert_close(mean_t[:, ::c // groups], xg.mean(-1))
     torch.testing.assert_close(invstd_t[:, ::c // groups], torch.rsqrt(xg.var(-1, unbiased=False) + 1e-5))
+
+
+# ----------------------------------------------------------------------------- row_stats_affine
+
+from fastgan.reference.group_norm_act import row_stats_affine as ref_row_stats_affine  # noqa: E402
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+@pytest.mark.parametrize("shape,groups,channels_last", [((3, 8, 4, 5), 1, False), ((3, 8, 4, 5), 4, True),
+                                                        ((2, 6, 7), 6, False), ((4, 5), 1, False)])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_row_stats_affine_matches_ref(impl, device, shape, groups, channels_last, affine, dtype):
+    """The per-(n, c) moments and their group statistics in one call: the same bits as row_moments then
+    group_stats_affine on the same backend, and the reference's values."""
+    x = (torch.randn(shape, device=device) * 2 + torch.randn(shape[:2] + (1,) * (len(shape) - 2), device=device))
+    x = x.to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    c = shape[1]
+    w = torch.randn(c, dtype=acc, device=device) if affine else None
+    b = torch.randn(c, dtype=acc, device=device) if affine else None
+    k = _kernels(impl)
+    got = k.row_stats_affine(x, w, b, groups, 1e-5)
+    row_mean, row_m2 = k.row_moments(x)
+    spatial = x.numel() // (shape[0] * c)
+    two_calls = k.group_stats_affine(row_mean, row_m2, w, b, groups, spatial, 1e-5)
+    want = ref_row_stats_affine(x, w, b, groups, 1e-5)
+    for name, g, t, e in zip(("mean", "invstd", "scale", "shift"), got, two_calls, want):
+        assert g.shape == (shape[0], c) and g.dtype == acc, name
+        assert torch.equal(g, t), name
+        assert_close(g, e, acc, name=name)

@@ -379,6 +379,15 @@ def row_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _merge_moments(x, per_sample=True, affine=None)
 
 
+def row_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], groups: int,
+                     eps: float):
+    """(mean, invstd, scale, shift) (N, C) tables of x's per-sample group statistics: ``row_moments``,
+    then ``group_stats_affine`` of them, in one call (the CUDA op's signature)."""
+    row_mean, row_m2 = row_moments(x)
+    rows = x.shape[0] * x.shape[1]
+    return group_stats_affine(row_mean, row_m2, weight, bias, groups, x.numel() // rows if rows else 0, eps)
+
+
 def _merge_moments(x: torch.Tensor, per_sample: bool, affine: Optional[dict]):
     """Two launches: the partial moments, then their merge per (segment, channel) into (T, C) tables of
     the mean and the biased variance (batch norm, T = 1) or M2 (per sample, T = N); with ``affine``

@@ -55,6 +55,10 @@ def _row_moments(x):
     return x.new_empty(shape, dtype=_acc_dtype(x)), x.new_empty(shape, dtype=_acc_dtype(x))
 
 
+def _row_stats_affine(x, weight, bias, groups, eps):
+    return tuple(x.new_empty((x.shape[0], x.shape[1]), dtype=_acc_dtype(x)) for _ in range(4))
+
+
 def _check_upscale(op: str, x: torch.Tensor, upscale: int) -> None:
     """The checks of csrc/batch_norm_act.cpp (set_upscale) on x for ``upscale``."""
     if upscale < 1:
@@ -116,6 +120,7 @@ FAKES: dict[str, Callable] = {
     "channel_stats": _channel_stats,
     "channel_stats_affine": _channel_stats_affine,
     "row_moments": _row_moments,
+    "row_stats_affine": _row_stats_affine,
     "norm_act_forward": _norm_act_forward,
     "norm_act_backward_reduce": _norm_act_backward_reduce,
     "norm_act_backward_reduce_coefficients": _norm_act_backward_reduce_coefficients,

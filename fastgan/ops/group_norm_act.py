@@ -1,7 +1,8 @@
 """Fused group / instance / layer norm + activation: per-sample statistics.
 
-Statistics come from per-(n, c) moments (one kernel, Welford within rows)
-merged exactly into groups here (Chan's formula with equal counts); the
+Statistics come from per-(n, c) moments (Welford within rows) merged exactly
+into groups (Chan's formula with equal counts) by ``group_stats_affine``, both
+in one call (``row_stats_affine``); the
 normalize + affine + activation and its derivatives are the family's shared
 Functions (``_norm_act.py``) with (N, C) tables.
 """
@@ -34,14 +35,17 @@ def _fused(x, groups, weight, bias, eps, act, slope, backend, running=None, mome
     k = _backend.kernels(backend, "batch_norm_act")
     n, c = x.shape[0], x.shape[1]
     spatial = x.numel() // (n * c)
-    row_mean, row_m2 = k.row_moments(x.detach())  # NormActFn differentiates through the statistics
-    if running is not None:  # instance norm: batch means of the per-instance stats
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    w, b = detached_param(weight, dtype), detached_param(bias, dtype)
+    # x detached: NormActFn differentiates through the statistics itself
+    if running is None:  # one call: the per-(n, c) moments, then their group merge, invstd and affine tables
+        mean_t, invstd_t, scale_t, shift_t = k.row_stats_affine(x.detach(), w, b, groups, float(eps))
+    else:  # instance norm's running stats need the per-instance moments: two calls
+        row_mean, row_m2 = k.row_moments(x.detach())
         update_running_stats(running[0], running[1], row_mean.mean(0), (row_m2 / spatial).mean(0),
                              spatial, momentum)
-    # one launch for the group merge, invstd and the affine tables (about fourteen eager launches)
-    dtype = row_mean.dtype
-    mean_t, invstd_t, scale_t, shift_t = k.group_stats_affine(row_mean, row_m2, detached_param(weight, dtype),
-                                                              detached_param(bias, dtype), groups, spatial, float(eps))
+        mean_t, invstd_t, scale_t, shift_t = k.group_stats_affine(row_mean, row_m2, w, b, groups, spatial,
+                                                                  float(eps))
     return NormActFn.apply(x, weight, bias, mean_t, invstd_t, Grouping(True, groups), act, slope, backend,
                            scale_t, shift_t)
 

@@ -37,6 +37,18 @@ def group_stats_affine(row_mean: torch.Tensor, row_m2: torch.Tensor, weight: Opt
     return mean_t, invstd_t, scale, shift
 
 
+@torch.no_grad()
+def row_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], groups: int,
+                     eps: float):
+    """``group_stats_affine`` of x's per-(n, c) mean and M2 over its spatial positions (float32, float64
+    for float64 x): the reference of the ``row_stats_affine`` kernels, which do both in one call."""
+    n, c = x.shape[0], x.shape[1]
+    xs = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).reshape(n, c, -1)
+    row_mean = xs.mean(-1)
+    row_m2 = ((xs - row_mean[..., None]) ** 2).sum(-1)
+    return group_stats_affine(row_mean, row_m2, weight, bias, groups, xs.shape[-1], eps)
+
+
 def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] = None,
                    bias: Optional[torch.Tensor] = None, eps: float = 1e-5, activation: str = "leaky_relu",
                    negative_slope: float = 0.2) -> torch.Tensor:
