@@ -27,13 +27,19 @@ def _count(fn):
     return counter, out
 
 
-def test_fused_batch_norm_layer_launch_budget():
+def _layer_launches(layer_cls):
+    """(forward, backward) counters of one fused layer on meta tensors (the gradient made outside them)."""
     with launch_count._meta_cuda_backend(), torch.device("meta"):
-        layer = BatchNormAct2d(64, impl="cuda")
+        layer = layer_cls(64, impl="cuda")
         x = torch.randn(8, 64, 16, 16, requires_grad=True)
         forward, y = _count(lambda: layer(x))
         grad = torch.randn(y.shape)
         backward, _ = _count(lambda: y.backward(grad))
+    return forward, backward
+
+
+def test_fused_batch_norm_layer_launch_budget():
+    forward, backward = _layer_launches(BatchNormAct2d)
     # channel_stats_affine (statistics; invstd, affine tables, running stats in its merge kernel),
     # norm_act_forward, and the num_batches_tracked increment nn.BatchNorm2d does too
     assert forward.ops["fastgan.channel_stats_affine"] == 1
@@ -57,12 +63,7 @@ def test_training_iterations_are_counted_on_the_fused_path():
 def test_fused_layer_norm_layer_launch_budget():
     from fastgan.nn import LayerNormAct2d
 
-    with launch_count._meta_cuda_backend(), torch.device("meta"):
-        layer = LayerNormAct2d(64, impl="cuda")
-        x = torch.randn(8, 64, 16, 16, requires_grad=True)
-        forward, y = _count(lambda: layer(x))
-        grad = torch.randn(y.shape)
-        backward, _ = _count(lambda: y.backward(grad))
+    forward, backward = _layer_launches(LayerNormAct2d)
     # row_stats_affine (per-(n, c) moments, then the group merge, invstd, affine tables), norm_act_forward:
     # as eager's two (group norm, activation)
     assert forward.ops["fastgan.row_stats_affine"] == 1
