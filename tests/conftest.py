@@ -4,8 +4,17 @@ Triton kernels run on CPU tensors only under the interpreter, and the
 interpreter must be switched on before any ``@triton.jit`` function is
 defined: set it here, before fastgan's kernels are imported, unless a GPU is
 present (the GPU suite runs the same tests compiled).
+
+The ``cuda-emu`` backend case runs the CUDA backend's own kernels and bindings
+(``csrc/``) on CPU tensors, compiled with the host compiler against the CPU
+emulator in ``tests/cuda_emu`` (built once per source version, cached by
+torch's extension builder).  It is how the CUDA code is executed where no GPU
+is; it checks the kernels' logic, not their speed.  ``FASTGAN_TEST_CUDA_EMU=0``
+turns it off; with a GPU the real kernels run instead.
 """
+import functools
 import os
+import shutil
 
 import torch
 
@@ -35,15 +44,52 @@ def _interpreter_skip_reason():
     return _backend.interpreter_incompatibility()
 
 
+def cuda_emu_skip_reason():
+    """Why the emulated CUDA backend does not run here (None when it does)."""
+    if os.environ.get("FASTGAN_TEST_CUDA_EMU", "1").strip() in ("0", ""):
+        return "FASTGAN_TEST_CUDA_EMU=0"
+    if torch.cuda.is_available():
+        return "a GPU is present: the cuda-cuda cases run the real kernels"
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        return "no C++ compiler to build the CUDA emulator"
+    return None
+
+
 def all_backend_params():
-    """pytest params for every fast backend; CUDA ones skip without a GPU."""
+    """pytest params for every fast backend; CUDA ones skip without a GPU, cuda-emu runs them on the CPU."""
     skip = _interpreter_skip_reason()
     params = [pytest.param("triton", "cpu", id="triton-interp",
                            marks=pytest.mark.skipif(skip is not None, reason=skip or ""))]
     for impl in ("triton", "cuda"):
         params.append(pytest.param(impl, "cuda", id=f"{impl}-cuda", marks=[
             pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]))
+    emu_skip = cuda_emu_skip_reason()
+    params.append(pytest.param("cuda", "cpu", id="cuda-emu", marks=[
+        pytest.mark.cuda_emu, pytest.mark.skipif(emu_skip is not None, reason=emu_skip or "")]))
     return params
+
+
+@functools.lru_cache(maxsize=None)
+def emulated_cuda_ops():
+    """torch.ops.fastgan_emu: csrc/ built for the CPU emulator (a build failure fails the test)."""
+    from cuda_emu import build
+
+    return build.load()
+
+
+@pytest.fixture(autouse=True)
+def _cuda_emulation(request, monkeypatch):
+    """In a cuda-emu case, impl="cuda" on CPU tensors runs the emulated CUDA ops."""
+    if request.node.get_closest_marker("cuda_emu") is None:
+        yield
+        return
+    ops = emulated_cuda_ops()
+    kernels, cuda_reason_unusable = _backend.kernels, _backend.cuda_reason_unusable
+    monkeypatch.setattr(_backend, "kernels",
+                        lambda backend, op: ops if backend == "cuda" else kernels(backend, op))
+    monkeypatch.setattr(_backend, "cuda_reason_unusable",
+                        lambda device: None if device.type == "cpu" else cuda_reason_unusable(device))
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 import fastgan
 from _tolerances import TOL, assert_close
+from conftest import cuda_emu_skip_reason, emulated_cuda_ops
 
 PACKAGE_DIR = pathlib.Path(fastgan.__file__).resolve().parent
 BUILT = sorted(PACKAGE_DIR.glob("_C*.so")) + sorted(PACKAGE_DIR.glob("_C*.pyd"))
@@ -41,6 +42,19 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 def gpu_test(fn):
     """A GPU test of the extension: marked cuda, skipped without a GPU or a build."""
     return pytest.mark.cuda(needs_gpu(needs_ext(fn)))
+
+
+def _devices():
+    emu_skip = cuda_emu_skip_reason()
+    return [pytest.param("cuda", id="gpu", marks=[pytest.mark.cuda, needs_gpu, needs_ext]),
+            pytest.param("cpu", id="emu", marks=[pytest.mark.cuda_emu,
+                                                 pytest.mark.skipif(emu_skip is not None, reason=emu_skip or "")])]
+
+
+def kernel_test(fn):
+    """A test of the extension's kernels, run with ``dev`` = "cuda" on the GPU (the built
+    fastgan._C) and with ``dev`` = "cpu" on the CPU emulator (csrc/ built by tests/cuda_emu)."""
+    return pytest.mark.parametrize("dev", _devices())(fn)
 
 
 SCHEMAS = {
@@ -77,7 +91,10 @@ def acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def ops():
+def ops(dev="cuda"):
+    """The ops of fastgan._C (dev "cuda"), or the same ops built for the CPU emulator (dev "cpu")."""
+    if dev == "cpu":
+        return emulated_cuda_ops()
     import fastgan._C  # noqa: F401  (registers torch.ops.fastgan.*)
     from fastgan.ops import _fake  # noqa: F401
 
@@ -343,14 +360,14 @@ SMALL = [
 KINDS = [pytest.param(False, id="vectors"), pytest.param(True, id="tables")]
 
 
-@gpu_test
+@kernel_test
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,fmt", SMALL)
 @pytest.mark.parametrize("per_sample", KINDS)
 @pytest.mark.parametrize("act,slope", [(2, 0.2), (1, 0.0), (0, 1.0)], ids=["leaky", "relu", "identity"])
-def test_primitives_match_formulas(dtype, shape, fmt, per_sample, act, slope):
-    case = Case(shape, dtype, fmt, slope=slope, act=act, per_sample=per_sample)
-    check_against_formulas(run_all(ops(), case), case)
+def test_primitives_match_formulas(dtype, shape, fmt, per_sample, act, slope, dev):
+    case = Case(shape, dtype, fmt, slope=slope, act=act, per_sample=per_sample, device=dev)
+    check_against_formulas(run_all(ops(dev), case), case)
 
 
 @gpu_test
@@ -365,28 +382,31 @@ def test_primitives_match_triton(dtype, shape, fmt, per_sample):
     check_against_triton(run_all(ops(), case), run_all(triton_kernels, case), case)
 
 
-@gpu_test
+@kernel_test
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape,fmt", [((32, 64, 32, 32), "contiguous"), ((32, 64, 32, 32), "channels_last"),
                                        ((8, 3, 127, 129), "contiguous"), ((8, 3, 127, 129), "channels_last"),
                                        ((4096, 300), "contiguous")])
 @pytest.mark.parametrize("per_sample", KINDS)
-def test_primitives_large(dtype, shape, fmt, per_sample):
+def test_primitives_large(dtype, shape, fmt, per_sample, dev):
     """Many partials per channel (the fixed-order merge), long per-thread loops."""
+    if dev == "cpu" and per_sample and shape == (4096, 300):
+        pytest.skip("1.2M per-entry warp reductions take about a minute per op on the emulator; the GPU runs it")
     pytest.importorskip("triton")
     from fastgan.kernels import batch_norm_act as triton_kernels
 
-    case = Case(shape, dtype, fmt, per_sample=per_sample)
-    out = run_all(ops(), case)
+    case = Case(shape, dtype, fmt, per_sample=per_sample, device=dev)
+    out = run_all(ops(dev), case)
     check_against_formulas(out, case)
-    check_against_triton(out, run_all(triton_kernels, case), case)
+    if dev == "cuda":  # on the emulator the Triton twin would run interpreted: far too slow at these sizes
+        check_against_triton(out, run_all(triton_kernels, case), case)
 
 
-@gpu_test
+@kernel_test
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
-def test_unaligned_storage_takes_the_scalar_path(fmt):
+def test_unaligned_storage_takes_the_scalar_path(fmt, dev):
     """Big tensors at an odd element offset: 16-byte accesses would be misaligned."""
-    case = Case((4, 16, 8, 8), torch.float16, fmt)
+    case = Case((4, 16, 8, 8), torch.float16, fmt, device=dev)
 
     def shifted(t):
         buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
@@ -400,14 +420,14 @@ def test_unaligned_storage_takes_the_scalar_path(fmt):
         return out
 
     case.x, case.gy, case.u = shifted(case.x), shifted(case.gy), shifted(case.u)
-    check_against_formulas(run_all(ops(), case), case)
+    check_against_formulas(run_all(ops(dev), case), case)
 
 
-@gpu_test
+@kernel_test
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
-def test_reductions_are_deterministic(fmt):
-    case = Case((64, 32, 16, 16), torch.float32, fmt)
-    op = ops()
+def test_reductions_are_deterministic(fmt, dev):
+    case = Case((64, 32, 16, 16), torch.float32, fmt, device=dev)
+    op = ops(dev)
     first = run_all(op, case)
     for _ in range(3):
         again = run_all(op, case)
@@ -416,25 +436,25 @@ def test_reductions_are_deterministic(fmt):
                 assert torch.equal(a, b), name
 
 
-@gpu_test
-def test_welford_keeps_precision_with_a_large_mean():
+@kernel_test
+def test_welford_keeps_precision_with_a_large_mean(dev):
     """Mean 1e4, std 1: E[x^2] - E[x]^2 in float32 (ulp(1e8) = 8) would lose the variance."""
     for fmt in ("contiguous", "channels_last"):
-        x = (torch.randn(64, 8, 32, 32, dtype=torch.float64, device="cuda") + 1e4).float()
+        x = (torch.randn(64, 8, 32, 32, dtype=torch.float64, device=dev) + 1e4).float()
         x = x.contiguous(memory_format=MEMORY_FORMATS[fmt])
-        mean, var = ops().channel_stats(x)
+        mean, var = ops(dev).channel_stats(x)
         xd = x.double()
         torch.testing.assert_close(var.double(), xd.var([0, 2, 3], unbiased=False), rtol=1e-4, atol=0)
         torch.testing.assert_close(mean.double(), xd.mean([0, 2, 3]), rtol=1e-6, atol=0)
 
 
-@gpu_test
-def test_empty_batch():
-    op = ops()
-    x = torch.empty(0, 3, 4, 4, device="cuda")
+@kernel_test
+def test_empty_batch(dev):
+    op = ops(dev)
+    x = torch.empty(0, 3, 4, 4, device=dev)
     mean, var = op.channel_stats(x)
     assert mean.shape == (3,) and (mean == 0).all() and (var == 0).all()
-    v = torch.ones(3, device="cuda")
+    v = torch.ones(3, device=dev)
     assert op.norm_act_forward(x, v, v, 2, 0.2).shape == x.shape
     sums = op.norm_act_double_reduce(x, x, x, v, v, v, v, 2, 0.2)
     assert len(sums) == 5 and all((s == 0).all() for s in sums)
@@ -473,28 +493,29 @@ def test_more_than_2_31_elements(shape):
     assert all(torch.isfinite(s).all() for s in sums)
 
 
-@gpu_test
-def test_bad_input_raises_clear_errors():
-    op = ops()
-    x = torch.randn(4, 3, 5, 5, device="cuda")
-    v = torch.ones(3, device="cuda")
+@kernel_test
+def test_bad_input_raises_clear_errors(dev):
+    op = ops(dev)
+    x = torch.randn(4, 3, 5, 5, device=dev)
+    v = torch.ones(3, device=dev)
     with pytest.raises(TypeError, match="float32, float16, bfloat16 or float64"):
         op.channel_stats(x.to(torch.int32))
     with pytest.raises(TypeError, match="scale must be Float"):
         op.norm_act_forward(x, v.double(), v, 2, 0.2)
     with pytest.raises(ValueError, match="shift must have shape"):
-        op.norm_act_forward(x, v, torch.ones(4, device="cuda"), 2, 0.2)
+        op.norm_act_forward(x, v, torch.ones(4, device=dev), 2, 0.2)
     with pytest.raises(ValueError, match="contiguous or channels-last"):
         op.channel_stats(x.transpose(2, 3))
     with pytest.raises(ValueError, match="gy must have x's layout"):
         op.norm_act_backward_reduce(x.contiguous(memory_format=torch.channels_last), x, v, v, v, v, 2, 0.2)
     with pytest.raises(ValueError, match=r"mean must have shape \(4, 3\)"):
-        op.norm_act_backward_reduce(x, x, torch.ones(4, 3, device="cuda"), torch.ones(4, 3, device="cuda"),
+        op.norm_act_backward_reduce(x, x, torch.ones(4, 3, device=dev), torch.ones(4, 3, device=dev),
                                     v, v, 2, 0.2)
     with pytest.raises(ValueError, match="act must be"):
         op.norm_act_forward(x, v, v, 7, 0.2)
-    with pytest.raises((NotImplementedError, RuntimeError)):
-        op.channel_stats(x.cpu())
+    if dev == "cuda":  # the ops are registered for CUDA tensors only (the emulator's for CPU ones)
+        with pytest.raises((NotImplementedError, RuntimeError)):
+            op.channel_stats(x.cpu())
 
 
 @gpu_test
@@ -564,11 +585,11 @@ def test_cuda_graph_capture_forward_backward(fmt):
         assert_close(rv, rv_ref, torch.float32, name="running_var")
 
 
-@gpu_test
-def test_ops_per_channel_outputs_are_independent_tensors():
+@kernel_test
+def test_ops_per_channel_outputs_are_independent_tensors(dev):
     """No output aliases another (schema without alias annotations)."""
-    case = Case((4, 8, 3, 3), torch.float32)
-    sums = ops().norm_act_double_reduce(case.u, case.gy, case.x, case.scale, case.shift, case.mean,
+    case = Case((4, 8, 3, 3), torch.float32, device=dev)
+    sums = ops(dev).norm_act_double_reduce(case.u, case.gy, case.x, case.scale, case.shift, case.mean,
                                         case.invstd, 2, 0.2)
     ptrs = {s.untyped_storage().data_ptr() for s in sums}
     assert len(ptrs) == 5
@@ -688,14 +709,14 @@ SHUFFLE_SMALL = [
 ]
 
 
-@gpu_test
+@kernel_test
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,r", SHUFFLE_SMALL)
 @pytest.mark.parametrize("per_sample", KINDS)
 @pytest.mark.parametrize("act,slope", [(2, 0.2), (1, 0.0), (0, 1.0)], ids=["leaky", "relu", "identity"])
-def test_shuffled_primitives_match_formulas(dtype, shape, r, per_sample, act, slope):
-    case = Case(shape, dtype, "contiguous", slope=slope, act=act, per_sample=per_sample)
-    check_against_formulas(run_all_shuffled(ops(), case, r), case)
+def test_shuffled_primitives_match_formulas(dtype, shape, r, per_sample, act, slope, dev):
+    case = Case(shape, dtype, "contiguous", slope=slope, act=act, per_sample=per_sample, device=dev)
+    check_against_formulas(run_all_shuffled(ops(dev), case, r), case)
 
 
 @gpu_test
@@ -710,38 +731,39 @@ def test_shuffled_primitives_match_triton(dtype, shape, r, per_sample):
     check_against_triton(run_all_shuffled(ops(), case, r), run_all_shuffled(triton_kernels, case, r), case)
 
 
-@gpu_test
+@kernel_test
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape,r", [((32, 256, 16, 16), 2), ((8, 12, 63, 65), 2), ((16, 72, 9, 9), 3)])
 @pytest.mark.parametrize("per_sample", KINDS)
-def test_shuffled_primitives_large(dtype, shape, r, per_sample):
+def test_shuffled_primitives_large(dtype, shape, r, per_sample, dev):
     """Many partials per entry and long grid-stride walks (carries across w, h, sub-channels, n)."""
     pytest.importorskip("triton")
     from fastgan.kernels import batch_norm_act as triton_kernels
 
-    case = Case(shape, dtype, "contiguous", per_sample=per_sample)
-    out = run_all_shuffled(ops(), case, r)
+    case = Case(shape, dtype, "contiguous", per_sample=per_sample, device=dev)
+    out = run_all_shuffled(ops(dev), case, r)
     check_against_formulas(out, case)
-    check_against_triton(out, run_all_shuffled(triton_kernels, case, r), case)
+    if dev == "cuda":  # on the emulator the Triton twin would run interpreted: far too slow at these sizes
+        check_against_triton(out, run_all_shuffled(triton_kernels, case, r), case)
 
 
-@gpu_test
-def test_upscale_1_is_the_plain_op():
+@kernel_test
+def test_upscale_1_is_the_plain_op(dev):
     """upscale=1 spelled out runs the plain kernels: the same bits as leaving it out."""
-    case = Case((4, 16, 8, 8), torch.float32, "contiguous")
-    plain = run_all(ops(), case)
+    case = Case((4, 16, 8, 8), torch.float32, "contiguous", device=dev)
+    plain = run_all(ops(dev), case)
     c, a = case, (case.act, case.slope)
-    op = ops()
+    op = ops(dev)
     assert torch.equal(op.norm_act_forward(c.x, c.scale, c.shift, *a, 1), plain["y"])
     for got, want in zip(op.norm_act_double_reduce(c.u, c.gy, c.x, c.scale, c.shift, c.mean, c.invstd, *a,
                                                    upscale=1), plain["dd_sums"]):
         assert torch.equal(got, want)
 
 
-@gpu_test
-def test_shuffled_reductions_are_deterministic():
-    case = Case((64, 32, 16, 16), torch.float32, "contiguous")
-    op = ops()
+@kernel_test
+def test_shuffled_reductions_are_deterministic(dev):
+    case = Case((64, 32, 16, 16), torch.float32, "contiguous", device=dev)
+    op = ops(dev)
     first = run_all_shuffled(op, case, 2)
     for _ in range(3):
         again = run_all_shuffled(op, case, 2)
@@ -750,32 +772,32 @@ def test_shuffled_reductions_are_deterministic():
                 assert torch.equal(a, b), name
 
 
-@gpu_test
-def test_shuffled_empty_batch():
-    op = ops()
-    x = torch.empty(0, 8, 3, 3, device="cuda")
-    v = torch.ones(8, device="cuda")
+@kernel_test
+def test_shuffled_empty_batch(dev):
+    op = ops(dev)
+    x = torch.empty(0, 8, 3, 3, device=dev)
+    v = torch.ones(8, device=dev)
     assert op.norm_act_forward(x, v, v, 2, 0.2, upscale=2).shape == (0, 2, 6, 6)
-    gy = torch.empty(0, 2, 6, 6, device="cuda")
+    gy = torch.empty(0, 2, 6, 6, device=dev)
     sums = op.norm_act_double_reduce(x, gy, x, v, v, v, v, 2, 0.2, upscale=2)
     assert len(sums) == 5 and all((s == 0).all() for s in sums)
 
 
-@gpu_test
-def test_upscale_bad_input_raises_clear_errors():
-    op = ops()
-    x = torch.randn(4, 8, 5, 5, device="cuda")
-    v = torch.ones(8, device="cuda")
-    gy = torch.randn(4, 2, 10, 10, device="cuda")
+@kernel_test
+def test_upscale_bad_input_raises_clear_errors(dev):
+    op = ops(dev)
+    x = torch.randn(4, 8, 5, 5, device=dev)
+    v = torch.ones(8, device=dev)
+    gy = torch.randn(4, 2, 10, 10, device=dev)
     with pytest.raises(ValueError, match="upscale must be a positive int"):
         op.norm_act_forward(x, v, v, 2, 0.2, upscale=0)
-    v6 = torch.ones(6, device="cuda")
+    v6 = torch.ones(6, device=dev)
     with pytest.raises(ValueError, match=r"x's channels \(6\) divisible by upscale\^2 = 4"):
-        op.norm_act_forward(torch.randn(4, 6, 5, 5, device="cuda"), v6, v6, 2, 0.2, upscale=2)
+        op.norm_act_forward(torch.randn(4, 6, 5, 5, device=dev), v6, v6, 2, 0.2, upscale=2)
     with pytest.raises(ValueError, match=r"needs x contiguous with shape \(N, C, H, W\)"):
         op.norm_act_forward(x.contiguous(memory_format=torch.channels_last), v, v, 2, 0.2, upscale=2)
     with pytest.raises(ValueError, match=r"needs x contiguous with shape \(N, C, H, W\)"):
-        op.norm_act_forward(torch.randn(4, 8, 5, device="cuda"), v, v, 2, 0.2, upscale=2)
+        op.norm_act_forward(torch.randn(4, 8, 5, device=dev), v, v, 2, 0.2, upscale=2)
     with pytest.raises(ValueError, match="gy must have the pixel-shuffled shape"):
         op.norm_act_backward_reduce(x, x, v, v, v, v, 2, 0.2, upscale=2)  # gy in x's shape
     with pytest.raises(ValueError, match="gy must be contiguous"):
@@ -843,14 +865,14 @@ def test_pixel_shuffle_ops_dispatch_to_cuda_and_match_triton(norm, monkeypatch):
         assert_close(a, e, torch.float32, scale=1 if i == 0 else 4, name=f"output[{i}]")
 
 
-@gpu_test
+@kernel_test
 @pytest.mark.parametrize("norm", [True, False], ids=["batch_norm", "bias"])
-def test_pixel_shuffle_cuda_gradcheck_gradgradcheck_float64(norm):
+def test_pixel_shuffle_cuda_gradcheck_gradgradcheck_float64(norm, dev):
     from torch.autograd import gradcheck, gradgradcheck
 
     from fastgan.ops import pixel_shuffle_act, pixel_shuffle_batch_norm_act
 
-    dev, r = "cuda", 2
+    r = 2
     x = torch.randn(2, 2 * r * r, 3, 2, dtype=torch.float64, device=dev, requires_grad=True)
     w = (torch.rand(2, dtype=torch.float64, device=dev) + 0.5).requires_grad_()
     b = torch.randn(2, dtype=torch.float64, device=dev, requires_grad=True)

@@ -95,8 +95,25 @@ def test_fast_matches_ref(impl, device, dtype, shape, channels_last, activation)
     fast, ref = pipeline(impl, x, x_ref, w, b, activation), pipeline("ref", x, x_ref, w, b, activation)
     scale = 1.0 if dtype == torch.float32 else 2.0
     names = ["y", "y_ref", "dx", "dx_ref", "dw", "db", "ddx", "ddx_ref", "ddw", "ddb"]
-    for name, a, e in zip(names, fast, ref):
-        assert_close(a, e, dtype, scale=scale * (1 if name in ("y", "y_ref") else 4), name=name)
+    if dtype == torch.float32:
+        for name, a, e in zip(names, fast, ref):
+            assert_close(a, e, dtype, scale=scale * (1 if name in ("y", "y_ref") else 4), name=name)
+        return
+    # Half precision: the first derivatives enter the second pass rounded to 16 bits, and the
+    # second derivatives (sums over the whole batch with cancellation, ddx_ref most) of the
+    # reference itself are then up to ~0.35 off the float64 truth, more than the elementwise
+    # tolerance: two 16-bit computations can't be compared elementwise there.  Those are held to
+    # the truth instead: no farther from it than twice the reference's own error plus the
+    # contract's 2e-2 of its scale.
+    truth = pipeline("ref", *(t.double() for t in (x, x_ref, w, b)), activation)
+    for name, a, e, t in zip(names, fast, ref, truth):
+        if not name.startswith("dd"):
+            assert_close(a, e, dtype, scale=scale * (1 if name in ("y", "y_ref") else 4), name=name)
+            continue
+        assert torch.isfinite(a).all(), f"{name}: non-finite values in the result"
+        err, ref_err = (a.double() - t).abs().max().item(), (e.double() - t).abs().max().item()
+        assert err <= 2 * ref_err + 2e-2 * t.abs().max().item(), (
+            f"{name}: {err:.4g} from the float64 truth, the reference {ref_err:.4g}")
 
 
 @pytest.mark.parametrize("impl,device", all_backend_params())
