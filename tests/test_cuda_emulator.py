@@ -30,11 +30,13 @@ def selftest(tmp_path_factory):
     source.write_text(build.rewrite_device((HERE / "selftest.cu").read_text(), build.kernel_bounds([HERE / "selftest.cu"])))
     binary = out / "selftest"
     compiler = shutil.which("c++") or shutil.which("g++")
-    subprocess.run([compiler, "-std=c++17", "-O1", f"-I{build.INCLUDE}", str(source), "-o", str(binary)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run([compiler, "-std=c++17", "-O1", *build.SANITIZE, f"-I{build.INCLUDE}", str(source), "-o",
+                    str(binary)], check=True, capture_output=True, text=True)
 
-    def run(*args):
+    def run(*args, ok=True):
         done = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=120)
+        if not ok:
+            return done
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -67,6 +69,16 @@ def test_missing_barrier_shows_as_stale_reads(kernel_results):
     """Threads of a block run in a shuffled order: a read of a slot another thread writes, with
     no barrier between, sees the slot's poisoned value for some thread (on a GPU: a race)."""
     assert kernel_results["missing_barrier"] == "ok:stale_reads"
+
+
+@pytest.mark.parametrize("which,message", [("misaligned", "misaligned address"),
+                                           ("shared_overflow", "out of bounds for type 'float [32]'")])
+def test_accesses_a_gpu_faults_on_abort(selftest, which, message):
+    """A misaligned vector load and an index past a shared array stop the run with the source line
+    (the emulator's build adds UBSan's checks), as a GPU would fault, instead of reading on."""
+    done = selftest("fault", which, ok=False)
+    assert done.returncode != 0 and "no_fault" not in done.stdout
+    assert message in done.stderr and "selftest.cpp" in done.stderr, done.stderr
 
 
 def test_rewrite_leaves_no_launch_syntax():

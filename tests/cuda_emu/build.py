@@ -12,6 +12,7 @@ use.  The sources are copied and rewritten mechanically, never edited by hand:
   ``bound`` being the kernel's ``__launch_bounds__`` (1024 without one);
 * ``__shared__ T name[n];`` becomes a function static filled with 0xFF bytes
   at the start of each block (``emu::poison_shared``);
+* the build adds UBSan's alignment and array-bounds checks (a GPU would fault);
 * in the bindings, the op namespace ``fastgan`` becomes ``fastgan_emu``, the
   dispatch key CUDA becomes CPU (``is_cuda()`` checks become ``is_cpu()``),
   and ``at::empty`` / ``at::empty_like`` outputs start as NaN.
@@ -31,6 +32,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 CSRC = HERE.parents[1] / "csrc"
 INCLUDE = HERE / "include"
 NAMESPACE = "fastgan_emu"
+# A GPU faults on a misaligned access (a 16-byte vector load at an 8-byte address) and on indexing
+# past a shared array where a CPU reads on: UBSan's checks of both abort the process, with the
+# source line, instead.
+SANITIZE = ("-fsanitize=alignment,bounds", "-fno-sanitize-recover=all")
 
 _KERNEL_BOUNDS = re.compile(r"__global__\s+void\s+__launch_bounds__\(([^)]*)\)\s+(\w+)\s*\(")
 # a kernel name with optional template arguments (one level of nested <...>), then <<<config>>>
@@ -124,7 +129,8 @@ def load(verbose: bool = False):
         name=f"fastgan_cuda_emu_{key}",
         sources=[str(s) for s in sources],
         extra_include_paths=[str(INCLUDE), str(sources[0].parent)],
-        extra_cflags=["-O2", "-fno-strict-aliasing"],
+        extra_cflags=["-O2", "-fno-strict-aliasing", *SANITIZE],
+        extra_ldflags=list(SANITIZE),  # a copy: load() appends its own flags to the list
         is_python_module=False,
         verbose=verbose,
     )

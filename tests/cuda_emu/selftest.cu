@@ -3,6 +3,7 @@
 // each case prints one line "<case> <result>" that the test compares with what CUDA does.
 //
 //   selftest kernels            the execution-model cases below
+//   selftest fault WHICH        a kernel a GPU would fault on (misaligned, shared_overflow)
 //   selftest convert IN OUT     IN: float32 values; OUT: their __half bits, then their
 //                               __nv_bfloat16 bits, then __half2float / __bfloat162float of
 //                               all 65536 bit patterns (float32)
@@ -66,6 +67,24 @@ __global__ void index_kernel(int* out) {
 }
 
 __global__ void __launch_bounds__(128) bounded_kernel(float* out) { out[threadIdx.x] = 1.0f; }
+
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Vec {
+  T v[VEC];
+};
+
+// A 16-byte vector load at an address that is only 4-byte aligned: a misaligned-address fault on a GPU.
+__global__ void misaligned_load_kernel(const float* in, float* out) {
+  out[threadIdx.x] = reinterpret_cast<const Vec<float, 4>*>(in + 1)->v[0];
+}
+
+// Indexes a shared array one past its end.
+__global__ void shared_overflow_kernel(float* out) {
+  __shared__ float buf[32];
+  buf[threadIdx.x + 1] = 1.0f;
+  __syncthreads();
+  out[threadIdx.x] = buf[threadIdx.x];
+}
 
 void report(const char* name, const std::string& result) { std::printf("%s %s\n", name, result.c_str()); }
 
@@ -150,6 +169,16 @@ int kernels() {
   return 0;
 }
 
+// Each aborts under the build's sanitizers (the test expects a crash naming the problem).
+int fault(const std::string& which) {
+  std::vector<float> in(64, 1.0f), out(64, 0.0f);
+  alignas(16) static float aligned[64];
+  if (which == "misaligned") misaligned_load_kernel<<<1, 32>>>(aligned, out.data());
+  if (which == "shared_overflow") shared_overflow_kernel<<<1, 32>>>(out.data());
+  std::printf("%s no_fault\n", which.c_str());
+  return 0;
+}
+
 int convert(const char* in_path, const char* out_path) {
   std::FILE* in = std::fopen(in_path, "rb");
   if (in == nullptr) return 2;
@@ -177,6 +206,7 @@ int convert(const char* in_path, const char* out_path) {
 int main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "kernels") return kernels();
   if (argc >= 4 && std::string(argv[1]) == "convert") return convert(argv[2], argv[3]);
+  if (argc >= 3 && std::string(argv[1]) == "fault") return fault(argv[2]);
   std::fprintf(stderr, "usage: selftest kernels | selftest convert IN OUT\n");
   return 2;
 }
