@@ -77,7 +77,9 @@ def _jit_build() -> tuple[bool, str]:
             name=name,
             sources=[str(p) for p in srcs],
             extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
+            # setup.py's flags: no --use_fast_math, whose approximate division and sqrt (and flushed
+            # denormals) would make a JIT-built extension round differently from an installed one
+            extra_cuda_cflags=["-O3", "-lineinfo"],
             is_python_module=False,
             verbose=os.environ.get("FASTGAN_VERBOSE_BUILD", "0") == "1",
         )

@@ -114,6 +114,27 @@ def test_extension_imports_and_registers_every_op():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan::{name}", "CUDA"), name
 
 
+def test_jit_build_compiles_with_setup_py_flags(monkeypatch):
+    """A JIT-built extension (no prebuilt one) must round as the installed one does: same nvcc
+    flags as setup.py (no --use_fast_math, whose division and sqrt are approximate)."""
+    import ast
+    import re
+
+    from torch.utils import cpp_extension
+
+    from fastgan import _ext
+
+    setup_py = (PACKAGE_DIR.parent / "setup.py").read_text()
+    installed = ast.literal_eval(re.search(r'"nvcc":\s*(\[[^\]]*\])', setup_py).group(1))
+    seen = {}
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
+    monkeypatch.setenv("FASTGAN_JIT", "1")
+    ok, reason = _ext._jit_build()
+    assert ok, reason
+    assert seen["extra_cuda_cflags"] == installed
+
+
 @needs_ext
 def test_ext_loader_finds_the_prebuilt_extension():
     from fastgan import _ext
