@@ -116,14 +116,12 @@ namespace emu {
 
 // ------------------------------------------------------------------ state
 
-enum class Wait { kNone, kBlock, kWarp };
+enum class Wait { kBlock, kWarp };  // the barrier a fiber stops at: __syncthreads, or its warp's shuffle
 
 struct Fiber {
   void* sp = nullptr;  // the fiber's saved stack pointer while it is switched out
   uint3 thread_idx;
-  unsigned int linear = 0, warp = 0, lane = 0;
-  bool done = false;
-  Wait wait = Wait::kNone;
+  unsigned int warp = 0, lane = 0;
 };
 
 struct Launch {
@@ -199,7 +197,6 @@ inline void release(Launch& l, unsigned first, unsigned count, bool shuffle = tr
   const unsigned start = shuffle ? 0 : static_cast<unsigned>(l.rng() % count);
   for (unsigned i = 0; i < count; ++i) {
     const unsigned t = first + (start + i) % count;
-    l.fibers[t].wait = Wait::kNone;
     l.ready.push_back(t);
   }
   if (shuffle) std::shuffle(l.ready.begin() + static_cast<std::ptrdiff_t>(at), l.ready.end(), l.rng);
@@ -210,7 +207,6 @@ inline void yield(Wait why) {
   State& s = state();
   Launch& l = *s.launch;
   Fiber& f = *s.current;
-  f.wait = why;
   if (why == Wait::kWarp) {
     if (++l.at_warp[f.warp] == warp_threads(l, f.warp)) {
       l.at_warp[f.warp] = 0;
@@ -264,8 +260,6 @@ inline void fiber_entry() {
     fail(cudaErrorLaunchFailure, "exception thrown in a kernel");
   }
   Fiber& f = *s.current;
-  f.done = true;
-  f.wait = Wait::kNone;
   ++s.launch->done;
   emu_switch(&f.sp, s.launch->scheduler_sp);  // for good: a finished fiber is never switched to again
   __builtin_unreachable();
@@ -294,11 +288,9 @@ inline bool run_block(Launch& l) {
   ++s.block_serial;
   for (unsigned t = 0; t < l.threads; ++t) {
     Fiber& f = l.fibers[t];
-    f.linear = t;
     f.warp = t / 32;
     f.lane = t % 32;
     f.thread_idx = {t % l.block.x, (t / l.block.x) % l.block.y, t / (l.block.x * l.block.y)};
-    f.done = false;
     f.sp = fresh_stack(s.stacks[t].get());
   }
   l.ready.clear();
