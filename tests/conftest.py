@@ -70,11 +70,22 @@ def all_backend_params():
 
 
 @functools.lru_cache(maxsize=None)
-def emulated_cuda_ops():
-    """torch.ops.fastgan_emu: csrc/ built for the CPU emulator (a build failure fails the test)."""
+def _emulator_build():
+    """(ops, None) or (None, the build's error): built once per session, failure included."""
     from cuda_emu import build
 
-    return build.load()
+    try:
+        return build.load(), None
+    except Exception as exc:  # a compile error: every cuda-emu case fails with it, none rebuilds
+        return None, exc
+
+
+def emulated_cuda_ops():
+    """torch.ops.fastgan_emu: csrc/ built for the CPU emulator (a build failure fails the test)."""
+    ops, error = _emulator_build()
+    if error is not None:
+        raise RuntimeError(f"the CUDA emulator's build of csrc/ failed: {error}") from error
+    return ops
 
 
 @pytest.fixture(autouse=True)
