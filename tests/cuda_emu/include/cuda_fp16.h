@@ -1,7 +1,8 @@
 // __half for the CPU emulation of fastgan's kernels: IEEE binary16 storage, round-to-nearest-even conversions.
 #pragma once
 #include <cstdint>
-#include <cstring>
+
+#include "emu_bits.h"
 
 struct __half {
   uint16_t bits;
@@ -24,14 +25,11 @@ inline float __half2float(__half h) {
     } while ((man & 0x400u) == 0);
     out = sign | ((112u - e) << 23) | ((man & 0x3FFu) << 13);
   }
-  float f;
-  std::memcpy(&f, &out, 4);
-  return f;
+  return emu::bits_float(out);
 }
 
 inline __half __float2half_rn(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
+  const uint32_t x = emu::float_bits(f);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   const uint32_t abs = x & 0x7FFFFFFFu;
   if (abs >= 0x7F800000u) return {static_cast<uint16_t>(sign | (abs > 0x7F800000u ? 0x7E00u : 0x7C00u))};
