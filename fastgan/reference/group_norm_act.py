@@ -61,8 +61,14 @@ def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     mean = xg.mean(dim=-1, keepdim=True)
     # (var() of an empty batch warns about degrees of freedom; there is nothing to normalise)
     var = xg.var(dim=-1, unbiased=False, keepdim=True) if xg.numel() else torch.zeros_like(mean)
-    y = ((xg - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
+    # Normalise x itself through per-(n, c) views of the group statistics, not the (n, G, -1)
+    # reshape: elementwise ops keep x's memory format (a channels-last x stays channels-last, as
+    # with nn.GroupNorm), where the reshape would copy it to NCHW.
+    per_channel = (n, num_groups, x.shape[1] // num_groups)
     shape = channel_view_shape(x)
+    mean_c = mean.expand(per_channel).reshape(n, x.shape[1]).view(n, *shape[1:])
+    invstd_c = torch.rsqrt(var + eps).expand(per_channel).reshape(n, x.shape[1]).view(n, *shape[1:])
+    y = (x.to(compute_dtype) - mean_c) * invstd_c
     if weight is not None:
         y = y * weight.to(compute_dtype).view(shape)
     if bias is not None:
