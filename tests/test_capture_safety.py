@@ -171,6 +171,21 @@ def test_gradient_penalty_double_backward_has_no_host_sync(impl, device, kind, f
     _no_syncs(run, impl, fast_calls)
 
 
+@pytest.mark.parametrize("impl,device", backends())
+def test_gradient_penalty_with_a_grad_scaler_has_no_host_sync(impl, device, fast_calls):
+    """The AMP recipe's path: the scale is read as a tensor, and the gradient unscaled on the device."""
+    torch.manual_seed(0)
+    critic = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), fnn.LayerNormAct2d(4, impl=impl), nn.Flatten(),
+                           nn.Linear(4 * 6 * 6, 1)).to(device)
+    real, fake = torch.randn(4, 3, 6, 6, device=device), torch.randn(4, 3, 6, 6, device=device)
+    scaler = torch.amp.GradScaler(torch.device(device).type)
+
+    def run():
+        scaler.scale(gradient_penalty(critic, real, fake, "wgan-gp", scaler=scaler, impl=impl)).backward()
+
+    _no_syncs(run, impl, fast_calls)
+
+
 # ----------------------------------------------------------------------------- whole training steps
 
 
