@@ -27,6 +27,7 @@ from fastgan import _backend
 from fastgan.models.dcgan import DCGANDiscriminator, DCGANGenerator, set_impl
 from fastgan.penalties import gradient_penalty
 
+from _fused_layers import fused_layers
 from conftest import all_backend_params
 
 # aten ops whose CUDA implementation waits for the GPU: a value read by the host, or an output size
@@ -100,22 +101,9 @@ def _second_order(y, inputs):
 # ----------------------------------------------------------------------------- every layer
 
 
-def _layers():
-    """(name, factory(impl) -> module, input shape): every fused fastgan layer."""
-    return [
-        ("BatchNormAct2d", lambda impl: fnn.BatchNormAct2d(6, impl=impl), (8, 6, 3, 5)),
-        ("BatchNormAct1d", lambda impl: fnn.BatchNormAct1d(6, impl=impl), (8, 6)),
-        ("GroupNormAct", lambda impl: fnn.GroupNormAct(3, 6, impl=impl), (4, 6, 3, 5)),
-        ("LayerNormAct2d", lambda impl: fnn.LayerNormAct2d(6, impl=impl), (4, 6, 3, 5)),
-        ("InstanceNormAct2d", lambda impl: fnn.InstanceNormAct2d(6, affine=True, track_running_stats=True,
-                                                                  impl=impl), (4, 6, 3, 5)),
-        ("PixelShuffleUpsample", lambda impl: fnn.PixelShuffleUpsample(6, 4, impl=impl), (4, 6, 3, 3)),
-        ("MinibatchDiscrimination", lambda impl: fnn.MinibatchDiscrimination(12, 5, 3, impl=impl), (9, 12)),
-        ("MinibatchStdDev", lambda impl: fnn.MinibatchStdDev(4), (8, 6, 3, 3)),
-    ]
-
-
-LAYERS = _layers()
+LAYERS = fused_layers() + [
+    ("InstanceNormAct2d-running", lambda impl: fnn.InstanceNormAct2d(6, affine=True, track_running_stats=True,
+                                                                      impl=impl), (4, 6, 3, 5))]
 
 
 @pytest.mark.parametrize("impl,device", backends())

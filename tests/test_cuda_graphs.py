@@ -18,6 +18,7 @@ from fastgan.cuda_graph import GraphedStep, check_capturable_optimizers
 from fastgan.models.dcgan import DCGANDiscriminator, DCGANGenerator, set_impl
 from fastgan.penalties import gradient_penalty
 
+from _fused_layers import fused_layers
 from _tolerances import assert_close
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -55,21 +56,7 @@ def test_graphed_step_checks_its_arguments():
 # ----------------------------------------------------------------------------- every layer (GPU)
 
 
-def _layers():
-    """(name, factory(impl) -> module, input shape) for every fused fastgan layer."""
-    return [
-        ("BatchNormAct2d", lambda impl: fnn.BatchNormAct2d(6, impl=impl), (8, 6, 5, 7)),
-        ("BatchNormAct1d", lambda impl: fnn.BatchNormAct1d(6, impl=impl), (8, 6)),
-        ("GroupNormAct", lambda impl: fnn.GroupNormAct(3, 6, impl=impl), (4, 6, 5, 7)),
-        ("LayerNormAct2d", lambda impl: fnn.LayerNormAct2d(6, impl=impl), (4, 6, 5, 7)),
-        ("InstanceNormAct2d", lambda impl: fnn.InstanceNormAct2d(6, affine=True, impl=impl), (4, 6, 5, 7)),
-        ("PixelShuffleUpsample", lambda impl: fnn.PixelShuffleUpsample(6, 4, impl=impl), (4, 6, 5, 5)),
-        ("MinibatchDiscrimination", lambda impl: fnn.MinibatchDiscrimination(12, 5, 3, impl=impl), (9, 12)),
-        ("MinibatchStdDev", lambda impl: fnn.MinibatchStdDev(4), (8, 6, 3, 3)),
-    ]
-
-
-LAYERS = _layers()
+LAYERS = fused_layers()
 
 
 def _warm_up(run, times=2):
