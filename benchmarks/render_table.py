@@ -238,6 +238,9 @@ def render_markdown(data, source=None, all_impls: bool = True) -> str:
     if steps:
         lines += ["", "Whole training iterations (D step + G step, Adam; WGAN-GP: 5 critic steps with the "
                       "gradient penalty + 1 G step):", "", *steps]
+        if any(row.startswith("| ") and "-cl) |" in row for row in steps):
+            lines += ["", "`-cl`: channels-last (NHWC) weights, images and activations in both models, "
+                          "compared with eager in the same layout."]
     if bw:
         lines += ["", "Effective bandwidth of single kernel passes (bytes each pass must read and write / time), "
                       "against a device copy of the same tensor:", "", *bw]

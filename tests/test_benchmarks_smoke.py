@@ -238,6 +238,14 @@ def test_training_step_rows_and_the_cuda_graph_comparison(tmp_path):
     assert "| dcgan_ns_step (dcgan64) | 64 | float32 | cuda | 8000 | 8.000 | 12.000 | 10.000 | 1.50× | 1.25× |" in text
     assert "| cuda + CUDA graph | 16000 | 4.000 | 6.000 |" in text and "vs uncaptured eager: 3.00×" in text
     assert "| batch_norm_act |" not in text and "Targets met: 2 of 2." in text
+    assert "channels-last" not in text
+    records.append(rec("cuda", "dcgan64-cl", 7.0))
+    records.append(rec("eager", "dcgan64-cl", 9.0))
+    checks = suite.compare(records)
+    assert records[-2]["vs_eager"] == pytest.approx(9 / 7, abs=1e-4)  # against eager in the same layout
+    text = render_table.render_markdown({"benchmarks": records, "targets": checks, "device": {"name": "FAKE"},
+                                         "versions": {}, "stages": {}})
+    assert "| dcgan_ns_step (dcgan64-cl) | 64 | float32 | cuda |" in text and "`-cl`: channels-last" in text
 
 
 def test_render_table_without_results_says_pending(tmp_path, capsys):
