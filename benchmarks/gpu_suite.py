@@ -235,6 +235,14 @@ def slug(name: str) -> str:
 # ----------------------------------------------------------------------------- tests
 
 
+def cuda_backend_live(report) -> bool:
+    """Whether ``fastgan.info()``'s report (None if it did not run) says the CUDA backend is live."""
+    try:
+        return bool(report["backends"]["cuda"][0])
+    except (TypeError, KeyError, IndexError):
+        return False
+
+
 def test_workers(requested: str, facts: dict, cpus: int | None = None) -> int:
     """pytest-xdist workers for the test stage (0: one process).
 
@@ -495,6 +503,10 @@ def main(argv=None) -> int:
             stages["build"].update({k: benv[k] for k in ("TORCH_CUDA_ARCH_LIST", "MAX_JOBS")})
             if stages["build"]["status"] != "ok":
                 print(_tail(logs / "build.log"), flush=True)
+                # Every later process (info, each xdist worker, each bench file) would otherwise retry
+                # the failed build as a JIT build: minutes each, the whole budget.
+                env["FASTGAN_JIT"] = "0"
+                stages["build"]["jit"] = "FASTGAN_JIT=0 for the later stages"
 
         # 2. fastgan info (on a GPU without a prebuilt _C this may JIT-build it)
         info_stage = run_stage("info", [sys.executable, "-c", INFO], clock.limit(300, keep_for_later=180),
@@ -505,14 +517,20 @@ def main(argv=None) -> int:
         stages["info"] = info_stage
         print("\n".join(line for line in info_text.splitlines() if not line.startswith("@@INFO@@"))[-3000:],
               flush=True)
+        cuda_unusable = has_cuda and not cuda_backend_live(info_stage["report"])
+        if cuda_unusable:
+            env["FASTGAN_JIT"] = "0"  # the info stage had its try; no process repeats it
 
         # 3. tests
         if args.skip_tests:
             stages["tests"] = {"status": "skipped", "reason": "--skip-tests"}
         else:
             junit = logs / "junit-tests.xml"
+            # Without the CUDA backend its cases all fail at once (no JIT retry): let them, so that
+            # --maxfail does not stop the run before the Triton cases on the GPU have run.
+            maxfail = 0 if cuda_unusable else args.maxfail
             cmd = [sys.executable, "-m", "pytest", "tests", "-q", "-rfE", "-p", "no:cacheprovider",
-                   f"--maxfail={args.maxfail}", f"--junitxml={junit}",
+                   f"--maxfail={maxfail}", f"--junitxml={junit}",
                    # the benchmarks run for real below; their CPU smoke test is for CI
                    "--ignore=tests/test_benchmarks_smoke.py"]
             workers = test_workers(args.test_workers, facts)
@@ -521,6 +539,9 @@ def main(argv=None) -> int:
             st = run_stage("tests", cmd, clock.limit(args.tests_timeout, keep_for_later=150),
                            logs / "tests.log", env)
             st["workers"] = workers
+            if cuda_unusable:
+                st["note"] = ("the CUDA backend is not usable (see the info stage): its cases fail, "
+                              "--maxfail lifted so the other cases run")
             if st["status"] != "skipped":
                 st["summary"] = junit_summary(junit) if junit.exists() else progress_summary(logs / "tests.log")
                 if st.get("returncode") == 5:

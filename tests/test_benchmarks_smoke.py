@@ -113,6 +113,16 @@ def test_gpu_suite_test_workers():
         suite.test_workers("many", {"xdist": True})
 
 
+def test_gpu_suite_reads_whether_the_cuda_backend_is_live():
+    """A GPU run whose CUDA backend is not live turns the JIT build off for the later stages (each
+    process would retry it) and lifts --maxfail so the Triton cases still run."""
+    suite = _load("gpu_suite")
+    live = {"backends": {"cuda": [True, "fastgan._C loaded"], "triton": [True, ""]}}
+    assert suite.cuda_backend_live(live)
+    assert not suite.cuda_backend_live({"backends": {"cuda": [False, "JIT build of fastgan._C failed"]}})
+    assert not suite.cuda_backend_live(None) and not suite.cuda_backend_live({"backends": {}})
+
+
 def test_gpu_suite_runs_the_training_step_suite_first_with_the_largest_share():
     suite = _load("gpu_suite")
     files = [p.name for p in suite.bench_files()]
