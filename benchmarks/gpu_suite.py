@@ -15,7 +15,8 @@ the next one still runs; the results are written whatever happens):
 2. info   ``fastgan.info()`` (what ``python -m fastgan info`` prints);
 3. tests  ``pytest tests`` on CUDA (junit XML kept), pass / fail counts, on
           ``--test-workers`` pytest-xdist workers when xdist is installed
-          (default: half the CPUs, 2 to 8);
+          (default: half the CPUs, 2 to 8), each case limited to
+          ``--test-case-timeout`` seconds when pytest-timeout is installed;
 4. bench  every ``benchmarks/bench_*.py`` (found by glob, so suites added
           later run too) with ``--benchmark-json``; their records follow the
           schema documented in ``benchmarks/conftest.py``.  The training-step
@@ -87,11 +88,12 @@ try:
 except Exception as exc:
     out["triton"] = None
     out["triton_error"] = f"{exc.__class__.__name__}: {exc}"
-try:
-    import importlib.util
-    out["xdist"] = importlib.util.find_spec("xdist") is not None
-except Exception:
-    out["xdist"] = False
+import importlib.util
+for plugin, module in (("xdist", "xdist"), ("pytest_timeout", "pytest_timeout")):
+    try:
+        out[plugin] = importlib.util.find_spec(module) is not None
+    except Exception:
+        out[plugin] = False
 print("@@PROBE@@" + json.dumps(out))
 """
 
@@ -412,6 +414,8 @@ def parse_args(argv):
     p.add_argument("--skip-benchmarks", action="store_true", help="do not run the benchmarks")
     p.add_argument("--bench", default="", help="only bench files whose name contains this text")
     p.add_argument("--maxfail", type=int, default=25, help="stop the test stage after this many failures")
+    p.add_argument("--test-case-timeout", type=float, default=150.0,
+                   help="seconds one test may take when pytest-timeout is installed (0: no limit)")
     p.add_argument("--test-workers", default="auto",
                    help="pytest-xdist workers for the test stage (auto: half the CPUs, 2 to 8, when xdist is "
                         "installed; 0: one process)")
@@ -536,6 +540,10 @@ def main(argv=None) -> int:
             workers = test_workers(args.test_workers, facts)
             if workers:
                 cmd += ["-n", str(workers), "--dist", "load"]
+            if facts.get("pytest_timeout") and args.test_case_timeout > 0:
+                # A hung case (a kernel that never finishes) fails alone, its process ended (xdist
+                # starts another worker), instead of holding the stage until its limit.
+                cmd += [f"--timeout={args.test_case_timeout:g}", "--timeout-method=thread"]
             st = run_stage("tests", cmd, clock.limit(args.tests_timeout, keep_for_later=150),
                            logs / "tests.log", env)
             st["workers"] = workers
