@@ -15,6 +15,7 @@ turns it off; with a GPU the real kernels run instead.
 import functools
 import os
 import shutil
+import sys
 
 import torch
 
@@ -114,3 +115,21 @@ def _restore_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logreport(report):
+    """On a GPU under pytest-xdist (the GPU suite): after each case, end the worker if its CUDA context
+    is broken (an illegal address or a device-side assert is sticky: every later case in this process
+    would fail with it, and --maxfail would stop the run).  xdist starts a fresh worker; the case that
+    broke it is reported failed (and once more as the crashed worker's case)."""
+    if report.when != "teardown" or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return
+    try:
+        torch.cuda.synchronize()
+    except Exception as exc:  # noqa: BLE001  any CUDA error here is the sticky kind
+        sys.stderr.write(f"[{report.nodeid}] the CUDA context is broken ({exc!s:.200}); ending this worker\n")
+        sys.stderr.flush()
+        os._exit(3)
