@@ -7,9 +7,11 @@ kernels (tests/cuda_emu/selftest.cu, put through the same source rewrite as
 starts as garbage, launch-configuration errors, and __half / __nv_bfloat16
 conversions bit for bit against torch's.
 """
+import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -79,6 +81,51 @@ def test_accesses_a_gpu_faults_on_abort(selftest, which, message):
     done = selftest("fault", which, ok=False)
     assert done.returncode != 0 and "no_fault" not in done.stdout
     assert message in done.stderr and "selftest.cpp" in done.stderr, done.stderr
+
+
+def test_address_sanitizer_build_catches_a_read_past_a_buffer(tmp_path):
+    """Under FASTGAN_EMU_ASAN=1 (``tests/cuda_emu/asan.py``) a kernel reading past its input -- which
+    the plain emulator cannot see -- stops with ASan's report."""
+    from cuda_emu import asan
+
+    if asan.unavailable_reason() is not None:
+        pytest.skip(asan.unavailable_reason())
+    source = tmp_path / "selftest.cpp"
+    source.write_text(build.rewrite_device((HERE / "selftest.cu").read_text(), build.kernel_bounds([HERE / "selftest.cu"])))
+    binary = tmp_path / "selftest_asan"
+    compiler = shutil.which("c++") or shutil.which("g++")
+    subprocess.run([compiler, "-std=c++17", "-O1", *build.ASAN_SANITIZE, f"-I{build.INCLUDE}", str(source), "-o",
+                    str(binary)], check=True, capture_output=True, text=True)
+    done = subprocess.run([str(binary), "fault", "global_overflow"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
+    assert done.returncode != 0 and "no_fault" not in done.stdout
+    assert "AddressSanitizer: heap-buffer-overflow" in done.stderr and "global_overflow_kernel" in done.stderr, \
+        done.stderr[-3000:]
+    clean = subprocess.run([str(binary), "kernels"], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
+    assert clean.returncode == 0 and "AddressSanitizer" not in clean.stderr, clean.stderr[-3000:]
+
+
+# The emulated cases CI runs under ASan: all of them but the large shapes and the float64 gradchecks
+# (about 1.5 of their 5 minutes under ASan; `python tests/cuda_emu/asan.py` runs every one).
+ASAN_SELECTION = ["-m", "cuda_emu", "-k", "not primitives_large and not gradcheck_gradgradcheck_float64"]
+
+
+def test_csrc_kernels_stay_in_bounds_under_address_sanitizer():
+    """The emulated cases again, with csrc/ built under AddressSanitizer: no kernel reads or writes
+    outside the tensors it is given (about 4 minutes to build, 1.5 to run)."""
+    from cuda_emu import asan
+
+    if asan.unavailable_reason() is not None:
+        pytest.skip(asan.unavailable_reason())
+    if os.environ.get("FASTGAN_EMU_ASAN", "0") not in ("", "0"):
+        pytest.skip("this process already runs the ASan build")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ASAN_SELECTION],
+                          cwd=asan.ROOT, env=asan.asan_env(), capture_output=True, text=True, timeout=2400)
+    out = done.stdout + done.stderr
+    assert "AddressSanitizer" not in out, out[-6000:]
+    assert done.returncode == 0, out[-6000:]
+    assert " passed" in out and " failed" not in out, out[-3000:]
 
 
 def test_rewrite_leaves_no_launch_syntax():

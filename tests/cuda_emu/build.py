@@ -13,6 +13,8 @@ use.  The sources are copied and rewritten mechanically, never edited by hand:
 * ``__shared__ T name[n];`` becomes a function static filled with 0xFF bytes
   at the start of each block (``emu::poison_shared``);
 * the build adds UBSan's alignment and array-bounds checks (a GPU would fault);
+  with ``FASTGAN_EMU_ASAN=1`` AddressSanitizer too, in a build of its own, for
+  accesses past a tensor (run it through ``asan.py``, which preloads ASan);
 * in the bindings, the op namespace ``fastgan`` becomes ``fastgan_emu``, the
   dispatch key CUDA becomes CPU (``is_cuda()`` checks become ``is_cpu()``),
   and ``at::empty`` / ``at::empty_like`` outputs start as NaN.
@@ -36,6 +38,12 @@ NAMESPACE = "fastgan_emu"
 # past a shared array where a CPU reads on: UBSan's checks of both abort the process, with the
 # source line, instead.
 SANITIZE = ("-fsanitize=alignment,bounds", "-fno-sanitize-recover=all")
+# FASTGAN_EMU_ASAN=1: AddressSanitizer too (a separate build), which catches a kernel reading or
+# writing past a tensor; the Python process must then start with libasan preloaded (asan_env()).
+ASAN_SANITIZE = ("-fsanitize=address,alignment,bounds", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
+ASAN = os.environ.get("FASTGAN_EMU_ASAN", "0") not in ("", "0")
+if ASAN:
+    SANITIZE = ASAN_SANITIZE
 
 _KERNEL_BOUNDS = re.compile(r"__global__\s+void\s+__launch_bounds__\(([^)]*)\)\s+(\w+)\s*\(")
 # a kernel name with optional template arguments (one level of nested <...>), then <<<config>>>
@@ -121,7 +129,7 @@ def load(verbose: bool = False):
 
     if hasattr(torch.ops, NAMESPACE) and hasattr(getattr(torch.ops, NAMESPACE), "norm_act_forward"):
         return getattr(torch.ops, NAMESPACE)
-    key = _inputs_hash()
+    key = _inputs_hash() + ("_asan" if ASAN else "")
     root = pathlib.Path(os.environ.get("FASTGAN_EMU_BUILD_DIR",
                                        pathlib.Path(cpp_extension._get_build_directory("fastgan_cuda_emu", False))))
     sources = generate(root / f"src_{key}")

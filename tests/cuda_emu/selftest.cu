@@ -86,6 +86,11 @@ __global__ void shared_overflow_kernel(float* out) {
   out[threadIdx.x] = buf[threadIdx.x];
 }
 
+// Reads one element past the end of its input (a heap buffer): only AddressSanitizer sees it.
+__global__ void global_overflow_kernel(const float* in, float* out) {
+  out[threadIdx.x] = in[threadIdx.x + 1];
+}
+
 void report(const char* name, const std::string& result) { std::printf("%s %s\n", name, result.c_str()); }
 
 std::string error_name(cudaError_t e) {
@@ -175,6 +180,10 @@ int fault(const std::string& which) {
   alignas(16) static float aligned[64];
   if (which == "misaligned") misaligned_load_kernel<<<1, 32>>>(aligned, out.data());
   if (which == "shared_overflow") shared_overflow_kernel<<<1, 32>>>(out.data());
+  if (which == "global_overflow") {
+    std::vector<float> small(32, 1.0f);
+    global_overflow_kernel<<<1, 32>>>(small.data(), out.data());
+  }
   std::printf("%s no_fault\n", which.c_str());
   return 0;
 }

@@ -44,6 +44,9 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 // ------------------------------------------------------------------ CUDA runtime types
 
@@ -269,6 +272,11 @@ inline void fiber_entry() {
 // pop, then fiber_entry's address for its ret, leaving the stack pointer at 8 mod 16 on entry as
 // after a call (the ABI's alignment).
 inline void* fresh_stack(char* base) {
+#if defined(__SANITIZE_ADDRESS__)
+  // A fiber's last frames never return (it switches away for good, or is abandoned after an
+  // error), so AddressSanitizer's redzones of their locals stay marked: clear them for reuse.
+  ASAN_UNPOISON_MEMORY_REGION(base, kStackBytes);
+#endif
   auto top = reinterpret_cast<uintptr_t>(base + kStackBytes) & ~uintptr_t(15);
   auto* sp = reinterpret_cast<uintptr_t*>(top);
   *--sp = 0;  // fiber_entry's (never used) return address
