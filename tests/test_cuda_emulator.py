@@ -24,16 +24,21 @@ pytestmark = pytest.mark.skipif(cuda_emu_skip_reason() is not None, reason=cuda_
 HERE = pathlib.Path(__file__).resolve().parent / "cuda_emu"
 
 
-@pytest.fixture(scope="module")
-def selftest(tmp_path_factory):
-    """The self-test program, rewritten and compiled; returns a runner of its modes."""
-    out = tmp_path_factory.mktemp("cuda_emu")
+def compile_selftest(out: pathlib.Path, sanitize=build.SANITIZE) -> pathlib.Path:
+    """selftest.cu through the emulator's rewrite, compiled with ``sanitize``; returns the binary."""
     source = out / "selftest.cpp"
     source.write_text(build.rewrite_device((HERE / "selftest.cu").read_text(), build.kernel_bounds([HERE / "selftest.cu"])))
     binary = out / "selftest"
     compiler = shutil.which("c++") or shutil.which("g++")
-    subprocess.run([compiler, "-std=c++17", "-O1", *build.SANITIZE, f"-I{build.INCLUDE}", str(source), "-o",
+    subprocess.run([compiler, "-std=c++17", "-O1", *sanitize, f"-I{build.INCLUDE}", str(source), "-o",
                     str(binary)], check=True, capture_output=True, text=True)
+    return binary
+
+
+@pytest.fixture(scope="module")
+def selftest(tmp_path_factory):
+    """The self-test program, rewritten and compiled; returns a runner of its modes."""
+    binary = compile_selftest(tmp_path_factory.mktemp("cuda_emu"))
 
     def run(*args, ok=True):
         done = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=120)
@@ -90,19 +95,17 @@ def test_address_sanitizer_build_catches_a_read_past_a_buffer(tmp_path):
 
     if asan.unavailable_reason() is not None:
         pytest.skip(asan.unavailable_reason())
-    source = tmp_path / "selftest.cpp"
-    source.write_text(build.rewrite_device((HERE / "selftest.cu").read_text(), build.kernel_bounds([HERE / "selftest.cu"])))
-    binary = tmp_path / "selftest_asan"
-    compiler = shutil.which("c++") or shutil.which("g++")
-    subprocess.run([compiler, "-std=c++17", "-O1", *build.ASAN_SANITIZE, f"-I{build.INCLUDE}", str(source), "-o",
-                    str(binary)], check=True, capture_output=True, text=True)
-    done = subprocess.run([str(binary), "fault", "global_overflow"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
+    binary = compile_selftest(tmp_path, build.ASAN_SANITIZE)
+
+    def run(*args):
+        return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
+
+    done = run("fault", "global_overflow")
     assert done.returncode != 0 and "no_fault" not in done.stdout
     assert "AddressSanitizer: heap-buffer-overflow" in done.stderr and "global_overflow_kernel" in done.stderr, \
         done.stderr[-3000:]
-    clean = subprocess.run([str(binary), "kernels"], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
+    clean = run("kernels")
     assert clean.returncode == 0 and "AddressSanitizer" not in clean.stderr, clean.stderr[-3000:]
 
 
