@@ -16,7 +16,8 @@ the next one still runs; the results are written whatever happens):
 3. tests  ``pytest tests`` on CUDA (junit XML kept), pass / fail counts, on
           ``--test-workers`` pytest-xdist workers when xdist is installed
           (default: half the CPUs, 2 to 8), each case limited to
-          ``--test-case-timeout`` seconds when pytest-timeout is installed;
+          ``--test-case-timeout`` seconds under xdist when pytest-timeout is
+          installed;
 4. bench  every ``benchmarks/bench_*.py`` (found by glob, so suites added
           later run too) with ``--benchmark-json``; their records follow the
           schema documented in ``benchmarks/conftest.py``.  The training-step
@@ -245,7 +246,7 @@ def cuda_backend_live(report) -> bool:
         return False
 
 
-def test_workers(requested: str, facts: dict, cpus: int | None = None) -> int:
+def xdist_workers(requested: str, facts: dict, cpus: int | None = None) -> int:
     """pytest-xdist workers for the test stage (0: one process).
 
     Most of a GPU test run is CPU work: compiling each Triton specialization (a
@@ -415,7 +416,7 @@ def parse_args(argv):
     p.add_argument("--bench", default="", help="only bench files whose name contains this text")
     p.add_argument("--maxfail", type=int, default=25, help="stop the test stage after this many failures")
     p.add_argument("--test-case-timeout", type=float, default=150.0,
-                   help="seconds one test may take when pytest-timeout is installed (0: no limit)")
+                   help="seconds one test may take, with xdist workers and pytest-timeout (0: no limit)")
     p.add_argument("--test-workers", default="auto",
                    help="pytest-xdist workers for the test stage (auto: half the CPUs, 2 to 8, when xdist is "
                         "installed; 0: one process)")
@@ -537,12 +538,13 @@ def main(argv=None) -> int:
                    f"--maxfail={maxfail}", f"--junitxml={junit}",
                    # the benchmarks run for real below; their CPU smoke test is for CI
                    "--ignore=tests/test_benchmarks_smoke.py"]
-            workers = test_workers(args.test_workers, facts)
+            workers = xdist_workers(args.test_workers, facts)
             if workers:
                 cmd += ["-n", str(workers), "--dist", "load"]
-            if facts.get("pytest_timeout") and args.test_case_timeout > 0:
+            if workers and facts.get("pytest_timeout") and args.test_case_timeout > 0:
                 # A hung case (a kernel that never finishes) fails alone, its process ended (xdist
-                # starts another worker), instead of holding the stage until its limit.
+                # starts another worker), instead of holding the stage until its limit.  Only with
+                # workers: in a single process the timeout would end the whole run.
                 cmd += [f"--timeout={args.test_case_timeout:g}", "--timeout-method=thread"]
             st = run_stage("tests", cmd, clock.limit(args.tests_timeout, keep_for_later=150),
                            logs / "tests.log", env)

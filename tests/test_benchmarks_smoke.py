@@ -99,18 +99,18 @@ def test_gpu_suite_allow_cpu_writes_smoke_results_with_the_record_schema(tmp_pat
 # ----------------------------------------------------------------------------- the GPU suite's time plan
 
 
-def test_gpu_suite_test_workers():
+def test_gpu_suite_xdist_workers():
     """The test stage runs on several xdist workers (the GPU run is mostly Triton compilation on the CPU)."""
     suite = _load("gpu_suite")
-    assert suite.test_workers("auto", {"xdist": True}, cpus=16) == 8
-    assert suite.test_workers("auto", {"xdist": True}, cpus=6) == 3
-    assert suite.test_workers("auto", {"xdist": True}, cpus=2) == 0
-    assert suite.test_workers("auto", {"xdist": False}, cpus=16) == 0
-    assert suite.test_workers("4", {"xdist": True}) == 4
-    assert suite.test_workers("4", {"xdist": False}) == 0
-    assert suite.test_workers("0", {"xdist": True}) == 0
+    assert suite.xdist_workers("auto", {"xdist": True}, cpus=16) == 8
+    assert suite.xdist_workers("auto", {"xdist": True}, cpus=6) == 3
+    assert suite.xdist_workers("auto", {"xdist": True}, cpus=2) == 0
+    assert suite.xdist_workers("auto", {"xdist": False}, cpus=16) == 0
+    assert suite.xdist_workers("4", {"xdist": True}) == 4
+    assert suite.xdist_workers("4", {"xdist": False}) == 0
+    assert suite.xdist_workers("0", {"xdist": True}) == 0
     with pytest.raises(SystemExit, match="--test-workers"):
-        suite.test_workers("many", {"xdist": True})
+        suite.xdist_workers("many", {"xdist": True})
 
 
 def test_gpu_suite_reads_whether_the_cuda_backend_is_live():
