@@ -56,8 +56,9 @@ and the ``torch.compile`` baselines last.
 
 GPU time estimate (H100, excluding Inductor / Triton compilation): 3 sizes x
 2 dtypes x (4 + 4 + 3 impls) = 66 cases plus 2 dtypes x (3 + 3) = 12 graph
-cases and 2 dtypes x (3 + 3) = 12 channels-last cases; a DCGAN-64 iteration is ~3-30 ms and a WGAN-GP iteration (5 critic
-steps with double backward + 1 G step) ~20-160 ms, timed with a 5 + 25 ms
+cases and 2 dtypes x (3 + 3) = 12 channels-last cases; a DCGAN-64 iteration is
+~3-30 ms and a WGAN-GP iteration (5 critic steps with double backward + 1 G
+step) ~20-160 ms, timed with a 5 + 25 ms
 do_bench window plus warm-up, peak-memory and 3 pedantic rounds: ~0.1-0.3 s
 per DCGAN case and ~0.5-1.5 s per WGAN-GP case, ~40 s in all.
 
