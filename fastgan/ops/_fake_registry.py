@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 
 
-def _op_exists(name: str) -> bool:
+def _op_exists(namespace: str, name: str) -> bool:
     try:
-        getattr(torch.ops.fastgan, name)
+        getattr(getattr(torch.ops, namespace), name)
     except (AttributeError, RuntimeError):
         return False
     return True
@@ -27,12 +27,15 @@ def _has_meta_kernel(qualname: str) -> bool:
         return False
 
 
-def register_fakes(fakes: dict[str, Callable]) -> list[str]:
-    """Register each fake whose op exists and has none yet; returns the names registered."""
+def register_fakes(fakes: dict[str, Callable], namespace: str = "fastgan") -> list[str]:
+    """Register each fake whose op exists and has none yet; returns the names registered.
+
+    ``namespace``: the library's; the tests' CPU emulator of ``csrc/`` registers the same ops
+    as ``fastgan_emu`` and gives them these fakes to trace them with torch.compile."""
     registered = []
     for name, fake in fakes.items():
-        qualname = f"fastgan::{name}"
-        if not _op_exists(name) or _has_meta_kernel(qualname):
+        qualname = f"{namespace}::{name}"
+        if not _op_exists(namespace, name) or _has_meta_kernel(qualname):
             continue
         torch.library.register_fake(qualname, fake)
         registered.append(name)

@@ -1,0 +1,132 @@
+"""torch.compile(fullgraph=True) traces every fused op on the fast backends, without graph breaks.
+
+The first GPU run found that Dynamo could not trace the backend choice (a lock around the
+extension's one-time load, ``importlib.import_module`` of the Triton kernels): a user's
+``torch.compile`` of a model with fastgan layers got graph breaks, and ``fullgraph=True`` failed.
+On the CPU these cases run the CUDA backend's ops as the emulator builds them
+(``torch.ops.fastgan_emu``, given the library's fake kernels) through Dynamo and AOTAutograd
+(``aot_eager``: the autograd Functions' backward is traced too); on a GPU they run the real
+backends through Inductor.  The Triton interpreter can't be traced by Dynamo, so there is no
+``triton-interp`` case.
+"""
+import pytest
+import torch
+
+from conftest import cuda_emu_skip_reason
+from _tolerances import assert_close
+from fastgan import _backend
+from fastgan import ops as F
+
+CASES = [
+    pytest.param("triton", "cuda", id="triton-cuda", marks=[
+        pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
+    pytest.param("cuda", "cuda", id="cuda-cuda", marks=[
+        pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
+    pytest.param("cuda", "cpu", id="cuda-emu", marks=[
+        pytest.mark.cuda_emu, pytest.mark.skipif(cuda_emu_skip_reason() is not None,
+                                                 reason=cuda_emu_skip_reason() or "")]),
+]
+
+
+@pytest.fixture
+def compile_backend(request):
+    """Inductor on a GPU; on the CPU, Dynamo + AOTAutograd with the emulated ops' fakes registered."""
+    if torch.cuda.is_available():
+        return "inductor"
+    from conftest import emulated_cuda_ops
+    from fastgan.ops import _fake, _fake_minibatch, _fake_penalty, _fake_stats_affine
+    from fastgan.ops._fake_registry import register_fakes
+
+    emulated_cuda_ops()
+    for module in (_fake, _fake_minibatch, _fake_penalty, _fake_stats_affine):
+        register_fakes(module.FAKES, namespace="fastgan_emu")  # skips the ones already registered
+    return "aot_eager"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_backend_choice_traces_as_a_constant(device):
+    """Dynamo does not trace into the choice of backend (the extension's load takes a lock) and
+    traces the import of a Triton kernel module; runs without a GPU (auto on CUDA tensors goes
+    through the extension's load whatever its outcome)."""
+    def step(x):
+        chosen = _backend.resolve("auto", torch.device(device), "op")
+        modules = [_backend.kernels("triton", name) for name in ("batch_norm_act", "penalty",
+                                                                 "minibatch_discrimination")]
+        return x * len(chosen) + sum(len(m.__name__) for m in modules)
+
+    torch._dynamo.reset()
+    x = torch.randn(3)
+    assert_close(torch.compile(step, fullgraph=True, backend="eager")(x), step(x))
+
+
+def _leaf(*shape, device, positive=False):
+    t = torch.rand(*shape, device=device) + 0.5 if positive else torch.randn(*shape, device=device)
+    return t.requires_grad_()
+
+
+def _check_compiled(fn, inputs, backend):
+    """fn compiled with fullgraph=True gives fn's output and input gradients."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    got = compiled(*inputs)
+    got_grads = torch.autograd.grad(got.square().sum(), inputs)
+    expected = fn(*inputs)
+    expected_grads = torch.autograd.grad(expected.square().sum(), inputs)
+    assert_close(got, expected, name="output")
+    for i, (g, e) in enumerate(zip(got_grads, expected_grads)):
+        assert_close(g, e, name=f"grad of input {i}")
+
+
+@pytest.mark.parametrize("impl,device", CASES)
+def test_batch_norm_act_with_running_stats(impl, device, compile_backend):
+    x, w, b = _leaf(8, 4, 5, 3, device=device), _leaf(4, device=device, positive=True), _leaf(4, device=device)
+    running = {name: (torch.zeros(4, device=device), torch.ones(4, device=device)) for name in ("compiled", "eager")}
+    calls = iter(("compiled", "eager"))
+
+    def step(x, w, b):
+        rm, rv = running[next(calls)]
+        return F.batch_norm_act(x, rm, rv, w, b, True, 0.1, 1e-5, impl=impl)
+
+    _check_compiled(step, (x, w, b), compile_backend)
+    for got, expected in zip(running["compiled"], running["eager"]):  # the in-place update was traced
+        assert_close(got, expected, name="running stats")
+    assert not torch.equal(running["compiled"][0], torch.zeros(4, device=device))
+
+
+@pytest.mark.parametrize("impl,device", CASES)
+def test_group_layer_instance_norm_act(impl, device, compile_backend):
+    x = _leaf(4, 6, 5, 5, device=device).detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w, b = _leaf(6, device=device, positive=True), _leaf(6, device=device)
+
+    def step(x, w, b):
+        y = F.group_norm_act(x, 3, w, b, impl=impl)
+        y = F.layer_norm_act(y, w, b, impl=impl)
+        return F.instance_norm_act(y, weight=w, bias=b, impl=impl)
+
+    _check_compiled(step, (x, w, b), compile_backend)
+
+
+@pytest.mark.parametrize("impl,device", CASES)
+def test_pixel_shuffle_ops(impl, device, compile_backend):
+    x, bias = _leaf(4, 8, 3, 5, device=device), _leaf(2, device=device)
+    w, b = _leaf(2, device=device, positive=True), _leaf(2, device=device)
+
+    def step(x, bias, w, b):
+        y = F.pixel_shuffle_act(x, 2, bias, impl=impl)
+        return y + F.pixel_shuffle_batch_norm_act(x, 2, None, None, w, b, True, impl=impl)
+
+    _check_compiled(step, (x, bias, w, b), compile_backend)
+
+
+@pytest.mark.parametrize("impl,device", CASES)
+def test_minibatch_discrimination_and_penalty_ops(impl, device, compile_backend):
+    m = _leaf(6, 4, 3, device=device)
+    real, fake = _leaf(6, 3, 4, 4, device=device), _leaf(6, 3, 4, 4, device=device)
+    eps = torch.rand(6, device=device)
+
+    def step(m, real, fake):
+        features = F.minibatch_discrimination(m, impl=impl)
+        mixed = F.interpolate(real, fake, eps, impl=impl)
+        return features.sum() * F.penalty_from_grad(mixed, impl=impl)
+
+    _check_compiled(step, (m, real, fake), compile_backend)
