@@ -216,7 +216,8 @@ def _target_lines(data) -> list[str]:
     lines = [f"Targets met: {met} of {len(judged)}."]
     missed = [t for t in judged if not t["met"]]
     for t in missed[:12]:
-        lines.append(f"- missed: {t['op']} {t['case']} {fmt_shape(t['shape'])} {t['dtype']} {t['impl']}: "
+        variant = f" ({t['variant']})" if t.get("variant") else ""
+        lines.append(f"- missed: {t['op']}{variant} {t['case']} {fmt_shape(t['shape'])} {t['dtype']} {t['impl']}: "
                      f"{t['metric']} {t['value']:.2f} < {t['goal']}")
     if len(missed) > 12:
         lines.append(f"- ... and {len(missed) - 12} more (see the results file)")

@@ -22,6 +22,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "check.h"
 #include "backward_coefficients.h"
 #include "host_utils.h"
 
@@ -46,17 +47,17 @@ void check_like(const char* name, const Tensor& t, const Tensor& scale) {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> backward_coefficients(const Tensor& r_g, const Tensor& r_gx,
                                                                  const Tensor& scale, int64_t groups, int64_t count) {
-  TORCH_CHECK(scale.defined() && scale.is_cuda(), kOp, ": scale must be a CUDA tensor");
-  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, kOp,
-                   ": scale must be float32 or float64, got ", scale.scalar_type());
-  TORCH_CHECK_VALUE(scale.dim() >= 1 && scale.is_contiguous(), kOp, ": scale must be a contiguous table");
+  FASTGAN_CHECK(scale.defined() && scale.is_cuda(), kOp, ": scale must be a CUDA tensor");
+  FASTGAN_CHECK_TYPE(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble, kOp,
+                     ": scale must be float32 or float64, got ", scale.scalar_type());
+  FASTGAN_CHECK_VALUE(scale.dim() >= 1 && scale.is_contiguous(), kOp, ": scale must be a contiguous table");
   check_like("r_g", r_g, scale);
   check_like("r_gx", r_gx, scale);
   const int64_t channels = scale.size(-1);
   const int64_t rows = channels ? scale.numel() / channels : 0;
-  TORCH_CHECK_VALUE(groups >= 1 && (channels == 0 || channels % groups == 0), kOp, ": groups must divide C = ",
-                    channels, ", got ", groups);
-  TORCH_CHECK_VALUE(count >= 1, kOp, ": count must be >= 1, got ", count);
+  FASTGAN_CHECK_VALUE(groups >= 1 && (channels == 0 || channels % groups == 0), kOp, ": groups must divide C = ",
+                      channels, ", got ", groups);
+  FASTGAN_CHECK_VALUE(count >= 1, kOp, ": count must be >= 1, got ", count);
   c10::cuda::CUDAGuard guard(scale.device());
   // no rows: the column sums are 0 (the kernel writes them otherwise)
   auto sums = [&] { return rows ? at::empty({channels}, scale.options()) : at::zeros({channels}, scale.options()); };

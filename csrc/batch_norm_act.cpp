@@ -50,6 +50,7 @@
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
+#include "check.h"
 #include "host_utils.h"
 
 #include "backward_coefficients.h"
@@ -76,20 +77,20 @@ bna::DType dtype_code(const char* op, const Tensor& x) {
     case at::kDouble: return bna::DType::kFloat64;
     default: break;
   }
-  TORCH_CHECK_TYPE(false, op, ": x must be float32, float16, bfloat16 or float64, got ", x.scalar_type());
+  FASTGAN_CHECK_TYPE(false, op, ": x must be float32, float16, bfloat16 or float64, got ", x.scalar_type());
   return bna::DType::kFloat32;  // unreachable
 }
 
 
 Geometry geometry(const char* op, const Tensor& x) {
-  TORCH_CHECK(x.defined(), op, ": x is undefined");
-  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got a tensor on ", x.device());
+  FASTGAN_CHECK(x.defined(), op, ": x is undefined");
+  FASTGAN_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got a tensor on ", x.device());
   const bna::DType dtype = dtype_code(op, x);
-  TORCH_CHECK_VALUE(x.dim() >= 2, op, ": x must have shape (N, C, *spatial), got shape ", x.sizes());
+  FASTGAN_CHECK_VALUE(x.dim() >= 2, op, ": x must have shape (N, C, *spatial), got shape ", x.sizes());
   const int64_t n = x.size(0), c = x.size(1);
   int64_t s = 1;
   for (int64_t d = 2; d < x.dim(); ++d) s *= x.size(d);
-  TORCH_CHECK_VALUE(c <= INT32_MAX, op, ": at most 2^31 - 1 channels are supported, got ", c);
+  FASTGAN_CHECK_VALUE(c <= INT32_MAX, op, ": at most 2^31 - 1 channels are supported, got ", c);
   Geometry g;
   g.problem.dtype = dtype;
   g.problem.N = n;
@@ -108,35 +109,35 @@ Geometry geometry(const char* op, const Tensor& x) {
     g.format = c10::MemoryFormat::ChannelsLast3d;
     g.problem.layout = bna::Layout::kChannelsLast;
   } else {
-    TORCH_CHECK_VALUE(false, op, ": x must be contiguous or channels-last, got shape ", x.sizes(), " and strides ",
-                      x.strides());
+    FASTGAN_CHECK_VALUE(false, op, ": x must be contiguous or channels-last, got shape ", x.sizes(), " and strides ",
+                        x.strides());
   }
   return g;
 }
 
 // A big tensor of the call other than x: same device, dtype, shape and layout.
 void check_like_x(const char* op, const char* name, const Tensor& t, const Tensor& x, const Geometry& g) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
-              " like x, got a tensor on ", t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
-                   ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": ", name, " must have x's shape ", x.sizes(), ", got ",
-                    t.sizes());
-  TORCH_CHECK_VALUE(t.is_contiguous(g.format), op, ": ", name, " must have x's layout (", g.format,
-                    "), got strides ", t.strides(), " for x's ", x.strides());
+  FASTGAN_CHECK(t.defined(), op, ": ", name, " is undefined");
+  FASTGAN_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
+                " like x, got a tensor on ", t.device());
+  FASTGAN_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
+                     ", got ", t.scalar_type());
+  FASTGAN_CHECK_VALUE(t.sizes() == x.sizes(), op, ": ", name, " must have x's shape ", x.sizes(), ", got ",
+                      t.sizes());
+  FASTGAN_CHECK_VALUE(t.is_contiguous(g.format), op, ": ", name, " must have x's layout (", g.format,
+                      "), got strides ", t.strides(), " for x's ", x.strides());
 }
 
 // Checks upscale and, when > 1, x for the pixel shuffle; sets g.problem.upscale, H, W.
 void set_upscale(const char* op, Geometry& g, const Tensor& x, int64_t upscale) {
-  TORCH_CHECK_VALUE(upscale >= 1 && upscale <= INT32_MAX, op, ": upscale must be a positive int, got ", upscale);
+  FASTGAN_CHECK_VALUE(upscale >= 1 && upscale <= INT32_MAX, op, ": upscale must be a positive int, got ", upscale);
   g.problem.upscale = upscale;
   if (upscale == 1) return;
-  TORCH_CHECK_VALUE(x.dim() == 4 && x.is_contiguous(), op, ": upscale = ", upscale,
-                    " (pixel shuffle) needs x contiguous with shape (N, C, H, W), got shape ", x.sizes(),
-                    " and strides ", x.strides());
-  TORCH_CHECK_VALUE(x.size(1) % (upscale * upscale) == 0, op, ": upscale = ", upscale, " needs x's channels (",
-                    x.size(1), ") divisible by upscale^2 = ", upscale * upscale, ", got x of shape ", x.sizes());
+  FASTGAN_CHECK_VALUE(x.dim() == 4 && x.is_contiguous(), op, ": upscale = ", upscale,
+                      " (pixel shuffle) needs x contiguous with shape (N, C, H, W), got shape ", x.sizes(),
+                      " and strides ", x.strides());
+  FASTGAN_CHECK_VALUE(x.size(1) % (upscale * upscale) == 0, op, ": upscale = ", upscale, " needs x's channels (",
+                      x.size(1), ") divisible by upscale^2 = ", upscale * upscale, ", got x of shape ", x.sizes());
   g.problem.H = x.size(2);
   g.problem.W = x.size(3);
 }
@@ -155,45 +156,45 @@ void check_y_side(const char* op, const char* name, const Tensor& t, const Tenso
     check_like_x(op, name, t, x, g);
     return;
   }
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
-              " like x, got a tensor on ", t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
-                   ", got ", t.scalar_type());
+  FASTGAN_CHECK(t.defined(), op, ": ", name, " is undefined");
+  FASTGAN_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
+                " like x, got a tensor on ", t.device());
+  FASTGAN_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
+                     ", got ", t.scalar_type());
   const std::vector<int64_t> shape = y_shape(x, g);
-  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have the pixel-shuffled shape ",
-                    at::IntArrayRef(shape), " of x ", x.sizes(), " with upscale = ", r, ", got ", t.sizes());
-  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous with upscale = ", r, ", got strides ",
-                    t.strides());
+  FASTGAN_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have the pixel-shuffled shape ",
+                      at::IntArrayRef(shape), " of x ", x.sizes(), " with upscale = ", r, ", got ", t.sizes());
+  FASTGAN_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous with upscale = ", r, ", got strides ",
+                      t.strides());
 }
 
 // Whether the per-channel arguments are (N, C) tables (scale decides, as in the
 // Triton kernels); sets g.problem.per_sample.
 void set_table_kind(const char* op, Geometry& g, const Tensor& scale) {
-  TORCH_CHECK(scale.defined(), op, ": scale is undefined");
+  FASTGAN_CHECK(scale.defined(), op, ": scale is undefined");
   g.problem.per_sample = scale.dim() == 2;
   if (g.problem.per_sample) {
-    TORCH_CHECK_VALUE(g.problem.N * g.problem.C <= INT32_MAX, op, ": at most 2^31 - 1 (n, c) entries are "
-                      "supported with (N, C) tables, got N = ", g.problem.N, ", C = ", g.problem.C);
+    FASTGAN_CHECK_VALUE(g.problem.N * g.problem.C <= INT32_MAX, op, ": at most 2^31 - 1 (n, c) entries are "
+                        "supported with (N, C) tables, got N = ", g.problem.N, ", C = ", g.problem.C);
   }
 }
 
 // A per-channel argument: a (C,) vector or, with per-sample tables, (N, C),
 // in the accumulator dtype; returned contiguous.
 Tensor channel_vector(const char* op, const char* name, const Tensor& t, const Tensor& x, const Geometry& g) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
-              " like x, got a tensor on ", t.device());
+  FASTGAN_CHECK(t.defined(), op, ": ", name, " is undefined");
+  FASTGAN_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
+                " like x, got a tensor on ", t.device());
   const at::ScalarType acc = acc_type(x);
-  TORCH_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", x.scalar_type(),
-                   " x, got ", t.scalar_type());
+  FASTGAN_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", x.scalar_type(),
+                     " x, got ", t.scalar_type());
   const int64_t n = g.problem.N, c = g.problem.C;
   if (g.problem.per_sample) {
-    TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == n && t.size(1) == c, op, ": ", name, " must have shape (", n,
-                      ", ", c, ") like scale (one value per sample and channel of x), got ", t.sizes());
+    FASTGAN_CHECK_VALUE(t.dim() == 2 && t.size(0) == n && t.size(1) == c, op, ": ", name, " must have shape (", n,
+                        ", ", c, ") like scale (one value per sample and channel of x), got ", t.sizes());
   } else {
-    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == c, op, ": ", name, " must have shape (", c,
-                      ",) like scale (one value per channel of x), got ", t.sizes());
+    FASTGAN_CHECK_VALUE(t.dim() == 1 && t.size(0) == c, op, ": ", name, " must have shape (", c,
+                        ",) like scale (one value per channel of x), got ", t.sizes());
   }
   return t.contiguous();
 }
@@ -205,8 +206,8 @@ std::vector<int64_t> table_shape(const Geometry& g) {
 }
 
 void check_act(const char* op, int64_t act) {
-  TORCH_CHECK_VALUE(act >= 0 && act <= 2, op, ": act must be 0 (identity), 1 (relu) or 2 (leaky_relu), got ",
-                    act);
+  FASTGAN_CHECK_VALUE(act >= 0 && act <= 2, op, ": act must be 0 (identity), 1 (relu) or 2 (leaky_relu), got ",
+                      act);
 }
 
 bool empty_problem(const Geometry& g) { return g.problem.N * g.problem.S == 0 || g.problem.C == 0; }
@@ -224,8 +225,8 @@ std::tuple<Tensor, Tensor> moments(const char* op, const Tensor& x, bool per_sam
   Geometry g = geometry(op, x);
   g.problem.per_sample = per_sample;
   if (per_sample) {
-    TORCH_CHECK_VALUE(g.problem.N * g.problem.C <= INT32_MAX, op, ": at most 2^31 - 1 (n, c) entries are "
-                      "supported, got N = ", g.problem.N, ", C = ", g.problem.C);
+    FASTGAN_CHECK_VALUE(g.problem.N * g.problem.C <= INT32_MAX, op, ": at most 2^31 - 1 (n, c) entries are "
+                        "supported, got N = ", g.problem.N, ", C = ", g.problem.C);
   }
   Launch run(x);
   const auto opts = x.options().dtype(acc_type(x));
@@ -251,7 +252,7 @@ std::tuple<Tensor, Tensor> channel_stats(const Tensor& x) {
 void* optional_vector(const char* op, const char* name, const c10::optional<Tensor>& t, const Tensor& x,
                       const Geometry& g, bool in_place) {
   if (!t.has_value() || !t->defined()) return nullptr;
-  TORCH_CHECK_VALUE(!in_place || t->is_contiguous(), op, ": ", name, " must be contiguous (updated in place)");
+  FASTGAN_CHECK_VALUE(!in_place || t->is_contiguous(), op, ": ", name, " must be contiguous (updated in place)");
   return channel_vector(op, name, *t, x, g).data_ptr();
 }
 
@@ -274,9 +275,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> channel_stats_affine(
   affine.running_var = optional_vector(op, "running_var", running_var, x, g, true);
   const int64_t count = g.problem.N * g.problem.S;
   const bool updates = affine.running_mean != nullptr || affine.running_var != nullptr;
-  TORCH_CHECK_VALUE(!updates || count > 1, op, ": x must have more than 1 value per channel to update running "
-                    "stats, got ", count);
-  TORCH_CHECK_VALUE(g.problem.C == 0 || count > 0, op, ": x has no values per channel (shape ", x.sizes(), ")");
+  FASTGAN_CHECK_VALUE(!updates || count > 1, op, ": x must have more than 1 value per channel to update running "
+                      "stats, got ", count);
+  FASTGAN_CHECK_VALUE(g.problem.C == 0 || count > 0, op, ": x has no values per channel (shape ", x.sizes(), ")");
   affine.eps = eps;
   affine.momentum = momentum;
   affine.unbias = updates ? static_cast<double>(count) / static_cast<double>(count - 1) : 1.0;

@@ -22,6 +22,7 @@
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
+#include "check.h"
 #include "host_utils.h"
 
 namespace fastgan {
@@ -42,10 +43,10 @@ void check_like(const char* name, const Tensor& t, const Tensor& invstd) {
 
 const void* channel_vector(const char* name, const c10::optional<Tensor>& t, const Tensor& invstd) {
   if (!t.has_value() || !t->defined()) return nullptr;
-  TORCH_CHECK(t->device() == invstd.device(), kOp, ": ", name, " must be on ", invstd.device());
-  TORCH_CHECK_TYPE(t->scalar_type() == invstd.scalar_type(), kOp, ": ", name, " must have invstd's dtype");
-  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == invstd.size(-1) && t->is_contiguous(), kOp, ": ", name,
-                    " must be a contiguous (C,) vector, C = ", invstd.size(-1), ", got ", t->sizes());
+  FASTGAN_CHECK(t->device() == invstd.device(), kOp, ": ", name, " must be on ", invstd.device());
+  FASTGAN_CHECK_TYPE(t->scalar_type() == invstd.scalar_type(), kOp, ": ", name, " must have invstd's dtype");
+  FASTGAN_CHECK_VALUE(t->dim() == 1 && t->size(0) == invstd.size(-1) && t->is_contiguous(), kOp, ": ", name,
+                      " must be a contiguous (C,) vector, C = ", invstd.size(-1), ", got ", t->sizes());
   return t->data_ptr();
 }
 
@@ -53,16 +54,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> double_coeffi
     const Tensor& r_g, const Tensor& r_gx, const Tensor& r_u, const Tensor& r_ux, const Tensor& r_gu,
     const c10::optional<Tensor>& weight, const Tensor& invstd, const c10::optional<Tensor>& alpha,
     const c10::optional<Tensor>& beta, int64_t groups, int64_t m, bool batch_stats) {
-  TORCH_CHECK(invstd.defined() && invstd.is_cuda(), kOp, ": invstd must be a CUDA tensor");
-  TORCH_CHECK_TYPE(invstd.scalar_type() == at::kFloat || invstd.scalar_type() == at::kDouble, kOp,
-                   ": invstd must be float32 or float64, got ", invstd.scalar_type());
-  TORCH_CHECK_VALUE(invstd.dim() >= 1 && invstd.is_contiguous(), kOp, ": invstd must be a contiguous table");
+  FASTGAN_CHECK(invstd.defined() && invstd.is_cuda(), kOp, ": invstd must be a CUDA tensor");
+  FASTGAN_CHECK_TYPE(invstd.scalar_type() == at::kFloat || invstd.scalar_type() == at::kDouble, kOp,
+                     ": invstd must be float32 or float64, got ", invstd.scalar_type());
+  FASTGAN_CHECK_VALUE(invstd.dim() >= 1 && invstd.is_contiguous(), kOp, ": invstd must be a contiguous table");
   const int64_t channels = invstd.size(-1);
   const int64_t rows = channels ? invstd.numel() / channels : 0;
-  TORCH_CHECK_VALUE(groups >= 1 && channels % groups == 0, kOp, ": groups must divide C = ", channels, ", got ",
-                    groups);
-  TORCH_CHECK_VALUE(rows <= 65535, kOp, ": at most 65535 table rows, got ", rows);
-  TORCH_CHECK_VALUE(m >= 1, kOp, ": m must be >= 1, got ", m);
+  FASTGAN_CHECK_VALUE(groups >= 1 && channels % groups == 0, kOp, ": groups must divide C = ", channels, ", got ",
+                      groups);
+  FASTGAN_CHECK_VALUE(rows <= 65535, kOp, ": at most 65535 table rows, got ", rows);
+  FASTGAN_CHECK_VALUE(m >= 1, kOp, ": m must be >= 1, got ", m);
   const char* names[5] = {"r_g", "r_gx", "r_u", "r_ux", "r_gu"};
   const Tensor* sums[5] = {&r_g, &r_gx, &r_u, &r_ux, &r_gu};
   for (int i = 0; i < 5; ++i) check_like(names[i], *sums[i], invstd);

@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime_api.h>
 
+#include "check.h"
+
 namespace fastgan {
 
 // float32 statistics and coefficients, float64 for float64 inputs.
@@ -33,11 +35,11 @@ inline int sm_count(c10::DeviceIndex device) {
 // same device, dtype and shape, contiguous.  Used by the coefficient ops' bindings.
 inline void check_like_table(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like,
                              const char* like_name) {
-  TORCH_CHECK(t.defined() && t.device() == like.device(), op, ": ", name, " must be on ", like.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, ": ", name, " must have ", like_name, "'s dtype ",
-                   like.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == like.sizes() && t.is_contiguous(), op, ": ", name, " must be a contiguous tensor "
-                    "of ", like_name, "'s shape ", like.sizes(), ", got ", t.sizes());
+  FASTGAN_CHECK(t.defined() && t.device() == like.device(), op, ": ", name, " must be on ", like.device());
+  FASTGAN_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, ": ", name, " must have ", like_name, "'s dtype ",
+                     like.scalar_type(), ", got ", t.scalar_type());
+  FASTGAN_CHECK_VALUE(t.sizes() == like.sizes() && t.is_contiguous(), op, ": ", name, " must be a contiguous tensor "
+                      "of ", like_name, "'s shape ", like.sizes(), ", got ", t.sizes());
 }
 
 }  // namespace fastgan

@@ -24,6 +24,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "check.h"
+
 namespace fastgan {
 namespace mbd {
 
@@ -48,7 +50,7 @@ int dtype_code(const char* op, const char* name, const Tensor& t) {
     case at::kDouble: return 3;
     default: break;
   }
-  TORCH_CHECK_TYPE(false, op, ": ", name, " must be float32, float16, bfloat16 or float64, got ", t.scalar_type());
+  FASTGAN_CHECK_TYPE(false, op, ": ", name, " must be float32, float16, bfloat16 or float64, got ", t.scalar_type());
   return 0;  // unreachable
 }
 
@@ -56,22 +58,22 @@ at::ScalarType acc_type(const Tensor& m) { return m.scalar_type() == at::kDouble
 
 // m: a CUDA (N, B, C) floating tensor; returns its dtype code.
 int check_m(const char* op, const Tensor& m) {
-  TORCH_CHECK(m.defined(), op, ": m is undefined");
-  TORCH_CHECK(m.is_cuda(), op, ": m must be a CUDA tensor, got a tensor on ", m.device());
+  FASTGAN_CHECK(m.defined(), op, ": m is undefined");
+  FASTGAN_CHECK(m.is_cuda(), op, ": m must be a CUDA tensor, got a tensor on ", m.device());
   const int code = dtype_code(op, "m", m);
-  TORCH_CHECK_VALUE(m.dim() == 3, op, ": m must have shape (N, B, C), got shape ", m.sizes());
-  TORCH_CHECK_VALUE(m.size(0) <= kMaxRowBlocks * kRowsPerBlock, op, ": at most ", kMaxRowBlocks * kRowsPerBlock,
-                    " rows N are supported, got ", m.size(0));
-  TORCH_CHECK_VALUE(m.size(1) <= INT32_MAX, op, ": at most 2^31 - 1 kernels B are supported, got ", m.size(1));
+  FASTGAN_CHECK_VALUE(m.dim() == 3, op, ": m must have shape (N, B, C), got shape ", m.sizes());
+  FASTGAN_CHECK_VALUE(m.size(0) <= kMaxRowBlocks * kRowsPerBlock, op, ": at most ", kMaxRowBlocks * kRowsPerBlock,
+                      " rows N are supported, got ", m.size(0));
+  FASTGAN_CHECK_VALUE(m.size(1) <= INT32_MAX, op, ": at most 2^31 - 1 kernels B are supported, got ", m.size(1));
   return code;
 }
 
 void check_other(const char* op, const char* name, const Tensor& t, const Tensor& m, at::IntArrayRef shape) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.is_cuda() && t.device() == m.device(), op, ": ", name, " must be on ", m.device(),
-              " like m, got a tensor on ", t.device());
+  FASTGAN_CHECK(t.defined(), op, ": ", name, " is undefined");
+  FASTGAN_CHECK(t.is_cuda() && t.device() == m.device(), op, ": ", name, " must be on ", m.device(),
+                " like m, got a tensor on ", t.device());
   dtype_code(op, name, t);
-  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  FASTGAN_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
 }
 
 // Runs on m's device and current stream.

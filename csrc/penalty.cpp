@@ -31,6 +31,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "check.h"
 #include "host_utils.h"
 
 #include <cuda_runtime_api.h>
@@ -69,7 +70,7 @@ pen::DType dtype_code(const char* op, const char* name, const Tensor& t) {
     case at::kDouble: return pen::DType::kFloat64;
     default: break;
   }
-  TORCH_CHECK_TYPE(false, op, ": ", name, " must be float32, float16, bfloat16 or float64, got ", t.scalar_type());
+  FASTGAN_CHECK_TYPE(false, op, ": ", name, " must be float32, float16, bfloat16 or float64, got ", t.scalar_type());
   return pen::DType::kFloat32;  // unreachable
 }
 
@@ -82,11 +83,11 @@ struct Batch {
 };
 
 Batch batch(const char* op, const char* name, const Tensor& x) {
-  TORCH_CHECK(x.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(x.is_cuda(), op, ": ", name, " must be a CUDA tensor, got a tensor on ", x.device());
+  FASTGAN_CHECK(x.defined(), op, ": ", name, " is undefined");
+  FASTGAN_CHECK(x.is_cuda(), op, ": ", name, " must be a CUDA tensor, got a tensor on ", x.device());
   Batch b;
   b.dtype = dtype_code(op, name, x);
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": ", name, " must have shape (N, ...), got a 0-dim tensor");
+  FASTGAN_CHECK_VALUE(x.dim() >= 1, op, ": ", name, " must have shape (N, ...), got a 0-dim tensor");
   if (x.is_contiguous()) {
     b.format = c10::MemoryFormat::Contiguous;
   } else if (x.dim() == 4 && x.is_contiguous(c10::MemoryFormat::ChannelsLast)) {
@@ -94,8 +95,8 @@ Batch batch(const char* op, const char* name, const Tensor& x) {
   } else if (x.dim() == 5 && x.is_contiguous(c10::MemoryFormat::ChannelsLast3d)) {
     b.format = c10::MemoryFormat::ChannelsLast3d;
   } else {
-    TORCH_CHECK_VALUE(false, op, ": ", name, " must be contiguous or channels-last, got shape ", x.sizes(),
-                      " and strides ", x.strides());
+    FASTGAN_CHECK_VALUE(false, op, ": ", name, " must be contiguous or channels-last, got shape ", x.sizes(),
+                        " and strides ", x.strides());
   }
   b.N = x.size(0);
   b.numel = x.numel();
@@ -106,33 +107,33 @@ Batch batch(const char* op, const char* name, const Tensor& x) {
 // Another big tensor of the call: x's device, dtype, shape and layout.
 void check_like(const char* op, const char* name, const Tensor& t, const char* x_name, const Tensor& x,
                 const Batch& b) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(), " like ", x_name,
-              ", got a tensor on ", t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have ", x_name, "'s dtype ",
-                   x.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": ", name, " must have ", x_name, "'s shape ", x.sizes(), ", got ",
-                    t.sizes());
-  TORCH_CHECK_VALUE(t.is_contiguous(b.format), op, ": ", name, " must have ", x_name, "'s layout (", b.format,
-                    "), got strides ", t.strides(), " for ", x_name, "'s ", x.strides());
+  FASTGAN_CHECK(t.defined(), op, ": ", name, " is undefined");
+  FASTGAN_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(), " like ", x_name,
+                ", got a tensor on ", t.device());
+  FASTGAN_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have ", x_name, "'s dtype ",
+                     x.scalar_type(), ", got ", t.scalar_type());
+  FASTGAN_CHECK_VALUE(t.sizes() == x.sizes(), op, ": ", name, " must have ", x_name, "'s shape ", x.sizes(), ", got ",
+                      t.sizes());
+  FASTGAN_CHECK_VALUE(t.is_contiguous(b.format), op, ": ", name, " must have ", x_name, "'s layout (", b.format,
+                      "), got strides ", t.strides(), " for ", x_name, "'s ", x.strides());
 }
 
 // A per-sample (N,) vector in the accumulator dtype; returned contiguous.
 Tensor sample_vector(const char* op, const char* name, const Tensor& t, const Tensor& x) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
-              ", got a tensor on ", t.device());
+  FASTGAN_CHECK(t.defined(), op, ": ", name, " is undefined");
+  FASTGAN_CHECK(t.is_cuda() && t.device() == x.device(), op, ": ", name, " must be on ", x.device(),
+                ", got a tensor on ", t.device());
   const at::ScalarType acc = acc_type(x);
-  TORCH_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", x.scalar_type(),
-                   " inputs, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(0), op, ": ", name, " must have shape (", x.size(0),
-                    ",) (one value per sample), got ", t.sizes());
+  FASTGAN_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", x.scalar_type(),
+                     " inputs, got ", t.scalar_type());
+  FASTGAN_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(0), op, ": ", name, " must have shape (", x.size(0),
+                      ",) (one value per sample), got ", t.sizes());
   return t.contiguous();
 }
 
 void check_mode(const char* op, int64_t mode) {
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op,
-                    ": mode must be 0 (two-sided), 1 (one-sided) or 2 (squared), got ", mode);
+  FASTGAN_CHECK_VALUE(mode >= 0 && mode <= 2, op,
+                      ": mode must be 0 (two-sided), 1 (one-sided) or 2 (squared), got ", mode);
 }
 
 // Runs on x's device and current stream.
@@ -207,7 +208,7 @@ std::tuple<Tensor, Tensor> penalty_forward(const Tensor& grad, int64_t mode, dou
   const char* op = "fastgan::penalty_forward";
   const Batch b = batch(op, "grad", grad);
   check_mode(op, mode);
-  TORCH_CHECK_VALUE(b.N > 0, op, ": grad must hold at least one sample, got shape ", grad.sizes());
+  FASTGAN_CHECK_VALUE(b.N > 0, op, ": grad must hold at least one sample, got shape ", grad.sizes());
   Launch run(grad);
   return row_reduce(grad, nullptr, nullptr, b, static_cast<int>(mode), center, run);
 }
@@ -218,11 +219,11 @@ Tensor penalty_backward(const Tensor& grad_value, const Tensor& grad, const Tens
   const Batch b = batch(op, "grad", grad);
   check_mode(op, mode);
   const Tensor nrm = sample_vector(op, "norms", norms, grad);
-  TORCH_CHECK(grad_value.defined() && grad_value.is_cuda() && grad_value.device() == grad.device(), op,
-              ": grad_value must be a tensor on ", grad.device());
-  TORCH_CHECK_TYPE(grad_value.scalar_type() == acc_type(grad), op, ": grad_value must be ", acc_type(grad), ", got ",
-                   grad_value.scalar_type());
-  TORCH_CHECK_VALUE(grad_value.numel() == 1, op, ": grad_value must hold one value, got shape ", grad_value.sizes());
+  FASTGAN_CHECK(grad_value.defined() && grad_value.is_cuda() && grad_value.device() == grad.device(), op,
+                ": grad_value must be a tensor on ", grad.device());
+  FASTGAN_CHECK_TYPE(grad_value.scalar_type() == acc_type(grad), op, ": grad_value must be ", acc_type(grad), ", got ",
+                     grad_value.scalar_type());
+  FASTGAN_CHECK_VALUE(grad_value.numel() == 1, op, ": grad_value must hold one value, got shape ", grad_value.sizes());
   const Tensor gv = grad_value.contiguous();
   Launch run(grad);
   Tensor out = at::empty_like(grad);

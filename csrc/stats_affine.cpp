@@ -25,6 +25,7 @@
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
+#include "check.h"
 #include "stats_affine.h"
 
 namespace fastgan {
@@ -45,12 +46,12 @@ using at::Tensor;
 constexpr const char* kOp = "fastgan::stats_affine";
 
 void check_vector(const char* name, const Tensor& t, const Tensor& mean) {
-  TORCH_CHECK(t.device() == mean.device(), kOp, ": ", name, " must be on ", mean.device(), ", got ", t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == mean.scalar_type(), kOp, ": ", name, " must have mean's dtype ",
-                   mean.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == mean.size(0), kOp, ": ", name, " must have shape (",
-                    mean.size(0), ",), got ", t.sizes());
-  TORCH_CHECK_VALUE(t.is_contiguous(), kOp, ": ", name, " must be contiguous");
+  FASTGAN_CHECK(t.device() == mean.device(), kOp, ": ", name, " must be on ", mean.device(), ", got ", t.device());
+  FASTGAN_CHECK_TYPE(t.scalar_type() == mean.scalar_type(), kOp, ": ", name, " must have mean's dtype ",
+                     mean.scalar_type(), ", got ", t.scalar_type());
+  FASTGAN_CHECK_VALUE(t.dim() == 1 && t.size(0) == mean.size(0), kOp, ": ", name, " must have shape (",
+                      mean.size(0), ",), got ", t.sizes());
+  FASTGAN_CHECK_VALUE(t.is_contiguous(), kOp, ": ", name, " must be contiguous");
 }
 
 const void* data_or_null(const c10::optional<Tensor>& t, const char* name, const Tensor& mean) {
@@ -65,18 +66,18 @@ std::tuple<Tensor, Tensor, Tensor> stats_affine(const Tensor& mean, const Tensor
                                                 const c10::optional<Tensor>& running_mean,
                                                 const c10::optional<Tensor>& running_var, int64_t count,
                                                 double momentum, double eps) {
-  TORCH_CHECK(mean.defined() && mean.is_cuda(), kOp, ": mean must be a CUDA tensor");
-  TORCH_CHECK_TYPE(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble, kOp,
-                   ": mean must be float32 or float64, got ", mean.scalar_type());
-  TORCH_CHECK_VALUE(mean.dim() == 1 && mean.is_contiguous(), kOp, ": mean must be a contiguous (C,) vector, got ",
-                    mean.sizes());
+  FASTGAN_CHECK(mean.defined() && mean.is_cuda(), kOp, ": mean must be a CUDA tensor");
+  FASTGAN_CHECK_TYPE(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble, kOp,
+                     ": mean must be float32 or float64, got ", mean.scalar_type());
+  FASTGAN_CHECK_VALUE(mean.dim() == 1 && mean.is_contiguous(), kOp, ": mean must be a contiguous (C,) vector, got ",
+                      mean.sizes());
   check_vector("var", var, mean);
   const void* w = data_or_null(weight, "weight", mean);
   const void* b = data_or_null(bias, "bias", mean);
   void* rm = const_cast<void*>(data_or_null(running_mean, "running_mean", mean));
   void* rv = const_cast<void*>(data_or_null(running_var, "running_var", mean));
   const bool updates = rm != nullptr || rv != nullptr;
-  TORCH_CHECK_VALUE(!updates || count > 1, kOp, ": count must be > 1 to update running stats, got ", count);
+  FASTGAN_CHECK_VALUE(!updates || count > 1, kOp, ": count must be > 1 to update running stats, got ", count);
   const double unbias = updates ? static_cast<double>(count) / static_cast<double>(count - 1) : 1.0;
   c10::cuda::CUDAGuard guard(mean.device());
   Tensor invstd = at::empty_like(mean);
@@ -95,18 +96,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> group_stats_affine(const Tensor& row_
                                                               const c10::optional<Tensor>& bias, int64_t groups,
                                                               int64_t spatial, double eps) {
   constexpr const char* op = "fastgan::group_stats_affine";
-  TORCH_CHECK(row_mean.defined() && row_mean.is_cuda(), op, ": row_mean must be a CUDA tensor");
-  TORCH_CHECK_TYPE(row_mean.scalar_type() == at::kFloat || row_mean.scalar_type() == at::kDouble, op,
-                   ": row_mean must be float32 or float64, got ", row_mean.scalar_type());
-  TORCH_CHECK_VALUE(row_mean.dim() == 2 && row_mean.is_contiguous(), op,
-                    ": row_mean must be a contiguous (N, C) table, got ", row_mean.sizes());
-  TORCH_CHECK(row_m2.device() == row_mean.device() && row_m2.scalar_type() == row_mean.scalar_type() &&
-                  row_m2.sizes() == row_mean.sizes() && row_m2.is_contiguous(),
-              op, ": row_m2 must be like row_mean");
+  FASTGAN_CHECK(row_mean.defined() && row_mean.is_cuda(), op, ": row_mean must be a CUDA tensor");
+  FASTGAN_CHECK_TYPE(row_mean.scalar_type() == at::kFloat || row_mean.scalar_type() == at::kDouble, op,
+                     ": row_mean must be float32 or float64, got ", row_mean.scalar_type());
+  FASTGAN_CHECK_VALUE(row_mean.dim() == 2 && row_mean.is_contiguous(), op,
+                      ": row_mean must be a contiguous (N, C) table, got ", row_mean.sizes());
+  FASTGAN_CHECK(row_m2.device() == row_mean.device() && row_m2.scalar_type() == row_mean.scalar_type() &&
+                    row_m2.sizes() == row_mean.sizes() && row_m2.is_contiguous(),
+                op, ": row_m2 must be like row_mean");
   const int64_t n = row_mean.size(0), c = row_mean.size(1);
-  TORCH_CHECK_VALUE(groups >= 1 && c % groups == 0, op, ": groups must divide C = ", c, ", got ", groups);
-  TORCH_CHECK_VALUE(groups <= 65535 && n <= INT32_MAX, op, ": at most 65535 groups and 2^31 - 1 samples");
-  TORCH_CHECK_VALUE(spatial >= 1, op, ": spatial must be >= 1, got ", spatial);
+  FASTGAN_CHECK_VALUE(groups >= 1 && c % groups == 0, op, ": groups must divide C = ", c, ", got ", groups);
+  FASTGAN_CHECK_VALUE(groups <= 65535 && n <= INT32_MAX, op, ": at most 65535 groups and 2^31 - 1 samples");
+  FASTGAN_CHECK_VALUE(spatial >= 1, op, ": spatial must be >= 1, got ", spatial);
   const void* w = nullptr;
   const void* b = nullptr;
   if (n > 0) {

@@ -126,22 +126,35 @@ def requested_impl(impl: Optional[str]) -> str:
     return impl
 
 
-# Under torch.compile the backend is chosen once, when Dynamo traces the call (this function runs
-# then, untraced): its answer depends on the environment (FASTGAN_IMPL, a built extension, Triton),
-# not on tensor values, and tracing it would meet a lock (the extension's one-time load) and
-# lru_caches, which break the graph.
-@torch._dynamo.assume_constant_result
 def resolve(impl: Optional[str], device: torch.device, op: str = "op", cuda_support: bool = True) -> str:
     """Return the concrete backend ("ref" | "triton" | "cuda") for ``device``.
 
     ``cuda_support=False`` marks an op (or a variant of one) that has no CUDA
     kernels yet: ``auto`` then uses Triton for CUDA tensors and an explicit
-    ``impl="cuda"`` raises."""
+    ``impl="cuda"`` raises.  Under ``torch.compile`` the Triton kernels are not
+    used (see ``_resolve``)."""
+    return _resolve(impl, device, op, cuda_support, torch.compiler.is_compiling())
+
+
+TRITON_UNDER_COMPILE = (
+    "fastgan's Triton kernels are not used under torch.compile (on an H200 with torch 2.11 / Triton 3.6 "
+    "a compiled minibatch discrimination + penalty step gave wrong gradients with them)")
+
+
+# Under torch.compile the backend is chosen once, when Dynamo traces the call (this function runs
+# then, untraced, ``compiling`` being True): its answer depends on the environment (FASTGAN_IMPL, a
+# built extension, Triton), not on tensor values, and tracing it would meet a lock (the extension's
+# one-time load) and lru_caches, which break the graph.  Compiled, the CUDA backend's ops are opaque
+# custom ops with fake kernels; the Triton backend's kernels would be traced into Inductor's graph,
+# which got their gradients wrong (TRITON_UNDER_COMPILE), so auto then uses the reference ops, which
+# Inductor fuses itself, and an explicit impl="triton" raises.
+@torch._dynamo.assume_constant_result
+def _resolve(impl: Optional[str], device: torch.device, op: str, cuda_support: bool, compiling: bool) -> str:
     impl = requested_impl(impl)
     if impl == "ref":
         return "ref"
     if impl == "triton":
-        reason = triton_reason_unusable(device)
+        reason = TRITON_UNDER_COMPILE + "; use impl='cuda' or 'auto'" if compiling else triton_reason_unusable(device)
         if reason:
             raise BackendUnavailableError(f"{op}: impl='triton' is unavailable: {reason}")
         return "triton"
@@ -156,15 +169,16 @@ def resolve(impl: Optional[str], device: torch.device, op: str = "op", cuda_supp
     cuda_reason = cuda_reason_unusable(device) if cuda_support else f"{op} has no CUDA kernels yet"
     if cuda_reason is None:
         return "cuda"
-    if not cuda_support and triton_reason_unusable(device) is None:
+    triton_reason = TRITON_UNDER_COMPILE if compiling else triton_reason_unusable(device)
+    if not cuda_support and triton_reason is None:
         return "triton"  # a known gap, not a downgrade: no warning
-    triton_reason = triton_reason_unusable(device)
     if triton_reason is None:
         _warn_once("auto-cuda", f"fastgan: CUDA extension unavailable ({cuda_reason}); "
                                 "using the Triton kernels instead")
         return "triton"
-    _warn_once("auto-triton", f"fastgan: no fused backend for CUDA tensors (cuda: {cuda_reason}; "
-                              f"triton: {triton_reason}); using the pure-PyTorch reference")
+    _warn_once("auto-triton" + ("-compile" if compiling else ""),
+               f"fastgan: no fused backend for CUDA tensors (cuda: {cuda_reason}; triton: {triton_reason}); "
+               "using the pure-PyTorch reference")
     return "ref"
 
 

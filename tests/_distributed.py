@@ -1,7 +1,10 @@
 """Run a test function in N processes joined by a gloo process group, with a hard deadline.
 
-Forked (not spawned) workers: the parent has imported torch, Triton and fastgan already,
-and re-importing them per worker costs seconds.  Each worker sets one thread and a
+Forked workers where they can be: the parent has imported torch, Triton and fastgan already,
+and re-importing them per worker costs seconds.  Spawned ones with nccl, or once the parent
+has used CUDA: its autograd engine then runs device threads, and a forked child's backward
+fails ("Unable to handle autograd's threading in combination with fork-based
+multiprocessing"; seen under pytest-xdist on the GPU, where earlier cases ran CUDA backwards).  Each worker sets one thread and a
 collective timeout, so a hang fails the test instead of blocking CI; the parent kills
 workers that outlive the deadline.  An exception in a worker fails the test with the
 worker's traceback.
@@ -41,8 +44,9 @@ def _worker(rank, fn, world_size, port, backend, args):
 def run_distributed(fn, world_size: int = 2, *args, timeout: float = 120.0, backend: str = "gloo") -> None:
     """``fn(rank, world_size, *args)`` in ``world_size`` processes of one process group (gloo on CPU; nccl:
     rank r on cuda:r, spawned since CUDA cannot be forked); raises on failure."""
+    spawn = backend == "nccl" or (torch.cuda.is_available() and torch.cuda.is_initialized())
     ctx = mp.start_processes(_worker, args=(fn, world_size, free_port(), backend, args), nprocs=world_size,
-                             join=False, start_method="spawn" if backend == "nccl" else "fork")
+                             join=False, start_method="spawn" if spawn else "fork")
     deadline = time.monotonic() + timeout
     try:
         while not ctx.join(timeout=max(0.1, min(5.0, deadline - time.monotonic()))):

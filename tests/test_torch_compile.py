@@ -6,8 +6,9 @@ extension's one-time load, ``importlib.import_module`` of the Triton kernels): a
 On the CPU these cases run the CUDA backend's ops as the emulator builds them
 (``torch.ops.fastgan_emu``, given the library's fake kernels) through Dynamo and AOTAutograd
 (``aot_eager``: the autograd Functions' backward is traced too); on a GPU they run the real
-backends through Inductor.  The Triton interpreter can't be traced by Dynamo, so there is no
-``triton-interp`` case.
+backend through Inductor.  The Triton backend is not used under torch.compile: on the GPU its
+kernels, traced into Inductor's graph, gave wrong gradients (``_backend.TRITON_UNDER_COMPILE``), so
+``auto`` falls back to the reference ops there and ``impl="triton"`` raises.
 """
 import pytest
 import torch
@@ -18,8 +19,6 @@ from fastgan import _backend
 from fastgan import ops as F
 
 CASES = [
-    pytest.param("triton", "cuda", id="triton-cuda", marks=[
-        pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
     pytest.param("cuda", "cuda", id="cuda-cuda", marks=[
         pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
     pytest.param("cuda", "cpu", id="cuda-emu", marks=[
@@ -57,6 +56,41 @@ def test_backend_choice_traces_as_a_constant(device):
     torch._dynamo.reset()
     x = torch.randn(3)
     assert_close(torch.compile(step, fullgraph=True, backend="eager")(x), step(x))
+
+
+def test_triton_backend_is_not_used_under_compile(monkeypatch):
+    """Compiled, auto takes the reference ops where it would take Triton, and impl="triton" raises."""
+    monkeypatch.setattr(_backend, "cuda_reason_unusable", lambda device: "no extension (test)")
+    monkeypatch.setattr(_backend, "triton_reason_unusable", lambda device: None)
+    monkeypatch.setattr(_backend, "_warned", set())
+    cuda = torch.device("cuda")
+    with pytest.warns(RuntimeWarning, match="using the Triton kernels"):
+        assert _backend.resolve("auto", cuda, "op") == "triton"  # eager: Triton, as before
+
+    def chosen(x):
+        return x * len(_backend.resolve("auto", cuda, "op"))  # len("ref") == 3, len("triton") == 6
+
+    torch._dynamo.reset()
+    with pytest.warns(RuntimeWarning, match="pure-PyTorch reference"):
+        out = torch.compile(chosen, fullgraph=True, backend="eager")(torch.ones(2))
+    assert out.tolist() == [3.0, 3.0]
+
+    def explicit(x):
+        return x * len(_backend.resolve("triton", cuda, "op"))
+
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="Triton kernels are not used under torch.compile"):
+        torch.compile(explicit, fullgraph=True, backend="eager")(torch.ones(2))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_impl_under_compile_raises_on_gpu():
+    x, w, b = _leaf(8, 4, 5, 3, device="cuda"), _leaf(4, device="cuda", positive=True), _leaf(4, device="cuda")
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, w, b: F.batch_norm_act(x, None, None, w, b, impl="triton"), fullgraph=True)
+    with pytest.raises(Exception, match="impl='triton' is unavailable: fastgan's Triton kernels"):
+        compiled(x, w, b)
 
 
 def _leaf(*shape, device, positive=False):

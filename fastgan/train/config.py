@@ -305,7 +305,7 @@ class RunConfig:
     plots: bool = opt(True, "matplotlib figures: losses.png and the toy scatter PNGs (the .npy points are always "
                       "written)")
     threads: int = opt(0, "torch CPU threads (0: torch's default)", minimum=0)
-    channels_last: str = opt("auto", "NHWC tensors (auto: on for CPU)", choices=("auto", "on", "off"))
+    channels_last: str = opt("auto", "NHWC tensors (auto: on for CPU and CUDA)", choices=("auto", "on", "off"))
     amp: str = opt("off", "mixed precision: bf16, or fp16 with a gradient scaler (statistics of the fused layers "
                    "stay float32)", choices=("off", "bf16", "fp16"))
     tensorboard: bool = opt(False, "also log scalars and sample grids to DIR/tensorboard (needs the tensorboard "

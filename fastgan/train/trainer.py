@@ -160,7 +160,10 @@ class Trainer:
             self.dataset = self.semi.train_dataset  # held-out examples never reach the stream
         self.stream = self.dist.data_stream(self.dataset, r.batch_size, r.seed, self.device, workers=d.workers)
         self.scale_to_unit = not self.toy and not d.scale_inputs
-        cl = r.channels_last == "on" or (r.channels_last == "auto" and self.device.type == "cpu")
+        # auto: NHWC on CPU (oneDNN's convolutions, about 2x) and on CUDA, where the first GPU run
+        # (benchmarks/results/2026-11-30-h200.json, -cl rows) timed fastgan's DCGAN / WGAN-GP steps at
+        # batch 128 4-5% faster in fp32 and up to 27% faster (WGAN-GP, bf16) channels-last
+        cl = r.channels_last == "on" or (r.channels_last == "auto" and self.device.type in ("cpu", "cuda"))
         self.memory_format = torch.channels_last if (cl and not self.toy) else torch.contiguous_format
 
         # -- models ----------------------------------------------------------------------------

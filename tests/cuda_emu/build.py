@@ -15,6 +15,8 @@ use.  The sources are copied and rewritten mechanically, never edited by hand:
 * the build adds UBSan's alignment and array-bounds checks (a GPU would fault);
   with ``FASTGAN_EMU_ASAN=1`` AddressSanitizer too, in a build of its own, for
   accesses past a tensor (run it through ``asan.py``, which preloads ASan);
+  with ``FASTGAN_EMU_STATIC_LIBSTDCXX=1`` libstdc++ linked in statically (the
+  toolchain of the first GPU machine did that; see ``csrc/check.h``);
 * in the bindings, the op namespace ``fastgan`` becomes ``fastgan_emu``, the
   dispatch key CUDA becomes CPU (``is_cuda()`` checks become ``is_cpu()``),
   and ``at::empty`` / ``at::empty_like`` outputs start as NaN.
@@ -44,6 +46,10 @@ ASAN_SANITIZE = ("-fsanitize=address,alignment,bounds", "-fno-sanitize-recover=a
 ASAN = os.environ.get("FASTGAN_EMU_ASAN", "0") not in ("", "0")
 if ASAN:
     SANITIZE = ASAN_SANITIZE
+# FASTGAN_EMU_STATIC_LIBSTDCXX=1: link libstdc++ into the library (a separate build), as the toolchain
+# of the first GPU machine did; number formatting through that copy broke every check message with a
+# number in it (a crash there, the number dropped here) until csrc/check.h formatted them itself.
+STATIC_LIBSTDCXX = os.environ.get("FASTGAN_EMU_STATIC_LIBSTDCXX", "0") not in ("", "0")
 
 _KERNEL_BOUNDS = re.compile(r"__global__\s+void\s+__launch_bounds__\(([^)]*)\)\s+(\w+)\s*\(")
 # a kernel name with optional template arguments (one level of nested <...>), then <<<config>>>
@@ -129,7 +135,7 @@ def load(verbose: bool = False):
 
     if hasattr(torch.ops, NAMESPACE) and hasattr(getattr(torch.ops, NAMESPACE), "norm_act_forward"):
         return getattr(torch.ops, NAMESPACE)
-    key = _inputs_hash() + ("_asan" if ASAN else "")
+    key = _inputs_hash() + ("_asan" if ASAN else "") + ("_static_cxx" if STATIC_LIBSTDCXX else "")
     root = pathlib.Path(os.environ.get("FASTGAN_EMU_BUILD_DIR",
                                        pathlib.Path(cpp_extension._get_build_directory("fastgan_cuda_emu", False))))
     sources = generate(root / f"src_{key}")
@@ -138,7 +144,8 @@ def load(verbose: bool = False):
         sources=[str(s) for s in sources],
         extra_include_paths=[str(INCLUDE), str(sources[0].parent)],
         extra_cflags=["-O2", "-fno-strict-aliasing", *SANITIZE],
-        extra_ldflags=list(SANITIZE),  # a copy: load() appends its own flags to the list
+        # a new list: load() appends its own flags to it
+        extra_ldflags=[*SANITIZE, *(["-static-libstdc++"] if STATIC_LIBSTDCXX else [])],
         is_python_module=False,
         verbose=verbose,
     )
