@@ -90,6 +90,9 @@ def _jit_build() -> tuple[bool, str]:
 
 def load(allow_jit: bool = True) -> tuple[bool, str]:
     """(loaded, how or why not).  Tries once; the answer is cached."""
+    result = _state.get("result")
+    if result is not None:  # every CUDA-backend call asks: no lock once the answer is known
+        return result
     with _lock:
         if "result" in _state:
             return _state["result"]

@@ -82,3 +82,17 @@ def test_wgan_gp_iteration_launches_fewer_than_eager():
     # measured 1050 vs 2265 at 64x64 (1601 before backward_reduce_coefficients, row_stats_affine and
     # unmaterialised None grads)
     assert fused.total < 0.5 * eager.total, (fused.total, eager.total)
+
+
+def test_fused_layers_launch_no_more_than_eager_ones():
+    """benchmarks/layer_launches.py: each fused layer against the eager layers it replaces.  The norms
+    launch as many operators as eager's or fewer; the pixel-shuffle layers more (their per-channel
+    tables), held at this session's counts (they were 6 + 4 and 18 + 4 before)."""
+    import layer_launches
+
+    rows = {r["layer"]: r for r in layer_launches.table()}
+    for name in ("batch_norm_act", "group_norm_act (32 groups)", "layer_norm_act", "instance_norm_act"):
+        assert sum(rows[name]["fastgan"]) <= sum(rows[name]["eager"]), rows[name]
+    assert rows["pixel_shuffle_act (r=2, bias)"]["fastgan"] == (4, 4), rows["pixel_shuffle_act (r=2, bias)"]
+    assert rows["pixel_shuffle_batch_norm_act (r=2)"]["fastgan"] == (8, 4), rows["pixel_shuffle_batch_norm_act (r=2)"]
+    assert "fastgan.channel_stats_affine" in rows["pixel_shuffle_batch_norm_act (r=2)"]["fastgan_forward_ops"]

@@ -52,11 +52,15 @@ def pixel_shuffle_act(x: torch.Tensor, upscale_factor: int, bias: Optional[torch
     r2 = upscale_factor ** 2
     x = contiguous_canonical(x)
     dtype = _compute_dtype(x)
+    # The identity normalisation (mean 0, invstd 1) and its affine tables (scale 1, shift = bias),
+    # handed to the Function so that it computes none: launches are what a host-bound step pays.
     zero = torch.zeros(x.shape[1], device=x.device, dtype=dtype)
     one = torch.ones_like(zero)
     shift = None if bias is None else bias.to(dtype).repeat_interleave(r2)
     grouping = Grouping(per_sample=False, groups=x.shape[1], batch_stats=False, upscale=upscale_factor)
-    return NormActFn.apply(x, None, shift, zero, one, grouping, act, slope, backend)
+    # views, not the same tensors twice: Dynamo refuses a tensor passed to two inputs of a Function
+    return NormActFn.apply(x, None, shift, zero, one, grouping, act, slope, backend, one.view(-1),
+                           zero.view(-1) if shift is None else shift.detach())
 
 
 def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_mean: Optional[torch.Tensor] = None,
@@ -86,18 +90,26 @@ def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_m
     r2 = upscale_factor ** 2
     x = contiguous_canonical(x)
     dtype = _compute_dtype(x)
+    k = _backend.kernels(backend, "batch_norm_act")
     use_batch_stats = bool(training) or running_mean is None
+    count = x.numel() // out_channels
+    running = (running_mean, running_var) if training and running_mean is not None else (None, None)
+    # the running stats are updated by the statistics' own kernel when they are dense in the
+    # statistics' dtype (else, e.g. float16 buffers, below); few launches: this runs in every layer
+    in_kernel = running[0] is None or all(t.dtype == dtype and t.is_contiguous() for t in running)
+    kernel_running = running if in_kernel else (None, None)
+    kernel_momentum = float(momentum) if kernel_running[0] is not None else 0.0
     if use_batch_stats:
-        sub_mean, sub_var = _backend.kernels(backend, "batch_norm_act").channel_stats(x.detach())
-        # Chan: merge the r^2 sub-channels (equal counts) of each output channel.
-        sub_mean, sub_var = sub_mean.view(out_channels, r2), sub_var.view(out_channels, r2)
-        mean = sub_mean.mean(1)
-        var = sub_var.mean(1) + ((sub_mean - mean[:, None]) ** 2).mean(1)
-        if training and running_mean is not None:
-            update_running_stats(running_mean, running_var, mean, var, x.numel() // out_channels, momentum)
+        # An output channel's values are its r^2 input channels, which lie next to each other in a
+        # contiguous x: seen as (N, C_out, r^2 H W), batch norm's statistics are plain per-channel
+        # ones, one reduction (its merge kernel also gives invstd and updates the running stats).
+        mean, var, invstd, _, _ = k.channel_stats_affine(x.detach().view(x.shape[0], out_channels, -1), None,
+                                                         None, *kernel_running, kernel_momentum, float(eps))
     else:
         mean, var = running_mean.detach().to(dtype), running_var.detach().to(dtype)
-    invstd = torch.rsqrt(var + eps)
+        invstd, _, _ = k.stats_affine(mean, var, None, None, None, None, count, 0.0, float(eps))
+    if not in_kernel:
+        update_running_stats(running[0], running[1], mean, var, count, momentum)
     expand = lambda t: None if t is None else t.to(dtype).repeat_interleave(r2)  # noqa: E731
     grouping = Grouping(per_sample=False, groups=out_channels, batch_stats=use_batch_stats, upscale=upscale_factor)
     return NormActFn.apply(x, expand(weight), expand(bias), expand(mean), expand(invstd), grouping, act, slope,
