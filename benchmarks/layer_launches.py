@@ -26,7 +26,7 @@ N, C, HW, R = 8, 64, 8, 2
 def _layers():
     """name -> (fastgan layer, eager layer, channels of weight / bias / running stats), the layers
     f(x, weight, bias, running_mean, running_var)."""
-    from fastgan import ops
+    from fastgan import ops, reference
 
     def eager_ps_bn(x, w, b, rm, rv):
         return F.leaky_relu(F.batch_norm(F.pixel_shuffle(x, R), rm, rv, w, b, True), 0.2)
@@ -44,6 +44,9 @@ def _layers():
         "instance_norm_act": (
             lambda x, w, b, rm, rv: ops.instance_norm_act(x, weight=w, bias=b, impl="cuda"),
             lambda x, w, b, rm, rv: F.leaky_relu(F.instance_norm(x, weight=w, bias=b), 0.2), C),
+        "virtual_batch_norm (live pass)": (
+            lambda x, w, b, rm, rv: ops.virtual_batch_norm(x, rm, rv, 64, w, b, activation="leaky_relu", impl="cuda"),
+            lambda x, w, b, rm, rv: reference.virtual_batch_norm(x, rm, rv, 64, w, b, activation="leaky_relu"), C),
         "pixel_shuffle_act (r=2, bias)": (
             lambda x, w, b, rm, rv: ops.pixel_shuffle_act(x, R, b, impl="cuda"),
             lambda x, w, b, rm, rv: F.leaky_relu(F.pixel_shuffle(x, R) + b[:, None, None], 0.2), C // R**2),

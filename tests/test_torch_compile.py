@@ -164,3 +164,15 @@ def test_minibatch_discrimination_and_penalty_ops(impl, device, compile_backend)
         return features.sum() * F.penalty_from_grad(mixed, impl=impl)
 
     _check_compiled(step, (m, real, fake), compile_backend)
+
+
+@pytest.mark.parametrize("impl,device", CASES)
+def test_virtual_batch_norm(impl, device, compile_backend):
+    x, ref = _leaf(4, 6, 3, 3, device=device), torch.randn(5, 6, 3, 3, device=device)
+    w, b = _leaf(6, device=device, positive=True), _leaf(6, device=device)
+
+    def step(x, w, b):
+        ref_mean, ref_sq_mean = F.virtual_batch_reference_stats(ref, impl=impl)
+        return F.virtual_batch_norm(x, ref_mean, ref_sq_mean, 5, w, b, activation="leaky_relu", impl=impl)
+
+    _check_compiled(step, (x, w, b), compile_backend)

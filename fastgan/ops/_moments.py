@@ -36,10 +36,10 @@ class MomentsFn(torch.autograd.Function):
         k = _backend.kernels(backend, "batch_norm_act")
         if per_sample:
             mean, m2 = k.row_moments(x)
-            sq_mean = m2 / _count(x, True) + mean * mean
+            sq_mean = torch.addcmul(m2 / _count(x, True), mean, mean)
         else:
             mean, var = k.channel_stats(x)
-            sq_mean = var + mean * mean
+            sq_mean = torch.addcmul(var, mean, mean)
         ctx.save_for_backward(x)
         ctx.config = (per_sample, backend)
         return mean, sq_mean

@@ -80,15 +80,20 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
     else:
         a = 1.0 / (ref_count + 1)
         own_mean, own_sq = moments(x, True, backend)  # (N, C)
-        mu = a * own_mean + (1 - a) * mu_r
-        s = a * own_sq + (1 - a) * s_r
+        # a * own + (1 - a) * ref, one launch each (these table ops run in every call, and launches
+        # are what a host-bound step pays)
+        mu = torch.lerp(mu_r, own_mean, a)
+        s = torch.lerp(s_r, own_sq, a)
     # s - mu^2 is E[x^2] - E[x]^2 (the paper's statistics): it cancels catastrophically
     # when the variance is tiny next to the mean and can come out negative -> clamp (see ref)
-    scale = torch.rsqrt(eps + (s - mu * mu).clamp_min(0))
+    scale = torch.rsqrt(torch.addcmul(s, mu, mu, value=-1.0).clamp_min(0) + eps)
     if weight is not None:
         scale = scale * weight.to(stats_dtype)
-    shift = -mu * scale if bias is None else bias.to(stats_dtype) - mu * scale
-    # act(x * scale + shift) with differentiable (C,) or (N, C) affine tables.
+    shift = (mu * scale).neg() if bias is None else torch.addcmul(bias.to(stats_dtype), mu, scale, value=-1.0)
+    # act(x * scale + shift) with differentiable (C,) or (N, C) affine tables: normalisation by mean 0
+    # and invstd 1, the tables as weight and bias, and as the affine tables themselves (detached
+    # aliases, so that the Function computes none and Dynamo sees no tensor passed twice).
     zero, one = torch.zeros_like(scale), torch.ones_like(scale)
     grouping = Grouping(per_sample=scale.dim() == 2, groups=x.shape[1], batch_stats=False)
-    return NormActFn.apply(x, scale, shift, zero, one, grouping, act, slope, backend)
+    return NormActFn.apply(x, scale, shift, zero, one, grouping, act, slope, backend, scale.detach(),
+                           shift.detach())
