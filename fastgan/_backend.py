@@ -148,7 +148,15 @@ TRITON_UNDER_COMPILE = (
 # custom ops with fake kernels; the Triton backend's kernels would be traced into Inductor's graph,
 # which got their gradients wrong (TRITON_UNDER_COMPILE), so auto then uses the reference ops, which
 # Inductor fuses itself, and an explicit impl="triton" raises.
-@torch._dynamo.assume_constant_result
+def _trace_time_constant(fn):
+    """``torch._dynamo.assume_constant_result``, which only marks ``fn`` (the attribute Dynamo reads,
+    the same in torch 2.11 and 2.14; tests/test_torch_compile.py checks it): importing Dynamo to
+    apply it would add seconds to ``import fastgan``."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_trace_time_constant
 def _resolve(impl: Optional[str], device: torch.device, op: str, cuda_support: bool, compiling: bool) -> str:
     impl = requested_impl(impl)
     if impl == "ref":

@@ -10,6 +10,9 @@ backend through Inductor.  The Triton backend is not used under torch.compile: o
 kernels, traced into Inductor's graph, gave wrong gradients (``_backend.TRITON_UNDER_COMPILE``), so
 ``auto`` falls back to the reference ops there and ``impl="triton"`` raises.
 """
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -56,6 +59,25 @@ def test_backend_choice_traces_as_a_constant(device):
     torch._dynamo.reset()
     x = torch.randn(3)
     assert_close(torch.compile(step, fullgraph=True, backend="eager")(x), step(x))
+
+
+def test_backend_choice_is_marked_as_dynamo_marks_it():
+    """_backend marks _resolve itself (importing Dynamo for its decorator costs seconds at import):
+    the mark must be the one torch._dynamo.assume_constant_result sets in this torch."""
+    def probe():
+        return None
+
+    before = set(vars(probe))
+    torch._dynamo.assume_constant_result(probe)
+    marks = {name: vars(probe)[name] for name in set(vars(probe)) - before}
+    assert marks and all(getattr(_backend._resolve, name, None) == value for name, value in marks.items()), marks
+
+
+def test_import_does_not_load_dynamo():
+    code = "import sys, fastgan, fastgan.nn, fastgan.ops; print('torch._dynamo' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "False"
 
 
 def test_triton_backend_is_not_used_under_compile(monkeypatch):
