@@ -141,13 +141,6 @@ TRITON_UNDER_COMPILE = (
     "a compiled minibatch discrimination + penalty step gave wrong gradients with them)")
 
 
-# Under torch.compile the backend is chosen once, when Dynamo traces the call (this function runs
-# then, untraced, ``compiling`` being True): its answer depends on the environment (FASTGAN_IMPL, a
-# built extension, Triton), not on tensor values, and tracing it would meet a lock (the extension's
-# one-time load) and lru_caches, which break the graph.  Compiled, the CUDA backend's ops are opaque
-# custom ops with fake kernels; the Triton backend's kernels would be traced into Inductor's graph,
-# which got their gradients wrong (TRITON_UNDER_COMPILE), so auto then uses the reference ops, which
-# Inductor fuses itself, and an explicit impl="triton" raises.
 def _trace_time_constant(fn):
     """``torch._dynamo.assume_constant_result``, which only marks ``fn`` (the attribute Dynamo reads,
     the same in torch 2.11 and 2.14; tests/test_torch_compile.py checks it): importing Dynamo to
@@ -156,6 +149,13 @@ def _trace_time_constant(fn):
     return fn
 
 
+# Under torch.compile the backend is chosen once, when Dynamo traces the call (this function runs
+# then, untraced, ``compiling`` being True): its answer depends on the environment (FASTGAN_IMPL, a
+# built extension, Triton), not on tensor values, and tracing it would meet a lock (the extension's
+# one-time load) and lru_caches, which break the graph.  Compiled, the CUDA backend's ops are opaque
+# custom ops with fake kernels; the Triton backend's kernels would be traced into Inductor's graph,
+# which got their gradients wrong (TRITON_UNDER_COMPILE), so auto then uses the reference ops, which
+# Inductor fuses itself, and an explicit impl="triton" raises.
 @_trace_time_constant
 def _resolve(impl: Optional[str], device: torch.device, op: str, cuda_support: bool, compiling: bool) -> str:
     impl = requested_impl(impl)
