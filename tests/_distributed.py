@@ -4,10 +4,10 @@ Forked workers where they can be: the parent has imported torch, Triton and fast
 and re-importing them per worker costs seconds.  Spawned ones with nccl, or once the parent
 has used CUDA: its autograd engine then runs device threads, and a forked child's backward
 fails ("Unable to handle autograd's threading in combination with fork-based
-multiprocessing"; seen under pytest-xdist on the GPU, where earlier cases ran CUDA backwards).  Each worker sets one thread and a
-collective timeout, so a hang fails the test instead of blocking CI; the parent kills
-workers that outlive the deadline.  An exception in a worker fails the test with the
-worker's traceback.
+multiprocessing"; seen under pytest-xdist on the GPU, where earlier cases ran CUDA backwards).
+Each worker sets one thread and a collective timeout, so a hang fails the test instead of
+blocking CI; the parent kills workers that outlive the deadline.  An exception in a worker
+fails the test with the worker's traceback.
 """
 from __future__ import annotations
 

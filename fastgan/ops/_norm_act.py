@@ -97,6 +97,18 @@ def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def kernel_running_stats(running_mean, running_var, training, momentum, dtype):
+    """(kernel_running, kernel_momentum, rest): the running stats a batch-norm layer's statistics
+    kernel updates in place (when training with them and they are dense in the statistics' dtype;
+    else (None, None) and momentum 0), and ``rest``, the pair the caller must update itself
+    afterwards (e.g. float16 buffers; (None, None) when none).  Updating them in the statistics'
+    own kernel saves the launches of a separate update in every such layer's forward."""
+    running = (running_mean, running_var) if training and running_mean is not None else (None, None)
+    if running[0] is None or all(t.dtype == dtype and t.is_contiguous() for t in running):
+        return running, float(momentum) if running[0] is not None else 0.0, (None, None)
+    return (None, None), 0.0, running
+
+
 def detached_param(t, dtype):
     """A weight or bias as the statistics kernels take it: detached (their outputs are constants to
     autograd; the Functions differentiate through weight and bias themselves), in ``dtype``, dense.

@@ -15,7 +15,7 @@ from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
 from ._layout import kernel_layout
-from ._norm_act import Grouping, NormActFn, detached_param
+from ._norm_act import Grouping, NormActFn, detached_param, kernel_running_stats
 
 __all__ = ["batch_norm_act"]
 
@@ -71,10 +71,7 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     dtype = _compute_dtype(x)
     use_batch_stats = bool(training) or running_mean is None
     count = x.numel() // x.shape[1]
-    running = (running_mean, running_var) if training and running_mean is not None else (None, None)
-    in_kernel = running[0] is None or all(t.dtype == dtype and t.is_contiguous() for t in running)
-    kernel_running = running if in_kernel else (None, None)  # else (e.g. float16 buffers) updated below
-    kernel_momentum = float(momentum) if kernel_running[0] is not None else 0.0
+    kernel_running, kernel_momentum, rest = kernel_running_stats(running_mean, running_var, training, momentum, dtype)
     w, b = detached_param(weight, dtype), detached_param(bias, dtype)
     # invstd, the affine tables and the running-stat update: six eager launches, done by the statistics'
     # own merge kernel (batch statistics) or one more (running statistics)
@@ -85,7 +82,7 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     else:
         mean, var = running_mean.detach().to(dtype), running_var.detach().to(dtype)
         invstd, scale, shift = k.stats_affine(mean, var, w, b, None, None, count, 0.0, float(eps))
-    if not in_kernel:
-        update_running_stats(running[0], running[1], mean, var, count, momentum)
+    if rest[0] is not None:
+        update_running_stats(rest[0], rest[1], mean, var, count, momentum)
     grouping = Grouping(per_sample=False, groups=x.shape[1], batch_stats=use_batch_stats)
     return NormActFn.apply(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)

@@ -22,7 +22,7 @@ from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
 from ._layout import contiguous_canonical
-from ._norm_act import Grouping, NormActFn
+from ._norm_act import Grouping, NormActFn, kernel_running_stats
 
 __all__ = ["pixel_shuffle_act", "pixel_shuffle_batch_norm_act"]
 
@@ -93,12 +93,7 @@ def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_m
     k = _backend.kernels(backend, "batch_norm_act")
     use_batch_stats = bool(training) or running_mean is None
     count = x.numel() // out_channels
-    running = (running_mean, running_var) if training and running_mean is not None else (None, None)
-    # the running stats are updated by the statistics' own kernel when they are dense in the
-    # statistics' dtype (else, e.g. float16 buffers, below); few launches: this runs in every layer
-    in_kernel = running[0] is None or all(t.dtype == dtype and t.is_contiguous() for t in running)
-    kernel_running = running if in_kernel else (None, None)
-    kernel_momentum = float(momentum) if kernel_running[0] is not None else 0.0
+    kernel_running, kernel_momentum, rest = kernel_running_stats(running_mean, running_var, training, momentum, dtype)
     if use_batch_stats:
         # An output channel's values are its r^2 input channels, which lie next to each other in a
         # contiguous x: seen as (N, C_out, r^2 H W), batch norm's statistics are plain per-channel
@@ -108,8 +103,8 @@ def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_m
     else:
         mean, var = running_mean.detach().to(dtype), running_var.detach().to(dtype)
         invstd, _, _ = k.stats_affine(mean, var, None, None, None, None, count, 0.0, float(eps))
-    if not in_kernel:
-        update_running_stats(running[0], running[1], mean, var, count, momentum)
+    if rest[0] is not None:
+        update_running_stats(rest[0], rest[1], mean, var, count, momentum)
     expand = lambda t: None if t is None else t.to(dtype).repeat_interleave(r2)  # noqa: E731
     grouping = Grouping(per_sample=False, groups=out_channels, batch_stats=use_batch_stats, upscale=upscale_factor)
     return NormActFn.apply(x, expand(weight), expand(bias), expand(mean), expand(invstd), grouping, act, slope,
