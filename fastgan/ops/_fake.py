@@ -114,6 +114,13 @@ def _norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1,
     return torch.empty_like(x), (torch.empty_like(gy) if upscale == 1 else _y_side(x, upscale))
 
 
+def _norm_act(x, weight, bias, mean, invstd, scale, shift, groups, batch_stats, act, slope, upscale=1):
+    """The forward with C++ autograd (csrc/norm_act_autograd.cpp): its output is norm_act_forward's.
+    Traced with autograd, its Function's kernels' ops (above) are what a graph records."""
+    _check_upscale("norm_act", x, upscale)
+    return _y_side(x, upscale)
+
+
 # Op name (in the ``fastgan`` namespace) -> fake implementation (other op
 # families keep theirs in their own _fake_*.py).
 FAKES: dict[str, Callable] = {
@@ -122,6 +129,7 @@ FAKES: dict[str, Callable] = {
     "row_moments": _row_moments,
     "row_stats_affine": _row_stats_affine,
     "norm_act_forward": _norm_act_forward,
+    "norm_act": _norm_act,
     "norm_act_backward_reduce": _norm_act_backward_reduce,
     "norm_act_backward_reduce_coefficients": _norm_act_backward_reduce_coefficients,
     "norm_act_backward_apply": _norm_act_backward_apply,

@@ -119,6 +119,33 @@ def detached_param(t, dtype):
     return t if t.is_contiguous() else t.contiguous()
 
 
+def norm_act(x, weight, bias, mean, invstd, grouping: Grouping, act, slope, backend, scale=None, shift=None):
+    """act(w * (x - mean) * invstd + b), differentiable twice, on a fast backend: the fused forward of
+    the whole family.  ``scale`` / ``shift``: the affine tables of (mean, invstd, weight, bias) when
+    the caller has them.
+
+    The CUDA backend runs it as one op, ``torch.ops.fastgan.norm_act``, whose autograd is C++
+    (``csrc/norm_act_autograd.cpp``): its backward never enters Python, which halves a fused layer's
+    host time.  The Triton backend, and per-sample weight tables (virtual batch norm) or more table
+    rows than the double-backward coefficient kernel takes, use the Python Functions below."""
+    if backend == "cuda" and _cpp_autograd_fits(weight, bias, invstd):
+        if scale is None:
+            scale, shift, _ = affine_tables(mean, invstd, _detached(weight), _detached(bias))
+        return _backend.kernels(backend, "batch_norm_act").norm_act(
+            x, weight, bias, mean, invstd, scale, shift, grouping.groups, grouping.batch_stats, act, slope,
+            grouping.upscale)
+    return NormActFn.apply(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)
+
+
+def _cpp_autograd_fits(weight, bias, invstd) -> bool:
+    rows = invstd.numel() // max(invstd.shape[-1], 1)
+    return (weight is None or weight.dim() == 1) and (bias is None or bias.dim() == 1) and rows <= 65535
+
+
+def _detached(t):
+    return None if t is None else t.detach()
+
+
 class NormActFn(torch.autograd.Function):
     """(x, weight, bias) -> act(w * (x - mean) * invstd + b) with given statistics."""
 

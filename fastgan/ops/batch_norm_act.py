@@ -15,7 +15,7 @@ from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
 from ._layout import kernel_layout
-from ._norm_act import Grouping, NormActFn, detached_param, kernel_running_stats
+from ._norm_act import Grouping, detached_param, kernel_running_stats, norm_act
 
 __all__ = ["batch_norm_act"]
 
@@ -85,4 +85,4 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     if rest[0] is not None:
         update_running_stats(rest[0], rest[1], mean, var, count, momentum)
     grouping = Grouping(per_sample=False, groups=x.shape[1], batch_stats=use_batch_stats)
-    return NormActFn.apply(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)
+    return norm_act(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)

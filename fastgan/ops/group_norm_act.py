@@ -17,7 +17,7 @@ from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
 from ._layout import kernel_layout
-from ._norm_act import Grouping, NormActFn, detached_param
+from ._norm_act import Grouping, detached_param, norm_act
 from .batch_norm_act import batch_norm_act
 
 __all__ = ["group_norm_act", "instance_norm_act", "layer_norm_act"]
@@ -37,7 +37,7 @@ def _fused(x, groups, weight, bias, eps, act, slope, backend, running=None, mome
     spatial = x.numel() // (n * c)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     w, b = detached_param(weight, dtype), detached_param(bias, dtype)
-    # x detached: NormActFn differentiates through the statistics itself
+    # x detached: norm_act differentiates through the statistics itself
     if running is None:  # one call: the per-(n, c) moments, then their group merge, invstd and affine tables
         mean_t, invstd_t, scale_t, shift_t = k.row_stats_affine(x.detach(), w, b, groups, float(eps))
     else:  # instance norm's running stats need the per-instance moments: two calls
@@ -46,7 +46,7 @@ def _fused(x, groups, weight, bias, eps, act, slope, backend, running=None, mome
                              spatial, momentum)
         mean_t, invstd_t, scale_t, shift_t = k.group_stats_affine(row_mean, row_m2, w, b, groups, spatial,
                                                                   float(eps))
-    return NormActFn.apply(x, weight, bias, mean_t, invstd_t, Grouping(True, groups), act, slope, backend,
+    return norm_act(x, weight, bias, mean_t, invstd_t, Grouping(True, groups), act, slope, backend,
                            scale_t, shift_t)
 
 

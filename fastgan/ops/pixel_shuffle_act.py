@@ -22,7 +22,7 @@ from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
 from ._layout import contiguous_canonical
-from ._norm_act import Grouping, NormActFn, kernel_running_stats
+from ._norm_act import Grouping, kernel_running_stats, norm_act
 
 __all__ = ["pixel_shuffle_act", "pixel_shuffle_batch_norm_act"]
 
@@ -59,7 +59,7 @@ def pixel_shuffle_act(x: torch.Tensor, upscale_factor: int, bias: Optional[torch
     shift = None if bias is None else bias.to(dtype).repeat_interleave(r2)
     grouping = Grouping(per_sample=False, groups=x.shape[1], batch_stats=False, upscale=upscale_factor)
     # views, not the same tensors twice: Dynamo refuses a tensor passed to two inputs of a Function
-    return NormActFn.apply(x, None, shift, zero, one, grouping, act, slope, backend, one.view(-1),
+    return norm_act(x, None, shift, zero, one, grouping, act, slope, backend, one.view(-1),
                            zero.view(-1) if shift is None else shift.detach())
 
 
@@ -107,5 +107,5 @@ def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_m
         update_running_stats(rest[0], rest[1], mean, var, count, momentum)
     expand = lambda t: None if t is None else t.to(dtype).repeat_interleave(r2)  # noqa: E731
     grouping = Grouping(per_sample=False, groups=out_channels, batch_stats=use_batch_stats, upscale=upscale_factor)
-    return NormActFn.apply(x, expand(weight), expand(bias), expand(mean), expand(invstd), grouping, act, slope,
+    return norm_act(x, expand(weight), expand(bias), expand(mean), expand(invstd), grouping, act, slope,
                            backend)

@@ -20,7 +20,7 @@ from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ._layout import kernel_layout
 from ._moments import moments
-from ._norm_act import Grouping, NormActFn
+from ._norm_act import Grouping, norm_act
 
 __all__ = ["virtual_batch_norm", "virtual_batch_reference_stats"]
 
@@ -95,5 +95,5 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
     # aliases, so that the Function computes none and Dynamo sees no tensor passed twice).
     zero, one = torch.zeros_like(scale), torch.ones_like(scale)
     grouping = Grouping(per_sample=scale.dim() == 2, groups=x.shape[1], batch_stats=False)
-    return NormActFn.apply(x, scale, shift, zero, one, grouping, act, slope, backend, scale.detach(),
+    return norm_act(x, scale, shift, zero, one, grouping, act, slope, backend, scale.detach(),
                            shift.detach())

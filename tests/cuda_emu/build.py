@@ -17,8 +17,9 @@ use.  The sources are copied and rewritten mechanically, never edited by hand:
   accesses past a tensor (run it through ``asan.py``, which preloads ASan);
   with ``FASTGAN_EMU_STATIC_LIBSTDCXX=1`` libstdc++ linked in statically (the
   toolchain of the first GPU machine did that; see ``csrc/check.h``);
-* in the bindings, the op namespace ``fastgan`` becomes ``fastgan_emu``, the
-  dispatch key CUDA becomes CPU (``is_cuda()`` checks become ``is_cpu()``),
+* in the bindings, the op namespace ``fastgan`` becomes ``fastgan_emu`` (in
+  ``FASTGAN_OPS_NAMESPACE`` too, where ops call ops), the dispatch key CUDA
+  becomes CPU (``is_cuda()`` checks become ``is_cpu()``),
   and ``at::empty`` / ``at::empty_like`` outputs start as NaN.
 
 The result registers the very ops of ``fastgan._C`` -- same names, schemas and
@@ -79,6 +80,9 @@ def rewrite_binding(text: str) -> str:
     """A binding .cpp file for the emulator: the op namespace, dispatch key and allocations."""
     text = text.replace("TORCH_LIBRARY_FRAGMENT(fastgan,", f"TORCH_LIBRARY_FRAGMENT({NAMESPACE},")
     text = text.replace("TORCH_LIBRARY_IMPL(fastgan, CUDA,", f"TORCH_LIBRARY_IMPL({NAMESPACE}, CPU,")
+    text = text.replace("TORCH_LIBRARY_IMPL(fastgan, Autograd,", f"TORCH_LIBRARY_IMPL({NAMESPACE}, Autograd,")
+    # ops that call other ops through the dispatcher look them up in this namespace
+    text = text.replace('#define FASTGAN_OPS_NAMESPACE "fastgan"', f'#define FASTGAN_OPS_NAMESPACE "{NAMESPACE}"')
     text = text.replace(".is_cuda()", ".is_cpu()")
     text = re.sub(r"\bat::empty_like\(", "::emu::empty_like(", text)
     text = re.sub(r"\bat::empty\(", "::emu::empty(", text)

@@ -1,0 +1,356 @@
+// torch.ops.fastgan.norm_act: the fused normalize + affine + activation of the norm family with its
+// autograd in C++ (first and second derivatives), the CUDA backend's twin of the Python Functions
+// in fastgan/ops/_norm_act.py (NormActFn, NormActBackwardFn; the math is documented there).
+//
+//   norm_act(x, weight?, bias?, mean, invstd, scale, shift, groups, batch_stats, act, slope, upscale=1) -> y
+//
+// y = act(x * scale + shift), scale / shift being the affine tables of (mean, invstd, weight, bias);
+// (C,) vectors (batch norm) or (N, C) tables (group / instance / layer norm), groups and upscale as in
+// fastgan/ops/_norm_act.py's Grouping.  weight and bias are None or (C,) vectors (per-sample weight
+// tables, i.e. virtual batch norm, stay on the Python Functions).
+//
+// Why C++: at GAN batch sizes a training step is bound by the host issuing work, and the Python
+// Functions cost a fused layer about twice the host time of eager's batch_norm + leaky_relu.  Here
+// one op call does the forward, and the backward -- run by autograd's engine -- never enters Python.
+// The Functions call the kernels' ops (csrc/batch_norm_act.cpp, double_coefficients.cpp) through the
+// dispatcher, below autograd, so fake tensors, torch.compile's tracing and CUDA graph capture see the
+// same ops as they do on the Python path.
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <tuple>
+
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/Optional.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+#include <torch/library.h>
+
+#include "check.h"
+
+// The namespace the ops are looked up in (the tests' CPU emulator builds these sources as fastgan_emu).
+#define FASTGAN_OPS_NAMESPACE "fastgan"
+
+namespace fastgan {
+namespace {
+
+using at::Tensor;
+using std::optional;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr const char* kThirdOrderMessage =
+    "fastgan's fused ops support first and second derivatives only; a third-order derivative was requested "
+    "(use impl='ref' for higher orders)";
+
+template <class Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  const std::string qualified = std::string(FASTGAN_OPS_NAMESPACE "::") + name;
+  return c10::Dispatcher::singleton().findSchemaOrThrow(qualified.c_str(), "").typed<Signature>();
+}
+
+// ---------------------------------------------------------------------------- the kernels' ops
+
+Tensor forward_op(const Tensor& x, const Tensor& scale, const Tensor& shift, int64_t act, double slope,
+                  int64_t upscale) {
+  static const auto op = op_handle<Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, double, int64_t)>(
+      "norm_act_forward");
+  return op.call(x, scale, shift, act, slope, upscale);
+}
+
+using Tensor2 = std::tuple<Tensor, Tensor>;
+using Tensor5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using Tensor6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using Tensor7 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using CT = const Tensor&;
+using OptT = const optional<Tensor>&;
+
+// The statistics and per-call settings every pass takes.
+struct Problem {
+  Tensor x, weight, bias, mean, invstd, scale, shift;  // weight, bias may be undefined
+  int64_t groups, act, upscale;
+  bool batch_stats;
+  double slope;
+
+  // Elements per statistics group (Grouping.group_size): per (n, group) with (N, C) tables, else
+  // per group over the whole batch.
+  int64_t group_size() const {
+    const int64_t n = x.size(0), c = x.size(1);
+    const int64_t rows = n * c;
+    const int64_t spatial = rows > 0 ? x.numel() / rows : 0;
+    const int64_t per_group = (c / groups) * spatial;
+    return scale.dim() == 2 ? per_group : n * per_group;
+  }
+};
+
+// A per-(n, c) table summed to a weight / bias's (C,) shape (sum_to_param).
+Tensor to_channels(const Tensor& t) { return t.dim() == 2 ? t.sum(0) : t; }
+
+// t with exactly x's strides (fastgan/ops/_layout.py's like()), copied only when they differ.
+Tensor like(const Tensor& t, const Tensor& x) {
+  if (t.strides() == x.strides()) return t;
+  return at::empty_like(x, x.options().dtype(t.scalar_type())).copy_(t);
+}
+
+// gy as the kernels read it: x's layout, or contiguous pixel-shuffled (upscale > 1).
+Tensor y_layout(const Tensor& gy, const Problem& p) { return p.upscale == 1 ? like(gy, p.x) : gy.contiguous(); }
+
+// (dx, dw, db) from gy in y_layout: one reduction (with its coefficients when the statistics are
+// the batch's), one elementwise pass.  dw, db in the statistics' dtype, (C,).
+std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& gy, const Problem& p) {
+  static const auto reduce_coefficients =
+      op_handle<Tensor6(CT, CT, CT, CT, CT, CT, int64_t, double, int64_t, int64_t, int64_t)>(
+          "norm_act_backward_reduce_coefficients");
+  static const auto reduce =
+      op_handle<Tensor2(CT, CT, CT, CT, CT, CT, int64_t, double, int64_t)>("norm_act_backward_reduce");
+  static const auto apply = op_handle<Tensor(CT, CT, CT, CT, CT, CT, CT, CT, CT, int64_t, double, int64_t)>(
+      "norm_act_backward_apply");
+  Tensor dw, db, k2, k3;
+  if (p.batch_stats) {
+    auto [r_g, r_gx, k2_, k3_, sum_g, sum_gx] = reduce_coefficients.call(
+        gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.act, p.slope, p.groups, p.group_size(), p.upscale);
+    dw = r_gx.dim() == 2 ? sum_gx : r_gx;
+    db = r_g.dim() == 2 ? sum_g : r_g;
+    k2 = k2_;
+    k3 = k3_;
+  } else {  // constant statistics: their terms vanish
+    auto [r_g, r_gx] = reduce.call(gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.act, p.slope, p.upscale);
+    dw = to_channels(r_gx);
+    db = to_channels(r_g);
+    k2 = k3 = at::zeros_like(p.scale);
+  }
+  Tensor dx = apply.call(gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.scale, k2, k3, p.act, p.slope, p.upscale);
+  return {dx, dw, db};
+}
+
+optional<Tensor> as_table(const Tensor& t, at::ScalarType dtype) {
+  if (!t.defined()) return std::nullopt;
+  return t.to(dtype).contiguous();
+}
+
+// The double backward (u, alpha, beta: grads wrt dx, dw, db; any may be undefined) -> (ggy, ggx,
+// grad wrt weight): five sums, their coefficients, one elementwise pass (NormActBackwardFn's).
+std::tuple<Tensor, Tensor, Tensor> double_impl(const Tensor& u_in, const Tensor& alpha, const Tensor& beta,
+                                               const Tensor& gy, const Problem& p) {
+  static const auto reduce = op_handle<Tensor5(CT, CT, CT, CT, CT, CT, CT, int64_t, double, int64_t)>(
+      "norm_act_double_reduce");
+  static const auto coefficients =
+      op_handle<Tensor7(CT, CT, CT, CT, CT, OptT, CT, OptT, OptT, int64_t, int64_t, bool)>(
+          "norm_act_double_coefficients");
+  static const auto apply = op_handle<Tensor2(CT, CT, CT, CT, CT, CT, CT, CT, CT, CT, CT, CT, CT, CT, int64_t,
+                                              double, int64_t)>("norm_act_double_apply");
+  const Tensor u = u_in.defined() ? like(u_in, p.x) : at::zeros_like(p.x);
+  auto [r_g, r_gx, r_u, r_ux, r_gu] =
+      reduce.call(u, gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.act, p.slope, p.upscale);
+  const auto dtype = p.invstd.scalar_type();
+  auto [a2, a3, b1, b2, b3, b4, grad_w] = coefficients.call(
+      r_g.contiguous(), r_gx.contiguous(), r_u.contiguous(), r_ux.contiguous(), r_gu.contiguous(),
+      as_table(p.weight, dtype), p.invstd.contiguous(), as_table(alpha, dtype), as_table(beta, dtype), p.groups,
+      p.group_size(), p.batch_stats);
+  auto [ggx, ggy] = apply.call(u, gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.scale, a2, a3, b1, b2, b3, b4,
+                               p.act, p.slope, p.upscale);
+  return {ggy, ggx, to_channels(grad_w)};
+}
+
+// ---------------------------------------------------------------------------- the autograd nodes
+//
+// The forward's node is a plain autograd Node, as PyTorch's own ops make them: saved variables and
+// settings as members.  A torch::autograd::Function (a CppNode) costs about as much host time again
+// (a context with a string-keyed map, a std::function, vectors of variable info) and this node is
+// made in every fused layer's forward.  The differentiable backward and the double backward, made
+// only under create_graph, are Functions.
+
+Tensor as_dtype_of(const Tensor& t, const Tensor& like) {
+  return t.scalar_type() == like.scalar_type() ? t : t.to(like.scalar_type());
+}
+
+// Optional tensors travel into Function::apply as std::optional: an undefined Tensor there would be
+// taken for a variable (and fail), while std::nullopt is skipped.  So the edge of a tensor input
+// -- what needs_input_grad() indexes -- counts only the tensors given.
+optional<Tensor> given(const Tensor& t) { return t.defined() ? optional<Tensor>(t) : std::nullopt; }
+Tensor value(const optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+
+void save_settings(AutogradContext* ctx, const Problem& p) {
+  ctx->saved_data["groups"] = p.groups;
+  ctx->saved_data["act"] = p.act;
+  ctx->saved_data["upscale"] = p.upscale;
+  ctx->saved_data["batch_stats"] = p.batch_stats;
+  ctx->saved_data["slope"] = p.slope;
+}
+
+// The last derivative: computes the double backward; differentiating it again raises (a node whose
+// inputs are the real ones, so no path to them is silently pruned; see fastgan/ops/_autograd.py).
+struct NormActGradGrad : public torch::autograd::Function<NormActGradGrad> {
+  static variable_list forward(AutogradContext* ctx, OptT u, OptT alpha, OptT beta, CT gy, CT x, OptT weight,
+                               OptT bias, CT mean, CT invstd, CT scale, CT shift, int64_t groups, bool batch_stats,
+                               int64_t act, double slope, int64_t upscale) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const Problem p{x, value(weight), value(bias), mean, invstd, scale, shift, groups, act, upscale, batch_stats,
+                    slope};
+    auto [ggy, ggx, grad_w] = double_impl(value(u), value(alpha), value(beta), gy, p);
+    return {ggy, ggx, grad_w};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    FASTGAN_CHECK(false, kThirdOrderMessage);
+    return {};
+  }
+};
+
+// (gy, x, weight, bias) -> (dx, dw, db), differentiable once more: the backward under create_graph.
+struct NormActGrad : public torch::autograd::Function<NormActGrad> {
+  static variable_list forward(AutogradContext* ctx, CT gy, CT x, OptT weight, OptT bias, CT mean, CT invstd,
+                               CT scale, CT shift, int64_t groups, bool batch_stats, int64_t act, double slope,
+                               int64_t upscale) {
+    // unused outputs (a gradient penalty differentiates dx only) arrive undefined, not as zeros
+    ctx->set_materialize_grads(false);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const Problem p{x, value(weight), value(bias), mean, invstd, scale, shift, groups, act, upscale, batch_stats,
+                    slope};
+    const Tensor gy_layout = y_layout(gy, p);
+    auto [dx, dw, db] = backward_impl(gy_layout, p);
+    ctx->save_for_backward({gy_layout, p.x, p.weight, p.bias, p.mean, p.invstd, p.scale, p.shift});
+    save_settings(ctx, p);
+    return {dx, dw, db};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list s = ctx->get_saved_variables();
+    auto& d = ctx->saved_data;
+    const Tensor& gy = s[0];
+    const Problem p{s[1], s[2], s[3], s[4], s[5], s[6], s[7], d["groups"].toInt(), d["act"].toInt(),
+                    d["upscale"].toInt(), d["batch_stats"].toBool(), d["slope"].toDouble()};
+    Tensor ggy, ggx, grad_w;
+    if (at::GradMode::is_enabled()) {  // create_graph: the result must refuse a third derivative
+      auto out = NormActGradGrad::apply(given(grads[0]), given(grads[1]), given(grads[2]), gy, p.x, given(p.weight),
+                                        given(p.bias), p.mean, p.invstd, p.scale, p.shift, p.groups, p.batch_stats,
+                                        p.act, p.slope, p.upscale);
+      ggy = out[0], ggx = out[1], grad_w = out[2];
+    } else {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      std::tie(ggy, ggx, grad_w) = double_impl(grads[0], grads[1], grads[2], gy, p);
+    }
+    // edges: gy, x, then weight and bias when given
+    const bool need_w = p.weight.defined() && ctx->needs_input_grad(2);
+    // bias only moves the activation's kink: its second derivative is zero almost everywhere
+    const bool need_b = p.bias.defined() && ctx->needs_input_grad(p.weight.defined() ? 3 : 2);
+    return {ggy, ggx, need_w ? as_dtype_of(grad_w, p.weight) : Tensor(), need_b ? at::zeros_like(p.bias) : Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// The forward's node: edges to x, weight, bias (an undefined tensor's edge is invalid).
+struct NormActBackward : public torch::autograd::Node {
+  using SavedVariable = torch::autograd::SavedVariable;
+  SavedVariable x_, weight_, bias_, mean_, invstd_, scale_, shift_;
+  int64_t groups = 1, act = 0, upscale = 1;
+  bool batch_stats = true;
+  double slope = 0.0;
+
+  std::string name() const override { return "fastgan::NormActBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable* v : {&x_, &weight_, &bias_, &mean_, &invstd_, &scale_, &shift_}) v->reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    variable_list out(3);
+    if (!grads[0].defined()) return out;
+    // the saved tensors are this node's inputs, not its outputs: unpacked without it
+    const Problem p{x_.unpack(), weight_.unpack(), bias_.unpack(), mean_.unpack(), invstd_.unpack(),
+                    scale_.unpack(), shift_.unpack(), groups, act, upscale, batch_stats, slope};
+    Tensor dx, dw, db;
+    if (at::GradMode::is_enabled()) {  // create_graph (a gradient penalty): a differentiable backward
+      auto r = NormActGrad::apply(grads[0], p.x, given(p.weight), given(p.bias), p.mean, p.invstd, p.scale, p.shift,
+                                  p.groups, p.batch_stats, p.act, p.slope, p.upscale);
+      dx = r[0], dw = r[1], db = r[2];
+    } else {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      std::tie(dx, dw, db) = backward_impl(y_layout(grads[0], p), p);
+    }
+    if (task_should_compute_output(0)) out[0] = dx;
+    if (p.weight.defined() && task_should_compute_output(1)) out[1] = as_dtype_of(dw, p.weight);
+    if (p.bias.defined() && task_should_compute_output(2)) out[2] = as_dtype_of(db, p.bias);
+    return out;
+  }
+};
+
+// ---------------------------------------------------------------------------- the op's kernels
+
+void check_params(const optional<Tensor>& weight, const optional<Tensor>& bias) {
+  for (const auto* t : {&weight, &bias}) {
+    FASTGAN_CHECK_VALUE(!t->has_value() || !(*t)->defined() || (*t)->dim() == 1, "fastgan::norm_act: ",
+                        t == &weight ? "weight" : "bias", " must be None or a (C,) vector, got shape ",
+                        (*t)->sizes());
+  }
+}
+
+// Autograd: the forward kernel, and its node when an input needs a gradient.
+Tensor norm_act_autograd(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
+                         const Tensor& mean, const Tensor& invstd, const Tensor& scale, const Tensor& shift,
+                         int64_t groups, bool batch_stats, int64_t act, double slope, int64_t upscale) {
+  check_params(weight, bias);
+  const Tensor w = value(weight), b = value(bias);
+  c10::intrusive_ptr<NormActBackward> node;
+  if (torch::autograd::compute_requires_grad(x, w, b)) {
+    node = c10::make_intrusive<NormActBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x, w, b));
+  }
+  Tensor y;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    y = forward_op(x, scale, shift, act, slope, upscale);
+  }
+  if (node) {
+    using torch::autograd::SavedVariable;
+    node->x_ = SavedVariable(x, false);
+    node->weight_ = SavedVariable(w, false);
+    node->bias_ = SavedVariable(b, false);
+    node->mean_ = SavedVariable(mean, false);
+    node->invstd_ = SavedVariable(invstd, false);
+    node->scale_ = SavedVariable(scale, false);
+    node->shift_ = SavedVariable(shift, false);
+    node->groups = groups;
+    node->act = act;
+    node->upscale = upscale;
+    node->batch_stats = batch_stats;
+    node->slope = slope;
+    torch::autograd::set_history(y, node);
+  }
+  return y;
+}
+
+// Below autograd (inference mode, or no input needing grad in a traced graph): the forward kernel.
+Tensor norm_act_forward_only(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
+                             const Tensor& mean, const Tensor& invstd, const Tensor& scale, const Tensor& shift,
+                             int64_t groups, bool batch_stats, int64_t act, double slope, int64_t upscale) {
+  check_params(weight, bias);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return forward_op(x, scale, shift, act, slope, upscale);
+}
+
+}  // namespace
+}  // namespace fastgan
+
+// The schema (TORCH_LIBRARY(fastgan, m) itself is in module.cpp: one per namespace).
+TORCH_LIBRARY_FRAGMENT(fastgan, m) {
+  m.def(
+      "norm_act(Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor invstd, Tensor scale, Tensor shift, "
+      "int groups, bool batch_stats, int act, float slope, int upscale=1) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
+  m.impl("norm_act", &fastgan::norm_act_forward_only);
+}
+
+TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
+  m.impl("norm_act", &fastgan::norm_act_autograd);
+}

@@ -1,0 +1,151 @@
+"""The C++ autograd of the CUDA backend's fused norm layers (``torch.ops.fastgan.norm_act``,
+``csrc/norm_act_autograd.cpp``) against the Python Functions it replaces (``fastgan/ops/_norm_act.py``).
+
+Both drive the same kernels with the same statistics, so they must agree bit for bit -- forward,
+backward and double backward -- for every optional-argument combination (the C++ side indexes its
+gradient edges by the tensors given).  Runs on a GPU and on the CPU emulator of ``csrc/``; the
+ops' own accuracy against the reference is tested per op (test_batch_norm_act.py and others)."""
+import pytest
+import torch
+
+from fastgan.ops import _norm_act, batch_norm_act, layer_norm_act, pixel_shuffle_batch_norm_act
+from fastgan.ops._autograd import THIRD_ORDER_MESSAGE
+
+from conftest import all_backend_params
+
+CUDA = [p for p in all_backend_params() if p.values[0] == "cuda"]
+
+# (weight, bias): None, a parameter, or a tensor that needs no gradient
+PARAMS = [("none", "none"), ("param", "none"), ("none", "param"), ("param", "param"), ("fixed", "param"),
+          ("param", "fixed")]
+
+
+def _param(kind, channels, device, offset):
+    if kind == "none":
+        return None
+    t = torch.rand(channels, device=device, dtype=torch.float64) + offset
+    return t.requires_grad_(kind == "param")
+
+
+def _python_functions(monkeypatch):
+    monkeypatch.setattr(_norm_act, "_cpp_autograd_fits", lambda *args: False)
+
+
+def _first_and_second(op, x, weight, bias):
+    """y, then the gradients of a penalty-like loss: first derivatives with create_graph, and the
+    gradients of their squared norm (second derivatives), wrt every input needing one."""
+    inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
+    y = op(x, weight, bias)
+    gy = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).view_as(y)
+    first = torch.autograd.grad(y, inputs, gy, create_graph=True)
+    penalty = sum((g ** 2).sum() for g in first)
+    second = torch.autograd.grad(penalty, inputs, allow_unused=True)
+    plain = torch.autograd.grad(op(x, weight, bias), inputs, gy)  # no graph: the other code path
+    return [y, *first, *plain, *(torch.zeros(()) if s is None else s for s in second)]
+
+
+def _assert_same_bits(a, b):
+    assert len(a) == len(b)
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert torch.equal(u.detach(), v.detach()), f"result {i} differs"
+
+
+def _batch_norm(x, w, b):
+    return batch_norm_act(x, None, None, w, b, True, 0.1, 1e-5, "leaky_relu", 0.2, impl="cuda")
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+@pytest.mark.parametrize("weight_kind,bias_kind", PARAMS)
+def test_batch_norm_cpp_autograd_matches_python_functions(impl, device, weight_kind, bias_kind, monkeypatch):
+    x = torch.randn(4, 3, 5, 5, device=device, dtype=torch.float64, requires_grad=True)
+    w, b = _param(weight_kind, 3, device, 0.5), _param(bias_kind, 3, device, -0.5)
+    cpp = _first_and_second(_batch_norm, x, w, b)
+    assert _batch_norm(x, w, b).grad_fn.name() == "fastgan::NormActBackward"  # the C++ node
+    _python_functions(monkeypatch)
+    assert type(_batch_norm(x, w, b).grad_fn).__name__ == "NormActFnBackward"
+    _assert_same_bits(cpp, _first_and_second(_batch_norm, x, w, b))
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+@pytest.mark.parametrize("op", ["layer", "pixel_shuffle_batch", "eval_batch"])
+def test_other_groupings_match_python_functions(impl, device, op, monkeypatch):
+    """Per-sample tables (layer norm), pixel-shuffled y (upscale 2), constant statistics (eval mode)."""
+    if op == "layer":
+        x = torch.randn(3, 4, 3, 5, device=device, dtype=torch.float64, requires_grad=True)
+        fn = lambda x, w, b: layer_norm_act(x, w, b, impl="cuda")  # noqa: E731
+        channels = 4
+    elif op == "pixel_shuffle_batch":
+        x = torch.randn(3, 8, 3, 3, device=device, dtype=torch.float64, requires_grad=True)
+        fn = lambda x, w, b: pixel_shuffle_batch_norm_act(x, 2, None, None, w, b, impl="cuda")  # noqa: E731
+        channels = 2
+    else:
+        x = torch.randn(4, 3, 5, 5, device=device, dtype=torch.float64, requires_grad=True)
+        rm = torch.randn(3, device=device, dtype=torch.float64)
+        rv = torch.rand(3, device=device, dtype=torch.float64) + 0.5
+        fn = lambda x, w, b: batch_norm_act(x, rm, rv, w, b, False, impl="cuda")  # noqa: E731
+        channels = 3
+    w, b = _param("param", channels, device, 0.5), _param("param", channels, device, -0.5)
+    cpp = _first_and_second(fn, x, w, b)
+    _python_functions(monkeypatch)
+    _assert_same_bits(cpp, _first_and_second(fn, x, w, b))
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+def test_forward_adds_one_node_on_the_inputs(impl, device):
+    x = torch.randn(4, 3, 2, 2, device=device, requires_grad=True)
+    w, b = torch.rand(3, device=device, requires_grad=True), torch.rand(3, device=device, requires_grad=True)
+    y = _batch_norm(x, w, b)
+    inputs = [fn for fn, _ in y.grad_fn.next_functions if fn is not None]
+    assert {type(fn).__name__ for fn in inputs} == {"AccumulateGrad"}
+    assert [id(fn.variable) for fn in inputs] == [id(x), id(w), id(b)]
+    # a plain backward builds nothing; create_graph builds the differentiable backward's node
+    (dx,) = torch.autograd.grad(_batch_norm(x, w, b).sum(), x)
+    assert dx.grad_fn is None
+    (dx,) = torch.autograd.grad(_batch_norm(x, w, b).sum(), x, create_graph=True)
+    assert "NormActGrad" in dx.grad_fn.name()
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+def test_third_order_raises_the_python_message(impl, device):
+    x = torch.randn(4, 2, 3, 3, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, device=device, dtype=torch.float64, requires_grad=True)
+    (dx,) = torch.autograd.grad((_batch_norm(x, w, None) ** 2).sum(), x, create_graph=True)
+    (ddx,) = torch.autograd.grad((dx ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="first and second derivatives only"):
+        torch.autograd.grad(ddx.sum(), x)
+    assert "first and second derivatives only" in THIRD_ORDER_MESSAGE  # one message on both paths
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+def test_inference_and_no_grad_give_the_training_output(impl, device):
+    x = torch.randn(4, 3, 2, 2, device=device)
+    w, b = torch.rand(3, device=device, requires_grad=True), torch.rand(3, device=device)
+    y = _batch_norm(x, w, b)
+    with torch.no_grad():
+        y_no_grad = _batch_norm(x, w, b)
+    with torch.inference_mode():
+        y_inference = _batch_norm(x, w, b)
+    assert torch.equal(y.detach(), y_no_grad) and torch.equal(y.detach(), y_inference)
+    assert y_no_grad.grad_fn is None and y_inference.grad_fn is None
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+def test_input_modified_in_place_after_forward_raises(impl, device):
+    """The node keeps x (its backward reads it): an in-place change must fail the backward, not
+    silently use the new values."""
+    x = torch.randn(4, 3, 2, 2, device=device, requires_grad=True)
+    h = x * 1.0
+    y = _batch_norm(h, None, None)
+    h.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+def test_per_sample_weight_tables_keep_the_python_functions(impl, device):
+    """Virtual batch norm hands (N, C) weight tables: the double-backward coefficient kernel takes (C,)
+    weights only, so those calls stay on the Python Functions."""
+    tables = torch.ones(2, 3, device=device)
+    assert not _norm_act._cpp_autograd_fits(tables, None, tables)
+    assert _norm_act._cpp_autograd_fits(tables[0], tables[0], tables)
+    assert not _norm_act._cpp_autograd_fits(None, None, torch.ones(65536, 3, device=device))
