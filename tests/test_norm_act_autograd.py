@@ -149,3 +149,17 @@ def test_per_sample_weight_tables_keep_the_python_functions(impl, device):
     assert not _norm_act._cpp_autograd_fits(tables, None, tables)
     assert _norm_act._cpp_autograd_fits(tables[0], tables[0], tables)
     assert not _norm_act._cpp_autograd_fits(None, None, torch.ones(65536, 3, device=device))
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+def test_second_backward_needs_retain_graph(impl, device):
+    """The node frees its saved tensors after a backward (release_variables), as PyTorch's nodes do."""
+    x = torch.randn(4, 3, 2, 2, device=device, requires_grad=True)
+    w = torch.rand(3, device=device, requires_grad=True)
+    y = _batch_norm(x, w, None)
+    gy = torch.randn_like(y)
+    first = torch.autograd.grad(y, [x, w], gy, retain_graph=True)
+    again = torch.autograd.grad(y, [x, w], gy)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(y, [x, w], gy)

@@ -31,8 +31,10 @@ def _canonical_strides(x: torch.Tensor, order: tuple) -> torch.Tensor:
     stride(-1) = 4), but the Triton kernels address x through its strides:
     such a stride made them read outside x.  The view costs nothing and
     addresses the same elements."""
-    if x.numel() == 0 or _has_standard_strides(x, order):
-        return x  # the usual case: no views (each would cost a dispatch and an autograd node)
+    if 1 not in x.shape or x.numel() == 0 or _has_standard_strides(x, order):
+        # the usual case: no views (each would cost a dispatch and an autograd node); a dense tensor
+        # without size-1 dims has exactly its order's standard strides
+        return x
     permuted = x.permute(order)
     inverse = sorted(range(len(order)), key=order.__getitem__)
     return permuted.reshape(-1).view(permuted.shape).permute(inverse)

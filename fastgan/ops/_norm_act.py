@@ -34,7 +34,7 @@ autograd carry the statistics' derivatives.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -44,8 +44,7 @@ from ._autograd import last_derivative
 from ._layout import like
 
 
-@dataclass(frozen=True)
-class Grouping:
+class Grouping(NamedTuple):
     """Which elements share statistics.
 
     per_sample=False: ``groups`` groups of C / groups consecutive channels
@@ -53,7 +52,8 @@ class Grouping:
     shuffle (C / groups = r^2 sub-channels feed one output channel); vectors
     are (C,).  per_sample=True: ``groups`` groups of C / groups channels in
     each sample; tables are (N, C).  ``upscale`` r > 1: the output y (and so
-    gy) is pixel_shuffle(., r) of x's layout.
+    gy) is pixel_shuffle(., r) of x's layout.  (A NamedTuple: one is made in every fused layer's
+    forward, and a frozen dataclass costs several times as much to make.)
     """
     per_sample: bool
     groups: int
