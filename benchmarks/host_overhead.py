@@ -54,16 +54,16 @@ def emulated_cuda_backend(python_autograd: bool = False):
     from fastgan.ops import _norm_act
 
     ops = emulated_ops()
-    saved = (_backend.kernels, _backend.resolve, _norm_act._cpp_autograd_fits, os.environ.get("FASTGAN_EMU_SKIP_KERNELS"))
+    saved = (_backend.kernels, _backend.resolve, _norm_act.cpp_autograd_fits, os.environ.get("FASTGAN_EMU_SKIP_KERNELS"))
     _backend.kernels = lambda backend, op: ops
     _backend.resolve = lambda impl, device, op="op", cuda_support=True: "cuda"
     if python_autograd:
-        _norm_act._cpp_autograd_fits = lambda *args: False
+        _norm_act.cpp_autograd_fits = lambda *args: False
     os.environ["FASTGAN_EMU_SKIP_KERNELS"] = "1"
     try:
         yield
     finally:
-        _backend.kernels, _backend.resolve, _norm_act._cpp_autograd_fits, skip = saved
+        _backend.kernels, _backend.resolve, _norm_act.cpp_autograd_fits, skip = saved
         if skip is None:
             os.environ.pop("FASTGAN_EMU_SKIP_KERNELS", None)
         else:

@@ -3,6 +3,8 @@
 // in fastgan/ops/_norm_act.py (NormActFn, NormActBackwardFn; the math is documented there).
 //
 //   norm_act(x, weight?, bias?, mean, invstd, scale, shift, groups, batch_stats, act, slope, upscale=1) -> y
+//   norm_act_stats(x, weight?, bias?, running_mean?, running_var?, momentum, eps, groups, per_sample, act, slope)
+//       -> y     the batch's statistics (channel_stats_affine / row_stats_affine), then norm_act, in one call
 //
 // y = act(x * scale + shift), scale / shift being the affine tables of (mean, invstd, weight, bias);
 // (C,) vectors (batch norm) or (N, C) tables (group / instance / layer norm), groups and upscale as in
@@ -293,12 +295,10 @@ void check_params(const optional<Tensor>& weight, const optional<Tensor>& bias) 
   }
 }
 
-// Autograd: the forward kernel, and its node when an input needs a gradient.
-Tensor norm_act_autograd(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
-                         const Tensor& mean, const Tensor& invstd, const Tensor& scale, const Tensor& shift,
-                         int64_t groups, bool batch_stats, int64_t act, double slope, int64_t upscale) {
-  check_params(weight, bias);
-  const Tensor w = value(weight), b = value(bias);
+// The forward kernel, and its node when an input needs a gradient (and grad mode is on).
+Tensor record_norm_act(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& mean, const Tensor& invstd,
+                       const Tensor& scale, const Tensor& shift, int64_t groups, bool batch_stats, int64_t act,
+                       double slope, int64_t upscale) {
   c10::intrusive_ptr<NormActBackward> node;
   if (torch::autograd::compute_requires_grad(x, w, b)) {
     node = c10::make_intrusive<NormActBackward>();
@@ -328,6 +328,15 @@ Tensor norm_act_autograd(const Tensor& x, const optional<Tensor>& weight, const 
   return y;
 }
 
+// Autograd kernel of norm_act.
+Tensor norm_act_autograd(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
+                         const Tensor& mean, const Tensor& invstd, const Tensor& scale, const Tensor& shift,
+                         int64_t groups, bool batch_stats, int64_t act, double slope, int64_t upscale) {
+  check_params(weight, bias);
+  return record_norm_act(x, value(weight), value(bias), mean, invstd, scale, shift, groups, batch_stats, act, slope,
+                         upscale);
+}
+
 // Below autograd (inference mode, or no input needing grad in a traced graph): the forward kernel.
 Tensor norm_act_forward_only(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
                              const Tensor& mean, const Tensor& invstd, const Tensor& scale, const Tensor& shift,
@@ -335,6 +344,64 @@ Tensor norm_act_forward_only(const Tensor& x, const optional<Tensor>& weight, co
   check_params(weight, bias);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return forward_op(x, scale, shift, act, slope, upscale);
+}
+
+// ---------------------------------------------------------------------------- norm_act_stats
+//
+// The batch's statistics and the fused forward in one op call (a training-mode batch norm, or a
+// group / instance / layer norm without running stats): the statistics op of csrc/batch_norm_act.cpp
+// (channel_stats_affine, updating the running stats in place; or row_stats_affine per sample), then
+// norm_act's.  One call from Python instead of two, and none of the Python glue between them.
+
+// mean, invstd, scale, shift of x's batch (per_sample: (N, C) tables over groups of C / groups channels).
+std::tuple<Tensor, Tensor, Tensor, Tensor> batch_statistics(const Tensor& x, const Tensor& w, const Tensor& b,
+                                                            const optional<Tensor>& running_mean,
+                                                            const optional<Tensor>& running_var, double momentum,
+                                                            double eps, int64_t groups, bool per_sample) {
+  static const auto channel_stats_affine =
+      op_handle<Tensor5(CT, OptT, OptT, const optional<Tensor>&, const optional<Tensor>&, double, double)>(
+          "channel_stats_affine");
+  static const auto row_stats_affine =
+      op_handle<std::tuple<Tensor, Tensor, Tensor, Tensor>(CT, OptT, OptT, int64_t, double)>("row_stats_affine");
+  // the statistics kernels read weight and bias in the statistics' dtype (float32 for a float16 layer)
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const optional<Tensor> w_acc = w.defined() ? optional<Tensor>(w.to(acc)) : std::nullopt;
+  const optional<Tensor> b_acc = b.defined() ? optional<Tensor>(b.to(acc)) : std::nullopt;
+  if (per_sample) {
+    FASTGAN_CHECK_VALUE(!running_mean.has_value() && !running_var.has_value(),
+                        "fastgan::norm_act_stats: per-sample statistics take no running stats");
+    return row_stats_affine.call(x, w_acc, b_acc, groups, eps);
+  }
+  auto [mean, var, invstd, scale, shift] =
+      channel_stats_affine.call(x, w_acc, b_acc, running_mean, running_var, momentum, eps);
+  return {mean, invstd, scale, shift};
+}
+
+Tensor norm_act_stats_autograd(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
+                               const optional<Tensor>& running_mean, const optional<Tensor>& running_var,
+                               double momentum, double eps, int64_t groups, bool per_sample, int64_t act,
+                               double slope) {
+  check_params(weight, bias);
+  const Tensor w = value(weight), b = value(bias);
+  Tensor mean, invstd, scale, shift;
+  {
+    // statistics are constants to autograd: the node differentiates through them itself
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    std::tie(mean, invstd, scale, shift) =
+        batch_statistics(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample);
+  }
+  return record_norm_act(x, w, b, mean, invstd, scale, shift, groups, /*batch_stats=*/true, act, slope, 1);
+}
+
+Tensor norm_act_stats_forward_only(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
+                                   const optional<Tensor>& running_mean, const optional<Tensor>& running_var,
+                                   double momentum, double eps, int64_t groups, bool per_sample, int64_t act,
+                                   double slope) {
+  check_params(weight, bias);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  auto [mean, invstd, scale, shift] =
+      batch_statistics(x, value(weight), value(bias), running_mean, running_var, momentum, eps, groups, per_sample);
+  return forward_op(x, scale, shift, act, slope, 1);
 }
 
 }  // namespace
@@ -345,12 +412,17 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def(
       "norm_act(Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor invstd, Tensor scale, Tensor shift, "
       "int groups, bool batch_stats, int act, float slope, int upscale=1) -> Tensor");
+  m.def(
+      "norm_act_stats(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
+      "float momentum, float eps, int groups, bool per_sample, int act, float slope) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
   m.impl("norm_act", &fastgan::norm_act_forward_only);
+  m.impl("norm_act_stats", &fastgan::norm_act_stats_forward_only);
 }
 
 TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
   m.impl("norm_act", &fastgan::norm_act_autograd);
+  m.impl("norm_act_stats", &fastgan::norm_act_stats_autograd);
 }

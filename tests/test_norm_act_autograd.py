@@ -28,7 +28,7 @@ def _param(kind, channels, device, offset):
 
 
 def _python_functions(monkeypatch):
-    monkeypatch.setattr(_norm_act, "_cpp_autograd_fits", lambda *args: False)
+    monkeypatch.setattr(_norm_act, "cpp_autograd_fits", lambda *args: False)
 
 
 def _first_and_second(op, x, weight, bias):
@@ -141,14 +141,13 @@ def test_input_modified_in_place_after_forward_raises(impl, device):
         y.sum().backward()
 
 
-@pytest.mark.parametrize("impl,device", CUDA)
-def test_per_sample_weight_tables_keep_the_python_functions(impl, device):
-    """Virtual batch norm hands (N, C) weight tables: the double-backward coefficient kernel takes (C,)
-    weights only, so those calls stay on the Python Functions."""
-    tables = torch.ones(2, 3, device=device)
-    assert not _norm_act._cpp_autograd_fits(tables, None, tables)
-    assert _norm_act._cpp_autograd_fits(tables[0], tables[0], tables)
-    assert not _norm_act._cpp_autograd_fits(None, None, torch.ones(65536, 3, device=device))
+def test_per_sample_weight_tables_keep_the_python_functions():
+    """Virtual batch norm hands (N, C) weight tables, and the double-backward coefficient kernel takes
+    (C,) weights and at most 65535 rows only: those calls stay on the Python Functions."""
+    tables = torch.ones(2, 3)
+    assert not _norm_act.cpp_autograd_fits(tables, None) and not _norm_act.cpp_autograd_fits(None, tables)
+    assert _norm_act.cpp_autograd_fits(tables[0], tables[0], 65535)
+    assert not _norm_act.cpp_autograd_fits(None, None, 65536)
 
 
 @pytest.mark.parametrize("impl,device", CUDA)
@@ -163,3 +162,28 @@ def test_second_backward_needs_retain_graph(impl, device):
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         torch.autograd.grad(y, [x, w], gy)
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+@pytest.mark.parametrize("running_dtype", [torch.float32, torch.float16])
+def test_batch_norm_running_stats_and_half_parameters_match_python_functions(impl, device, running_dtype,
+                                                                           monkeypatch):
+    """A float16 layer: float16 x, weight and bias; float32 running stats are updated by the statistics
+    kernel inside norm_act_stats, float16 ones after it (the two-call path).  Output, gradients and the
+    updated running stats equal the Python Functions' bit for bit."""
+    def run():
+        torch.manual_seed(0)
+        x = torch.randn(6, 3, 4, 4, device=device).half().requires_grad_()
+        w = (torch.rand(3, device=device) + 0.5).half().requires_grad_()
+        b = torch.randn(3, device=device).half().requires_grad_()
+        rm = torch.zeros(3, device=device, dtype=running_dtype)
+        rv = torch.ones(3, device=device, dtype=running_dtype)
+        y = batch_norm_act(x, rm, rv, w, b, True, 0.3, 1e-5, impl="cuda")
+        grads = torch.autograd.grad(y, [x, w, b], torch.randn_like(y))
+        return [y, *grads, rm, rv]
+
+    cpp = run()
+    _python_functions(monkeypatch)
+    python = run()
+    _assert_same_bits(cpp, python)
+    assert cpp[-2].dtype == running_dtype and not torch.equal(cpp[-2], torch.zeros_like(cpp[-2]))

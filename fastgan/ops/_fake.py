@@ -121,6 +121,12 @@ def _norm_act(x, weight, bias, mean, invstd, scale, shift, groups, batch_stats, 
     return _y_side(x, upscale)
 
 
+def _norm_act_stats(x, weight, bias, running_mean, running_var, momentum, eps, groups, per_sample, act, slope):
+    """The batch's statistics, then norm_act (csrc/norm_act_autograd.cpp); the running stats it updates in
+    place are inputs, as channel_stats_affine's are."""
+    return torch.empty_like(x)
+
+
 # Op name (in the ``fastgan`` namespace) -> fake implementation (other op
 # families keep theirs in their own _fake_*.py).
 FAKES: dict[str, Callable] = {
@@ -130,6 +136,7 @@ FAKES: dict[str, Callable] = {
     "row_stats_affine": _row_stats_affine,
     "norm_act_forward": _norm_act_forward,
     "norm_act": _norm_act,
+    "norm_act_stats": _norm_act_stats,
     "norm_act_backward_reduce": _norm_act_backward_reduce,
     "norm_act_backward_reduce_coefficients": _norm_act_backward_reduce_coefficients,
     "norm_act_backward_apply": _norm_act_backward_apply,

@@ -128,7 +128,7 @@ def norm_act(x, weight, bias, mean, invstd, grouping: Grouping, act, slope, back
     (``csrc/norm_act_autograd.cpp``): its backward never enters Python, which halves a fused layer's
     host time.  The Triton backend, and per-sample weight tables (virtual batch norm) or more table
     rows than the double-backward coefficient kernel takes, use the Python Functions below."""
-    if backend == "cuda" and _cpp_autograd_fits(weight, bias, invstd):
+    if backend == "cuda" and cpp_autograd_fits(weight, bias, invstd.numel() // max(invstd.shape[-1], 1)):
         if scale is None:
             scale, shift, _ = affine_tables(mean, invstd, _detached(weight), _detached(bias))
         return _backend.kernels(backend, "batch_norm_act").norm_act(
@@ -137,8 +137,10 @@ def norm_act(x, weight, bias, mean, invstd, grouping: Grouping, act, slope, back
     return NormActFn.apply(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)
 
 
-def _cpp_autograd_fits(weight, bias, invstd) -> bool:
-    rows = invstd.numel() // max(invstd.shape[-1], 1)
+def cpp_autograd_fits(weight, bias, rows: int = 1) -> bool:
+    """Whether the CUDA backend's C++ autograd takes a call: weight and bias None or (C,) vectors, and
+    at most 65535 rows of statistics (samples, with per-sample statistics) for its double backward's
+    coefficient kernel."""
     return (weight is None or weight.dim() == 1) and (bias is None or bias.dim() == 1) and rows <= 65535
 
 

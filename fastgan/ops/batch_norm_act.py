@@ -14,6 +14,7 @@ from .. import _backend, reference
 from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
+from . import _norm_act
 from ._layout import kernel_layout
 from ._norm_act import Grouping, detached_param, kernel_running_stats, norm_act
 
@@ -72,6 +73,11 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     use_batch_stats = bool(training) or running_mean is None
     count = x.numel() // x.shape[1]
     kernel_running, kernel_momentum, rest = kernel_running_stats(running_mean, running_var, training, momentum, dtype)
+    if backend == "cuda" and use_batch_stats and rest[0] is None and _norm_act.cpp_autograd_fits(weight, bias):
+        # the usual training layer: statistics (running stats updated in place) and the fused forward
+        # in one call, its autograd C++ (csrc/norm_act_autograd.cpp)
+        return k.norm_act_stats(x, weight, bias, *kernel_running, kernel_momentum, float(eps), x.shape[1], False,
+                                act, slope)
     w, b = detached_param(weight, dtype), detached_param(bias, dtype)
     # invstd, the affine tables and the running-stat update: six eager launches, done by the statistics'
     # own merge kernel (batch statistics) or one more (running statistics)

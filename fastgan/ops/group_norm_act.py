@@ -16,6 +16,7 @@ from .. import _backend, reference
 from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ..reference.batch_norm_act import update_running_stats
+from . import _norm_act
 from ._layout import kernel_layout
 from ._norm_act import Grouping, detached_param, norm_act
 from .batch_norm_act import batch_norm_act
@@ -34,6 +35,9 @@ def _fused(x, groups, weight, bias, eps, act, slope, backend, running=None, mome
     x = kernel_layout(x)
     k = _backend.kernels(backend, "batch_norm_act")
     n, c = x.shape[0], x.shape[1]
+    if running is None and backend == "cuda" and _norm_act.cpp_autograd_fits(weight, bias, n):
+        # statistics and the fused forward in one call, its autograd C++ (csrc/norm_act_autograd.cpp)
+        return k.norm_act_stats(x, weight, bias, None, None, 0.0, float(eps), groups, True, act, slope)
     spatial = x.numel() // (n * c)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     w, b = detached_param(weight, dtype), detached_param(bias, dtype)
@@ -46,8 +50,8 @@ def _fused(x, groups, weight, bias, eps, act, slope, backend, running=None, mome
                              spatial, momentum)
         mean_t, invstd_t, scale_t, shift_t = k.group_stats_affine(row_mean, row_m2, w, b, groups, spatial,
                                                                   float(eps))
-    return norm_act(x, weight, bias, mean_t, invstd_t, Grouping(True, groups), act, slope, backend,
-                           scale_t, shift_t)
+    return norm_act(x, weight, bias, mean_t, invstd_t, Grouping(True, groups), act, slope, backend, scale_t,
+                    shift_t)
 
 
 def group_norm_act(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] = None,
