@@ -21,6 +21,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
@@ -29,6 +30,7 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Optional.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/edge.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
@@ -295,13 +297,25 @@ void check_params(const optional<Tensor>& weight, const optional<Tensor>& bias) 
   }
 }
 
+// A new node, held the way this torch's autograd holds nodes: std::shared_ptr up to torch 2.1x,
+// c10::intrusive_ptr since (an Edge's `function` member says which).
+template <class NodeType>
+auto make_node() {
+  using Held = decltype(torch::autograd::Edge::function);
+  if constexpr (std::is_same_v<Held, std::shared_ptr<torch::autograd::Node>>) {
+    return std::shared_ptr<NodeType>(new NodeType());
+  } else {
+    return c10::make_intrusive<NodeType>();
+  }
+}
+
 // The forward kernel, and its node when an input needs a gradient (and grad mode is on).
 Tensor record_norm_act(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& mean, const Tensor& invstd,
                        const Tensor& scale, const Tensor& shift, int64_t groups, bool batch_stats, int64_t act,
                        double slope, int64_t upscale) {
-  c10::intrusive_ptr<NormActBackward> node;
+  decltype(make_node<NormActBackward>()) node;
   if (torch::autograd::compute_requires_grad(x, w, b)) {
-    node = c10::make_intrusive<NormActBackward>();
+    node = make_node<NormActBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(x, w, b));
   }
   Tensor y;
