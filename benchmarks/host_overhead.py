@@ -1,6 +1,6 @@
 """Host (Python + dispatch) time of a fused norm layer, without a GPU: a diagnostic, not a speed claim.
 
-    python benchmarks/host_overhead.py [--layers 10] [--repeats 5]
+    python benchmarks/host_overhead.py [--layers 10] [--repeats 5] [--device cuda]
 
 At batch 64-128 a GAN iteration on an H100 can be bound by the host issuing
 work rather than by the GPU doing it, so the host code a fused layer runs per
@@ -19,7 +19,9 @@ what runs) and with the Python Functions the Triton backend uses, to show
 what the C++ autograd saves.  Timings on a shared machine are noisy: the best
 of ``--repeats`` runs is printed.  The GPU suite's step timings are what
 speed claims rest on.  Needs a C++ compiler (the first run builds the
-emulator, about two minutes).
+emulator, about two minutes).  ``--device cuda`` on a GPU machine times the
+same stacks with the real kernels on tiny CUDA tensors instead: the host's
+issue time per layer, launches included, where the GPU keeps up.
 """
 from __future__ import annotations
 
@@ -70,37 +72,59 @@ def emulated_cuda_backend(python_autograd: bool = False):
             os.environ["FASTGAN_EMU_SKIP_KERNELS"] = skip
 
 
-def _time_us(fn, calls: int) -> float:
+@contextlib.contextmanager
+def python_functions_on_cuda():
+    """On a GPU: the CUDA backend with the Python Functions instead of its C++ autograd."""
+    from fastgan.ops import _norm_act
+
+    fits = _norm_act.cpp_autograd_fits
+    _norm_act.cpp_autograd_fits = lambda *args: False
+    try:
+        yield
+    finally:
+        _norm_act.cpp_autograd_fits = fits
+
+
+def _time_us(fn, calls: int, sync) -> float:
+    sync()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
+    sync()  # tiny tensors: the GPU keeps up with the host, so this waits for the last few kernels only
     return (time.perf_counter() - start) / calls * 1e6
 
 
-def measure(layers: int = 10, repeats: int = 5, calls: int = 200) -> dict:
-    """Best-of-``repeats`` microseconds per layer: {(name, "forward" | "forward+backward"): us}."""
+def measure(layers: int = 10, repeats: int = 5, calls: int = 200, device: str = "cpu") -> dict:
+    """Best-of-``repeats`` microseconds per layer: {(name, "forward" | "forward+backward"): us}.
+
+    ``device="cuda"`` (a GPU machine): the real CUDA backend and eager PyTorch on tiny CUDA tensors, so
+    the time is what the host takes to issue each layer's work, launches included."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # eager's tiny CPU kernels: no thread-pool wake-ups in its column
     try:
-        return _measure(layers, repeats, calls)
+        return _measure(layers, repeats, calls, device)
     finally:
         torch.set_num_threads(threads)
 
 
-def _measure(layers: int, repeats: int, calls: int) -> dict:
+def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
     from fastgan.ops import batch_norm_act, layer_norm_act
 
     c = CHANNELS
-    x = torch.randn(2, c, 1, 1, requires_grad=True)
-    gy = torch.randn(2, c, 1, 1)
-    w, b = torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True)
-    rm, rv = torch.zeros(c), torch.ones(c)
+    x = torch.randn(2, c, 1, 1, device=device, requires_grad=True)
+    gy = torch.randn(2, c, 1, 1, device=device)
+    w = torch.ones(c, device=device, requires_grad=True)
+    b = torch.zeros(c, device=device, requires_grad=True)
+    rm, rv = torch.zeros(c, device=device), torch.ones(c, device=device)
     fused_bn = lambda h: batch_norm_act(h, rm, rv, w, b, impl="cuda")  # noqa: E731
+    on_gpu = device != "cpu"
+    cpp = contextlib.nullcontext if on_gpu else emulated_cuda_backend
+    python = python_functions_on_cuda if on_gpu else lambda: emulated_cuda_backend(python_autograd=True)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     stacks = {  # name -> (layer, backend context)
-        "fastgan batch_norm_act (C++ autograd)": (fused_bn, emulated_cuda_backend),
-        "fastgan batch_norm_act (Python Functions)": (fused_bn, lambda: emulated_cuda_backend(python_autograd=True)),
-        "fastgan layer_norm_act (C++ autograd)": (lambda h: layer_norm_act(h, w, b, impl="cuda"),
-                                                  emulated_cuda_backend),
+        "fastgan batch_norm_act (C++ autograd)": (fused_bn, cpp),
+        "fastgan batch_norm_act (Python Functions)": (fused_bn, python),
+        "fastgan layer_norm_act (C++ autograd)": (lambda h: layer_norm_act(h, w, b, impl="cuda"), cpp),
         "eager batch_norm + leaky_relu": (lambda h: F.leaky_relu(F.batch_norm(h, rm, rv, w, b, True), 0.2),
                                           contextlib.nullcontext),
         "eager group_norm(1) + leaky_relu": (lambda h: F.leaky_relu(F.group_norm(h, 1, w, b), 0.2),
@@ -124,7 +148,7 @@ def _measure(layers: int, repeats: int, calls: int) -> dict:
             with backend():
                 for _ in range(max(calls // 10, 3)):  # warm-up: caches, allocator
                     fn()
-                results[key] = min(results[key], _time_us(fn, calls) / layers)
+                results[key] = min(results[key], _time_us(fn, calls, sync) / layers)
     return results
 
 
@@ -132,9 +156,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cpu: the emulated bindings, launches skipped; cuda: a GPU's real kernels")
     args = parser.parse_args(argv)
-    results = measure(args.layers, args.repeats)
-    print("| layer (CPU host time, us per layer) | forward | forward + backward |")
+    results = measure(args.layers, args.repeats, device=args.device)
+    where = (f"{torch.cuda.get_device_name()}, host issue time" if args.device == "cuda"
+             else "CPU, emulated bindings, launches skipped")
+    print(f"| layer ({where}; us per layer) | forward | forward + backward |")
     print("| --- | ---: | ---: |")
     for name in dict.fromkeys(n for n, _ in results):
         print(f"| {name} | {results[(name, 'forward')]:.1f} | {results[(name, 'forward+backward')]:.1f} |")

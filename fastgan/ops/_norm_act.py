@@ -24,6 +24,12 @@ reductions in one small launch (``norm_act_backward_coefficients``,
 sums combine into statistics groups; the kernels (``fastgan/kernels/batch_norm_act.py`` for
 Triton, ``torch.ops.fastgan.*`` for CUDA) take (C,) vectors or (N, C) tables.
 
+On the CUDA backend this autograd runs in C++ (``csrc/norm_act_autograd.cpp``,
+``torch.ops.fastgan.norm_act`` / ``norm_act_stats``; see ``norm_act``), with
+the same structure and kernels as the Functions here, which the Triton
+backend uses: ``tests/test_norm_act_autograd.py`` holds the two to the same
+bits.
+
 When the statistics are constants (batch norm in eval mode) the terms that
 come from differentiating them drop out (``batch_stats=False``).  With
 mean 0, invstd 1 and ``batch_stats=False`` the Functions are a plain fused
