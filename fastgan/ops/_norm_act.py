@@ -131,12 +131,13 @@ def norm_act(x, weight, bias, mean, invstd, grouping: Grouping, act, slope, back
     the caller has them.
 
     The CUDA backend runs it as one op, ``torch.ops.fastgan.norm_act``, whose autograd is C++
-    (``csrc/norm_act_autograd.cpp``): its backward never enters Python, which halves a fused layer's
-    host time.  The Triton backend, and per-sample weight tables (virtual batch norm) or more table
+    (``csrc/norm_act_autograd.cpp``): its backward never enters Python (about half a fused layer's
+    host time in ``benchmarks/host_overhead.py`` on a CPU; not yet measured on a GPU).  The Triton backend, and per-sample weight tables (virtual batch norm) or more table
     rows than the double-backward coefficient kernel takes, use the Python Functions below."""
     if backend == "cuda" and cpp_autograd_fits(weight, bias, invstd.numel() // max(invstd.shape[-1], 1)):
         if scale is None:
-            scale, shift, _ = affine_tables(mean, invstd, _detached(weight), _detached(bias))
+            scale, shift, _ = affine_tables(mean, invstd, detached_param(weight, invstd.dtype),
+                                            detached_param(bias, invstd.dtype))
         return _backend.kernels(backend, "batch_norm_act").norm_act(
             x, weight, bias, mean, invstd, scale, shift, grouping.groups, grouping.batch_stats, act, slope,
             grouping.upscale)
@@ -148,10 +149,6 @@ def cpp_autograd_fits(weight, bias, rows: int = 1) -> bool:
     at most 65535 rows of statistics (samples, with per-sample statistics) for its double backward's
     coefficient kernel."""
     return (weight is None or weight.dim() == 1) and (bias is None or bias.dim() == 1) and rows <= 65535
-
-
-def _detached(t):
-    return None if t is None else t.detach()
 
 
 class NormActFn(torch.autograd.Function):
