@@ -13,6 +13,9 @@ the next one still runs; the results are written whatever happens):
           ``MAX_JOBS`` (default: CPU count), ``CUDA_HOME`` (default
           /usr/local/cuda); skipped with ``--no-build``;
 2. info   ``fastgan.info()`` (what ``python -m fastgan info`` prints);
+   profile ``benchmarks/profile_step.py``: a few DCGAN / WGAN-GP iterations under
+          ``torch.profiler``, fastgan vs eager, kernel time by kind, written to
+          ``<out>/<name>-profile.md`` (GPU only; ``--skip-profile``);
 3. tests  ``pytest tests`` on CUDA (junit XML kept), pass / fail counts, on
           ``--test-workers`` pytest-xdist workers when xdist is installed
           (default: half the CPUs, 2 to 8), each case limited to
@@ -418,6 +421,8 @@ def parse_args(argv):
     p.add_argument("--tests-timeout", type=float, default=240.0)
     p.add_argument("--skip-tests", action="store_true", help="do not run the test suite")
     p.add_argument("--skip-benchmarks", action="store_true", help="do not run the benchmarks")
+    p.add_argument("--skip-profile", action="store_true",
+                   help="do not profile the training iterations (benchmarks/profile_step.py)")
     p.add_argument("--bench", default="", help="only bench files whose name contains this text")
     p.add_argument("--maxfail", type=int, default=25, help="stop the test stage after this many failures")
     p.add_argument("--test-case-timeout", type=float, default=150.0,
@@ -532,6 +537,19 @@ def main(argv=None) -> int:
         cuda_unusable = has_cuda and not cuda_backend_live(info_stage["report"])
         if cuda_unusable:
             env["FASTGAN_JIT"] = "0"  # the info stage had its try; no process repeats it
+
+        # 2b. where a training iteration's GPU time goes (kernel time by kind, fastgan vs eager): tens of
+        # seconds, run before the long stages so that a cut-short run still has it
+        if has_cuda and not args.skip_profile and not cuda_unusable:
+            profile_md = out / f"{name}-profile.md"
+            cmd = [sys.executable, str(BENCH_DIR / "profile_step.py"), "--out", str(profile_md)]
+            stages["profile"] = run_stage("profile", cmd, clock.limit(120, keep_for_later=300),
+                                          logs / "profile.log", env)
+            if profile_md.exists():
+                stages["profile"]["file"] = profile_md.name
+        else:
+            stages["profile"] = {"status": "skipped",
+                                 "reason": "--skip-profile" if args.skip_profile else "no usable CUDA backend"}
 
         # 3. tests
         if args.skip_tests:

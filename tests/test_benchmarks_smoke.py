@@ -102,6 +102,44 @@ def test_gpu_suite_allow_cpu_writes_smoke_results_with_the_record_schema(tmp_pat
     assert render_table.load_latest(tmp_path) is None
 
 
+def test_profile_step_runs_on_cpu_and_writes_its_tables(tmp_path):
+    out_md = tmp_path / "profile.md"
+    rc, out = _run([sys.executable, "benchmarks/profile_step.py", "--smoke", "--steps", "1",
+                    "--cases", "dcgan-b64-float32", "--out", str(out_md)], timeout=300)
+    assert rc == 0, out[-4000:]
+    text = out_md.read_text()
+    assert "### dcgan-b64-float32" in text and "| per iteration | ref | eager |" in text
+    assert "| GPU kernel ms (sum of durations) |" in text and "eager: top kernels" in text
+    rc, out = _run([sys.executable, "benchmarks/profile_step.py", "--smoke", "--cases", "nope"], timeout=120)
+    assert rc == 2 and "unknown --cases" in out
+
+
+def test_profile_step_sorts_kernels_into_kinds_and_renders_them():
+    profile_step = _load("profile_step")
+    kinds = {
+        "void fastgan::bna::(anonymous namespace)::forward_kernel<float, 1>(Params)": "fastgan",
+        "_pointwise_kernel": "fastgan",  # a Triton kernel of fastgan/kernels
+        "cudnn::bn_fw_tr_1C11_kernel_NCHW<float, float, int, 512, true, 1, true>": "normalization",
+        "void at::native::batch_norm_collect_statistics_kernel<float>": "normalization",
+        "sm90_xmma_fprop_implicit_gemm_tf32f32_tf32f32_f32_nhwckrsc_nchw": "convolution",
+        "void cudnn::ops::nchwToNhwcKernel<float, float, float, true, false>": "conv layout transpose",
+        "void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>": "optimizer",
+        "void at::native::vectorized_elementwise_kernel<4, direct_copy_kernel_cuda>": "copy / fill",
+        "void at::native::vectorized_elementwise_kernel<4, leaky_relu_kernel>": "element-wise",
+        "void at::native::reduce_kernel<512, 1, ReduceOp<float, MeanOps>>": "reduction",
+        "some_kernel_nobody_named": "other",
+    }
+    for name, kind in kinds.items():
+        assert profile_step.kind_of(name) == kind, name
+    # render() on made-up profiles (the renderer only: no measurement here)
+    fake = lambda ms: {"wall_ms": ms, "host_ms": ms / 2, "kernel_ms": ms / 4, "launches": 10.0,  # noqa: E731
+                       "by_kind": {"convolution": ms / 8, "fastgan": ms / 8},
+                       "by_name": {"sm90_xmma_fprop": (ms / 8, 4.0), "void fastgan::f()": (ms / 8, 6.0)}}
+    text = profile_step.render("dcgan-b128-float32", {"cuda": fake(8.0), "eager": fake(4.0)})
+    assert "| GPU kernel ms (sum of durations) | 2.000 | 1.000 |" in text
+    assert "| convolution | 1.000 | 0.500 |" in text and "| `void fastgan::f()` | fastgan | 1.000 | 6 |" in text
+
+
 # ----------------------------------------------------------------------------- the GPU suite's time plan
 
 
