@@ -27,6 +27,10 @@ Timing and memory
   kernels, and keeps the GPU suite inside its time budget).  pytest-benchmark's own (synchronised
   wall-clock) statistics come from a few ``pedantic`` rounds and are secondary.
 * CPU smoke: the median of pytest-benchmark's wall-clock rounds.
+* CUDA runs set ``torch.backends.cudnn.benchmark = True`` (cuDNN times its convolution algorithms
+  once per shape, in the warm-up) for fastgan and the baselines alike, as a training run on a GPU
+  has it; ``FASTGAN_BENCH_CUDNN_BENCHMARK=0`` leaves cuDNN's heuristics (the first GPU run, session
+  20, had them).
 * Peak memory (CUDA only): ``torch.cuda.max_memory_allocated()`` during one call
   (after ``reset_peak_memory_stats``) minus what was allocated before it, so
   inputs that already exist are not counted; the call's outputs, saved tensors
@@ -125,6 +129,11 @@ def _select_device() -> torch.device:
 
 DEVICE = _select_device()
 SMOKE = DEVICE.type == "cpu"
+# cuDNN's autotuner for every case, fastgan's and the baselines' alike, as a GAN training run on a GPU has
+# it (fastgan's trainer: run.cudnn_benchmark auto); FASTGAN_BENCH_CUDNN_BENCHMARK=0 for cuDNN's heuristics.
+CUDNN_BENCHMARK = os.environ.get("FASTGAN_BENCH_CUDNN_BENCHMARK", "1").strip() != "0"
+if not SMOKE:
+    torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
 if SMOKE:
     # Tiny CPU ops split over OpenMP threads stall for tens of ms on a busy CI machine.
     torch.set_num_threads(1)
@@ -458,7 +467,7 @@ def pytest_report_header(config):
         mode = "CPU smoke mode (tiny shapes; Triton only under TRITON_INTERPRET=1, compile via the eager backend)"
     else:
         mode = (f"{device_name()}; do_bench warm-up {_env_ms('FASTGAN_BENCH_WARMUP_MS', 5.0):g} ms, "
-                f"measure {_env_ms('FASTGAN_BENCH_REP_MS', 25.0):g} ms")
+                f"measure {_env_ms('FASTGAN_BENCH_REP_MS', 25.0):g} ms; cudnn.benchmark {CUDNN_BENCHMARK}")
     return f"fastgan benchmarks: {mode}"
 
 

@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--impls", default="cuda,eager", help="fastgan backends and/or eager, comma-separated")
     parser.add_argument("--out", help="write the markdown here too")
     parser.add_argument("--smoke", action="store_true", help="tiny models on CPU (fastgan through ref)")
+    parser.add_argument("--no-cudnn-benchmark", action="store_true", help="cuDNN's heuristics, not its autotuner")
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
@@ -186,10 +187,12 @@ def main(argv=None) -> int:
         print("profile_step: no CUDA device (use --smoke for a CPU check of the script)", file=sys.stderr)
         return 2
     device = torch.device("cpu" if args.smoke else "cuda")
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark  # as the step suite (benchmarks/conftest.py)
     impls = [("ref" if args.smoke and i != "eager" else i) for i in args.impls.split(",") if i]
     where = "CPU smoke run (no kernels)" if args.smoke else torch.cuda.get_device_name(device)
     text = [f"# Kernel time per training iteration: {where}, torch {torch.__version__}", "",
-            f"{args.steps} profiled iterations after 3 warm-up ones; times per iteration.", ""]
+            f"{args.steps} profiled iterations after 3 warm-up ones; times per iteration; "
+            f"cudnn.benchmark {torch.backends.cudnn.benchmark}.", ""]
     for case in cases:
         results = {}
         for impl in impls:

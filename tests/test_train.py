@@ -441,6 +441,7 @@ def test_unscaled_inputs_still_sample_in_minus_one_one(tmp_path):
     (["--set", "dataset=imagenet"], "data.dataset: 'imagenet' is not one of"),
     (["--set", "loss=hinge", "label_smoothing=0.1"], "label tricks need a loss with targets"),
     (["--preset", "wgan-gp-mnist", "--set", "d_norm=batch"], "batch norm mixes samples"),
+    (["--set", "cudnn_benchmark=on", "deterministic=true"], "run.cudnn_benchmark: 'on' picks convolution"),
     (["--preset", "dcgan-mnsit"], "unknown preset 'dcgan-mnsit' (did you mean 'dcgan-mnist'"),
     (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml not found"),
 ])
@@ -553,3 +554,23 @@ def test_best_checkpoint_follows_the_chosen_metric(tmp_path):
     assert tr.best_value == 0.2
     with pytest.raises(ConfigError, match="needs periodic evaluation"):
         load_config(sets=["best_metric=eval_fid"])
+
+
+def test_cudnn_autotuner_follows_the_run_setting(tmp_path, monkeypatch):
+    """auto: on for CUDA unless deterministic, torch's setting left alone elsewhere; on / off: as told."""
+    from types import SimpleNamespace
+
+    from fastgan.train.trainer import cudnn_benchmark
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    run = lambda mode, det=False: SimpleNamespace(cudnn_benchmark=mode, deterministic=det)  # noqa: E731
+    assert cudnn_benchmark(run("auto"), cuda) is True
+    assert cudnn_benchmark(run("auto", det=True), cuda) is False
+    assert cudnn_benchmark(run("auto"), cpu) is None
+    assert cudnn_benchmark(run("on"), cpu) is True and cudnn_benchmark(run("off"), cuda) is False
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    _trainer("toy-ring8", tmp_path / "a", "steps=1")
+    assert torch.backends.cudnn.benchmark is False  # auto on CPU: untouched
+    _trainer("toy-ring8", tmp_path / "b", "steps=1", "cudnn_benchmark=on")
+    assert torch.backends.cudnn.benchmark is True
+

@@ -78,3 +78,16 @@ def test_validation_reports_every_problem_one_line_each(tmp_path):
     with pytest.raises(ConfigError, match=r"run.steps: expected an integer, got 'many'"):
         load_config(sets=["steps=many"])
     assert load_config(sets=["upsample=pixelshuffle"]).model.upsample == "pixelshuffle"
+
+
+def test_on_off_options_take_yaml_booleans(tmp_path):
+    """YAML reads an unquoted on / off as true / false: the on / off options take them as meant, from
+    --set and from a file; other string options still refuse a boolean."""
+    for mode in ("on", "off"):
+        cfg = load_config(sets=[f"channels_last={mode}", f"cudnn_benchmark={mode}"])
+        assert (cfg.run.channels_last, cfg.run.cudnn_benchmark) == (mode, mode)
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(f"run:\n  channels_last: {mode}\n")
+        assert load_config(str(path)).run.channels_last == mode
+    with pytest.raises(ConfigError, match="model.g_activation: expected a string"):
+        load_config(sets=["g_activation=on"])

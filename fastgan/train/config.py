@@ -312,6 +312,8 @@ class RunConfig:
                             "package)")
     compile_g: bool = opt(False, "torch.compile the generator's training forward (not with virtual batch norm)")
     deterministic: bool = opt(False, "torch.use_deterministic_algorithms (GPU runs; CPU is deterministic)")
+    cudnn_benchmark: str = opt("auto", "cuDNN's autotuner: time the convolution algorithms once per shape and keep "
+                               "the fastest (auto: on for CUDA unless deterministic)", choices=("auto", "on", "off"))
 
 
 @dataclass
@@ -475,6 +477,8 @@ def _coerce(key: str, value):
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "run.device":
             return str(value)
+        if isinstance(value, bool) and {"on", "off"} <= set(field_table()[key].metadata.get("choices") or ()):
+            return "on" if value else "off"  # YAML reads an unquoted on / off as true / false
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
@@ -824,6 +828,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if any(n % group for n in sizes):
             errors.append(f"model.stddev_group: the D batch ({per_d}) must be a multiple of the group size "
                           f"{m.stddev_group}")
+    if r.cudnn_benchmark == "on" and r.deterministic:
+        errors.append("run.cudnn_benchmark: 'on' picks convolution algorithms by timing, which differs from run to "
+                      "run; not with run.deterministic (leave it 'auto')")
     if r.compile_g and m.g_norm == "vbn":
         errors.append("run.compile_g: not with model.g_norm='vbn' (its reference pass switches the layers' mode)")
     # (a VBN reference batch of < 2: the field's minimum; < 2 packs for D: config_checks)

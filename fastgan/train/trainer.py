@@ -111,6 +111,15 @@ def toy_mode_stats(points: torch.Tensor, mixture, n_sigma: float = 3.0, min_shar
     return {"modes": covered, "modes_frac": covered / k, "high_quality": good.float().mean().item()}
 
 
+def cudnn_benchmark(run, device: torch.device) -> Optional[bool]:
+    """Whether cuDNN's autotuner runs: ``run.cudnn_benchmark``, with auto = on for a CUDA device unless
+    the run is deterministic (the timed choice can differ between runs); None: leave torch's setting
+    alone (auto off CUDA, where cuDNN does not run)."""
+    if run.cudnn_benchmark != "auto":
+        return run.cudnn_benchmark == "on"
+    return (not run.deterministic) if device.type == "cuda" else None
+
+
 class Trainer:
     """Build everything from a validated :class:`TrainConfig`; ``train()`` runs it.
 
@@ -131,6 +140,11 @@ class Trainer:
             torch.set_num_threads(r.threads)
         if r.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        # A GAN trains on one image size, so timing cuDNN's convolution algorithms once per shape pays
+        # off from the first steps (process-wide, as torch.backends flags are).
+        tune = cudnn_benchmark(r, self.device)
+        if tune is not None:
+            torch.backends.cudnn.benchmark = tune
         seed_everything(r.seed)
         self.toy = cfg.is_toy()
         self.out = r.out
