@@ -16,7 +16,8 @@ GPU (a few microseconds each, for both), so read the columns as "what
 fastgan's host path costs" vs "what eager PyTorch's costs".  The batch norm
 layer is timed twice: with its C++ autograd (``torch.ops.fastgan.norm_act``,
 what runs) and with the Python Functions the Triton backend uses, to show
-what the C++ autograd saves.  Timings on a shared machine are noisy: the best
+what the C++ autograd saves; so is pixel shuffle + batch norm (r = 2, each
+layer's output viewed back to its input's shape so that layers chain).  Timings on a shared machine are noisy: the best
 of ``--repeats`` runs is printed.  The GPU suite's step timings are what
 speed claims rest on.  Needs a C++ compiler (the first run builds the
 emulator, about two minutes).  ``--device cuda`` on a GPU machine times the
@@ -108,15 +109,20 @@ def measure(layers: int = 10, repeats: int = 5, calls: int = 200, device: str = 
 
 
 def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
-    from fastgan.ops import batch_norm_act, layer_norm_act
+    from fastgan.ops import batch_norm_act, layer_norm_act, pixel_shuffle_batch_norm_act
 
     c = CHANNELS
-    x = torch.randn(2, c, 1, 1, device=device, requires_grad=True)
-    gy = torch.randn(2, c, 1, 1, device=device)
+    x = torch.randn(2, c, 2, 2, device=device, requires_grad=True)
+    gy = torch.randn(2, c, 2, 2, device=device)
     w = torch.ones(c, device=device, requires_grad=True)
     b = torch.zeros(c, device=device, requires_grad=True)
     rm, rv = torch.zeros(c, device=device), torch.ones(c, device=device)
     fused_bn = lambda h: batch_norm_act(h, rm, rv, w, b, impl="cuda")  # noqa: E731
+    # pixel shuffle (r = 2) to C / 4 channels; its output viewed back as the input's shape, so layers chain
+    q = c // 4
+    wq, bq = w[:q].detach().requires_grad_(), b[:q].detach().requires_grad_()
+    rmq, rvq = rm[:q].clone(), rv[:q].clone()
+    fused_ps = lambda h: pixel_shuffle_batch_norm_act(h, 2, rmq, rvq, wq, bq, impl="cuda").view(h.shape)  # noqa: E731
     on_gpu = device != "cpu"
     cpp = contextlib.nullcontext if on_gpu else emulated_cuda_backend
     python = python_functions_on_cuda if on_gpu else lambda: emulated_cuda_backend(python_autograd=True)
@@ -127,6 +133,11 @@ def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
         "fastgan layer_norm_act (C++ autograd)": (lambda h: layer_norm_act(h, w, b, impl="cuda"), cpp),
         "eager batch_norm + leaky_relu": (lambda h: F.leaky_relu(F.batch_norm(h, rm, rv, w, b, True), 0.2),
                                           contextlib.nullcontext),
+        "fastgan pixel_shuffle_batch_norm_act (C++ autograd)": (fused_ps, cpp),
+        "fastgan pixel_shuffle_batch_norm_act (Python Functions)": (fused_ps, python),
+        "eager pixel_shuffle + batch_norm + leaky_relu": (
+            lambda h: F.leaky_relu(F.batch_norm(F.pixel_shuffle(h, 2), rmq, rvq, wq, bq, True), 0.2).view(h.shape),
+            contextlib.nullcontext),
         "eager group_norm(1) + leaky_relu": (lambda h: F.leaky_relu(F.group_norm(h, 1, w, b), 0.2),
                                              contextlib.nullcontext),
     }

@@ -3,13 +3,18 @@
 // in fastgan/ops/_norm_act.py (NormActFn, NormActBackwardFn; the math is documented there).
 //
 //   norm_act(x, weight?, bias?, mean, invstd, scale, shift, groups, batch_stats, act, slope, upscale=1) -> y
-//   norm_act_stats(x, weight?, bias?, running_mean?, running_var?, momentum, eps, groups, per_sample, act, slope)
+//   norm_act_stats(x, weight?, bias?, running_mean?, running_var?, momentum, eps, groups, per_sample, act, slope,
+//                  upscale=1)
 //       -> y     the batch's statistics (channel_stats_affine / row_stats_affine), then norm_act, in one call
 //
 // y = act(x * scale + shift), scale / shift being the affine tables of (mean, invstd, weight, bias);
 // (C,) vectors (batch norm) or (N, C) tables (group / instance / layer norm), groups and upscale as in
 // fastgan/ops/_norm_act.py's Grouping.  weight and bias are None or (C,) vectors (per-sample weight
-// tables, i.e. virtual batch norm, stay on the Python Functions).
+// tables, i.e. virtual batch norm, stay on the Python Functions).  With upscale r > 1 (pixel shuffle,
+// y has C / r^2 channels) every table is per *output* channel, (C / r^2,): the op repeats them over
+// each output channel's r^2 input channels for the kernels, and sums weight / bias gradients back,
+// inside the op and below autograd (the Python Functions' path does the same with repeat_interleave,
+// whose autograd nodes cost a pixel-shuffle layer about twice its host time).
 //
 // Why C++: at GAN batch sizes a training step is bound by the host issuing work, and the Python
 // Functions cost a fused layer about twice the host time of eager's batch_norm + leaky_relu.  Here
@@ -22,11 +27,13 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Optional.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -75,12 +82,30 @@ using Tensor7 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 using CT = const Tensor&;
 using OptT = const optional<Tensor>&;
 
+// Each entry of t's last dim repeated `times` times in place ([a, b] -> [a, a, b, b]): repeat_interleave,
+// written as a copy of a broadcast view so that it is one kernel and never reads a size back from the GPU.
+Tensor repeat_each(const Tensor& t, int64_t times) {
+  std::vector<int64_t> expanded(t.sizes().begin(), t.sizes().end()), out(expanded);
+  expanded.push_back(times);
+  out.back() *= times;
+  // (clone, then view: a reshape that copies would look like a view to an op counter)
+  return t.unsqueeze(-1).expand(expanded).clone(at::MemoryFormat::Contiguous).view(out);
+}
+
 // The statistics and per-call settings every pass takes.
 struct Problem {
   Tensor x, weight, bias, mean, invstd, scale, shift;  // weight, bias may be undefined
   int64_t groups, act, upscale;
   bool batch_stats;
   double slope;
+  // Input channels per weight / bias entry: r^2 with upscale r (per-output-channel parameters; mean,
+  // invstd, scale, shift here are already repeated to x's channels), else 1.
+  int64_t repeat = 1;
+
+  // A (C / repeat,) parameter-shaped tensor as the kernels take it, (C,): each entry repeated.
+  Tensor to_kernel(const Tensor& t) const { return repeat == 1 || !t.defined() ? t : repeat_each(t, repeat); }
+  // A (C,) gradient from the kernels back to the parameters' shape: each output channel's sum.
+  Tensor to_param(const Tensor& t) const { return repeat == 1 ? t : t.view({-1, repeat}).sum(1); }
 
   // Elements per statistics group (Grouping.group_size): per (n, group) with (N, C) tables, else
   // per group over the whole batch.
@@ -130,7 +155,8 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& gy, const Problem
     k2 = k3 = at::zeros_like(p.scale);
   }
   Tensor dx = apply.call(gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.scale, k2, k3, p.act, p.slope, p.upscale);
-  return {dx, dw, db};
+  // (folded only for the parameters given: the others' sums are not used)
+  return {dx, p.weight.defined() ? p.to_param(dw) : dw, p.bias.defined() ? p.to_param(db) : db};
 }
 
 optional<Tensor> as_table(const Tensor& t, at::ScalarType dtype) {
@@ -155,11 +181,11 @@ std::tuple<Tensor, Tensor, Tensor> double_impl(const Tensor& u_in, const Tensor&
   const auto dtype = p.invstd.scalar_type();
   auto [a2, a3, b1, b2, b3, b4, grad_w] = coefficients.call(
       r_g.contiguous(), r_gx.contiguous(), r_u.contiguous(), r_ux.contiguous(), r_gu.contiguous(),
-      as_table(p.weight, dtype), p.invstd.contiguous(), as_table(alpha, dtype), as_table(beta, dtype), p.groups,
-      p.group_size(), p.batch_stats);
+      as_table(p.to_kernel(p.weight), dtype), p.invstd.contiguous(), as_table(p.to_kernel(alpha), dtype),
+      as_table(p.to_kernel(beta), dtype), p.groups, p.group_size(), p.batch_stats);
   auto [ggx, ggy] = apply.call(u, gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.scale, a2, a3, b1, b2, b3, b4,
                                p.act, p.slope, p.upscale);
-  return {ggy, ggx, to_channels(grad_w)};
+  return {ggy, ggx, p.to_param(to_channels(grad_w))};
 }
 
 // ---------------------------------------------------------------------------- the autograd nodes
@@ -186,6 +212,7 @@ void save_settings(AutogradContext* ctx, const Problem& p) {
   ctx->saved_data["upscale"] = p.upscale;
   ctx->saved_data["batch_stats"] = p.batch_stats;
   ctx->saved_data["slope"] = p.slope;
+  ctx->saved_data["repeat"] = p.repeat;
 }
 
 // The last derivative: computes the double backward; differentiating it again raises (a node whose
@@ -193,10 +220,10 @@ void save_settings(AutogradContext* ctx, const Problem& p) {
 struct NormActGradGrad : public torch::autograd::Function<NormActGradGrad> {
   static variable_list forward(AutogradContext* ctx, OptT u, OptT alpha, OptT beta, CT gy, CT x, OptT weight,
                                OptT bias, CT mean, CT invstd, CT scale, CT shift, int64_t groups, bool batch_stats,
-                               int64_t act, double slope, int64_t upscale) {
+                               int64_t act, double slope, int64_t upscale, int64_t repeat) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     const Problem p{x, value(weight), value(bias), mean, invstd, scale, shift, groups, act, upscale, batch_stats,
-                    slope};
+                    slope, repeat};
     auto [ggy, ggx, grad_w] = double_impl(value(u), value(alpha), value(beta), gy, p);
     return {ggy, ggx, grad_w};
   }
@@ -211,12 +238,12 @@ struct NormActGradGrad : public torch::autograd::Function<NormActGradGrad> {
 struct NormActGrad : public torch::autograd::Function<NormActGrad> {
   static variable_list forward(AutogradContext* ctx, CT gy, CT x, OptT weight, OptT bias, CT mean, CT invstd,
                                CT scale, CT shift, int64_t groups, bool batch_stats, int64_t act, double slope,
-                               int64_t upscale) {
+                               int64_t upscale, int64_t repeat) {
     // unused outputs (a gradient penalty differentiates dx only) arrive undefined, not as zeros
     ctx->set_materialize_grads(false);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     const Problem p{x, value(weight), value(bias), mean, invstd, scale, shift, groups, act, upscale, batch_stats,
-                    slope};
+                    slope, repeat};
     const Tensor gy_layout = y_layout(gy, p);
     auto [dx, dw, db] = backward_impl(gy_layout, p);
     ctx->save_for_backward({gy_layout, p.x, p.weight, p.bias, p.mean, p.invstd, p.scale, p.shift});
@@ -229,12 +256,12 @@ struct NormActGrad : public torch::autograd::Function<NormActGrad> {
     auto& d = ctx->saved_data;
     const Tensor& gy = s[0];
     const Problem p{s[1], s[2], s[3], s[4], s[5], s[6], s[7], d["groups"].toInt(), d["act"].toInt(),
-                    d["upscale"].toInt(), d["batch_stats"].toBool(), d["slope"].toDouble()};
+                    d["upscale"].toInt(), d["batch_stats"].toBool(), d["slope"].toDouble(), d["repeat"].toInt()};
     Tensor ggy, ggx, grad_w;
     if (at::GradMode::is_enabled()) {  // create_graph: the result must refuse a third derivative
       auto out = NormActGradGrad::apply(given(grads[0]), given(grads[1]), given(grads[2]), gy, p.x, given(p.weight),
                                         given(p.bias), p.mean, p.invstd, p.scale, p.shift, p.groups, p.batch_stats,
-                                        p.act, p.slope, p.upscale);
+                                        p.act, p.slope, p.upscale, p.repeat);
       ggy = out[0], ggx = out[1], grad_w = out[2];
     } else {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -245,7 +272,7 @@ struct NormActGrad : public torch::autograd::Function<NormActGrad> {
     // bias only moves the activation's kink: its second derivative is zero almost everywhere
     const bool need_b = p.bias.defined() && ctx->needs_input_grad(p.weight.defined() ? 3 : 2);
     return {ggy, ggx, need_w ? as_dtype_of(grad_w, p.weight) : Tensor(), need_b ? at::zeros_like(p.bias) : Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -253,7 +280,7 @@ struct NormActGrad : public torch::autograd::Function<NormActGrad> {
 struct NormActBackward : public torch::autograd::Node {
   using SavedVariable = torch::autograd::SavedVariable;
   SavedVariable x_, weight_, bias_, mean_, invstd_, scale_, shift_;
-  int64_t groups = 1, act = 0, upscale = 1;
+  int64_t groups = 1, act = 0, upscale = 1, repeat = 1;
   bool batch_stats = true;
   double slope = 0.0;
 
@@ -270,11 +297,11 @@ struct NormActBackward : public torch::autograd::Node {
     if (!grads[0].defined()) return out;
     // the saved tensors are this node's inputs, not its outputs: unpacked without it
     const Problem p{x_.unpack(), weight_.unpack(), bias_.unpack(), mean_.unpack(), invstd_.unpack(),
-                    scale_.unpack(), shift_.unpack(), groups, act, upscale, batch_stats, slope};
+                    scale_.unpack(), shift_.unpack(), groups, act, upscale, batch_stats, slope, repeat};
     Tensor dx, dw, db;
     if (at::GradMode::is_enabled()) {  // create_graph (a gradient penalty): a differentiable backward
       auto r = NormActGrad::apply(grads[0], p.x, given(p.weight), given(p.bias), p.mean, p.invstd, p.scale, p.shift,
-                                  p.groups, p.batch_stats, p.act, p.slope, p.upscale);
+                                  p.groups, p.batch_stats, p.act, p.slope, p.upscale, p.repeat);
       dx = r[0], dw = r[1], db = r[2];
     } else {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -309,10 +336,48 @@ auto make_node() {
   }
 }
 
-// The forward kernel, and its node when an input needs a gradient (and grad mode is on).
+// mean, invstd, scale, shift as the kernels take them: with upscale r > 1 the per-output-channel
+// tables repeated over their r^2 input channels (one (4, C) table, two launches); and the repeat.
+struct KernelTables {
+  Tensor mean, invstd, scale, shift;
+  int64_t repeat;
+};
+
+// x's shape for upscale (the kernels check the rest, e.g. its layout).
+void check_upscale(const Tensor& x, int64_t upscale) {
+  FASTGAN_CHECK_VALUE(upscale >= 1, "fastgan::norm_act: upscale must be a positive int, got ", upscale);
+  FASTGAN_CHECK_VALUE(upscale == 1 || (x.dim() == 4 && x.size(1) % (upscale * upscale) == 0),
+                      "fastgan::norm_act: upscale = ", upscale,
+                      " (pixel shuffle) needs x of shape (N, C, H, W) with C divisible by upscale^2 = ",
+                      upscale * upscale, ", got shape ", x.sizes());
+}
+
+KernelTables kernel_tables(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& mean,
+                           const Tensor& invstd, const Tensor& scale, const Tensor& shift, int64_t upscale) {
+  check_upscale(x, upscale);
+  if (upscale == 1) return {mean, invstd, scale, shift, 1};
+  const int64_t r2 = upscale * upscale;
+  const int64_t out_channels = x.size(1) / r2;
+  const char* names[] = {"weight", "bias", "mean", "invstd", "scale", "shift"};
+  const Tensor* tables[] = {&w, &b, &mean, &invstd, &scale, &shift};
+  for (int i = 0; i < 6; ++i) {
+    const Tensor& t = *tables[i];
+    FASTGAN_CHECK_VALUE(!t.defined() || (t.dim() == 1 && t.size(0) == out_channels), "fastgan::norm_act: with upscale = ",
+                        upscale, " the tables are per output channel: ", names[i], " must be a (C / upscale^2,) = (",
+                        out_channels, ",) vector, got shape ", t.sizes());
+    FASTGAN_CHECK_VALUE(i < 2 || t.scalar_type() == mean.scalar_type(), "fastgan::norm_act: ", names[i],
+                        " must have mean's dtype ", mean.scalar_type(), ", got ", t.scalar_type());
+  }
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Tensor all = repeat_each(at::stack({mean, invstd, scale, shift}), r2);
+  return {all[0], all[1], all[2], all[3], r2};
+}
+
+// The forward kernel, and its node when an input needs a gradient (and grad mode is on).  mean, invstd,
+// scale, shift as the kernels take them (kernel_tables); weight and bias as given (repeat: see Problem).
 Tensor record_norm_act(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& mean, const Tensor& invstd,
                        const Tensor& scale, const Tensor& shift, int64_t groups, bool batch_stats, int64_t act,
-                       double slope, int64_t upscale) {
+                       double slope, int64_t upscale, int64_t repeat) {
   decltype(make_node<NormActBackward>()) node;
   if (torch::autograd::compute_requires_grad(x, w, b)) {
     node = make_node<NormActBackward>();
@@ -335,6 +400,7 @@ Tensor record_norm_act(const Tensor& x, const Tensor& w, const Tensor& b, const 
     node->groups = groups;
     node->act = act;
     node->upscale = upscale;
+    node->repeat = repeat;
     node->batch_stats = batch_stats;
     node->slope = slope;
     torch::autograd::set_history(y, node);
@@ -347,8 +413,10 @@ Tensor norm_act_autograd(const Tensor& x, const optional<Tensor>& weight, const 
                          const Tensor& mean, const Tensor& invstd, const Tensor& scale, const Tensor& shift,
                          int64_t groups, bool batch_stats, int64_t act, double slope, int64_t upscale) {
   check_params(weight, bias);
-  return record_norm_act(x, value(weight), value(bias), mean, invstd, scale, shift, groups, batch_stats, act, slope,
-                         upscale);
+  const Tensor w = value(weight), b = value(bias);
+  const KernelTables k = kernel_tables(x, w, b, mean, invstd, scale, shift, upscale);
+  return record_norm_act(x, w, b, k.mean, k.invstd, k.scale, k.shift, groups, batch_stats, act, slope, upscale,
+                         k.repeat);
 }
 
 // Below autograd (inference mode, or no input needing grad in a traced graph): the forward kernel.
@@ -356,8 +424,9 @@ Tensor norm_act_forward_only(const Tensor& x, const optional<Tensor>& weight, co
                              const Tensor& mean, const Tensor& invstd, const Tensor& scale, const Tensor& shift,
                              int64_t groups, bool batch_stats, int64_t act, double slope, int64_t upscale) {
   check_params(weight, bias);
+  const KernelTables k = kernel_tables(x, value(weight), value(bias), mean, invstd, scale, shift, upscale);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return forward_op(x, scale, shift, act, slope, upscale);
+  return forward_op(x, k.scale, k.shift, act, slope, upscale);
 }
 
 // ---------------------------------------------------------------------------- norm_act_stats
@@ -368,10 +437,19 @@ Tensor norm_act_forward_only(const Tensor& x, const optional<Tensor>& weight, co
 // norm_act's.  One call from Python instead of two, and none of the Python glue between them.
 
 // mean, invstd, scale, shift of x's batch (per_sample: (N, C) tables over groups of C / groups channels).
-std::tuple<Tensor, Tensor, Tensor, Tensor> batch_statistics(const Tensor& x, const Tensor& w, const Tensor& b,
+// upscale r > 1 (pixel shuffle, per output channel): an output channel's values are its r^2 input
+// channels, next to each other in a contiguous x, so x seen as (N, C / r^2, r^2 H W) has them as
+// plain per-channel statistics.
+std::tuple<Tensor, Tensor, Tensor, Tensor> batch_statistics(const Tensor& x_in, const Tensor& w, const Tensor& b,
                                                             const optional<Tensor>& running_mean,
                                                             const optional<Tensor>& running_var, double momentum,
-                                                            double eps, int64_t groups, bool per_sample) {
+                                                            double eps, int64_t groups, bool per_sample,
+                                                            int64_t upscale) {
+  check_upscale(x_in, upscale);
+  FASTGAN_CHECK_VALUE(upscale == 1 || (!per_sample && x_in.is_contiguous()), "fastgan::norm_act_stats: upscale = ",
+                      upscale, " takes batch statistics of a contiguous x, got per_sample = ", per_sample,
+                      " and x's strides ", x_in.strides());
+  const Tensor x = upscale == 1 ? x_in : x_in.view({x_in.size(0), x_in.size(1) / (upscale * upscale), -1});
   static const auto channel_stats_affine =
       op_handle<Tensor5(CT, OptT, OptT, const optional<Tensor>&, const optional<Tensor>&, double, double)>(
           "channel_stats_affine");
@@ -394,7 +472,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_statistics(const Tensor& x, con
 Tensor norm_act_stats_autograd(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
                                const optional<Tensor>& running_mean, const optional<Tensor>& running_var,
                                double momentum, double eps, int64_t groups, bool per_sample, int64_t act,
-                               double slope) {
+                               double slope, int64_t upscale) {
   check_params(weight, bias);
   const Tensor w = value(weight), b = value(bias);
   Tensor mean, invstd, scale, shift;
@@ -402,20 +480,24 @@ Tensor norm_act_stats_autograd(const Tensor& x, const optional<Tensor>& weight, 
     // statistics are constants to autograd: the node differentiates through them itself
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     std::tie(mean, invstd, scale, shift) =
-        batch_statistics(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample);
+        batch_statistics(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample, upscale);
   }
-  return record_norm_act(x, w, b, mean, invstd, scale, shift, groups, /*batch_stats=*/true, act, slope, 1);
+  const KernelTables k = kernel_tables(x, w, b, mean, invstd, scale, shift, upscale);
+  return record_norm_act(x, w, b, k.mean, k.invstd, k.scale, k.shift, groups, /*batch_stats=*/true, act, slope,
+                         upscale, k.repeat);
 }
 
 Tensor norm_act_stats_forward_only(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
                                    const optional<Tensor>& running_mean, const optional<Tensor>& running_var,
                                    double momentum, double eps, int64_t groups, bool per_sample, int64_t act,
-                                   double slope) {
+                                   double slope, int64_t upscale) {
   check_params(weight, bias);
+  const Tensor w = value(weight), b = value(bias);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto [mean, invstd, scale, shift] =
-      batch_statistics(x, value(weight), value(bias), running_mean, running_var, momentum, eps, groups, per_sample);
-  return forward_op(x, scale, shift, act, slope, 1);
+      batch_statistics(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample, upscale);
+  const KernelTables k = kernel_tables(x, w, b, mean, invstd, scale, shift, upscale);
+  return forward_op(x, k.scale, k.shift, act, slope, upscale);
 }
 
 }  // namespace
@@ -428,7 +510,7 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
       "int groups, bool batch_stats, int act, float slope, int upscale=1) -> Tensor");
   m.def(
       "norm_act_stats(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
-      "float momentum, float eps, int groups, bool per_sample, int act, float slope) -> Tensor");
+      "float momentum, float eps, int groups, bool per_sample, int act, float slope, int upscale=1) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {

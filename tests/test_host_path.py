@@ -88,7 +88,7 @@ def test_host_overhead_script_runs():
     kernels = _backend.kernels
     results = host_overhead.measure(layers=2, repeats=1, calls=3)
     names = {name for name, _ in results}
-    assert len(names) == 5 and sum(n.startswith("fastgan") for n in names) == 3
+    assert len(names) == 8 and sum(n.startswith("fastgan") for n in names) == 5
     assert all(us > 0 for us in results.values())
     # restored: the backend choice, the C++ autograd routing, and the emulator's kernels run again
     assert _backend.kernels is kernels and _norm_act.cpp_autograd_fits(None, None)

@@ -86,16 +86,18 @@ def test_wgan_gp_iteration_launches_fewer_than_eager():
 
 def test_fused_layers_launch_no_more_than_eager_ones():
     """benchmarks/layer_launches.py: each fused layer against the eager layers it replaces.  The norms
-    launch as many operators as eager's or fewer; the pixel-shuffle layers more (their per-channel
-    tables), held at this session's counts (they were 6 + 4 and 18 + 4 before); virtual batch norm's
+    launch as many operators as eager's or fewer; the pixel-shuffle layers more (their per-output-channel
+    tables repeated to the input channels, two launches, and the parameters' gradients summed back),
+    held at these counts (they were 6 + 4 and 18 + 4, then 4 + 4 and 8 + 4 with the tables repeated
+    in Python, whose autograd nodes cost more host time than the launch saved); virtual batch norm's
     forward fewer than its plain-PyTorch twin (its backward about as many)."""
     import layer_launches
 
     rows = {r["layer"]: r for r in layer_launches.table()}
     for name in ("batch_norm_act", "group_norm_act (32 groups)", "layer_norm_act", "instance_norm_act"):
         assert sum(rows[name]["fastgan"]) <= sum(rows[name]["eager"]), rows[name]
-    assert rows["pixel_shuffle_act (r=2, bias)"]["fastgan"] == (4, 4), rows["pixel_shuffle_act (r=2, bias)"]
-    assert rows["pixel_shuffle_batch_norm_act (r=2)"]["fastgan"] == (8, 4), rows["pixel_shuffle_batch_norm_act (r=2)"]
+    assert rows["pixel_shuffle_act (r=2, bias)"]["fastgan"] == (5, 4), rows["pixel_shuffle_act (r=2, bias)"]
+    assert rows["pixel_shuffle_batch_norm_act (r=2)"]["fastgan"] == (4, 4), rows["pixel_shuffle_batch_norm_act (r=2)"]
     assert "fastgan.channel_stats_affine" in rows["pixel_shuffle_batch_norm_act (r=2)"]["fastgan_forward_ops"]
     # virtual batch norm: its per-sample tables are Python arithmetic (forward 23 before this session)
     vbn = rows["virtual_batch_norm (live pass)"]

@@ -8,7 +8,7 @@ ops' own accuracy against the reference is tested per op (test_batch_norm_act.py
 import pytest
 import torch
 
-from fastgan.ops import _norm_act, batch_norm_act, layer_norm_act, pixel_shuffle_batch_norm_act
+from fastgan.ops import _norm_act, batch_norm_act, layer_norm_act, pixel_shuffle_act, pixel_shuffle_batch_norm_act
 from fastgan.ops._autograd import THIRD_ORDER_MESSAGE
 
 from conftest import all_backend_params
@@ -85,8 +85,10 @@ def test_other_groupings_match_python_functions(impl, device, op, monkeypatch):
         fn = lambda x, w, b: batch_norm_act(x, rm, rv, w, b, False, impl="cuda")  # noqa: E731
         channels = 3
     w, b = _param("param", channels, device, 0.5), _param("param", channels, device, -0.5)
+    assert fn(x, w, b).grad_fn.name() == "fastgan::NormActBackward"
     cpp = _first_and_second(fn, x, w, b)
     _python_functions(monkeypatch)
+    assert type(fn(x, w, b).grad_fn).__name__ == "NormActFnBackward"
     _assert_same_bits(cpp, _first_and_second(fn, x, w, b))
 
 
@@ -187,3 +189,74 @@ def test_batch_norm_running_stats_and_half_parameters_match_python_functions(imp
     python = run()
     _assert_same_bits(cpp, python)
     assert cpp[-2].dtype == running_dtype and not torch.equal(cpp[-2], torch.zeros_like(cpp[-2]))
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+@pytest.mark.parametrize("weight_kind,bias_kind", PARAMS)
+@pytest.mark.parametrize("mode", ["batch", "eval", "act"])
+def test_pixel_shuffle_cpp_autograd_matches_python_functions(impl, device, weight_kind, bias_kind, mode,
+                                                             monkeypatch):
+    """Per-output-channel tables, repeated inside the C++ op (and their gradients summed back there)
+    vs repeat_interleave in front of the Python Functions: the same bits, first and second order,
+    with the node directly on x, weight and bias (no repeat_interleave nodes)."""
+    if mode == "act" and weight_kind != "none":
+        pytest.skip("pixel_shuffle_act has a bias only")
+    x = torch.randn(3, 8, 3, 2, device=device, dtype=torch.float64, requires_grad=True)
+    w, b = _param(weight_kind, 2, device, 0.5), _param(bias_kind, 2, device, -0.5)
+    rm = torch.randn(2, device=device, dtype=torch.float64)
+    rv = torch.rand(2, device=device, dtype=torch.float64) + 0.5
+    if mode == "act":
+        fn = lambda x, w, b: pixel_shuffle_act(x, 2, b, impl="cuda")  # noqa: E731
+    else:
+        fn = lambda x, w, b: pixel_shuffle_batch_norm_act(x, 2, rm, rv, w, b, mode == "batch",  # noqa: E731
+                                                          impl="cuda")
+    y = fn(x, w, b)
+    assert y.grad_fn.name() == "fastgan::NormActBackward"
+    assert {type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None} == {"AccumulateGrad"}
+    cpp = _first_and_second(fn, x, w, b)
+    _python_functions(monkeypatch)
+    assert type(fn(x, w, b).grad_fn).__name__ == "NormActFnBackward"
+    _assert_same_bits(cpp, _first_and_second(fn, x, w, b))
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+def test_pixel_shuffle_tables_must_be_per_output_channel(impl, device):
+    """With upscale > 1 the op takes (C / r^2,) tables; per-input-channel ones are refused by name."""
+    from fastgan import _backend
+
+    op = _backend.kernels("cuda", "batch_norm_act").norm_act
+    x = torch.randn(2, 8, 3, 3, device=device)
+    out, full = torch.ones(2, device=device), torch.ones(8, device=device)
+    y = op(x, None, None, out, out, out, out * 0, 8, False, 1, 0.2, 2)
+    assert y.shape == (2, 2, 6, 6)
+    with pytest.raises(ValueError, match=r"per output channel: scale must be a \(C / upscale\^2,\) = \(2,\)"):
+        op(x, None, None, out, out, full, out, 8, False, 1, 0.2, 2)
+    with pytest.raises(ValueError, match="per output channel: weight must be"):
+        op(x, full, None, out, out, out, out, 8, False, 1, 0.2, 2)
+    with pytest.raises(ValueError, match="shift must have mean's dtype"):
+        op(x, None, None, out, out, out, out.double(), 8, False, 1, 0.2, 2)
+
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+@pytest.mark.parametrize("running_dtype", [torch.float32, torch.float16])
+def test_pixel_shuffle_running_stats_match_python_functions(impl, device, running_dtype, monkeypatch):
+    """Pixel shuffle + batch norm in training: float32 running stats are updated inside norm_act_stats
+    (upscale 2), float16 ones after the statistics call; outputs, gradients (float16 parameters) and
+    the updated running stats equal the Python Functions' bit for bit."""
+    def run():
+        torch.manual_seed(0)
+        x = torch.randn(5, 12, 3, 4, device=device).requires_grad_()
+        w = (torch.rand(3, device=device) + 0.5).half().requires_grad_()
+        b = torch.randn(3, device=device).half().requires_grad_()
+        rm = torch.zeros(3, device=device, dtype=running_dtype)
+        rv = torch.ones(3, device=device, dtype=running_dtype)
+        y = pixel_shuffle_batch_norm_act(x, 2, rm, rv, w, b, True, 0.3, 1e-5, impl="cuda")
+        grads = torch.autograd.grad(y, [x, w, b], torch.randn_like(y))
+        return [y, *grads, rm, rv]
+
+    cpp = run()
+    _python_functions(monkeypatch)
+    python = run()
+    _assert_same_bits(cpp, python)
+    assert cpp[2].dtype == torch.float16 and not torch.equal(cpp[-2], torch.zeros_like(cpp[-2]))

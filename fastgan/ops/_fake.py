@@ -121,10 +121,12 @@ def _norm_act(x, weight, bias, mean, invstd, scale, shift, groups, batch_stats, 
     return _y_side(x, upscale)
 
 
-def _norm_act_stats(x, weight, bias, running_mean, running_var, momentum, eps, groups, per_sample, act, slope):
+def _norm_act_stats(x, weight, bias, running_mean, running_var, momentum, eps, groups, per_sample, act, slope,
+                    upscale=1):
     """The batch's statistics, then norm_act (csrc/norm_act_autograd.cpp); the running stats it updates in
     place are inputs, as channel_stats_affine's are."""
-    return torch.empty_like(x)
+    _check_upscale("norm_act_stats", x, upscale)
+    return _y_side(x, upscale)
 
 
 # Op name (in the ``fastgan`` namespace) -> fake implementation (other op

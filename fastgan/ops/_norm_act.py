@@ -132,8 +132,10 @@ def norm_act(x, weight, bias, mean, invstd, grouping: Grouping, act, slope, back
 
     The CUDA backend runs it as one op, ``torch.ops.fastgan.norm_act``, whose autograd is C++
     (``csrc/norm_act_autograd.cpp``): its backward never enters Python (about half a fused layer's
-    host time in ``benchmarks/host_overhead.py`` on a CPU; not yet measured on a GPU).  The Triton backend, and per-sample weight tables (virtual batch norm) or more table
-    rows than the double-backward coefficient kernel takes, use the Python Functions below."""
+    host time in ``benchmarks/host_overhead.py`` on a CPU; not yet measured on a GPU).  The Triton
+    backend, and per-sample weight tables (virtual batch norm) or more table rows than the
+    double-backward coefficient kernel takes, use the Python Functions below.  (The pixel-shuffle ops
+    call the op themselves, with per-output-channel tables: ``pixel_shuffle_act._shuffled_norm_act``.)"""
     if backend == "cuda" and cpp_autograd_fits(weight, bias, invstd.numel() // max(invstd.shape[-1], 1)):
         if scale is None:
             scale, shift, _ = affine_tables(mean, invstd, detached_param(weight, invstd.dtype),
