@@ -50,6 +50,18 @@ def _assert_same_bits(a, b):
         assert torch.equal(u.detach(), v.detach()), f"result {i} differs"
 
 
+def _assert_cpp_matches_python_functions(fn, x, w, b, monkeypatch):
+    """fn's C++ path (one fastgan node directly on x, w, b) and its Python Functions path give the same
+    bits, first and second order."""
+    y = fn(x, w, b)
+    assert y.grad_fn.name() == "fastgan::NormActBackward"
+    assert {type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None} == {"AccumulateGrad"}
+    cpp = _first_and_second(fn, x, w, b)
+    _python_functions(monkeypatch)
+    assert type(fn(x, w, b).grad_fn).__name__ == "NormActFnBackward"
+    _assert_same_bits(cpp, _first_and_second(fn, x, w, b))
+
+
 def _batch_norm(x, w, b):
     return batch_norm_act(x, None, None, w, b, True, 0.1, 1e-5, "leaky_relu", 0.2, impl="cuda")
 
@@ -85,11 +97,7 @@ def test_other_groupings_match_python_functions(impl, device, op, monkeypatch):
         fn = lambda x, w, b: batch_norm_act(x, rm, rv, w, b, False, impl="cuda")  # noqa: E731
         channels = 3
     w, b = _param("param", channels, device, 0.5), _param("param", channels, device, -0.5)
-    assert fn(x, w, b).grad_fn.name() == "fastgan::NormActBackward"
-    cpp = _first_and_second(fn, x, w, b)
-    _python_functions(monkeypatch)
-    assert type(fn(x, w, b).grad_fn).__name__ == "NormActFnBackward"
-    _assert_same_bits(cpp, _first_and_second(fn, x, w, b))
+    _assert_cpp_matches_python_functions(fn, x, w, b, monkeypatch)
 
 
 @pytest.mark.parametrize("impl,device", CUDA)
@@ -168,19 +176,25 @@ def test_second_backward_needs_retain_graph(impl, device):
 
 @pytest.mark.parametrize("impl,device", CUDA)
 @pytest.mark.parametrize("running_dtype", [torch.float32, torch.float16])
-def test_batch_norm_running_stats_and_half_parameters_match_python_functions(impl, device, running_dtype,
-                                                                           monkeypatch):
-    """A float16 layer: float16 x, weight and bias; float32 running stats are updated by the statistics
-    kernel inside norm_act_stats, float16 ones after it (the two-call path).  Output, gradients and the
-    updated running stats equal the Python Functions' bit for bit."""
+@pytest.mark.parametrize("layer", ["batch_norm", "pixel_shuffle_batch_norm"])
+def test_running_stats_and_half_parameters_match_python_functions(impl, device, running_dtype, layer, monkeypatch):
+    """Float16 weight and bias (and, for batch norm, float16 x); float32 running stats are updated by the
+    statistics kernel inside norm_act_stats (pixel shuffle: upscale 2), float16 ones after it (the
+    two-call path).  Output, gradients and the updated running stats equal the Python Functions' bit
+    for bit."""
     def run():
         torch.manual_seed(0)
-        x = torch.randn(6, 3, 4, 4, device=device).half().requires_grad_()
+        if layer == "batch_norm":
+            x = torch.randn(6, 3, 4, 4, device=device).half().requires_grad_()
+            fn = lambda *a: batch_norm_act(*a, True, 0.3, 1e-5, impl="cuda")  # noqa: E731
+        else:
+            x = torch.randn(5, 12, 3, 4, device=device).requires_grad_()
+            fn = lambda x, *a: pixel_shuffle_batch_norm_act(x, 2, *a, True, 0.3, 1e-5, impl="cuda")  # noqa: E731
         w = (torch.rand(3, device=device) + 0.5).half().requires_grad_()
         b = torch.randn(3, device=device).half().requires_grad_()
         rm = torch.zeros(3, device=device, dtype=running_dtype)
         rv = torch.ones(3, device=device, dtype=running_dtype)
-        y = batch_norm_act(x, rm, rv, w, b, True, 0.3, 1e-5, impl="cuda")
+        y = fn(x, rm, rv, w, b)
         grads = torch.autograd.grad(y, [x, w, b], torch.randn_like(y))
         return [y, *grads, rm, rv]
 
@@ -188,6 +202,7 @@ def test_batch_norm_running_stats_and_half_parameters_match_python_functions(imp
     _python_functions(monkeypatch)
     python = run()
     _assert_same_bits(cpp, python)
+    assert cpp[2].dtype == torch.float16
     assert cpp[-2].dtype == running_dtype and not torch.equal(cpp[-2], torch.zeros_like(cpp[-2]))
 
 
@@ -210,13 +225,7 @@ def test_pixel_shuffle_cpp_autograd_matches_python_functions(impl, device, weigh
     else:
         fn = lambda x, w, b: pixel_shuffle_batch_norm_act(x, 2, rm, rv, w, b, mode == "batch",  # noqa: E731
                                                           impl="cuda")
-    y = fn(x, w, b)
-    assert y.grad_fn.name() == "fastgan::NormActBackward"
-    assert {type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None} == {"AccumulateGrad"}
-    cpp = _first_and_second(fn, x, w, b)
-    _python_functions(monkeypatch)
-    assert type(fn(x, w, b).grad_fn).__name__ == "NormActFnBackward"
-    _assert_same_bits(cpp, _first_and_second(fn, x, w, b))
+    _assert_cpp_matches_python_functions(fn, x, w, b, monkeypatch)
 
 
 @pytest.mark.parametrize("impl,device", CUDA)
@@ -235,28 +244,3 @@ def test_pixel_shuffle_tables_must_be_per_output_channel(impl, device):
         op(x, full, None, out, out, out, out, 8, False, 1, 0.2, 2)
     with pytest.raises(ValueError, match="shift must have mean's dtype"):
         op(x, None, None, out, out, out, out.double(), 8, False, 1, 0.2, 2)
-
-
-
-@pytest.mark.parametrize("impl,device", CUDA)
-@pytest.mark.parametrize("running_dtype", [torch.float32, torch.float16])
-def test_pixel_shuffle_running_stats_match_python_functions(impl, device, running_dtype, monkeypatch):
-    """Pixel shuffle + batch norm in training: float32 running stats are updated inside norm_act_stats
-    (upscale 2), float16 ones after the statistics call; outputs, gradients (float16 parameters) and
-    the updated running stats equal the Python Functions' bit for bit."""
-    def run():
-        torch.manual_seed(0)
-        x = torch.randn(5, 12, 3, 4, device=device).requires_grad_()
-        w = (torch.rand(3, device=device) + 0.5).half().requires_grad_()
-        b = torch.randn(3, device=device).half().requires_grad_()
-        rm = torch.zeros(3, device=device, dtype=running_dtype)
-        rv = torch.ones(3, device=device, dtype=running_dtype)
-        y = pixel_shuffle_batch_norm_act(x, 2, rm, rv, w, b, True, 0.3, 1e-5, impl="cuda")
-        grads = torch.autograd.grad(y, [x, w, b], torch.randn_like(y))
-        return [y, *grads, rm, rv]
-
-    cpp = run()
-    _python_functions(monkeypatch)
-    python = run()
-    _assert_same_bits(cpp, python)
-    assert cpp[2].dtype == torch.float16 and not torch.equal(cpp[-2], torch.zeros_like(cpp[-2]))
