@@ -574,3 +574,36 @@ def test_cudnn_autotuner_follows_the_run_setting(tmp_path, monkeypatch):
     _trainer("toy-ring8", tmp_path / "b", "steps=1", "cudnn_benchmark=on")
     assert torch.backends.cudnn.benchmark is True
 
+
+
+def test_a_step_reads_the_gpu_once_per_update_and_once_for_its_statistics(tmp_path):
+    """Each host read of a GPU value waits for everything queued before it, so the training step keeps
+    them few: one finiteness check per optimiser update (loss and gradient norm together) and one
+    transfer of the step's statistics (``tolist``, which does not dispatch and so is not counted here),
+    not an ``.item()`` per statistic.  Counted on CPU: the same Python runs on a GPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastgan.train.trainer import read_stats
+
+    class Reads(TorchDispatchMode):
+        count, in_optimizer = 0, False
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name.split("::")[-1]
+            if name in ("_local_scalar_dense", "item", "is_nonzero", "equal") and not Reads.in_optimizer:
+                Reads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    tr = _trainer("dcgan-mnist", tmp_path, "steps=2")
+    # Adam's CPU step reads its step counters (on a GPU the trainer's fused Adam reads nothing): not counted
+    for opt in (tr.opt_d, tr.opt_g):
+        opt.register_step_pre_hook(lambda *_: setattr(Reads, "in_optimizer", True))
+        opt.register_step_post_hook(lambda *_: setattr(Reads, "in_optimizer", False))
+    tr.train_step()  # warm-up: optimiser state, the buffer guard's copies
+    with Reads():
+        stats = tr.train_step()
+    assert Reads.count == 2, Reads.count  # the D update and the G update
+    assert all(isinstance(stats[k], float) for k in ("loss_d", "loss_g", "grad_d", "grad_g", "d_acc", "d_real"))
+    assert 0.0 <= stats["d_acc"] <= 1.0
+    mixed = read_stats({"a": torch.tensor(1.5), "b": torch.tensor(2, dtype=torch.int64), "c": "x", "d": 0.25})
+    assert mixed == {"a": 1.5, "b": 2, "c": "x", "d": 0.25} and isinstance(mixed["b"], int)

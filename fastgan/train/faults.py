@@ -46,15 +46,35 @@ def out_of_memory_message(cfg, step: int, exc: BaseException, where: str) -> str
 
 
 class BufferGuard:
-    """Copies of every buffer of some modules (running statistics, counters), to put back after a non-finite step."""
+    """Copies of every buffer of some modules (running statistics, counters), to put back after a non-finite step.
+
+    Made once per run: ``save()`` before each step refreshes the copies with torch's multi-tensor copy (a
+    launch or two on a GPU rather than one per buffer, in every step); they are allocated again only
+    when the modules' buffers are other tensors than last time (a module moved, or a buffer replaced).
+    """
 
     def __init__(self, *modules):
-        self._saved = [(b, b.detach().clone()) for mod in modules for b in mod.buffers()]
+        self.modules = modules
+        self._buffers: list = []
+        self._saved: list = []
+        self.save()
+
+    def guards(self, *modules) -> bool:
+        """Whether this guard is for exactly these module objects."""
+        return len(modules) == len(self.modules) and all(a is b for a, b in zip(modules, self.modules))
+
+    @torch.no_grad()
+    def save(self) -> None:
+        buffers = [b for mod in self.modules for b in mod.buffers()]
+        if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)):
+            self._buffers, self._saved = buffers, [b.detach().clone() for b in buffers]
+        elif buffers:
+            torch._foreach_copy_(self._saved, buffers)
 
     @torch.no_grad()
     def restore(self) -> None:
-        for buf, copy in self._saved:
-            buf.copy_(copy)
+        if self._buffers:
+            torch._foreach_copy_(self._buffers, self._saved)
 
 
 def save_after_fault(trainer, status: str, in_step: bool):

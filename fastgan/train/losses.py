@@ -90,14 +90,13 @@ def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tens
     return (real - fake).square().sum()
 
 
-def d_accuracy(real_logits: Optional[torch.Tensor], fake_logits: Optional[torch.Tensor], kind: str) -> float:
-    """Fraction of samples D puts on the right side of its decision threshold (0 for BCE, 0.5 for LSGAN)."""
+def d_accuracy(real_logits: Optional[torch.Tensor], fake_logits: Optional[torch.Tensor], kind: str) -> torch.Tensor:
+    """Fraction of samples D puts on the right side of its decision threshold (0 for BCE, 0.5 for LSGAN), a
+    0-d float32 tensor on the logits' device: read with the step's other statistics, not by a host sync
+    of its own."""
     threshold = 0.5 if kind == "lsgan" else 0.0
-    right, total = 0, 0
-    if real_logits is not None:
-        right += (real_logits > threshold).sum().item()
-        total += real_logits.numel()
-    if fake_logits is not None:
-        right += (fake_logits <= threshold).sum().item()
-        total += fake_logits.numel()
-    return right / max(total, 1)
+    right = [t for t in ((None if real_logits is None else (real_logits > threshold).flatten()),
+                         (None if fake_logits is None else (fake_logits <= threshold).flatten())) if t is not None]
+    if not right or sum(t.numel() for t in right) == 0:
+        return torch.zeros((), device=right[0].device if right else None)
+    return torch.cat(right).float().mean()

@@ -79,10 +79,28 @@ def seed_everything(seed: int) -> None:
 
 
 def _grad_norm(params) -> torch.Tensor:
+    params = list(params)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros(())
+        return torch.zeros((), device=params[0].device if params else None)
+    if all(g.dtype == torch.float32 for g in grads):
+        # one multi-tensor launch per device on CUDA (torch's foreach norm) instead of one per parameter
+        return torch.nn.utils.get_total_norm(grads)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+def read_stats(stats: dict) -> dict:
+    """A step's statistics as Python numbers: the 0-d tensors read back in one transfer per (device,
+    dtype) instead of one ``.item()`` (a host sync) each; other entries as they are."""
+    groups: dict = {}
+    for k, v in stats.items():
+        if torch.is_tensor(v):
+            groups.setdefault((v.device, v.dtype), []).append(k)
+    out = dict(stats)
+    for keys in groups.values():
+        values = torch.stack([stats[k].detach().reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, values))
+    return out
 
 
 def _all_finite(module_or_tensors) -> bool:
@@ -147,6 +165,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = tune
         seed_everything(r.seed)
         self.toy = cfg.is_toy()
+        self._buffer_guard: Optional[BufferGuard] = None  # made by the first step
         self.out = r.out
         self.ckpt_dir = os.path.join(self.out, "checkpoints")
         self.sample_dir = os.path.join(self.out, "samples")
@@ -344,7 +363,8 @@ class Trainer:
         if scaler is None:
             loss.backward()
             gnorm = _grad_norm(model.parameters())
-            finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm))
+            # one host sync for both: each one waits for the GPU to finish everything queued
+            finite = bool(torch.isfinite(loss).logical_and_(torch.isfinite(gnorm)))
             finite = self.dist.all_true(finite, self.device)
             if finite:
                 opt.step()
@@ -462,7 +482,7 @@ class Trainer:
             stats.update(loss_d=loss_adv.detach(), grad_d=gnorm.detach(),
                          d_real=(torch.sigmoid(out_r) if as_prob else out_r).float().mean(),
                          d_fake=(torch.sigmoid(out_f) if as_prob else out_f).float().mean(),
-                         d_acc=torch.tensor(L.d_accuracy(out_r, out_f, lo.loss)),
+                         d_acc=L.d_accuracy(out_r, out_f, lo.loss),
                          swap_g=float(swap is not None), d_updated=float(update))
         stats["_finite"] = finite
         stats["_out_f"] = out_f.detach()
@@ -551,7 +571,12 @@ class Trainer:
         n_critic = self.cfg.optim.n_critic
         d_stats = {}
         d_finite = True
-        guard = BufferGuard(self.G, self.D)  # a non-finite step must not leave NaN running statistics behind
+        # a non-finite step must not leave NaN running statistics behind
+        guard = self._buffer_guard
+        if guard is not None and guard.guards(self.G, self.D):
+            guard.save()
+        else:
+            guard = self._buffer_guard = BufferGuard(self.G, self.D)
         d_stepped = False
         g_on = self.schedule.g_active(self.step)  # False while D pre-trains (optim.d_pretrain)
         for i in range(n_critic):
@@ -565,8 +590,7 @@ class Trainer:
             g_stats = {"loss_g": L.g_loss(self.cfg.loss.loss, d_stats["_out_f"]), "grad_g": 0.0, "g_updated": 0.0,
                        "_finite": True}
         self.step += 1
-        out = {k: (v.item() if torch.is_tensor(v) else v) for k, v in {**d_stats, **g_stats}.items()
-               if not k.startswith("_")}
+        out = read_stats({k: v for k, v in {**d_stats, **g_stats}.items() if not k.startswith("_")})
         out = self.dist.mean_stats(out, self.device)  # global-batch means: the same numbers on every rank
         out["d_steps"] = n_critic
         out["noise_std"] = self.noise_std(self.step - 1)
