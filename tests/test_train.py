@@ -607,3 +607,39 @@ def test_a_step_reads_the_gpu_once_per_update_and_once_for_its_statistics(tmp_pa
     assert 0.0 <= stats["d_acc"] <= 1.0
     mixed = read_stats({"a": torch.tensor(1.5), "b": torch.tensor(2, dtype=torch.int64), "c": "x", "d": 0.25})
     assert mixed == {"a": 1.5, "b": 2, "c": "x", "d": 0.25} and isinstance(mixed["b"], int)
+
+
+def test_in_memory_batches_copy_no_indices_to_the_device_per_step():
+    """An in-memory data set's batches are indexed on the training device with the epoch's permutation,
+    copied there once an epoch: a per-batch host-to-device copy of the indices would make the host wait
+    for the GPU every step.  Checked on the meta device, where the copies dispatch as on a GPU (the
+    batches themselves: the bit-exact resume tests)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastgan.data import ImageTensorDataset
+    from fastgan.train.data import DataStream
+
+    class Copies(TorchDispatchMode):
+        """Counts copies between devices (not the dtype conversions on the device)."""
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = func._schema.name.split("::")[-1]
+            src, dst = (args[0].device, kwargs.get("device")) if name == "_to_copy" else (
+                (args[1].device, args[0].device) if name == "copy_" else (None, None))
+            if dst is not None and torch.device(dst) != src:
+                Copies.count += 1
+            return func(*args, **kwargs)
+
+    images = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
+    stream = DataStream(ImageTensorDataset(images, torch.arange(40) % 10, [str(i) for i in range(10)]), 8, 3,
+                        torch.device("meta"))
+    stream.next()  # the epoch's permutation goes to the device here
+    with Copies():
+        for _ in range(4):
+            x, y = stream.next()
+    assert Copies.count == 0 and x.device.type == "meta" and x.shape == (8, 1, 4, 4) and y.shape == (8,)
+    with Copies():
+        stream.next()  # a new epoch: its permutation is copied, once
+    assert Copies.count == 1 and (stream.epoch, stream.index) == (1, 8)

@@ -34,6 +34,8 @@ class DataStream:
         self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
         self._perm: Optional[torch.Tensor] = None
         self._perm_epoch = -1
+        self._perm_on_device: Optional[torch.Tensor] = None
+        self._perm_on_device_epoch = -1
         self._loader_iter = None
         self._loader_key = None
 
@@ -43,6 +45,15 @@ class DataStream:
             self._perm = torch.randperm(self.n, generator=g)
             self._perm_epoch = epoch
         return self._perm
+
+    def _permutation_on_device(self, epoch: int) -> torch.Tensor:
+        """The epoch's permutation on the training device, for the in-memory data sets, copied there once
+        an epoch: a batch's indices copied from the host each step would make the host wait for all the
+        work queued on the GPU (a pageable host-to-device copy synchronises)."""
+        if self._perm_on_device_epoch != epoch:
+            self._perm_on_device = self.permutation(epoch).to(self.device)
+            self._perm_on_device_epoch = epoch
+        return self._perm_on_device
 
     def _take(self, idx: torch.Tensor):
         if self._images is not None:
@@ -62,9 +73,11 @@ class DataStream:
         if self.index + self.batch_size > self.n:
             self.epoch += 1
             self.index = 0
-        idx = self._select(self.permutation(self.epoch)[self.index:self.index + self.batch_size])
+        in_memory = self._images is not None or self._points is not None
+        perm = self._permutation_on_device(self.epoch) if in_memory else self.permutation(self.epoch)
+        idx = self._select(perm[self.index:self.index + self.batch_size])
         self.index += self.batch_size
-        if self._images is None and self._points is None and self.workers > 0:
+        if not in_memory and self.workers > 0:
             return self._loader_next(idx)
         return self._take(idx)
 
@@ -96,7 +109,8 @@ class DataStream:
             last = str(exc).strip().splitlines()[-1]
             raise type(exc)(last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last) from None
         self._loader_key = (self.epoch, self.index)
-        return x.to(self.device, non_blocking=True), torch.as_tensor(y).to(self.device)
+        # (pinned on a GPU machine: both copies asynchronous)
+        return x.to(self.device, non_blocking=True), torch.as_tensor(y).to(self.device, non_blocking=True)
 
     def fixed_batch(self, n: int, seed: int):
         """A batch chosen by ``seed`` alone (not advancing the stream): e.g. VBN's reference batch."""
