@@ -9,8 +9,9 @@
 //
 // y = act(x * scale + shift), scale / shift being the affine tables of (mean, invstd, weight, bias);
 // (C,) vectors (batch norm) or (N, C) tables (group / instance / layer norm), groups and upscale as in
-// fastgan/ops/_norm_act.py's Grouping.  weight and bias are None or (C,) vectors (per-sample weight
-// tables, i.e. virtual batch norm, stay on the Python Functions).  With upscale r > 1 (pixel shuffle,
+// fastgan/ops/_norm_act.py's Grouping.  weight and bias are None or (C,) vectors; with constant
+// statistics (batch_stats false) also (N, C) tables like scale's (virtual batch norm's affine tables:
+// autograd carries their derivatives into its statistics).  With upscale r > 1 (pixel shuffle,
 // y has C / r^2 channels) every table is per *output* channel, (C / r^2,): the op repeats them over
 // each output channel's r^2 input channels for the kernels, and sums weight / bias gradients back,
 // inside the op and below autograd (the Python Functions' path does the same with repeat_interleave,
@@ -118,8 +119,11 @@ struct Problem {
   }
 };
 
-// A per-(n, c) table summed to a weight / bias's (C,) shape (sum_to_param).
-Tensor to_channels(const Tensor& t) { return t.dim() == 2 ? t.sum(0) : t; }
+// A per-(n, c) table summed to a weight / bias's (C,) shape (sum_to_param); kept per (n, c) for an
+// (N, C) parameter table.
+Tensor to_channels(const Tensor& t, const Tensor& param = Tensor()) {
+  return t.dim() == 2 && (!param.defined() || param.dim() == 1) ? t.sum(0) : t;
+}
 
 // t with exactly x's strides (fastgan/ops/_layout.py's like()), copied only when they differ.
 Tensor like(const Tensor& t, const Tensor& x) {
@@ -150,8 +154,8 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(const Tensor& gy, const Problem
     k3 = k3_;
   } else {  // constant statistics: their terms vanish
     auto [r_g, r_gx] = reduce.call(gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.act, p.slope, p.upscale);
-    dw = to_channels(r_gx);
-    db = to_channels(r_g);
+    dw = to_channels(r_gx, p.weight);
+    db = to_channels(r_g, p.bias);
     k2 = k3 = at::zeros_like(p.scale);
   }
   Tensor dx = apply.call(gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.scale, k2, k3, p.act, p.slope, p.upscale);
@@ -179,13 +183,31 @@ std::tuple<Tensor, Tensor, Tensor> double_impl(const Tensor& u_in, const Tensor&
   auto [r_g, r_gx, r_u, r_ux, r_gu] =
       reduce.call(u, gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.act, p.slope, p.upscale);
   const auto dtype = p.invstd.scalar_type();
-  auto [a2, a3, b1, b2, b3, b4, grad_w] = coefficients.call(
-      r_g.contiguous(), r_gx.contiguous(), r_u.contiguous(), r_ux.contiguous(), r_gu.contiguous(),
-      as_table(p.to_kernel(p.weight), dtype), p.invstd.contiguous(), as_table(p.to_kernel(alpha), dtype),
-      as_table(p.to_kernel(beta), dtype), p.groups, p.group_size(), p.batch_stats);
+  Tensor a2, a3, b1, b2, b3, b4, grad_w;
+  const auto vector = [](const Tensor& t) { return !t.defined() || t.dim() == 1; };
+  const int64_t rows = p.invstd.dim() == 2 ? p.invstd.size(0) : 1;
+  if (vector(p.weight) && vector(alpha) && vector(beta) && rows <= 65535) {
+    std::tie(a2, a3, b1, b2, b3, b4, grad_w) = coefficients.call(
+        r_g.contiguous(), r_gx.contiguous(), r_u.contiguous(), r_ux.contiguous(), r_gu.contiguous(),
+        as_table(p.to_kernel(p.weight), dtype), p.invstd.contiguous(), as_table(p.to_kernel(alpha), dtype),
+        as_table(p.to_kernel(beta), dtype), p.groups, p.group_size(), p.batch_stats);
+  } else {
+    // (N, C) parameter tables (or more rows than the kernel takes) with constant statistics: their
+    // coefficients are a few products (fastgan.reference.norm_act_double.double_coefficients, whose
+    // operations these are, in its order, so the two paths agree to the bit)
+    FASTGAN_CHECK(!p.batch_stats, "fastgan::norm_act: per-sample parameter tables need constant statistics");
+    const Tensor& r = p.invstd;
+    const Tensor zero = at::zeros_like(r);
+    const Tensor a = alpha.defined() ? alpha.to(dtype).add(zero) : zero;
+    a2 = beta.defined() ? beta.to(dtype).add(zero) : zero;
+    a3 = a;
+    b1 = a.mul(r);
+    b2 = b3 = b4 = zero;
+    grad_w = r.mul(r_gu);
+  }
   auto [ggx, ggy] = apply.call(u, gy, p.x, p.scale, p.shift, p.mean, p.invstd, p.scale, a2, a3, b1, b2, b3, b4,
                                p.act, p.slope, p.upscale);
-  return {ggy, ggx, p.to_param(to_channels(grad_w))};
+  return {ggy, ggx, p.to_param(to_channels(grad_w, p.weight))};
 }
 
 // ---------------------------------------------------------------------------- the autograd nodes
@@ -316,10 +338,17 @@ struct NormActBackward : public torch::autograd::Node {
 
 // ---------------------------------------------------------------------------- the op's kernels
 
-void check_params(const optional<Tensor>& weight, const optional<Tensor>& bias) {
+// weight and bias: None, (C,) vectors, or -- with constant statistics (batch_stats false) -- tables of
+// the affine tables' shape ((N, C): virtual batch norm's).  ``tables``: scale; undefined for
+// norm_act_stats (vectors only).
+void check_params(const char* op, const optional<Tensor>& weight, const optional<Tensor>& bias,
+                  const Tensor& tables = Tensor(), bool batch_stats = true) {
+  const bool per_sample_ok = tables.defined() && !batch_stats && tables.dim() == 2;
   for (const auto* t : {&weight, &bias}) {
-    FASTGAN_CHECK_VALUE(!t->has_value() || !(*t)->defined() || (*t)->dim() == 1, "fastgan::norm_act: ",
-                        t == &weight ? "weight" : "bias", " must be None or a (C,) vector, got shape ",
+    if (!t->has_value() || !(*t)->defined() || (*t)->dim() == 1) continue;
+    FASTGAN_CHECK_VALUE(per_sample_ok && (*t)->sizes() == tables.sizes(), op, ": ", t == &weight ? "weight" : "bias",
+                        " must be None or a (C,) vector", per_sample_ok ? " or a table shaped like scale" : "",
+                        per_sample_ok ? "" : " (per-sample tables: with constant statistics only)", ", got shape ",
                         (*t)->sizes());
   }
 }
@@ -412,7 +441,7 @@ Tensor record_norm_act(const Tensor& x, const Tensor& w, const Tensor& b, const 
 Tensor norm_act_autograd(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
                          const Tensor& mean, const Tensor& invstd, const Tensor& scale, const Tensor& shift,
                          int64_t groups, bool batch_stats, int64_t act, double slope, int64_t upscale) {
-  check_params(weight, bias);
+  check_params("fastgan::norm_act", weight, bias, scale, batch_stats);
   const Tensor w = value(weight), b = value(bias);
   const KernelTables k = kernel_tables(x, w, b, mean, invstd, scale, shift, upscale);
   return record_norm_act(x, w, b, k.mean, k.invstd, k.scale, k.shift, groups, batch_stats, act, slope, upscale,
@@ -423,7 +452,7 @@ Tensor norm_act_autograd(const Tensor& x, const optional<Tensor>& weight, const 
 Tensor norm_act_forward_only(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
                              const Tensor& mean, const Tensor& invstd, const Tensor& scale, const Tensor& shift,
                              int64_t groups, bool batch_stats, int64_t act, double slope, int64_t upscale) {
-  check_params(weight, bias);
+  check_params("fastgan::norm_act", weight, bias, scale, batch_stats);
   const KernelTables k = kernel_tables(x, value(weight), value(bias), mean, invstd, scale, shift, upscale);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return forward_op(x, k.scale, k.shift, act, slope, upscale);
@@ -473,7 +502,7 @@ Tensor norm_act_stats_autograd(const Tensor& x, const optional<Tensor>& weight, 
                                const optional<Tensor>& running_mean, const optional<Tensor>& running_var,
                                double momentum, double eps, int64_t groups, bool per_sample, int64_t act,
                                double slope, int64_t upscale) {
-  check_params(weight, bias);
+  check_params("fastgan::norm_act_stats", weight, bias);
   const Tensor w = value(weight), b = value(bias);
   Tensor mean, invstd, scale, shift;
   {
@@ -491,7 +520,7 @@ Tensor norm_act_stats_forward_only(const Tensor& x, const optional<Tensor>& weig
                                    const optional<Tensor>& running_mean, const optional<Tensor>& running_var,
                                    double momentum, double eps, int64_t groups, bool per_sample, int64_t act,
                                    double slope, int64_t upscale) {
-  check_params(weight, bias);
+  check_params("fastgan::norm_act_stats", weight, bias);
   const Tensor w = value(weight), b = value(bias);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto [mean, invstd, scale, shift] =

@@ -151,13 +151,62 @@ def test_input_modified_in_place_after_forward_raises(impl, device):
         y.sum().backward()
 
 
-def test_per_sample_weight_tables_keep_the_python_functions():
-    """Virtual batch norm hands (N, C) weight tables, and the double-backward coefficient kernel takes
-    (C,) weights and at most 65535 rows only: those calls stay on the Python Functions."""
+def test_which_calls_the_cpp_autograd_takes():
+    """With the batch's statistics the double-backward coefficient kernel takes (C,) weights and at most
+    65535 rows: other calls stay on the Python Functions.  With constant statistics the C++ side
+    computes the coefficients itself, so it takes (N, C) tables (virtual batch norm's) and any rows."""
     tables = torch.ones(2, 3)
     assert not _norm_act.cpp_autograd_fits(tables, None) and not _norm_act.cpp_autograd_fits(None, tables)
     assert _norm_act.cpp_autograd_fits(tables[0], tables[0], 65535)
     assert not _norm_act.cpp_autograd_fits(None, None, 65536)
+    assert _norm_act.cpp_autograd_fits(tables, tables, 65536, batch_stats=False)
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+@pytest.mark.parametrize("weight_kind,bias_kind", PARAMS)
+@pytest.mark.parametrize("reference_batch", [False, True])
+def test_virtual_batch_norm_matches_python_functions(impl, device, weight_kind, bias_kind, reference_batch,
+                                                     monkeypatch):
+    """Virtual batch norm: (N, C) affine tables as weight and bias of the fused op (constant statistics;
+    autograd carries the tables' derivatives into x, the reference statistics, weight and bias); the
+    reference batch itself has (C,) tables.  The same bits as the Python Functions, first and second
+    order, including the reference statistics' gradients."""
+    from fastgan.ops import virtual_batch_norm
+
+    x = torch.randn(3, 4, 3, 2, device=device, dtype=torch.float64, requires_grad=True)
+    w, b = _param(weight_kind, 4, device, 0.5), _param(bias_kind, 4, device, -0.5)
+    ref_mean = torch.randn(4, device=device, dtype=torch.float64, requires_grad=True)
+    ref_sq = (ref_mean.detach() ** 2 + torch.rand(4, device=device, dtype=torch.float64) + 0.5).requires_grad_()
+
+    def fn(x, w, b):
+        return virtual_batch_norm(x, ref_mean, ref_sq, 8, w, b, activation="leaky_relu", impl="cuda",
+                                  reference_batch=reference_batch)
+
+    def results():
+        out = _first_and_second(fn, x, w, b)
+        y = fn(x, w, b)
+        return out + list(torch.autograd.grad(y, [ref_mean, ref_sq], torch.ones_like(y)))
+
+    assert fn(x, w, b).grad_fn.name() == "fastgan::NormActBackward"
+    cpp = results()
+    _python_functions(monkeypatch)
+    assert type(fn(x, w, b).grad_fn).__name__ == "NormActFnBackward"
+    _assert_same_bits(cpp, results())
+
+
+@pytest.mark.parametrize("impl,device", CUDA)
+def test_per_sample_tables_need_constant_statistics(impl, device):
+    from fastgan import _backend
+
+    op = _backend.kernels("cuda", "batch_norm_act").norm_act
+    x = torch.randn(2, 3, 4, device=device)
+    table, vec = torch.ones(2, 3, device=device), torch.ones(3, device=device)
+    assert op(x, table, table, table * 0, table, table, table * 0, 3, False, 1, 0.2).shape == x.shape
+    with pytest.raises(ValueError, match=r"weight must be None or a \(C,\) vector \(per-sample tables: with "
+                                         r"constant statistics only\)"):
+        op(x, table, None, vec * 0, vec, vec, vec * 0, 3, True, 1, 0.2)
+    with pytest.raises(ValueError, match="bias must be None or a .C,. vector or a table shaped like scale"):
+        op(x, None, torch.ones(3, 3, device=device), table * 0, table, table, table * 0, 3, False, 1, 0.2)
 
 
 @pytest.mark.parametrize("impl,device", CUDA)

@@ -47,19 +47,28 @@ class MomentsFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_mean, g_sq):
         (x,) = ctx.saved_tensors
-        return MomentsBackwardFn.apply(g_mean, g_sq, x, *ctx.config), None, None
+        # a plain backward calls the same code without the differentiable Function's host overhead
+        if torch.is_grad_enabled():
+            return MomentsBackwardFn.apply(g_mean, g_sq, x, *ctx.config), None, None
+        return _backward(g_mean, g_sq, x, *ctx.config)[0], None, None
+
+
+def _backward(g_mean, g_sq, x, per_sample, backend):
+    """(dx, g_sq as the double backward reads it)."""
+    k = _backend.kernels(backend, "batch_norm_act")
+    cnt = _count(x, per_sample)
+    stats_like = g_mean if g_mean is not None else g_sq
+    zero, one = _unit_tables(stats_like)
+    g_mean = zero if g_mean is None else g_mean
+    g_sq = zero if g_sq is None else g_sq
+    return k.norm_act_backward_apply(x, x, zero, zero, zero, one, zero, g_mean / cnt, 2 * g_sq / cnt,
+                                     *_IDENTITY), g_sq
 
 
 class MomentsBackwardFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g_mean, g_sq, x, per_sample, backend):
-        k = _backend.kernels(backend, "batch_norm_act")
-        cnt = _count(x, per_sample)
-        stats_like = g_mean if g_mean is not None else g_sq
-        zero, one = _unit_tables(stats_like)
-        g_mean = zero if g_mean is None else g_mean
-        g_sq = zero if g_sq is None else g_sq
-        dx = k.norm_act_backward_apply(x, x, zero, zero, zero, one, zero, g_mean / cnt, 2 * g_sq / cnt, *_IDENTITY)
+        dx, g_sq = _backward(g_mean, g_sq, x, per_sample, backend)
         ctx.save_for_backward(g_sq, x)
         ctx.config = (per_sample, backend)
         return dx

@@ -133,10 +133,11 @@ def norm_act(x, weight, bias, mean, invstd, grouping: Grouping, act, slope, back
     The CUDA backend runs it as one op, ``torch.ops.fastgan.norm_act``, whose autograd is C++
     (``csrc/norm_act_autograd.cpp``): its backward never enters Python (about half a fused layer's
     host time in ``benchmarks/host_overhead.py`` on a CPU; not yet measured on a GPU).  The Triton
-    backend, and per-sample weight tables (virtual batch norm) or more table rows than the
-    double-backward coefficient kernel takes, use the Python Functions below.  (The pixel-shuffle ops
+    backend, and with the batch's statistics more table rows than the double-backward coefficient
+    kernel takes, use the Python Functions below.  (The pixel-shuffle ops
     call the op themselves, with per-output-channel tables: ``pixel_shuffle_act._shuffled_norm_act``.)"""
-    if backend == "cuda" and cpp_autograd_fits(weight, bias, invstd.numel() // max(invstd.shape[-1], 1)):
+    if backend == "cuda" and cpp_autograd_fits(weight, bias, invstd.numel() // max(invstd.shape[-1], 1),
+                                               grouping.batch_stats):
         if scale is None:
             scale, shift, _ = affine_tables(mean, invstd, detached_param(weight, invstd.dtype),
                                             detached_param(bias, invstd.dtype))
@@ -146,10 +147,13 @@ def norm_act(x, weight, bias, mean, invstd, grouping: Grouping, act, slope, back
     return NormActFn.apply(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)
 
 
-def cpp_autograd_fits(weight, bias, rows: int = 1) -> bool:
-    """Whether the CUDA backend's C++ autograd takes a call: weight and bias None or (C,) vectors, and
-    at most 65535 rows of statistics (samples, with per-sample statistics) for its double backward's
-    coefficient kernel."""
+def cpp_autograd_fits(weight, bias, rows: int = 1, batch_stats: bool = True) -> bool:
+    """Whether the CUDA backend's C++ autograd takes a call: with constant statistics always (it computes
+    the double backward's few coefficients itself for (N, C) parameter tables, virtual batch norm's);
+    with the batch's statistics, weight and bias None or (C,) vectors and at most 65535 rows of
+    statistics (samples, with per-sample statistics) for its double backward's coefficient kernel."""
+    if not batch_stats:
+        return True
     return (weight is None or weight.dim() == 1) and (bias is None or bias.dim() == 1) and rows <= 65535
 
 
@@ -251,6 +255,7 @@ def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd, 
     if all(t is None or t.dim() == 1 for t in (weight, alpha, beta)) and rows <= 65535:
         coef = k.norm_act_double_coefficients(*(t.contiguous() if isinstance(t, torch.Tensor) else t for t in args))
     else:  # per-sample weight tables (virtual batch norm) or > 65535 rows: the same math in PyTorch
+        # (csrc/norm_act_autograd.cpp's double_impl has the constant-statistics case of it, op for op)
         coef = double_coefficients(*args)
     *coef, grad_w = coef
     ggx, ggy = k.norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, scale, *coef, act, slope, **kw)
