@@ -56,7 +56,7 @@ class BufferGuard:
     def __init__(self, *modules):
         self.modules = modules
         self._buffers: list = []
-        self._saved: list = []
+        self._groups: list = []  # (buffers, copies) per (device, dtype): the multi-tensor copy's fast path
         self.save()
 
     def guards(self, *modules) -> bool:
@@ -67,14 +67,19 @@ class BufferGuard:
     def save(self) -> None:
         buffers = [b for mod in self.modules for b in mod.buffers()]
         if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)):
-            self._buffers, self._saved = buffers, [b.detach().clone() for b in buffers]
-        elif buffers:
-            torch._foreach_copy_(self._saved, buffers)
+            groups: dict = {}
+            for b in buffers:
+                groups.setdefault((b.device, b.dtype), []).append(b)
+            self._buffers = buffers
+            self._groups = [(group, [b.detach().clone() for b in group]) for group in groups.values()]
+            return
+        for group, copies in self._groups:
+            torch._foreach_copy_(copies, group)
 
     @torch.no_grad()
     def restore(self) -> None:
-        if self._buffers:
-            torch._foreach_copy_(self._buffers, self._saved)
+        for group, copies in self._groups:
+            torch._foreach_copy_(group, copies)
 
 
 def save_after_fault(trainer, status: str, in_step: bool):
