@@ -391,9 +391,10 @@ KernelTables kernel_tables(const Tensor& x, const Tensor& w, const Tensor& b, co
   const Tensor* tables[] = {&w, &b, &mean, &invstd, &scale, &shift};
   for (int i = 0; i < 6; ++i) {
     const Tensor& t = *tables[i];
-    FASTGAN_CHECK_VALUE(!t.defined() || (t.dim() == 1 && t.size(0) == out_channels), "fastgan::norm_act: with upscale = ",
-                        upscale, " the tables are per output channel: ", names[i], " must be a (C / upscale^2,) = (",
-                        out_channels, ",) vector, got shape ", t.sizes());
+    FASTGAN_CHECK_VALUE(!t.defined() || (t.dim() == 1 && t.size(0) == out_channels),
+                        "fastgan::norm_act: with upscale = ", upscale, " the tables are per output channel: ",
+                        names[i], " must be a (C / upscale^2,) = (", out_channels, ",) vector, got shape ",
+                        t.sizes());
     FASTGAN_CHECK_VALUE(i < 2 || t.scalar_type() == mean.scalar_type(), "fastgan::norm_act: ", names[i],
                         " must have mean's dtype ", mean.scalar_type(), ", got ", t.scalar_type());
   }
@@ -498,20 +499,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_statistics(const Tensor& x_in, 
   return {mean, invstd, scale, shift};
 }
 
+// The batch's statistics as the kernels take them, computed below autograd: they are constants to it
+// (the node differentiates through them itself).
+KernelTables batch_tables(const Tensor& x, const Tensor& w, const Tensor& b, const optional<Tensor>& running_mean,
+                          const optional<Tensor>& running_var, double momentum, double eps, int64_t groups,
+                          bool per_sample, int64_t upscale) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  auto [mean, invstd, scale, shift] =
+      batch_statistics(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample, upscale);
+  return kernel_tables(x, w, b, mean, invstd, scale, shift, upscale);
+}
+
 Tensor norm_act_stats_autograd(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
                                const optional<Tensor>& running_mean, const optional<Tensor>& running_var,
                                double momentum, double eps, int64_t groups, bool per_sample, int64_t act,
                                double slope, int64_t upscale) {
   check_params("fastgan::norm_act_stats", weight, bias);
   const Tensor w = value(weight), b = value(bias);
-  Tensor mean, invstd, scale, shift;
-  {
-    // statistics are constants to autograd: the node differentiates through them itself
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    std::tie(mean, invstd, scale, shift) =
-        batch_statistics(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample, upscale);
-  }
-  const KernelTables k = kernel_tables(x, w, b, mean, invstd, scale, shift, upscale);
+  const KernelTables k = batch_tables(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample, upscale);
   return record_norm_act(x, w, b, k.mean, k.invstd, k.scale, k.shift, groups, /*batch_stats=*/true, act, slope,
                          upscale, k.repeat);
 }
@@ -521,11 +526,9 @@ Tensor norm_act_stats_forward_only(const Tensor& x, const optional<Tensor>& weig
                                    double momentum, double eps, int64_t groups, bool per_sample, int64_t act,
                                    double slope, int64_t upscale) {
   check_params("fastgan::norm_act_stats", weight, bias);
-  const Tensor w = value(weight), b = value(bias);
+  const KernelTables k = batch_tables(x, value(weight), value(bias), running_mean, running_var, momentum, eps,
+                                      groups, per_sample, upscale);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  auto [mean, invstd, scale, shift] =
-      batch_statistics(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample, upscale);
-  const KernelTables k = kernel_tables(x, w, b, mean, invstd, scale, shift, upscale);
   return forward_op(x, k.scale, k.shift, act, slope, upscale);
 }
 
