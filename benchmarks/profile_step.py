@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import re
 import sys
 import time
@@ -36,6 +35,9 @@ from pathlib import Path
 import torch
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import bench_train_step as train_steps  # noqa: E402  (the iterations and models the step suite times)
+
 
 def _triton_kernel_names() -> tuple:
     """fastgan's Triton kernels (``@triton.jit`` functions of fastgan/kernels ending in ``_kernel``): the
@@ -61,7 +63,7 @@ KINDS = (
     ("element-wise", ("elementwise", "vectorized", "unrolled")),
 )
 
-# (label, builder name, batch, dtype)
+# label -> (iteration, batch, autocast dtype)
 CASES = {
     "dcgan-b128-float32": ("dcgan", 128, torch.float32),
     "dcgan-b128-bfloat16": ("dcgan", 128, torch.bfloat16),
@@ -69,13 +71,6 @@ CASES = {
     "wgan-gp-b128-float32": ("wgan_gp", 128, torch.float32),
 }
 DEFAULT_CASES = ("dcgan-b128-float32", "dcgan-b64-float32", "wgan-gp-b128-float32", "dcgan-b128-bfloat16")
-
-
-def _train_step_module():
-    spec = importlib.util.spec_from_file_location("_fastgan_bench_train_step", BENCH / "bench_train_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def kind_of(name: str) -> str:
@@ -88,20 +83,19 @@ def kind_of(name: str) -> str:
 
 def build_step(case: str, impl: str, device: torch.device, smoke: bool):
     """The step suite's iteration for ``case`` with ``impl`` ("cuda" / "triton" / "ref": fastgan, or "eager")."""
-    ts = _train_step_module()
     what, batch, dtype = CASES[case]
     size = 16 if smoke else 64
     shape = (4 if smoke else batch, 3, size, size)
     d_norm = "layer" if what == "wgan_gp" else "batch"
-    g, d, nz = ts._models(impl, shape, device, smoke, d_norm=d_norm)
-    amp = ts._autocast(device, dtype)
+    g, d, nz = train_steps._models(impl, shape, device, smoke, d_norm=d_norm)
+    amp = train_steps._autocast(device, dtype)
     real = torch.randn(shape, device=device).clamp_(-1, 1)
     if what == "dcgan":
-        opt_g, opt_d = ts._adam(g), ts._adam(d)
-        return ts.dcgan_step(g, d, opt_g, opt_d, real, torch.randn(shape[0], nz, device=device), amp)
-    opt_g, opt_d = ts._adam(g, (0.5, 0.9)), ts._adam(d, (0.5, 0.9))
-    zs = torch.randn(ts.N_CRITIC + 1, shape[0], nz, device=device)
-    return ts.wgan_gp_step(g, d, opt_g, opt_d, real, zs, amp, impl)
+        opt_g, opt_d = train_steps._adam(g), train_steps._adam(d)
+        return train_steps.dcgan_step(g, d, opt_g, opt_d, real, torch.randn(shape[0], nz, device=device), amp)
+    opt_g, opt_d = train_steps._adam(g, (0.5, 0.9)), train_steps._adam(d, (0.5, 0.9))
+    zs = torch.randn(train_steps.N_CRITIC + 1, shape[0], nz, device=device)
+    return train_steps.wgan_gp_step(g, d, opt_g, opt_d, real, zs, amp, impl)
 
 
 def _sync(device):
