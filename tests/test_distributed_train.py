@@ -133,6 +133,19 @@ def test_two_gpus_train_like_one(tmp_path):  # pragma: no cover - GPU suite
     _close(two["discriminator"], one.D.state_dict(), "nccl: D")
 
 
+def _flag_worker(rank, world, root):
+    dist = Distributed.from_env(torch.device("cpu"))
+    assert dist.enabled and dist.world_size == world
+    # a non-finite update on any rank is skipped on every rank (DDP's replicas stay equal)
+    for flags, expected in (((True, True), True), ((True, False), False), ((False, False), False)):
+        out = dist.all_true_on_device(torch.tensor(flags[rank]))
+        assert out.dtype == torch.bool and out.shape == () and bool(out) is expected, (rank, flags)
+
+
+def test_a_finiteness_flag_decided_on_the_device_agrees_across_ranks(tmp_path):
+    run_distributed(_flag_worker, 2, str(tmp_path), timeout=60)
+
+
 def test_one_process_is_not_distributed(tmp_path):
     d = Distributed.from_env(torch.device("cpu"))
     assert not d.enabled and d.is_main

@@ -609,6 +609,30 @@ def test_a_step_reads_the_gpu_once_per_update_and_once_for_its_statistics(tmp_pa
     assert mixed == {"a": 1.5, "b": 2, "c": "x", "d": 0.25} and isinstance(mixed["b"], int)
 
 
+@pytest.mark.parametrize("preset, sets", [("dcgan-mnist", ["ema=0.9"]), ("wgan-gp-mnist", ["n_critic=3"])])
+def test_with_a_fused_adam_a_step_reads_the_gpu_only_for_its_statistics(tmp_path, preset, sets):
+    """With ``optim.fused`` (auto: on for CUDA) a non-finite update is skipped by the optimiser on the
+    device, so no update reads a value back: a step, n_critic D updates included, waits for the GPU once,
+    in the one transfer of its statistics (``tolist``, not counted here), where its finiteness is read."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Reads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name.split("::")[-1] in ("_local_scalar_dense", "item", "is_nonzero", "equal"):
+                Reads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    tr = _trainer(preset, tmp_path, "steps=2", "fused_adam=on", *sets)
+    tr.train_step()  # warm-up: optimiser state, the buffer guard's copies
+    with Reads():
+        stats = tr.train_step()
+    assert Reads.count == 0, Reads.count
+    assert all(isinstance(stats[k], float) for k in ("loss_d", "loss_g", "grad_d", "grad_g"))
+    assert tr.monitor.nonfinite_run == 0
+
+
 def test_in_memory_batches_copy_no_indices_to_the_device_per_step():
     """An in-memory data set's batches are indexed on the training device with the epoch's permutation,
     copied there once an epoch: a per-batch host-to-device copy of the indices would make the host wait

@@ -218,16 +218,20 @@ def test_fastgan_sample_on_a_bad_file_exits_2_with_one_line(kind, tmp_path, toy_
 def _snapshot(tr):
     return {"G": {k: v.clone() for k, v in tr.G.state_dict().items()},
             "D": {k: v.clone() for k, v in tr.D.state_dict().items()},
-            "opt_d": [v["exp_avg"].clone() for v in tr.opt_d.state.values()]}
+            "opt_d": [v["exp_avg"].clone() for v in tr.opt_d.state.values()],
+            "steps": [torch.as_tensor(v["step"]).clone() for opt in (tr.opt_d, tr.opt_g) for v in opt.state.values()]}
 
 
 def _changed(a: dict, b: dict) -> list:
     return [k for k in a if not torch.equal(a[k], b[k])]
 
 
-def test_nan_losses_never_reach_the_weights_and_stop_after_k_with_a_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fused", ["off", "on"])  # on: the fused Adam skips the updates on the device
+def test_nan_losses_never_reach_the_weights_and_stop_after_k_with_a_checkpoint(tmp_path, monkeypatch, fused):
     lines = []
-    tr = _trainer("dcgan-mnist", tmp_path, "steps=20", "nonfinite_patience=3", "ema=0.5", log=lines.append)
+    tr = _trainer("dcgan-mnist", tmp_path, "steps=20", "nonfinite_patience=3", "ema=0.5", f"fused_adam={fused}",
+                  log=lines.append)
+    assert bool(tr.opt_d.defaults.get("fused")) is (fused == "on")
     tr.train(stop_after=2)  # two good steps (writes last.pt at step 2)
     good = _snapshot(tr)
     ema_before = {k: v.clone() for k, v in tr.ema.model.state_dict().items()}
@@ -239,6 +243,7 @@ def test_nan_losses_never_reach_the_weights_and_stop_after_k_with_a_checkpoint(t
     now = _snapshot(tr)
     assert _changed(good["G"], now["G"]) == [] and _changed(good["D"], now["D"]) == []  # weights and BN buffers
     assert all(torch.equal(a, b) for a, b in zip(good["opt_d"], now["opt_d"]))
+    assert all(torch.equal(a, b) for a, b in zip(good["steps"], now["steps"]))  # Adam's step counts too
     assert _changed(ema_before, tr.ema.model.state_dict()) == []
     text = "\n".join(lines)
     assert "3 non-finite steps in a row" in text and "the state after the last finite update (step 5)" in text
@@ -248,8 +253,9 @@ def test_nan_losses_never_reach_the_weights_and_stop_after_k_with_a_checkpoint(t
     assert load_checkpoint(str(tmp_path / "checkpoints" / "last.prev.pt"))["step"] == 2
 
 
-def test_a_nan_batch_leaves_d_and_its_running_statistics_untouched(tmp_path, monkeypatch):
-    tr = _trainer("dcgan-mnist", tmp_path, "steps=3", "nonfinite_patience=5")
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_a_nan_batch_leaves_d_and_its_running_statistics_untouched(tmp_path, monkeypatch, fused):
+    tr = _trainer("dcgan-mnist", tmp_path, "steps=3", "nonfinite_patience=5", f"fused_adam={fused}")
     tr.train_step()
     before = {k: v.clone() for k, v in tr.D.state_dict().items()}
     assert any(k.endswith("running_mean") for k in before)  # D has batch norm: the NaN would reach its buffers
@@ -258,6 +264,52 @@ def test_a_nan_batch_leaves_d_and_its_running_statistics_untouched(tmp_path, mon
     tr.train_step()
     assert _changed(before, tr.D.state_dict()) == []
     assert tr.monitor.nonfinite_run == 1
+
+
+@pytest.mark.parametrize("preset, sets", [("dcgan-mnist", ["ema=0.5", "ema_start=2", "clip_weights=0.5"]),
+                                          ("wgan-gp-mnist", ["n_critic=2", "weight_decay_d=0.01"])])
+def test_updates_skipped_on_the_device_match_the_host_checked_ones(tmp_path, monkeypatch, preset, sets):
+    """With a fused Adam the trainer decides on the device whether an update goes through (no host read);
+    the weights, optimiser state, EMA and buffers must come out exactly as with the host-read check, over
+    good steps and steps with a NaN in D's or G's loss (each kind of skip), with EMA before and after its
+    start, weight clipping and AdamW."""
+    from fastgan.train import optim as optim_mod
+
+    real_d_loss, real_g_loss = trainer_mod.L.d_loss, trainer_mod.L.g_loss
+    bad = {"d": {2}, "g": {3, 4}}  # trainer steps whose D / G loss is NaN
+
+    def run(out, on_device):
+        tr = _trainer(preset, out, "steps=6", "nonfinite_patience=10", "fused_adam=on", *sets)
+        if not on_device:
+            monkeypatch.setattr(trainer_mod, "skips_on_device", lambda opt: False)
+        monkeypatch.setattr(trainer_mod.L, "d_loss", lambda *a, **k: real_d_loss(*a, **k) * (
+            float("nan") if tr.step in bad["d"] else 1.0))
+        monkeypatch.setattr(trainer_mod.L, "g_loss", lambda *a, **k: real_g_loss(*a, **k) * (
+            float("nan") if tr.step in bad["g"] else 1.0))
+        calls = []
+        step = optim_mod.step_unless_nonfinite
+        monkeypatch.setattr(trainer_mod, "step_unless_nonfinite", lambda opt, f: (calls.append(1), step(opt, f)))
+        rows = [tr.train_step() for _ in range(6)]
+        monkeypatch.undo()
+        return tr, rows, len(calls)
+
+    dev, dev_rows, dev_calls = run(tmp_path / "device", True)
+    host, host_rows, host_calls = run(tmp_path / "host", False)
+    assert dev_calls > 0 and host_calls == 0  # each run took the path it should
+    messages = [[e["message"].split(";")[0] for e in tr.monitor.events if e["kind"] == "nonfinite"]
+                for tr in (dev, host)]
+    assert messages[0] == messages[1] == ["step 3: NaN/Inf in D's loss/gradient",
+                                          "step 4: NaN/Inf in G's loss/gradient", "step 5: NaN/Inf in G's loss/gradient"]
+    assert dev.monitor.nonfinite_run == host.monitor.nonfinite_run == 0  # step 6 was good again
+    assert [r["loss_d"] for r in dev_rows[:2]] == [r["loss_d"] for r in host_rows[:2]]
+    for name in ("G", "D"):
+        a, b = getattr(dev, name).state_dict(), getattr(host, name).state_dict()
+        assert _changed(a, b) == [], name
+    if dev.ema is not None:
+        assert _changed(dev.ema.model.state_dict(), host.ema.model.state_dict()) == []
+    for opt_a, opt_b in ((dev.opt_d, host.opt_d), (dev.opt_g, host.opt_g)):
+        for sa, sb in zip(opt_a.state.values(), opt_b.state.values()):
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), sorted(sa)
 
 
 # ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from fastgan.train import ConfigError, Trainer, generate, load_config, load_gene
 from fastgan.train.collapse import ClassHistogramProbe, class_histogram_stats
 from fastgan.train.config import MonitorConfig
 from fastgan.train.monitor import FailureMonitor
-from fastgan.train.optim import build_optimizer
+from fastgan.train.optim import build_optimizer, skips_on_device, step_unless_nonfinite
 from fastgan.train.schedules import StepSchedule
 from fastgan.train.tricks.diversity import mode_seeking_loss, mode_seeking_ratio, split_pairs
 from fastgan.train.tricks.pixel import pixel_loss, pixel_weight
@@ -229,6 +229,34 @@ def test_build_optimizer_choices_and_errors():
     with pytest.raises(ValueError, match="weight_decay"):
         build_optimizer(p, "adam", 1e-3, weight_decay=-1)
     assert not build_optimizer(p, "adam", 1e-3).defaults.get("fused")  # CPU: PyTorch's default Adam
+    with pytest.raises(ValueError, match="fused_adam"):
+        build_optimizer(p, "adam", 1e-3, fused_adam="yes")
+    for wd, kind in ((0.0, torch.optim.Adam), (0.1, torch.optim.AdamW)):
+        opt = build_optimizer(p, "adam", 1e-3, weight_decay=wd, fused_adam="on")
+        assert type(opt) is kind and opt.defaults["fused"] is True and skips_on_device(opt)
+    # torch's fused SGD leaves its momentum buffer uninitialised when its first step is skipped: never fused
+    sgd = build_optimizer(p, "sgd", 1e-3, momentum=0.9, fused_adam="on")
+    assert not sgd.defaults.get("fused") and not skips_on_device(sgd)
+    assert not skips_on_device(build_optimizer(p, "adam", 1e-3, fused_adam="off"))
+
+
+def test_a_skipped_device_step_changes_nothing_and_a_taken_one_matches_plain_step():
+    """``step_unless_nonfinite``: False on the device leaves weights, moments and step counts bit for bit;
+    True steps exactly as ``opt.step()`` (fused Adam and AdamW)."""
+    for wd in (0.0, 0.1):
+        p, q = torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(5))
+        q.data.copy_(p.data)
+        a, b = (build_optimizer([t], "adam", 1e-2, weight_decay=wd, fused_adam="on") for t in (p, q))
+        for i in range(4):
+            p.grad = torch.randn(5)
+            q.grad = p.grad.clone()
+            before = p.detach().clone(), {k: v.clone() for k, v in a.state[p].items()} if a.state else {}
+            step_unless_nonfinite(a, torch.tensor(False))
+            assert torch.equal(p.detach(), before[0]) and all(torch.equal(a.state[p][k], v) for k, v in before[1].items())
+            step_unless_nonfinite(a, torch.tensor(True))
+            b.step()
+            assert torch.equal(p.detach(), q.detach()) and not hasattr(a, "found_inf")
+            assert all(torch.equal(a.state[p][k], b.state[q][k]) for k in b.state[q])
 
 
 @pytest.mark.cuda

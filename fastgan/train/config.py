@@ -235,6 +235,9 @@ class OptimConfig:
     weight_decay_mode: str = opt("decoupled", "decoupled (AdamW: p -= lr * wd * p after the step) or coupled "
                                  "(wd * p added to the gradient, Adam's weight_decay); SGD: torch's weight_decay",
                                  choices=("decoupled", "coupled"))
+    fused_adam: str = opt("auto", "PyTorch's fused Adam / AdamW: one or two launches per update, and a non-finite "
+                          "update is skipped on the device, so a step reads the GPU back only for its statistics "
+                          "(auto: on for CUDA)", choices=("auto", "on", "off"))
     d_pretrain: int = opt(0, "the first N steps train D only (G's weights unchanged until step N + 1)",
                           source="ganhacks #14 (train the discriminator more, sometimes)", trick=True,
                           minimum=0)
@@ -314,6 +317,11 @@ class RunConfig:
     deterministic: bool = opt(False, "torch.use_deterministic_algorithms (GPU runs; CPU is deterministic)")
     cudnn_benchmark: str = opt("auto", "cuDNN's autotuner: time the convolution algorithms once per shape and keep "
                                "the fastest (auto: on for CUDA unless deterministic)", choices=("auto", "on", "off"))
+    cuda_graph: bool = opt(False, "capture the training step in one CUDA graph and replay it (CUDA; after "
+                           "run.cuda_graph_warmup eager steps): at small batch the host issuing kernels, not the GPU, "
+                           "bounds a step. Options the capture cannot take are refused by name")
+    cuda_graph_warmup: int = opt(3, "eager steps before run.cuda_graph captures the step (cuDNN's autotuner, Triton "
+                                 "compilation and the optimisers' state run there)", minimum=1)
 
 
 @dataclass
@@ -842,8 +850,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     errors += check_combinations(cfg)
     errors += issue13_checks(cfg)
     from .algos import config_errors  # issue 13's options
+    from .graph_step import config_errors as cuda_graph_errors
 
     errors += config_errors(cfg)
+    errors += cuda_graph_errors(cfg)
     if errors:
         raise ConfigError(errors)
     return cfg

@@ -265,6 +265,17 @@ class Distributed:
 
         return self._reduce([1.0 if flag else 0.0], device, dist.ReduceOp.MIN)[0] > 0.5
 
+    def all_true_on_device(self, flag: torch.Tensor) -> torch.Tensor:
+        """``all_true`` of a 0-d bool tensor, left on its device: the all-reduce is queued like a kernel, so
+        nothing waits for it (the trainer's device-side skip of a non-finite update)."""
+        if not self.enabled:
+            return flag
+        import torch.distributed as dist
+
+        t = flag.to(torch.float32)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t > 0.5
+
     def any_true(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` holds on some rank (a stop request)."""
         if not self.enabled:

@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -53,7 +53,8 @@ from .models import build_discriminator, build_generator, model_specs
 from .monitor import FailureMonitor, TrainingDiverged
 from .distributed import Distributed, NullLog
 from .g_extras import g_extra_losses
-from .optim import build_optimizer
+from .graph_step import CapturedStep
+from .optim import build_optimizer, skips_on_device, step_unless_nonfinite
 from .schedules import StepSchedule
 from .tricks import (EMA, HistoricalAverage, ReplayBuffer, SnapshotPool, add_instance_noise, d_targets,
                      instance_noise_std, pack, sample_labels, sample_z, slerp_grid)
@@ -152,6 +153,9 @@ class Trainer:
         self.dist = Distributed.from_env(self.device)  # under torchrun: one process per device
         self.dist.check(cfg)
         self.device = self.dist.local_device(self.device)
+        if r.cuda_graph and (self.device.type != "cuda" or self.dist.enabled):
+            raise ConfigError([f"run.cuda_graph: needs one CUDA device per process and no torch.distributed (device "
+                               f"{self.device}, {self.dist.world_size} process(es))"])
         if not self.dist.is_main:
             self.log = lambda *_: None  # rank 0 alone reports, writes samples, logs and checkpoints
         if r.threads:
@@ -249,6 +253,8 @@ class Trainer:
         algos.attach(self)  # issue 13: unrolled GAN, VAE-GAN / KL-GAN encoder
 
         self.step = 0
+        # run.cuda_graph: eager for the first steps, then one captured step replayed (graph_step.py)
+        self.captured = CapturedStep(self._step_tensors, self._graph_ready, self.device) if r.cuda_graph else None
         self.monitor = FailureMonitor(cfg.monitor, lo.loss, report=self._report)
         self.class_probe = None
         if cfg.monitor.class_histogram:
@@ -290,7 +296,7 @@ class Trainer:
     def _optimizer(self, model, kind: str, lr: float, momentum: float, weight_decay: float = 0.0):
         o = self.cfg.optim
         return build_optimizer(model.parameters(), kind, lr, (o.beta1, o.beta2), momentum, weight_decay,
-                               o.weight_decay_mode)
+                               o.weight_decay_mode, o.fused_adam, capturable=self.cfg.run.cuda_graph)
 
     def pixel_pair(self, fake: torch.Tensor, z: torch.Tensor, labels=None):
         """(prediction, target) for ``loss.pixel_loss``: with ``loss.hybrid`` the encoder-decoder's reconstruction
@@ -349,12 +355,16 @@ class Trainer:
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # a captured step cannot keep autocast's cast weights between replays: no cache under run.cuda_graph
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.cfg.run.cuda_graph)
 
-    def _update(self, loss: torch.Tensor, model, opt, scaler, watch: Optional[torch.Tensor] = None
-                ) -> tuple[bool, torch.Tensor]:
+    def _update(self, loss: torch.Tensor, model, opt, scaler, watch: Optional[torch.Tensor] = None,
+                on_device: bool = False) -> tuple[Union[bool, torch.Tensor], torch.Tensor]:
         """Backward + optimiser step unless the loss or the gradient is not finite; (finite, grad norm).
 
+        ``on_device`` (with a fused Adam, no gradient scaler): the optimiser itself skips a non-finite
+        update, told so on the device, and ``finite`` comes back as a 0-d bool tensor that the step reads
+        with its statistics: no host read here, so the host goes on queueing work while the GPU runs.
         With fp16's gradient scaler an overflow (an inf gradient, or the inf penalty of an overflowing
         scaled gradient, inf or NaN) is the scaler's business: it skips the step and lowers the scale.
         Only a non-finite ``watch`` (the loss without the penalty) counts as a failure there.
@@ -363,8 +373,13 @@ class Trainer:
         if scaler is None:
             loss.backward()
             gnorm = _grad_norm(model.parameters())
+            finite_t = torch.isfinite(loss).logical_and_(torch.isfinite(gnorm))
+            if on_device and skips_on_device(opt):
+                finite_t = self.dist.all_true_on_device(finite_t)
+                step_unless_nonfinite(opt, finite_t)
+                return finite_t, gnorm
             # one host sync for both: each one waits for the GPU to finish everything queued
-            finite = bool(torch.isfinite(loss).logical_and_(torch.isfinite(gnorm)))
+            finite = bool(finite_t)
             finite = self.dist.all_true(finite, self.device)
             if finite:
                 opt.step()
@@ -386,9 +401,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # One step
     # ------------------------------------------------------------------------------------------
-    def d_step(self, keep_fake: bool) -> dict:
+    def d_step(self, keep_fake: bool, batch: Optional[tuple] = None) -> dict:
+        """One D update on ``batch`` (real images, labels; default: the stream's next)."""
         cfg, t, lo = self.cfg, self.cfg.tricks, self.cfg.loss
-        real, y_real = self.stream.next()
+        real, y_real = self.stream.next() if batch is None else batch
         real = self._prepare_real(real)
         n = real.shape[0]
         n_all = n * self.dist.world_size  # drawn for the global batch, this rank's share kept
@@ -464,11 +480,14 @@ class Trainer:
                 loss = loss + self.hist_d.penalty(self.D)
         update = not self.schedule.balance or self.schedule.d_update(
             self.dist.mean_value(loss_adv.item(), self.device))
-        if update:
-            finite, gnorm = self._update(loss, self.D, self.opt_d, self.scaler_d, watch=loss_adv)
+        if update:  # historical averaging folds D in only after an update known to be finite: a host read
+            finite, gnorm = self._update(loss, self.D, self.opt_d, self.scaler_d, watch=loss_adv,
+                                         on_device=self.hist_d is None)
         else:  # loss balancing: D's loss is below balance_d_above, D rests
             finite, gnorm = True, torch.zeros((), device=self.device)
-        if finite and update:
+        # finite as a tensor: the update was skipped on the device if it was not finite, and clamping weights
+        # that did not move is a no-op on weights an earlier update clamped
+        if update and (torch.is_tensor(finite) or finite):
             if lo.clip_weights > 0:
                 with torch.no_grad():
                     for p in self.D.parameters():
@@ -550,24 +569,31 @@ class Trainer:
             own = stats.get("loss_g_adv", loss)
             update = self.schedule.g_update(self.dist.mean_value(own.item(), self.device),
                                             bool(d_stats.get("_d_stepped", True)))
-        if update:
-            finite, gnorm = self._update(loss, self.G, self.opt_g, self.scaler_g)
+        if update:  # historical averaging and the hybrid's encoder act on G's finiteness: a host read
+            finite, gnorm = self._update(loss, self.G, self.opt_g, self.scaler_g,
+                                         on_device=self.hist_g is None and self.hybrid is None)
         else:  # loss balancing: G's loss is below balance_g_above, G rests
             finite, gnorm = True, torch.zeros((), device=self.device)
         stats["g_updated"] = float(update)
+        # (with either, finite is a bool: _update read it back)
         if self.hybrid is not None:
             self.hybrid.step(finite and update)  # the encoder steps with G (no backward ran while G rests)
-        if finite and update and self.hist_g is not None:
+        if self.hist_g is not None and finite and update:
             self.hist_g.update(self.G)
-        if self.ema is not None and finite:
+        if self.ema is not None and torch.is_tensor(finite):  # G's update was skipped on the device if not finite
+            self.ema.update(self.G, self.step, finite=finite)
+        elif self.ema is not None and finite:
             self.ema.update(self.G, self.step)
         self._last_fake = fake.detach()
         stats.update(loss_g=loss.detach(), grad_g=gnorm.detach(), swap_d=float(swap is not None))
         stats["_finite"] = finite
         return stats
 
-    def train_step(self) -> dict:
-        """n_critic D updates and one G update; returns the step's statistics (floats)."""
+    def _step_tensors(self, batches: Optional[list] = None) -> dict:
+        """One step's work, n_critic D updates and one G update, on ``batches`` (n_critic (real, labels)
+        pairs; default: the stream's next): its statistics, tensors or Python numbers, with its finiteness in
+        ``_finite_d`` / ``_finite_g`` (bools, or 0-d device tensors when the updates were skipped on the
+        device).  Reads nothing back from the device unless an option needs it: what run.cuda_graph captures."""
         n_critic = self.cfg.optim.n_critic
         d_stats = {}
         d_finite = True
@@ -580,8 +606,8 @@ class Trainer:
         d_stepped = False
         g_on = self.schedule.g_active(self.step)  # False while D pre-trains (optim.d_pretrain)
         for i in range(n_critic):
-            d_stats = self.d_step(keep_fake=g_on and (i == n_critic - 1))
-            d_finite &= d_stats["_finite"]
+            d_stats = self.d_step(keep_fake=g_on and (i == n_critic - 1), batch=None if batches is None else batches[i])
+            d_finite = d_finite & d_stats["_finite"]  # a bool, or a device tensor (updates skipped on the device)
             d_stepped |= d_stats["d_updated"] > 0
         d_stats["_d_stepped"] = d_stepped
         if g_on:
@@ -589,15 +615,37 @@ class Trainer:
         else:  # G rests; its loss on this step's fakes (before D's update) keeps the log's column
             g_stats = {"loss_g": L.g_loss(self.cfg.loss.loss, d_stats["_out_f"]), "grad_g": 0.0, "g_updated": 0.0,
                        "_finite": True}
+        stats = {k: v for k, v in {**d_stats, **g_stats}.items() if not k.startswith("_")}
+        stats["_finite_d"], stats["_finite_g"] = d_finite, g_stats["_finite"]
+        return stats
+
+    def _graph_ready(self, eager_steps: int) -> bool:
+        """run.cuda_graph: whether the step can be captured now: warmed up, and its Python the same from now on
+        (the EMA started, D's pre-training over)."""
+        return (eager_steps >= self.cfg.run.cuda_graph_warmup and self.schedule.g_active(self.step)
+                and (self.ema is None or self.step >= self.ema.start))
+
+    def train_step(self) -> dict:
+        """n_critic D updates and one G update; returns the step's statistics (floats)."""
+        n_critic = self.cfg.optim.n_critic
+        if self.captured is not None:
+            raw = self.captured([self.stream.next() for _ in range(n_critic)])
+        else:
+            raw = self._step_tensors()
         self.step += 1
-        out = read_stats({k: v for k, v in {**d_stats, **g_stats}.items() if not k.startswith("_")})
+        stats = {k: v for k, v in raw.items() if not k.startswith("_")}
+        flags = {"_finite_d": raw["_finite_d"], "_finite_g": raw["_finite_g"]}
+        # finiteness decided on the device is read back with the statistics, in the same transfer
+        stats.update({k: v.float() for k, v in flags.items() if torch.is_tensor(v)})
+        out = read_stats(stats)
+        d_finite, g_finite = (bool(out.pop(k)) if torch.is_tensor(v) else v for k, v in flags.items())
         out = self.dist.mean_stats(out, self.device)  # global-batch means: the same numbers on every rank
         out["d_steps"] = n_critic
         out["noise_std"] = self.noise_std(self.step - 1)
-        if not (d_finite and g_stats["_finite"]):
-            what = ", ".join(w for w, ok in (("D's loss/gradient", d_finite), ("G's loss/gradient",
-                                                                                 g_stats["_finite"])) if not ok)
-            guard.restore()
+        if not (d_finite and g_finite):
+            what = ", ".join(w for w, ok in (("D's loss/gradient", d_finite), ("G's loss/gradient", g_finite))
+                             if not ok)
+            self._buffer_guard.restore()
             self.monitor.nonfinite(self.step, what)  # raises TrainingDiverged after the patience
         else:
             self.monitor.finite_step()

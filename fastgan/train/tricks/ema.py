@@ -8,6 +8,7 @@ mode) is the one used for sample grids and saved for ``fastgan sample``.
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import nn
@@ -23,16 +24,31 @@ class EMA:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        """Fold ``model``'s weights in; ``step`` is the 0-based G step just taken."""
+    def update(self, model: nn.Module, step: int, finite: Optional[torch.Tensor] = None) -> None:
+        """Fold ``model``'s weights in; ``step`` is the 0-based G step just taken.
+
+        ``finite``: a 0-d bool tensor saying, on the device, whether G's update went through; where it is
+        False the average stays as it was, without a host read (the trainer's device-side skip).
+        """
         beta = self.beta if step >= self.start else 0.0
-        for p_ema, p in zip(self.model.parameters(), model.parameters()):
-            if beta == 0.0:
-                p_ema.copy_(p.detach())
-            else:
-                p_ema.lerp_(p.detach(), 1.0 - beta)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
+        params = [p.detach() for p in model.parameters()]
+        ema_params = list(self.model.parameters())
+        ema_buffers, buffers = list(self.model.buffers()), list(model.buffers())
+        if finite is not None:
+            # lerp with weight 0 leaves the average bit for bit, and with weight 1 gives the weights exactly
+            weight = finite.to(torch.float32) * (1.0 - beta)
+            for p_ema, p in zip(ema_params, params):
+                p_ema.lerp_(p, weight)
+            for b_ema, b in zip(ema_buffers, buffers):
+                b_ema.copy_(torch.where(finite, b, b_ema))
+            return
+        # torch's multi-tensor ops: a launch or two per update on a GPU rather than one per tensor
+        if beta == 0.0:
+            torch._foreach_copy_(ema_params, params)
+        else:
+            torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+        if ema_buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()

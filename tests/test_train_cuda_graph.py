@@ -1,0 +1,190 @@
+"""run.cuda_graph (issue 10): the trainer's step captured in one CUDA graph and replayed.
+
+Without a GPU the capture itself cannot run; what can is everything around it: the step the graph records
+(``Trainer._step_tensors``, which reads nothing back from the device), its static input buffers refilled every
+step, its outputs read back as an eager step's, the switch from eager warm-up steps to replays (after the EMA
+start and D's pre-training), and the options refused.  ``EagerRecorder`` stands in for the graph: recording
+runs nothing, each replay runs the recorded step on the buffers it was recorded with.  The GPU test captures
+for real.
+"""
+import pytest
+import torch
+
+from fastgan.train import ConfigError, Trainer, load_config
+from fastgan.train.graph_step import CapturedStep
+
+from _train_settings import QUIET, TINY_IMAGE
+
+CASES = {
+    # EMA starting at step 4: eager until then, however short the warm-up
+    "dcgan": ("dcgan-mnist", ["ema=0.9", "ema_start=4", "fused_adam=on", "cuda_graph_warmup=2"], 4),
+    # n_critic batches per step, a gradient penalty (double backward) in every D update, AdamW
+    "wgan-gp": ("wgan-gp-mnist", ["n_critic=2", "weight_decay_d=0.01", "fused_adam=on", "cuda_graph_warmup=2"], 2),
+    # labels in the graph's inputs; D pre-training: G rests for 3 steps, so nothing is captured before step 3
+    "acgan": ("acgan-mnist", ["d_pretrain=3", "fused_adam=on", "cuda_graph_warmup=1"], 3),
+}
+
+
+class EagerRecorder:
+    """A CUDA graph's contract on CPU: ``record`` runs nothing and returns the outputs, ``replay`` reruns what
+    was recorded (on the same input buffers) and overwrites those outputs in place."""
+
+    def __init__(self):
+        self.fn, self.outputs, self.recorded = None, {}, 0
+
+    def warm(self, fn):
+        return fn()
+
+    def record(self, fn):
+        self.fn = fn
+        self.recorded += 1
+        return self.outputs
+
+    def replay(self):
+        fresh = self.fn()
+        self.outputs.clear()
+        self.outputs.update(fresh)
+
+
+def _trainer(preset, out, *sets):
+    return Trainer(load_config(preset=preset, sets=TINY_IMAGE + QUIET + [f"out={out}", "steps=8", *sets]),
+                   log=lambda s: None)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_replayed_step_trains_exactly_as_the_eager_one(tmp_path, monkeypatch, case):
+    preset, sets, first_capture = CASES[case]
+    recorder = EagerRecorder()
+    nan_step = first_capture + 2  # a replayed step on a NaN batch: skipped on the device, buffers restored
+    rows, trainers = {}, {}
+    for name in ("eager", "graphed"):  # one after the other: each trainer seeds torch's global generator
+        tr = trainers[name] = _trainer(preset, tmp_path / name, *sets)
+        if name == "graphed":
+            tr.captured = CapturedStep(tr._step_tensors, tr._graph_ready, tr.device, recorder=recorder)
+        real_next = tr.stream.next
+
+        def next_batch(tr=tr, real_next=real_next):
+            x, y = real_next()
+            return (torch.full_like(x, float("nan")) if tr.step == nan_step else x), y
+
+        monkeypatch.setattr(tr.stream, "next", next_batch)
+        rows[name] = []
+        for _ in range(7):
+            rows[name].append(tr.train_step())
+            assert name == "eager" or tr.captured.captured is (tr.step > first_capture)
+    eager, graphed = trainers["eager"], trainers["graphed"]
+    assert recorder.recorded == 1 and graphed.captured.replays == 7 - first_capture
+    assert graphed.captured.eager_steps == first_capture
+    assert repr(rows["graphed"]) == repr(rows["eager"])  # every logged number, the NaN step's (NaN) included
+    assert [e["message"] for e in graphed.monitor.events] == [e["message"] for e in eager.monitor.events] != []
+    for part in ("G", "D"):
+        a, b = getattr(eager, part).state_dict(), getattr(graphed, part).state_dict()
+        assert [k for k in a if not torch.equal(a[k], b[k])] == [], part
+    if eager.ema is not None:
+        a, b = eager.ema.model.state_dict(), graphed.ema.model.state_dict()
+        assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    for opt_a, opt_b in ((eager.opt_d, graphed.opt_d), (eager.opt_g, graphed.opt_g)):
+        for sa, sb in zip(opt_a.state.values(), opt_b.state.values()):
+            assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert len(graphed.captured.inputs) == graphed.cfg.optim.n_critic  # the graph's own batch buffers
+
+
+def test_options_a_capture_cannot_take_are_refused_by_name(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(preset="dcgan-mnist", sets=["cuda_graph=true", "device=cuda", "instance_noise=0.1",
+                                                "optimizer_d=sgd", "amp=fp16", "replay_size=128", "balance=true",
+                                                "fused_adam=off", "penalty=r1", "penalty_every=4"])
+    text = str(err.value)
+    for key in ("tricks.instance_noise", "optim.optimizer_g / optimizer_d", "run.amp", "tricks.replay_size",
+                "optim.balance", "optim.fused_adam", "loss.penalty_every"):
+        assert f"{key}: not with run.cuda_graph" in text, key
+    with pytest.raises(ConfigError, match="run.cuda_graph: CUDA graphs need a CUDA device"):
+        load_config(preset="dcgan-mnist", sets=["cuda_graph=true", "device=cpu"])
+    # every shipped preset on a GPU is either capturable or refused with a reason (no silent eager fallback)
+    ok = load_config(preset="wgan-gp-mnist", sets=["cuda_graph=true", "device=cuda"])
+    assert ok.run.cuda_graph and ok.run.cuda_graph_warmup == 3
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="run.cuda_graph: needs one CUDA device"):
+            _trainer("dcgan-mnist", tmp_path, "cuda_graph=true", "device=auto")
+
+
+def test_a_failed_capture_says_what_to_do():
+    class Refuses:
+        def warm(self, fn):
+            return fn()
+
+        def record(self, fn):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    step = CapturedStep(lambda batches: {}, lambda eager_steps: True, torch.device("cpu"), recorder=Refuses())
+    with pytest.raises(RuntimeError, match="could not be captured in a CUDA graph .*run.cuda_graph=false"):
+        step([(torch.zeros(2), torch.zeros(2))])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_captured_run_trains_on_the_gpu(tmp_path):  # pragma: no cover - GPU suite
+    sets = ["device=cuda", "impl=auto", "ema=0.9", "cuda_graph_warmup=2", "penalty=r1", "amp=bf16"]
+    tr = _trainer("dcgan-mnist", tmp_path / "graph", "cuda_graph=true", *sets)
+    assert tr.opt_d.defaults["fused"] and tr.opt_d.defaults["capturable"]
+    before = {k: v.clone() for k, v in tr.G.state_dict().items()}
+    rows = [tr.train_step() for _ in range(6)]
+    assert tr.captured.captured and tr.captured.replays == 4 and tr.captured.eager_steps == 2
+    assert all(all(v == v for v in r.values() if isinstance(v, float)) for r in rows)  # no NaN
+    assert len({r["loss_d"] for r in rows[2:]}) == 4  # each replay trained on its own batch and z
+    after = tr.G.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # the eager code around the replays still works: samples, a checkpoint
+    assert tr.write_samples() is not None and tr.save() is not None
+
+
+def _capturable_presets():
+    from fastgan.train.config import PRESETS
+    from fastgan.train.graph_step import config_errors
+
+    names = []
+    for name in sorted(PRESETS):
+        try:
+            cfg = load_config(preset=name, sets=["cuda_graph=true", "device=cuda"])
+        except ConfigError:
+            continue
+        assert config_errors(cfg) == []
+        names.append(name)
+    return names
+
+
+CAPTURABLE = _capturable_presets()
+
+
+def test_the_capturable_presets_are_the_usual_ones():
+    assert {"dcgan-mnist", "dcgan-mnist-64", "wgan-gp-mnist", "acgan-mnist", "hinge-sn-mnist"} <= set(CAPTURABLE)
+    assert "ganhacks-mnist" not in CAPTURABLE  # instance noise, replay: refused by name
+
+
+@pytest.mark.parametrize("preset", CAPTURABLE)
+def test_every_step_the_capture_accepts_reads_nothing_back(tmp_path, preset):
+    """A read of a device value inside a capture fails it (or, worse, reads a stale value at every replay):
+    every preset ``run.cuda_graph`` accepts must run its step without one (counted on CPU, where the same
+    Python runs)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from _train_settings import TINY_TOY
+
+    class Reads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name.split("::")[-1] in ("_local_scalar_dense", "item", "is_nonzero", "equal"):
+                Reads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    tiny = TINY_TOY if preset.startswith("toy") else TINY_IMAGE
+    data = ["dataset=mnist5k"] if preset == "dcgan-fashion" else []  # the step is under test, not the data
+    cfg = load_config(preset=preset, sets=tiny + QUIET + data + [f"out={tmp_path}", "fused_adam=on", "d_pretrain=0",
+                                                                 "ema_start=0"])
+    tr = Trainer(cfg, log=lambda s: None)
+    tr.train_step()  # warm-up (optimiser state, buffer guard)
+    with Reads():
+        raw = tr._step_tensors()
+    assert Reads.count == 0, Reads.count
+    assert torch.is_tensor(raw["_finite_d"]) and torch.is_tensor(raw["_finite_g"])
