@@ -89,7 +89,10 @@ class _GraphRecorder:
 
     def record(self, fn: Callable[[], dict]) -> dict:
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(self.device), torch.cuda.graph(self.graph, stream=self.stream):
+        # thread_local: a DataLoader's pin-memory thread may allocate pinned memory meanwhile, which the
+        # default ("global") mode would count against this capture
+        with torch.cuda.device(self.device), torch.cuda.graph(self.graph, stream=self.stream,
+                                                              capture_error_mode="thread_local"):
             return fn()
 
     def replay(self) -> None:
