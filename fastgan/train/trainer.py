@@ -621,8 +621,9 @@ class Trainer:
 
     def _graph_ready(self, eager_steps: int) -> bool:
         """run.cuda_graph: whether the step can be captured now: warmed up, and its Python the same from now on
-        (the EMA started, D's pre-training over)."""
-        return (eager_steps >= self.cfg.run.cuda_graph_warmup and self.schedule.g_active(self.step)
+        (the EMA started; D's pre-training over and G updated once eagerly, so that its optimiser's state
+        exists: made during the capture, it would be made again, zeroed, by every replay)."""
+        return (eager_steps >= self.cfg.run.cuda_graph_warmup and self.schedule.g_active(self.step - 1)
                 and (self.ema is None or self.step >= self.ema.start))
 
     def train_step(self) -> dict:
