@@ -298,8 +298,8 @@ def test_updates_skipped_on_the_device_match_the_host_checked_ones(tmp_path, mon
     assert dev_calls > 0 and host_calls == 0  # each run took the path it should
     messages = [[e["message"].split(";")[0] for e in tr.monitor.events if e["kind"] == "nonfinite"]
                 for tr in (dev, host)]
-    assert messages[0] == messages[1] == ["step 3: NaN/Inf in D's loss/gradient",
-                                          "step 4: NaN/Inf in G's loss/gradient", "step 5: NaN/Inf in G's loss/gradient"]
+    assert messages[0] == messages[1] == ["step 3: NaN/Inf in D's loss/gradient", "step 4: NaN/Inf in G's "
+                                          "loss/gradient", "step 5: NaN/Inf in G's loss/gradient"]
     assert dev.monitor.nonfinite_run == host.monitor.nonfinite_run == 0  # step 6 was good again
     assert [r["loss_d"] for r in dev_rows[:2]] == [r["loss_d"] for r in host_rows[:2]]
     for name in ("G", "D"):

@@ -141,6 +141,6 @@ class CapturedStep:
         try:
             self.outputs = self.recorder.record(lambda: self.step_fn(self.inputs))
         except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
             raise RuntimeError(f"run.cuda_graph: the training step could not be captured in a CUDA graph "
-                               f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                               f"train with run.cuda_graph=false") from exc
+                               f"({type(exc).__name__}: {first}); train with run.cuda_graph=false") from exc
