@@ -12,7 +12,7 @@ import torch
 
 from .. import _backend, reference
 from .._activation import activation_code
-from .._validation import check_channel_vector, check_positive_float, check_tensor
+from .._validation import check_channel_vector, check_positive_float, check_tensor, usual_norm_arguments
 from ..reference.batch_norm_act import update_running_stats
 from . import _norm_act
 from ._layout import kernel_layout
@@ -28,6 +28,11 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 def check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps, *, local_batch=True):
     """Argument checks of batch_norm_act; ``local_batch=False`` (sync batch norm) leaves the count of values per
     channel to the caller, as this rank's batch alone may be tiny or empty."""
+    if (usual_norm_arguments(x, (running_mean, running_var, weight, bias), eps)
+            and (running_mean is None) == (running_var is None) and (training or running_mean is not None)
+            and (not training or running_mean is None or (type(momentum) is float and 0.0 <= momentum <= 1.0))
+            and not (local_batch and training and x.numel() == x.shape[1])):
+        return  # the usual valid call, in one pass; anything else meets the checks below
     check_tensor("x", x, min_dim=2)
     channels = x.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var),

@@ -14,7 +14,7 @@ import torch
 
 from .. import _backend, reference
 from .._activation import activation_code
-from .._validation import check_channel_vector, check_positive_float, check_tensor
+from .._validation import check_channel_vector, check_positive_float, check_tensor, usual_norm_arguments
 from ..reference.batch_norm_act import update_running_stats
 from . import _norm_act
 from ._layout import kernel_layout
@@ -25,6 +25,8 @@ __all__ = ["group_norm_act", "instance_norm_act", "layer_norm_act"]
 
 
 def _check_common(x, weight, bias, eps, min_dim=2):
+    if usual_norm_arguments(x, (weight, bias), eps, min_dim):
+        return  # the usual valid call, in one pass; anything else meets the checks below
     check_tensor("x", x, min_dim=min_dim)
     for name, t in (("weight", weight), ("bias", bias)):
         check_channel_vector(name, t, x.shape[1], x.device)
