@@ -6,6 +6,8 @@ records the launches once and replays them with one call.  Every fastgan op
 is capturable (no host synchronisation, no allocation whose size depends on
 data), so a step built from fastgan layers, ``fastgan.penalties`` (double
 backward included) and capturable optimisers can be captured whole.
+(``fastgan train --set cuda_graph=true`` does it for the trainer's own step:
+``fastgan/train/graph_step.py``.)
 
 Usage::
 
