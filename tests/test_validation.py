@@ -21,9 +21,9 @@ gn_module = sys.modules["fastgan.ops.group_norm_act"]
 C = 3
 # Each argument usually valid, sometimes not in one way or another: mostly-valid sets are where the shortcut
 # answers, so they must be common; the invalid values cover every detailed check.
-X_SHAPES = [(4, C, 2, 2)] * 4 + [(4, C), (1, C, 1, 1), (1, C), (2, C, 5), (C,), (4, 0, 2, 2), (0, C, 2, 2), (2, 4, 2)]
-DTYPES = [torch.float32] * 4 + [torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.bool]
-DEVICES = ["cpu"] * 6 + ["meta"]
+X_SHAPES = [(4, C, 2, 2)] * 10 + [(4, C), (1, C, 1, 1), (1, C), (2, C, 5), (C,), (4, 0, 2, 2), (0, C, 2, 2), (2, 4, 2)]
+DTYPES = [torch.float32] * 10 + [torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.bool]
+DEVICES = ["cpu"] * 12 + ["meta"]
 
 
 def _tensor(shape, dtype, device):
@@ -36,8 +36,8 @@ def _often(value, *others, weight=4):
 
 xs = st.one_of(*[st.builds(_tensor, st.sampled_from(X_SHAPES), st.sampled_from(DTYPES),
                            st.sampled_from(DEVICES))] * 6, st.just([1.0, 2.0]), st.just(None))
-vectors = st.one_of(st.none(), *[st.builds(_tensor, _often((C,), (C + 1,), (1, C), (0,), ()),
-                                           st.sampled_from(DTYPES), st.sampled_from(DEVICES))] * 4,
+vectors = st.one_of(st.none(), *[st.builds(_tensor, _often((C,), (C + 1,), (1, C), (0,), (), weight=12),
+                                           st.sampled_from(DTYPES), st.sampled_from(DEVICES))] * 8,
                     st.just([0.0] * C), st.builds(lambda: torch.nn.Parameter(torch.ones(C))))
 floats = _often(0.1, 1e-5, 0.0, 1.0, -1.0, 1.5, float("nan"), float("inf"), True, False, 1, 0, "x", None, weight=8)
 
@@ -60,7 +60,7 @@ def _detailed(module, fn, *args, **kwargs) -> bool:
         module.usual_norm_arguments = saved
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(x=xs, rm=vectors, rv=vectors, w=vectors, b=vectors, training=st.booleans(), momentum=floats, eps=floats,
        local_batch=st.booleans())
 def test_batch_norm_shortcut_accepts_only_what_the_detailed_checks_accept(x, rm, rv, w, b, training, momentum,
@@ -76,6 +76,43 @@ def test_batch_norm_shortcut_accepts_only_what_the_detailed_checks_accept(x, rm,
 def test_group_norm_shortcut_accepts_only_what_the_detailed_checks_accept(x, w, b, eps, min_dim):
     fast = _passes(gn_module._check_common, x, w, b, eps, min_dim)
     assert fast == _detailed(gn_module, gn_module._check_common, x, w, b, eps, min_dim)
+
+
+def test_every_single_bad_argument_falls_through_to_the_detailed_checks():
+    """Systematically: from valid calls (training or not, with or without running stats, local batch or not),
+    each argument in turn replaced by every value of its pool, valid or not."""
+    x_pool = [_tensor(shape, dtype, device) for shape in dict.fromkeys(X_SHAPES) for dtype in dict.fromkeys(DTYPES)
+              for device in ("cpu", "meta")] + [[1.0, 2.0], None, torch.zeros(4, C, 2, 2).to(
+                  memory_format=torch.channels_last)]
+    v_pool = [None, [0.0] * C, torch.nn.Parameter(torch.ones(C))] + [
+        _tensor(shape, dtype, device) for shape in ((C,), (C + 1,), (1, C), (0,), ())
+        for dtype in dict.fromkeys(DTYPES) for device in ("cpu", "meta")]
+    f_pool = [1e-5, 0.1, 0.0, 1.0, -1.0, 1.5, float("nan"), float("inf"), True, False, 1, 0, "x", None]
+    pools = dict(x=x_pool, rm=v_pool, rv=v_pool, w=v_pool, b=v_pool, training=[True, False], momentum=f_pool,
+                 eps=f_pool, local_batch=[True, False])
+    checked = taken = 0
+    for training in (True, False):
+        for running in (True, False):
+            for local_batch in (True, False):
+                base = dict(x=torch.zeros(4, C, 2, 2), rm=torch.zeros(C) if running else None,
+                            rv=torch.ones(C) if running else None, w=torch.ones(C), b=torch.zeros(C),
+                            training=training, momentum=0.1, eps=1e-5, local_batch=local_batch)
+                for key, pool in pools.items():
+                    for value in pool:
+                        a = dict(base, **{key: value})
+                        args = (a["x"], a["rm"], a["rv"], a["w"], a["b"], a["training"], a["momentum"], a["eps"])
+                        fast = _passes(bn_module.check_arguments, *args, local_batch=a["local_batch"])
+                        assert fast == _detailed(bn_module, bn_module.check_arguments, *args,
+                                                 local_batch=a["local_batch"]), (key, value, base)
+                        checked += 1
+                        taken += fast
+                for key, pool in (("x", x_pool), ("w", v_pool), ("b", v_pool), ("eps", f_pool)):
+                    for value in pool:
+                        a = dict(base, **{key: value})
+                        fast = _passes(gn_module._check_common, a["x"], a["w"], a["b"], a["eps"])
+                        assert fast == _detailed(gn_module, gn_module._check_common, a["x"], a["w"], a["b"],
+                                                 a["eps"]), (key, value)
+    assert checked > 1000 and taken > 100  # (valid variants are many: the shortcut was tested, not skipped)
 
 
 def test_the_shortcut_takes_the_usual_calls():
