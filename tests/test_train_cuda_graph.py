@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastgan.train import ConfigError, Trainer, load_config
 from fastgan.train.graph_step import CapturedStep
+from fastgan.train.graph_step import config_errors as graph_config_errors
 
 from _train_settings import QUIET, TINY_IMAGE
 
@@ -199,8 +200,16 @@ def test_the_capturable_presets_are_the_usual_ones():
     assert "ganhacks-mnist" not in CAPTURABLE  # instance noise, replay: refused by name
 
 
-@pytest.mark.parametrize("preset", CAPTURABLE)
-def test_every_step_the_capture_accepts_reads_nothing_back_and_repeats_itself(tmp_path, preset):
+# the tricks the capture takes, beyond the presets': random / smoothed / flipped labels, feature matching,
+# minibatch discrimination and stddev, packing, virtual batch norm in G and in D, mode seeking, G dropout
+TRICKS = [["random_labels=true", "label_flip=0.1", "feature_matching=1.0", "minibatch=discrimination", "ema=0.9",
+           "pack=2", "g_norm=vbn", "mode_seeking=1.0"],
+          ["label_smoothing=0.1", "g_dropout=0.1", "d_norm=vbn", "minibatch=stddev", "separate_batches=true"]]
+
+
+@pytest.mark.parametrize("preset, extra", [(name, []) for name in CAPTURABLE]
+                         + [("dcgan-mnist", sets) for sets in TRICKS])
+def test_every_step_the_capture_accepts_reads_nothing_back_and_repeats_itself(tmp_path, preset, extra):
     """A read of a device value inside a capture fails it (or, worse, reads a stale value at every replay), and
     so does a tensor made from host data (``torch.tensor(...)``: a host-to-device copy): every preset
     ``run.cuda_graph`` accepts must run its step without either, and issue the same operators with the same
@@ -222,7 +231,8 @@ def test_every_step_the_capture_accepts_reads_nothing_back_and_repeats_itself(tm
     tiny = TINY_TOY if preset.startswith("toy") else TINY_IMAGE
     data = ["dataset=mnist5k"] if preset == "dcgan-fashion" else []  # the step is under test, not the data
     cfg = load_config(preset=preset, sets=tiny + QUIET + data + [f"out={tmp_path}", "fused_adam=on", "d_pretrain=0",
-                                                                 "ema_start=0"])
+                                                                 "ema_start=0", *extra])
+    assert graph_config_errors(load_config(preset=preset, sets=["cuda_graph=true", "device=cuda", *extra])) == []
     tr = Trainer(cfg, log=lambda s: None)
     tr.train_step()  # warm-up (optimiser state, buffer guard)
     logs = []
