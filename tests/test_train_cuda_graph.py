@@ -83,9 +83,8 @@ class EagerRecorder:
         self.outputs.update(fresh)
 
 
-def _trainer(preset, out, *sets):
-    return Trainer(load_config(preset=preset, sets=TINY_IMAGE + QUIET + [f"out={out}", "steps=8", *sets]),
-                   log=lambda s: None)
+def _trainer(preset, out, *sets, log=lambda s: None):
+    return Trainer(load_config(preset=preset, sets=TINY_IMAGE + QUIET + [f"out={out}", "steps=8", *sets]), log=log)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -94,8 +93,9 @@ def test_the_replayed_step_trains_exactly_as_the_eager_one(tmp_path, monkeypatch
     recorder = EagerRecorder()
     nan_step = first_capture + 2  # a replayed step on a NaN batch: skipped on the device, buffers restored
     rows, trainers = {}, {}
+    lines = []
     for name in ("eager", "graphed"):  # one after the other: each trainer seeds torch's global generator
-        tr = trainers[name] = _trainer(preset, tmp_path / name, *sets)
+        tr = trainers[name] = _trainer(preset, tmp_path / name, *sets, log=lines.append)
         if name == "graphed":
             tr.captured = CapturedStep(tr._step_tensors, tr._graph_ready, tr.device, recorder=recorder)
         real_next = tr.stream.next
@@ -111,6 +111,9 @@ def test_the_replayed_step_trains_exactly_as_the_eager_one(tmp_path, monkeypatch
             assert name == "eager" or tr.captured.captured is (tr.step > first_capture)
     eager, graphed = trainers["eager"], trainers["graphed"]
     assert recorder.recorded == 1 and graphed.captured.replays == 7 - first_capture
+    assert [line for line in lines if "cuda_graph" in line] == [
+        f"fastgan train: run.cuda_graph: step {first_capture + 1} captured in a CUDA graph after {first_capture} "
+        "eager steps; replaying it from now on"]  # (said once, by the captured run)
     assert graphed.captured.eager_steps == first_capture
     assert repr(rows["graphed"]) == repr(rows["eager"])  # every logged number, the NaN step's (NaN) included
     assert [e["message"] for e in graphed.monitor.events] == [e["message"] for e in eager.monitor.events] != []

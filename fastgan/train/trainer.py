@@ -631,6 +631,9 @@ class Trainer:
         n_critic = self.cfg.optim.n_critic
         if self.captured is not None:
             raw = self.captured([self.stream.next() for _ in range(n_critic)])
+            if self.captured.replays == 1:  # the step just captured: say so once
+                self._write(f"fastgan train: run.cuda_graph: step {self.step + 1} captured in a CUDA graph after "
+                            f"{self.captured.eager_steps} eager steps; replaying it from now on")
         else:
             raw = self._step_tensors()
         self.step += 1
