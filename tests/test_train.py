@@ -16,6 +16,7 @@ from fastgan.train import (PRESETS, ConfigError, Trainer, generate, load_checkpo
 from fastgan.train import trainer as trainer_mod
 from fastgan.train.checkpoint import CheckpointError, save_checkpoint
 
+from _host_reads import HostReads
 from _train_settings import QUIET, TINY_IMAGE, TINY_TOY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -581,28 +582,15 @@ def test_a_step_reads_the_gpu_once_per_update_and_once_for_its_statistics(tmp_pa
     them few: one finiteness check per optimiser update (loss and gradient norm together) and one
     transfer of the step's statistics (``tolist``, which does not dispatch and so is not counted here),
     not an ``.item()`` per statistic.  Counted on CPU: the same Python runs on a GPU."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from fastgan.train.trainer import read_stats
-
-    class Reads(TorchDispatchMode):
-        count, in_optimizer = 0, False
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func._schema.name.split("::")[-1]
-            if name in ("_local_scalar_dense", "item", "is_nonzero", "equal") and not Reads.in_optimizer:
-                Reads.count += 1
-            return func(*args, **(kwargs or {}))
 
     tr = _trainer("dcgan-mnist", tmp_path, "steps=2")
     # Adam's CPU step reads its step counters (on a GPU the trainer's fused Adam reads nothing): not counted
-    for opt in (tr.opt_d, tr.opt_g):
-        opt.register_step_pre_hook(lambda *_: setattr(Reads, "in_optimizer", True))
-        opt.register_step_post_hook(lambda *_: setattr(Reads, "in_optimizer", False))
+    reads = HostReads().ignore(tr.opt_d, tr.opt_g)
     tr.train_step()  # warm-up: optimiser state, the buffer guard's copies
-    with Reads():
+    with reads:
         stats = tr.train_step()
-    assert Reads.count == 2, Reads.count  # the D update and the G update
+    assert reads.count == 2, reads.seen  # the D update and the G update
     assert all(isinstance(stats[k], float) for k in ("loss_d", "loss_g", "grad_d", "grad_g", "d_acc", "d_real"))
     assert 0.0 <= stats["d_acc"] <= 1.0
     mixed = read_stats({"a": torch.tensor(1.5), "b": torch.tensor(2, dtype=torch.int64), "c": "x", "d": 0.25})
@@ -611,24 +599,14 @@ def test_a_step_reads_the_gpu_once_per_update_and_once_for_its_statistics(tmp_pa
 
 @pytest.mark.parametrize("preset, sets", [("dcgan-mnist", ["ema=0.9"]), ("wgan-gp-mnist", ["n_critic=3"])])
 def test_with_a_fused_adam_a_step_reads_the_gpu_only_for_its_statistics(tmp_path, preset, sets):
-    """With ``optim.fused`` (auto: on for CUDA) a non-finite update is skipped by the optimiser on the
+    """With ``optim.fused_adam`` (auto: on for CUDA) a non-finite update is skipped by the optimiser on the
     device, so no update reads a value back: a step, n_critic D updates included, waits for the GPU once,
     in the one transfer of its statistics (``tolist``, not counted here), where its finiteness is read."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Reads(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func._schema.name.split("::")[-1] in ("_local_scalar_dense", "item", "is_nonzero", "equal"):
-                Reads.count += 1
-            return func(*args, **(kwargs or {}))
-
     tr = _trainer(preset, tmp_path, "steps=2", "fused_adam=on", *sets)
     tr.train_step()  # warm-up: optimiser state, the buffer guard's copies
-    with Reads():
+    with HostReads() as reads:
         stats = tr.train_step()
-    assert Reads.count == 0, Reads.count
+    assert reads.count == 0, reads.seen
     assert all(isinstance(stats[k], float) for k in ("loss_d", "loss_g", "grad_d", "grad_g"))
     assert tr.monitor.nonfinite_run == 0
 

@@ -15,6 +15,7 @@ from fastgan.train import ConfigError, Trainer, load_config
 from fastgan.train.graph_step import CapturedStep
 from fastgan.train.graph_step import config_errors as graph_config_errors
 
+from _host_reads import HostReads
 from _train_settings import QUIET, TINY_IMAGE
 
 CASES = {
@@ -217,19 +218,7 @@ def test_every_step_the_capture_accepts_reads_nothing_back_and_repeats_itself(tm
     so does a tensor made from host data (``torch.tensor(...)``: a host-to-device copy): every preset
     ``run.cuda_graph`` accepts must run its step without either, and issue the same operators with the same
     arguments from one step to the next, as the replays will (checked on CPU, where the same Python runs)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from _train_settings import TINY_TOY
-
-    class Reads(TorchDispatchMode):
-        count, seen = 0, []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func._schema.name.split("::")[-1]
-            if name in ("_local_scalar_dense", "item", "is_nonzero", "equal", "lift_fresh"):
-                Reads.count += 1
-                Reads.seen.append(name)
-            return func(*args, **(kwargs or {}))
 
     tiny = TINY_TOY if preset.startswith("toy") else TINY_IMAGE
     data = ["dataset=mnist5k"] if preset == "dcgan-fashion" else []  # the step is under test, not the data
@@ -238,13 +227,13 @@ def test_every_step_the_capture_accepts_reads_nothing_back_and_repeats_itself(tm
     assert graph_config_errors(load_config(preset=preset, sets=["cuda_graph=true", "device=cuda", *extra])) == []
     tr = Trainer(cfg, log=lambda s: None)
     tr.train_step()  # warm-up (optimiser state, buffer guard)
-    logs = []
+    logs, reads = [], HostReads(from_host=True)
     for _ in range(2):  # the same operators and arguments every step: what a replay repeats
         batches = [tr.stream.next() for _ in range(cfg.optim.n_critic)]  # (outside the graph)
-        with Reads(), OpLog() as log:
+        with reads, OpLog() as log:
             raw = tr._step_tensors(batches)
         tr.step += 1
         logs.append(log.ops)
-    assert Reads.count == 0, Reads.seen
+    assert reads.count == 0, reads.seen
     assert torch.is_tensor(raw["_finite_d"]) and torch.is_tensor(raw["_finite_g"])
     assert logs[0] == logs[1]
