@@ -7,6 +7,8 @@ start and D's pre-training), and the options refused.  ``EagerRecorder`` stands 
 runs nothing, each replay runs the recorded step on the buffers it was recorded with.  The GPU test captures
 for real.
 """
+import contextlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -227,13 +229,49 @@ def test_every_step_the_capture_accepts_reads_nothing_back_and_repeats_itself(tm
     assert graph_config_errors(load_config(preset=preset, sets=["cuda_graph=true", "device=cuda", *extra])) == []
     tr = Trainer(cfg, log=lambda s: None)
     tr.train_step()  # warm-up (optimiser state, buffer guard)
-    logs, reads = [], HostReads(from_host=True)
-    for _ in range(2):  # the same operators and arguments every step: what a replay repeats
-        batches = [tr.stream.next() for _ in range(cfg.optim.n_critic)]  # (outside the graph)
-        with reads, OpLog() as log:
+    reads = HostReads(from_host=True)
+    logs, raw = _logged_steps(tr, reads)
+    assert reads.count == 0, reads.seen
+    assert torch.is_tensor(raw["_finite_d"]) and torch.is_tensor(raw["_finite_g"])
+    assert logs[0] == logs[1]
+
+
+def _logged_steps(tr, reads=None, steps=2):
+    """The operators each of ``steps`` trainer steps issues (what a replay repeats), and the last step's raw
+    outputs; ``reads`` (a HostReads) watches them too."""
+    logs = []
+    for _ in range(steps):
+        batches = [tr.stream.next() for _ in range(tr.cfg.optim.n_critic)]  # (outside the graph)
+        with reads or contextlib.nullcontext(), OpLog() as log:
             raw = tr._step_tensors(batches)
         tr.step += 1
         logs.append(log.ops)
-    assert reads.count == 0, reads.seen
-    assert torch.is_tensor(raw["_finite_d"]) and torch.is_tensor(raw["_finite_g"])
+    return logs, raw
+
+
+def test_a_falling_pixel_loss_weight_is_refused_as_it_changes_the_step(tmp_path):
+    """loss.pixel_decay makes G's loss weight a host constant that changes every step: a graph would keep the
+    captured step's.  The pixel loss with a constant weight repeats its step and is accepted."""
+    class Paired(Trainer):  # a reconstructive setting (as in test_train_issue13.py)
+        def pixel_pair(self, fake, z, labels=None):
+            return fake, torch.zeros_like(fake)
+
+    def cfg(out, *sets):
+        return load_config(preset="dcgan-mnist", sets=TINY_IMAGE + QUIET + [f"out={out}", "fused_adam=on",
+                                                                            "pixel_loss=l1", *sets])
+
+    def graph_errors(*sets):
+        return graph_config_errors(load_config(preset="dcgan-mnist", sets=["cuda_graph=true", "device=cuda",
+                                                                           "pixel_loss=l1", *sets]))
+
+    with pytest.raises(ConfigError, match="loss.pixel_decay: not with run.cuda_graph"):
+        graph_errors("pixel_decay=10")
+    assert graph_errors("pixel_warmup=5") == []
+    falling = Paired(cfg(tmp_path / "falling", "pixel_decay=10"), log=lambda s: None)
+    falling.train_step()
+    logs, _ = _logged_steps(falling)
+    assert logs[0] != logs[1]  # the weight's multiplication changes its constant
+    steady = Paired(cfg(tmp_path / "steady", "pixel_warmup=5"), log=lambda s: None)
+    steady.train_step()
+    logs, _ = _logged_steps(steady)
     assert logs[0] == logs[1]

@@ -58,6 +58,8 @@ def config_errors(cfg) -> list[str]:
                                       lo.historical_averaging > 0),
         "loss.penalty_every": ("a lazy penalty runs on some steps and not others", lo.penalty != "none"
                                and lo.penalty_every > 1),
+        "loss.pixel_decay": ("the pixel loss weight falls with the step count, and a graph would keep the captured "
+                             "step's weight", lo.pixel_loss != "none" and lo.pixel_decay > 0),
         "loss.unrolled_steps": ("the unrolled D is copied and stepped on the host", lo.unrolled_steps > 0),
         "loss.hybrid": ("the encoder's update reads G's finiteness back", lo.hybrid != "none"),
         "loss.semi_supervised": ("its labelled batches come from a second stream", lo.semi_supervised),
