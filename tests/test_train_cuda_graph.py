@@ -213,8 +213,27 @@ TRICKS = [["random_labels=true", "label_flip=0.1", "feature_matching=1.0", "mini
           ["label_smoothing=0.1", "g_dropout=0.1", "d_norm=vbn", "minibatch=stddev", "separate_batches=true"]]
 
 
+# every other option that changes the step, one kind at a time (each accepted by the capture, so each must
+# repeat its step): latents, norms, activations, up / down sampling, spectral norm, conditioning, init,
+# residual + attention models, G dropout at sampling, several generators, every loss, weight clipping, every
+# gradient penalty, feature matching alone, n_critic, coupled weight decay, one mixed D batch, bf16,
+# channels-last, TTUR
+OPTIONS = [
+    ["z_dist=uniform"], ["g_norm=instance", "d_norm=layer"], ["g_norm=layer", "d_norm=instance"],
+    ["g_norm=none", "d_norm=none"], ["g_activation=leaky_relu", "d_activation=relu"], ["downsample=avgpool"],
+    ["upsample=pixelshuffle"], ["spectral_norm=true", "g_spectral_norm=true"], ["conditional=embedding"],
+    ["conditional=acgan", "generator_classifier=0.5", "aux_weight=0.5"], ["init=default"],
+    ["arch=resnet", "attention_res=8"], ["g_dropout=0.1", "g_dropout_sampling=true"], ["num_generators=2"],
+    ["loss=minimax"], ["loss=lsgan"], ["loss=hinge"], ["loss=wasserstein", "clip_weights=0.01"],
+    *[[f"penalty={kind}", "d_norm=layer"] for kind in ("r1", "r2", "dragan", "wgan-lp", "wgan-gp")],
+    ["feature_matching=1.0", "feature_matching_only=true"], ["n_critic=2"],
+    ["weight_decay_g=0.01", "weight_decay_d=0.01", "weight_decay_mode=coupled"], ["separate_batches=false"],
+    ["amp=bf16"], ["channels_last=on"], ["lr_g=1e-4", "lr_d=4e-4", "beta1=0.0", "beta2=0.9"],
+]
+
+
 @pytest.mark.parametrize("preset, extra", [(name, []) for name in CAPTURABLE]
-                         + [("dcgan-mnist", sets) for sets in TRICKS])
+                         + [("dcgan-mnist", sets) for sets in TRICKS + OPTIONS])
 def test_every_step_the_capture_accepts_reads_nothing_back_and_repeats_itself(tmp_path, preset, extra):
     """A read of a device value inside a capture fails it (or, worse, reads a stale value at every replay), and
     so does a tensor made from host data (``torch.tensor(...)``: a host-to-device copy): every preset
