@@ -71,7 +71,7 @@ class EagerRecorder:
         return fn()
 
     def record(self, fn):
-        self.fn = fn
+        self.fn, self.ops = fn, None
         self.recorded += 1
         return self.outputs
 
@@ -132,6 +132,38 @@ def test_the_replayed_step_trains_exactly_as_the_eager_one(tmp_path, monkeypatch
     assert len(graphed.captured.inputs) == graphed.cfg.optim.n_critic  # the graph's own batch buffers
 
 
+def test_loading_a_state_after_the_capture_captures_again(tmp_path):
+    """A graph replays on the tensors it captured; loading a checkpoint gives the optimisers new state tensors
+    (weights and EMA load in place), so the trainer drops its graph, warms up and captures again, and trains on
+    as the eager trainer does after the same load."""
+    from fastgan.train.checkpoint import load_checkpoint
+
+    preset, sets, first_capture = CASES["dcgan"]
+    recorder = EagerRecorder()
+    rows, trainers = {}, {}
+    for name in ("eager", "graphed"):
+        tr = trainers[name] = _trainer(preset, tmp_path / name, *sets)
+        if name == "graphed":
+            tr.captured = CapturedStep(tr._step_tensors, tr._graph_ready, tr.device, recorder=recorder)
+        for _ in range(first_capture + 1):
+            tr.train_step()
+        saved = load_checkpoint(tr.save())
+        for _ in range(2):
+            tr.train_step()
+        before = next(iter(tr.opt_g.state.values()))["exp_avg"]
+        tr.load_state_dict(saved)  # back to the saved step
+        assert next(iter(tr.opt_g.state.values()))["exp_avg"] is not before  # what a graph would miss
+        rows[name] = [tr.train_step() for _ in range(first_capture + 2)]
+    graphed = trainers["graphed"]
+    # after the load: run.cuda_graph_warmup (2) eager steps again (the EMA has started), then the replays
+    assert recorder.recorded == 2 and graphed.captured.eager_steps == 2
+    assert graphed.captured.replays == first_capture + 2 - 2
+    assert repr(rows["graphed"]) == repr(rows["eager"])
+    for part in ("G", "D"):
+        a, b = getattr(trainers["eager"], part).state_dict(), getattr(graphed, part).state_dict()
+        assert [k for k in a if not torch.equal(a[k], b[k])] == [], part
+
+
 def test_options_a_capture_cannot_take_are_refused_by_name(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(preset="dcgan-mnist", sets=["cuda_graph=true", "device=cuda", "instance_noise=0.1",
@@ -180,7 +212,19 @@ def test_a_captured_run_trains_on_the_gpu(tmp_path, preset, sets):  # pragma: no
     after = tr.G.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     # the eager code around the replays still works: samples, a checkpoint
-    assert tr.write_samples() is not None and tr.save() is not None
+    assert tr.write_samples() is not None
+    path = tr.save()
+    # loaded back, the optimisers' state is new tensors: the run captures again, and its replays update them
+    from fastgan.train.checkpoint import load_checkpoint
+    tr.load_state_dict(load_checkpoint(path))
+    for _ in range(2):
+        tr.train_step()  # eager (warm-up)
+    assert not tr.captured.captured
+    moments = [s["exp_avg"].clone() for s in tr.opt_g.state.values()]
+    for _ in range(2):
+        tr.train_step()  # captured, then replayed
+    assert tr.captured.captured and tr.captured.replays == 2
+    assert any(not torch.equal(m, s["exp_avg"]) for m, s in zip(moments, tr.opt_g.state.values()))
 
 
 def _capturable_presets():

@@ -137,6 +137,13 @@ class CapturedStep:
         self.replays += 1
         return self.outputs
 
+    def reset(self) -> None:
+        """Forget the captured step: the next steps warm up and capture again.  A graph replays on the tensors
+        it was captured with, so whatever replaces them (an optimiser's ``load_state_dict`` makes new state
+        tensors) must call this, or every replay would go on updating the old ones."""
+        self.inputs = self.outputs = None
+        self.eager_steps = self.replays = 0
+
     def _capture(self, batches: list) -> None:
         # the graph's own input buffers: the stream's batches are views of its data or fresh tensors each step
         self.inputs = [(x.clone(), y.clone()) for x, y in batches]

@@ -854,6 +854,8 @@ class Trainer:
         algos.load_state_dict(self, state.get("algos"))
         self.step = int(state["step"])
         restore_rng(state["rng"])
+        if self.captured is not None:  # run.cuda_graph: the graph holds the optimisers' replaced state tensors
+            self.captured.reset()
 
     def save(self, periodic: bool = False) -> Optional[str]:
         """Write checkpoints/last.pt (and step_N.pt when ``periodic``); refuses non-finite weights."""
