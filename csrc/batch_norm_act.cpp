@@ -37,7 +37,9 @@
 // No host synchronisation and no data-dependent allocation (graph capturable).
 
 #include <cstdint>
+#include <initializer_list>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -205,6 +207,24 @@ std::vector<int64_t> table_shape(const Geometry& g) {
   return {g.problem.C};
 }
 
+// A pointwise or gradient-sum kernel's per-entry tables, checked (channel_vector) and dense: scale, shift,
+// then (when given) mean, invstd and the mode's coefficients.  `held` keeps the dense tables alive until
+// the launch.
+bna::ChannelParams channel_params(const char* op, const Geometry& g, const Tensor& x,
+                                  std::initializer_list<std::pair<const char*, const Tensor*>> tables, double slope,
+                                  std::vector<Tensor>& held) {
+  bna::ChannelParams prm;
+  const void** slots[11] = {&prm.scale, &prm.shift, &prm.mean, &prm.invstd};
+  for (int i = 0; i < 7; ++i) slots[4 + i] = &prm.coef[i];
+  int i = 0;
+  for (const auto& [name, t] : tables) {
+    held.push_back(channel_vector(op, name, *t, x, g));
+    *slots[i++] = held.back().data_ptr();
+  }
+  prm.slope = slope;
+  return prm;
+}
+
 void check_act(const char* op, int64_t act) {
   FASTGAN_CHECK_VALUE(act >= 0 && act <= 2, op, ": act must be 0 (identity), 1 (relu) or 2 (leaky_relu), got ",
                       act);
@@ -319,16 +339,12 @@ Tensor norm_act_forward(const Tensor& x, const Tensor& scale, const Tensor& shif
   set_upscale(op, g, x, upscale);
   check_act(op, act);
   set_table_kind(op, g, scale);
-  const Tensor sc = channel_vector(op, "scale", scale, x, g);
-  const Tensor sh = channel_vector(op, "shift", shift, x, g);
+  std::vector<Tensor> held;
+  const bna::ChannelParams prm = channel_params(op, g, x, {{"scale", &scale}, {"shift", &shift}}, slope, held);
   Launch run(x);
   Tensor y = upscale == 1 ? at::empty_like(x) : at::empty(y_shape(x, g), x.options());
   if (empty_problem(g)) return y;
   g.problem.sm_count = sm_count(x.get_device());
-  bna::ChannelParams prm;
-  prm.scale = sc.data_ptr();
-  prm.shift = sh.data_ptr();
-  prm.slope = slope;
   C10_CUDA_CHECK(bna::launch_pointwise(g.problem, bna::kModeForward, x.data_ptr(), nullptr, nullptr, y.data_ptr(),
                                        nullptr, prm, run.stream));
   return y;
@@ -344,10 +360,9 @@ std::vector<Tensor> grad_sums(const char* op, const Tensor* u, const Tensor& gy,
   if (u != nullptr) check_like_x(op, "u", *u, x, g);
   check_act(op, act);
   set_table_kind(op, g, scale);
-  const Tensor sc = channel_vector(op, "scale", scale, x, g);
-  const Tensor sh = channel_vector(op, "shift", shift, x, g);
-  const Tensor mu = channel_vector(op, "mean", mean, x, g);
-  const Tensor rs = channel_vector(op, "invstd", invstd, x, g);
+  std::vector<Tensor> held;
+  const bna::ChannelParams prm = channel_params(
+      op, g, x, {{"scale", &scale}, {"shift", &shift}, {"mean", &mean}, {"invstd", &invstd}}, slope, held);
   Launch run(x);
   const auto opts = x.options().dtype(acc_type(x));
   const std::vector<int64_t> shape = table_shape(g);
@@ -359,19 +374,13 @@ std::vector<Tensor> grad_sums(const char* op, const Tensor* u, const Tensor& gy,
   }
   g.problem.sm_count = sm_count(x.get_device());
   const int64_t partials = bna::reduce_partials(g.problem);
-  const int64_t entries = sc.numel();
+  const int64_t entries = held[0].numel();
   Tensor work = at::empty({k, partials, entries}, opts);
   void* out_ptrs[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
   for (int i = 0; i < k; ++i) {
     out.push_back(at::empty(shape, opts));
     out_ptrs[i] = out.back().data_ptr();
   }
-  bna::ChannelParams prm;
-  prm.scale = sc.data_ptr();
-  prm.shift = sh.data_ptr();
-  prm.mean = mu.data_ptr();
-  prm.invstd = rs.data_ptr();
-  prm.slope = slope;
   C10_CUDA_CHECK(bna::launch_grad_sums(g.problem, u != nullptr, gy.data_ptr(), x.data_ptr(),
                                        u != nullptr ? u->data_ptr() : nullptr, prm, partials, work.data_ptr(),
                                        out_ptrs, run.stream));
@@ -416,21 +425,15 @@ Tensor norm_act_backward_apply(const Tensor& gy, const Tensor& x, const Tensor& 
   check_y_side(op, "gy", gy, x, g);
   check_act(op, act);
   set_table_kind(op, g, scale);
-  const Tensor vecs[] = {channel_vector(op, "scale", scale, x, g), channel_vector(op, "shift", shift, x, g),
-                         channel_vector(op, "mean", mean, x, g),   channel_vector(op, "invstd", invstd, x, g),
-                         channel_vector(op, "k1", k1, x, g),       channel_vector(op, "k2", k2, x, g),
-                         channel_vector(op, "k3", k3, x, g)};
+  std::vector<Tensor> held;
+  const bna::ChannelParams prm = channel_params(op, g, x,
+                                                {{"scale", &scale}, {"shift", &shift}, {"mean", &mean},
+                                                 {"invstd", &invstd}, {"k1", &k1}, {"k2", &k2}, {"k3", &k3}},
+                                                slope, held);
   Launch run(x);
   Tensor dx = at::empty_like(x);
   if (empty_problem(g)) return dx;
   g.problem.sm_count = sm_count(x.get_device());
-  bna::ChannelParams prm;
-  prm.scale = vecs[0].data_ptr();
-  prm.shift = vecs[1].data_ptr();
-  prm.mean = vecs[2].data_ptr();
-  prm.invstd = vecs[3].data_ptr();
-  for (int i = 0; i < 3; ++i) prm.coef[i] = vecs[4 + i].data_ptr();
-  prm.slope = slope;
   C10_CUDA_CHECK(bna::launch_pointwise(g.problem, bna::kModeBackward, x.data_ptr(), gy.data_ptr(), nullptr,
                                        dx.data_ptr(), nullptr, prm, run.stream));
   return dx;
@@ -449,24 +452,17 @@ std::tuple<Tensor, Tensor> norm_act_double_apply(const Tensor& u, const Tensor& 
   check_y_side(op, "gy", gy, x, g);
   check_act(op, act);
   set_table_kind(op, g, scale);
-  const Tensor vecs[] = {channel_vector(op, "scale", scale, x, g), channel_vector(op, "shift", shift, x, g),
-                         channel_vector(op, "mean", mean, x, g),   channel_vector(op, "invstd", invstd, x, g),
-                         channel_vector(op, "a1", a1, x, g),       channel_vector(op, "a2", a2, x, g),
-                         channel_vector(op, "a3", a3, x, g),       channel_vector(op, "b1", b1, x, g),
-                         channel_vector(op, "b2", b2, x, g),       channel_vector(op, "b3", b3, x, g),
-                         channel_vector(op, "b4", b4, x, g)};
+  std::vector<Tensor> held;
+  const bna::ChannelParams prm = channel_params(
+      op, g, x,
+      {{"scale", &scale}, {"shift", &shift}, {"mean", &mean}, {"invstd", &invstd}, {"a1", &a1}, {"a2", &a2},
+       {"a3", &a3}, {"b1", &b1}, {"b2", &b2}, {"b3", &b3}, {"b4", &b4}},
+      slope, held);
   Launch run(x);
   Tensor ggx = at::empty_like(x);
   Tensor ggy = upscale == 1 ? at::empty_like(gy) : at::empty(y_shape(x, g), x.options());
   if (empty_problem(g)) return {ggx, ggy};
   g.problem.sm_count = sm_count(x.get_device());
-  bna::ChannelParams prm;
-  prm.scale = vecs[0].data_ptr();
-  prm.shift = vecs[1].data_ptr();
-  prm.mean = vecs[2].data_ptr();
-  prm.invstd = vecs[3].data_ptr();
-  for (int i = 0; i < 7; ++i) prm.coef[i] = vecs[4 + i].data_ptr();
-  prm.slope = slope;
   C10_CUDA_CHECK(bna::launch_pointwise(g.problem, bna::kModeDouble, x.data_ptr(), gy.data_ptr(), u.data_ptr(),
                                        ggx.data_ptr(), ggy.data_ptr(), prm, run.stream));
   return {ggx, ggy};
