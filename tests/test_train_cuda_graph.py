@@ -62,10 +62,13 @@ class EagerRecorder:
     was recorded (on the same input buffers) and overwrites those outputs in place.  A graph repeats the
     operators and arguments it recorded; rerunning the Python instead would hide a step whose Python changes
     from step to step (a decaying constant, a branch), so every replay must issue the first replay's
-    operators with the same arguments."""
+    operators with the same arguments.  A graph also replays on the memory it was captured with: given the
+    trainer, every replay requires its weights, buffers, optimiser state and EMA to be the tensors they were
+    at the capture (one replaced since would go on being updated by a real graph, unseen)."""
 
-    def __init__(self):
+    def __init__(self, trainer=None):
         self.fn, self.outputs, self.recorded, self.ops = None, {}, 0, None
+        self.trainer, self.held = trainer, None
 
     def warm(self, fn):
         return fn()
@@ -73,9 +76,14 @@ class EagerRecorder:
     def record(self, fn):
         self.fn, self.ops = fn, None
         self.recorded += 1
+        self.held = None if self.trainer is None else _state_storage(self.trainer)
         return self.outputs
 
     def replay(self):
+        if self.trainer is not None:
+            now = _state_storage(self.trainer)
+            assert now == self.held, "a tensor the graph was captured with has been replaced: " + ", ".join(
+                name for name in self.held if now.get(name) != self.held[name])
         with OpLog() as log:
             fresh = self.fn()
         if self.ops is None:
@@ -86,6 +94,17 @@ class EagerRecorder:
         self.outputs.update(fresh)
 
 
+def _state_storage(tr) -> dict:
+    """Where the trainer's persistent tensors live (name -> storage address): what a replay reads and updates."""
+    named = {f"{part}.{k}": t for part, m in (("G", tr.G), ("D", tr.D)) for k, t in m.state_dict(keep_vars=True).items()}
+    for part, opt in (("opt_g", tr.opt_g), ("opt_d", tr.opt_d)):
+        for i, state in enumerate(opt.state.values()):
+            named.update({f"{part}[{i}].{k}": t for k, t in state.items() if torch.is_tensor(t)})
+    if tr.ema is not None:
+        named.update({f"ema.{k}": t for k, t in tr.ema.model.state_dict(keep_vars=True).items()})
+    return {name: t.data_ptr() for name, t in named.items()}
+
+
 def _trainer(preset, out, *sets, log=lambda s: None):
     return Trainer(load_config(preset=preset, sets=TINY_IMAGE + QUIET + [f"out={out}", "steps=8", *sets]), log=log)
 
@@ -93,13 +112,14 @@ def _trainer(preset, out, *sets, log=lambda s: None):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_replayed_step_trains_exactly_as_the_eager_one(tmp_path, monkeypatch, case):
     preset, sets, first_capture = CASES[case]
-    recorder = EagerRecorder()
+    recorder = None
     nan_step = first_capture + 2  # a replayed step on a NaN batch: skipped on the device, buffers restored
     rows, trainers = {}, {}
     lines = []
     for name in ("eager", "graphed"):  # one after the other: each trainer seeds torch's global generator
         tr = trainers[name] = _trainer(preset, tmp_path / name, *sets, log=lines.append)
         if name == "graphed":
+            recorder = EagerRecorder(tr)
             tr.captured = CapturedStep(tr._step_tensors, tr._graph_ready, tr.device, recorder=recorder)
         real_next = tr.stream.next
 
@@ -139,11 +159,12 @@ def test_loading_a_state_after_the_capture_captures_again(tmp_path):
     from fastgan.train.checkpoint import load_checkpoint
 
     preset, sets, first_capture = CASES["dcgan"]
-    recorder = EagerRecorder()
+    recorder = None
     rows, trainers = {}, {}
     for name in ("eager", "graphed"):
         tr = trainers[name] = _trainer(preset, tmp_path / name, *sets)
         if name == "graphed":
+            recorder = EagerRecorder(tr)  # it also requires each replay's state tensors to be the captured ones
             tr.captured = CapturedStep(tr._step_tensors, tr._graph_ready, tr.device, recorder=recorder)
         for _ in range(first_capture + 1):
             tr.train_step()
@@ -162,6 +183,22 @@ def test_loading_a_state_after_the_capture_captures_again(tmp_path):
     for part in ("G", "D"):
         a, b = getattr(trainers["eager"], part).state_dict(), getattr(graphed, part).state_dict()
         assert [k for k in a if not torch.equal(a[k], b[k])] == [], part
+
+
+def test_without_a_new_capture_a_replay_after_loading_would_miss_the_new_state(tmp_path, monkeypatch):
+    """What the trainer's recapture prevents, shown by the stand-in graph: replays on the optimisers' old state."""
+    from fastgan.train.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(CapturedStep, "reset", lambda self: None)
+    preset, sets, first_capture = CASES["dcgan"]
+    tr = _trainer(preset, tmp_path, *sets)
+    tr.captured = CapturedStep(tr._step_tensors, tr._graph_ready, tr.device, recorder=EagerRecorder(tr))
+    for _ in range(first_capture + 2):
+        tr.train_step()
+    assert tr.captured.replays == 2
+    tr.load_state_dict(load_checkpoint(tr.save()))
+    with pytest.raises(AssertionError, match=r"has been replaced: opt_g\[0\]\.step, opt_g\[0\]\.exp_avg"):
+        tr.train_step()
 
 
 def test_options_a_capture_cannot_take_are_refused_by_name(tmp_path):
