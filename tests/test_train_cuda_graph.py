@@ -96,7 +96,8 @@ class EagerRecorder:
 
 def _state_storage(tr) -> dict:
     """Where the trainer's persistent tensors live (name -> storage address): what a replay reads and updates."""
-    named = {f"{part}.{k}": t for part, m in (("G", tr.G), ("D", tr.D)) for k, t in m.state_dict(keep_vars=True).items()}
+    named = {f"{part}.{k}": t for part, model in (("G", tr.G), ("D", tr.D))
+             for k, t in model.state_dict(keep_vars=True).items()}
     for part, opt in (("opt_g", tr.opt_g), ("opt_d", tr.opt_d)):
         for i, state in enumerate(opt.state.values()):
             named.update({f"{part}[{i}].{k}": t for k, t in state.items() if torch.is_tensor(t)})
