@@ -28,6 +28,8 @@ CASES = {
     # labels in the graph's inputs; D pre-training: G rests for 3 steps and takes its first update (which makes
     # its optimiser's state) eagerly, so nothing is captured before step 4
     "acgan": ("acgan-mnist", ["d_pretrain=3", "fused_adam=on", "cuda_graph_warmup=1"], 4),
+    # virtual batch norm in G and D: each step's reference pass remakes the layers' reference statistics
+    "vbn": ("dcgan-mnist", ["g_norm=vbn", "d_norm=vbn", "fused_adam=on", "cuda_graph_warmup=2"], 2),
 }
 
 
@@ -63,27 +65,27 @@ class EagerRecorder:
     operators and arguments it recorded; rerunning the Python instead would hide a step whose Python changes
     from step to step (a decaying constant, a branch), so every replay must issue the first replay's
     operators with the same arguments.  A graph also replays on the memory it was captured with: given the
-    trainer, every replay requires its weights, buffers, optimiser state and EMA to be the tensors they were
-    at the capture (one replaced since would go on being updated by a real graph, unseen)."""
+    trainer, every replay requires its weights, buffers, optimiser state and EMA to be the tensors the previous
+    replay left (one replaced between replays would go on being updated by a real graph, unseen; the step's
+    own Python may make new ones, which the graph's capture of it would then keep)."""
 
     def __init__(self, trainer=None):
         self.fn, self.outputs, self.recorded, self.ops = None, {}, 0, None
-        self.trainer, self.held = trainer, None
+        self.trainer, self.left = trainer, None
 
     def warm(self, fn):
         return fn()
 
     def record(self, fn):
-        self.fn, self.ops = fn, None
+        self.fn, self.ops, self.left = fn, None, None
         self.recorded += 1
-        self.held = None if self.trainer is None else _state_storage(self.trainer)
         return self.outputs
 
     def replay(self):
-        if self.trainer is not None:
+        if self.left is not None:
             now = _state_storage(self.trainer)
-            assert now == self.held, "a tensor the graph was captured with has been replaced: " + ", ".join(
-                name for name in self.held if now.get(name) != self.held[name])
+            assert now == self.left, "a tensor the graph was captured with has been replaced: " + ", ".join(
+                name for name in self.left if now.get(name) != self.left[name])
         with OpLog() as log:
             fresh = self.fn()
         if self.ops is None:
@@ -92,6 +94,8 @@ class EagerRecorder:
             if len(log.ops) == len(self.ops) else (len(log.ops), len(self.ops))
         self.outputs.clear()
         self.outputs.update(fresh)
+        if self.trainer is not None:
+            self.left = _state_storage(self.trainer)
 
 
 def _state_storage(tr) -> dict:
