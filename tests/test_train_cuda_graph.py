@@ -14,6 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastgan.train import ConfigError, Trainer, load_config
+from fastgan.train.checkpoint import load_checkpoint
 from fastgan.train.graph_step import CapturedStep
 from fastgan.train.graph_step import config_errors as graph_config_errors
 
@@ -110,6 +111,13 @@ def _state_storage(tr) -> dict:
     return {name: t.data_ptr() for name, t in named.items()}
 
 
+def _with_stand_in_graph(tr) -> EagerRecorder:
+    """``tr`` with run.cuda_graph's step on the stand-in graph (which watches tr's state between replays)."""
+    recorder = EagerRecorder(tr)
+    tr.captured = CapturedStep(tr._step_tensors, tr._graph_ready, tr.device, recorder=recorder)
+    return recorder
+
+
 def _trainer(preset, out, *sets, log=lambda s: None):
     return Trainer(load_config(preset=preset, sets=TINY_IMAGE + QUIET + [f"out={out}", "steps=8", *sets]), log=log)
 
@@ -124,8 +132,7 @@ def test_the_replayed_step_trains_exactly_as_the_eager_one(tmp_path, monkeypatch
     for name in ("eager", "graphed"):  # one after the other: each trainer seeds torch's global generator
         tr = trainers[name] = _trainer(preset, tmp_path / name, *sets, log=lines.append)
         if name == "graphed":
-            recorder = EagerRecorder(tr)
-            tr.captured = CapturedStep(tr._step_tensors, tr._graph_ready, tr.device, recorder=recorder)
+            recorder = _with_stand_in_graph(tr)
         real_next = tr.stream.next
 
         def next_batch(tr=tr, real_next=real_next):
@@ -161,16 +168,13 @@ def test_loading_a_state_after_the_capture_captures_again(tmp_path):
     """A graph replays on the tensors it captured; loading a checkpoint gives the optimisers new state tensors
     (weights and EMA load in place), so the trainer drops its graph, warms up and captures again, and trains on
     as the eager trainer does after the same load."""
-    from fastgan.train.checkpoint import load_checkpoint
-
     preset, sets, first_capture = CASES["dcgan"]
     recorder = None
     rows, trainers = {}, {}
     for name in ("eager", "graphed"):
         tr = trainers[name] = _trainer(preset, tmp_path / name, *sets)
         if name == "graphed":
-            recorder = EagerRecorder(tr)  # it also requires each replay's state tensors to be the captured ones
-            tr.captured = CapturedStep(tr._step_tensors, tr._graph_ready, tr.device, recorder=recorder)
+            recorder = _with_stand_in_graph(tr)
         for _ in range(first_capture + 1):
             tr.train_step()
         saved = load_checkpoint(tr.save())
@@ -192,12 +196,10 @@ def test_loading_a_state_after_the_capture_captures_again(tmp_path):
 
 def test_without_a_new_capture_a_replay_after_loading_would_miss_the_new_state(tmp_path, monkeypatch):
     """What the trainer's recapture prevents, shown by the stand-in graph: replays on the optimisers' old state."""
-    from fastgan.train.checkpoint import load_checkpoint
-
     monkeypatch.setattr(CapturedStep, "reset", lambda self: None)
     preset, sets, first_capture = CASES["dcgan"]
     tr = _trainer(preset, tmp_path, *sets)
-    tr.captured = CapturedStep(tr._step_tensors, tr._graph_ready, tr.device, recorder=EagerRecorder(tr))
+    _with_stand_in_graph(tr)
     for _ in range(first_capture + 2):
         tr.train_step()
     assert tr.captured.replays == 2
@@ -257,7 +259,6 @@ def test_a_captured_run_trains_on_the_gpu(tmp_path, preset, sets):  # pragma: no
     assert tr.write_samples() is not None
     path = tr.save()
     # loaded back, the optimisers' state is new tensors: the run captures again, and its replays update them
-    from fastgan.train.checkpoint import load_checkpoint
     tr.load_state_dict(load_checkpoint(path))
     for _ in range(2):
         tr.train_step()  # eager (warm-up)
