@@ -10,19 +10,24 @@ bindings of ``csrc/`` themselves (their checks, allocations, dispatch) --
 through the tests' CPU build of ``csrc/`` (``tests/cuda_emu``) with every
 kernel launch skipped (``FASTGAN_EMU_SKIP_KERNELS=1``), next to eager
 PyTorch's ``batch_norm`` + ``leaky_relu`` on tiny CPU tensors (where its
-kernels cost a microsecond or two), both through a stack of layers and one
-``backward()``.  Skipped launches leave out what a launch itself costs on a
-GPU (a few microseconds each, for both), so read the columns as "what
-fastgan's host path costs" vs "what eager PyTorch's costs".  The batch norm
-layer is timed twice: with its C++ autograd (``torch.ops.fastgan.norm_act``,
-what runs) and with the Python Functions the Triton backend uses, to show
-what the C++ autograd saves; so is pixel shuffle + batch norm (r = 2, each
-layer's output viewed back to its input's shape so that layers chain).  Timings on a shared machine are noisy: the best
-of ``--repeats`` runs is printed.  The GPU suite's step timings are what
-speed claims rest on.  Needs a C++ compiler (the first run builds the
-emulator, about two minutes).  ``--device cuda`` on a GPU machine times the
-same stacks with the real kernels on tiny CUDA tensors instead: the host's
-issue time per layer, launches included, where the GPU keeps up.
+kernels cost a microsecond or two), through a stack of layers: the forward,
+the forward and one ``backward()``, and a gradient penalty's pattern (the
+input gradient with ``create_graph=True``, then its backward).  Skipped
+launches leave out what a launch itself costs on a GPU (a few microseconds
+each, for both), so read the columns as "what fastgan's host path costs" vs
+"what eager PyTorch's costs".  The batch norm layer is timed three times:
+with its C++ autograd (``torch.ops.fastgan.norm_act``, what runs), with the
+Python Functions the Triton backend uses, to show what the C++ autograd
+saves, and on the Triton backend itself (its kernels stubbed out, so what is
+timed is fastgan's Python on that path: Functions, launch sizing,
+allocations; Triton's own launcher, per launch, shows only on a GPU).  So is
+pixel shuffle + batch norm (r = 2, each layer's output viewed back to its
+input's shape so that layers chain), twice.  Timings on a shared machine are
+noisy: the best of ``--repeats`` runs is printed.  The GPU suite's step
+timings are what speed claims rest on.  Needs a C++ compiler (the first run
+builds the emulator, about two minutes).  ``--device cuda`` on a GPU machine
+times the same stacks with the real kernels on tiny CUDA tensors instead:
+the host's issue time per layer, launches included, where the GPU keeps up.
 """
 from __future__ import annotations
 
@@ -71,6 +76,45 @@ def emulated_cuda_backend(python_autograd: bool = False):
             os.environ.pop("FASTGAN_EMU_SKIP_KERNELS", None)
         else:
             os.environ["FASTGAN_EMU_SKIP_KERNELS"] = skip
+
+
+# The Triton kernel modules fastgan's norm layers launch from (their @triton.jit objects are stubbed out on a CPU).
+TRITON_KERNEL_MODULES = ("batch_norm_act", "backward_coefficients", "double_coefficients", "stats_affine")
+
+
+class _NoLaunch:
+    """A Triton kernel whose launch does nothing: ``kernel[grid](*args)`` returns at once."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def triton_launches_skipped():
+    """fastgan's ops take their Triton path on CPU tensors with every Triton launch skipped: the host time of
+    fastgan's own Python on that path (the autograd Functions, launch sizing, allocations), not counting what
+    Triton's launcher itself costs per launch on a GPU (only a GPU run shows that)."""
+    import importlib
+
+    from triton.runtime.jit import KernelInterface
+
+    from fastgan import _backend
+
+    saved_resolve = _backend.resolve
+    stubbed = []  # (module, name, kernel)
+    for name in TRITON_KERNEL_MODULES:
+        module = importlib.import_module(f"fastgan.kernels.{name}")
+        for attr, obj in list(vars(module).items()):
+            if isinstance(obj, KernelInterface):
+                stubbed.append((module, attr, obj))
+                setattr(module, attr, _NoLaunch())
+    _backend.resolve = lambda impl, device, op="op", cuda_support=True: "triton"
+    try:
+        yield
+    finally:
+        _backend.resolve = saved_resolve
+        for module, attr, obj in stubbed:
+            setattr(module, attr, obj)
 
 
 @contextlib.contextmanager
@@ -126,11 +170,15 @@ def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
     on_gpu = device != "cpu"
     cpp = contextlib.nullcontext if on_gpu else emulated_cuda_backend
     python = python_functions_on_cuda if on_gpu else lambda: emulated_cuda_backend(python_autograd=True)
+    triton_backend = contextlib.nullcontext if on_gpu else triton_launches_skipped
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     stacks = {  # name -> (layer, backend context)
         "fastgan batch_norm_act (C++ autograd)": (fused_bn, cpp),
         "fastgan batch_norm_act (Python Functions)": (fused_bn, python),
+        "fastgan batch_norm_act (Triton backend)": (lambda h: batch_norm_act(h, rm, rv, w, b, impl="triton"),
+                                                    triton_backend),
         "fastgan layer_norm_act (C++ autograd)": (lambda h: layer_norm_act(h, w, b, impl="cuda"), cpp),
+        "fastgan layer_norm_act (Triton backend)": (lambda h: layer_norm_act(h, w, b, impl="triton"), triton_backend),
         "eager batch_norm + leaky_relu": (lambda h: F.leaky_relu(F.batch_norm(h, rm, rv, w, b, True), 0.2),
                                           contextlib.nullcontext),
         "fastgan pixel_shuffle_batch_norm_act (C++ autograd)": (fused_ps, cpp),
@@ -147,10 +195,15 @@ def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
             h = layer(h)
         return h
 
-    timed = {}  # (name, what) -> (layer, backend, fn)
+    def double_backward(layer):  # a gradient penalty's pattern: the input gradient as a graph, then its backward
+        (gx,) = torch.autograd.grad(forward(layer), x, gy, create_graph=True)
+        gx.square().sum().backward()
+
+    timed = {}  # (name, what) -> (backend, fn)
     for name, (layer, backend) in stacks.items():
         timed[(name, "forward")] = (backend, lambda layer=layer: forward(layer))
         timed[(name, "forward+backward")] = (backend, lambda layer=layer: forward(layer).backward(gy))
+        timed[(name, "double backward")] = (backend, lambda layer=layer: double_backward(layer))
     # Rounds over all cases, best per case: this machine's speed drifts, and a case timed only in a slow
     # stretch would look slow.
     results = dict.fromkeys(timed, float("inf"))
@@ -172,11 +225,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     results = measure(args.layers, args.repeats, device=args.device)
     where = (f"{torch.cuda.get_device_name()}, host issue time" if args.device == "cuda"
-             else "CPU, emulated bindings, launches skipped")
-    print(f"| layer ({where}; us per layer) | forward | forward + backward |")
-    print("| --- | ---: | ---: |")
+             else "CPU, launches skipped: the emulated CUDA bindings, Triton's kernels stubbed")
+    print(f"| layer ({where}; us per layer) | forward | forward + backward | forward + grad + double backward |")
+    print("| --- | ---: | ---: | ---: |")
     for name in dict.fromkeys(n for n, _ in results):
-        print(f"| {name} | {results[(name, 'forward')]:.1f} | {results[(name, 'forward+backward')]:.1f} |")
+        times = (results[(name, what)] for what in ("forward", "forward+backward", "double backward"))
+        print(f"| {name} | " + " | ".join(f"{us:.1f}" for us in times) + " |")
     return 0
 
 

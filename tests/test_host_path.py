@@ -85,11 +85,15 @@ def test_host_overhead_script_runs():
 
     from fastgan import _backend
 
-    kernels = _backend.kernels
+    from fastgan.kernels import batch_norm_act as triton_kernels
+
+    kernels, resolve, triton_forward = _backend.kernels, _backend.resolve, triton_kernels._pointwise_kernel
     results = host_overhead.measure(layers=2, repeats=1, calls=3)
     names = {name for name, _ in results}
-    assert len(names) == 8 and sum(n.startswith("fastgan") for n in names) == 5
-    assert all(us > 0 for us in results.values())
-    # restored: the backend choice, the C++ autograd routing, and the emulator's kernels run again
-    assert _backend.kernels is kernels and _norm_act.cpp_autograd_fits(None, None)
+    assert len(names) == 10 and sum(n.startswith("fastgan") for n in names) == 7
+    assert {what for _, what in results} == {"forward", "forward+backward", "double backward"}
+    assert len(results) == 30 and all(us > 0 for us in results.values())
+    # restored: the backend choice, the C++ autograd routing, the emulator's kernels and Triton's kernels run again
+    assert _backend.kernels is kernels and _backend.resolve is resolve and _norm_act.cpp_autograd_fits(None, None)
+    assert triton_kernels._pointwise_kernel is triton_forward
     assert "FASTGAN_EMU_SKIP_KERNELS" not in os.environ

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ..reference.norm_act_backward import backward_coefficients as reference_backward_coefficients
+from ._sizes import cdiv, next_power_of_2
 from .stats_affine import group_lanes
 
 _BLOCK = 256  # entries per program for per-channel groups, channels per column-sum program
@@ -68,15 +69,15 @@ def norm_act_backward_coefficients(r_g: torch.Tensor, r_gx: torch.Tensor, scale:
         return reference_backward_coefficients(r_g, r_gx, scale, groups, count)
     c = scale.shape[-1]
     rows = scale.numel() // c if c else 0
-    k2, k3 = torch.empty_like(scale), torch.empty_like(scale)
-    sums_like = scale.new_empty if rows else scale.new_zeros  # no rows: the column sums are 0
-    sum_g, sum_gx = sums_like((c,)), sums_like((c,))
+    # two allocations, not four (each costs a fused layer's backward host time)
+    k2, k3 = scale.new_empty((2, *scale.shape)).unbind(0)
+    sum_g, sum_gx = (scale.new_empty if rows else scale.new_zeros)((2, c)).unbind(0)  # no rows: sums are 0
     if scale.numel():
         per_group = c // groups
         per_channel = per_group == 1
-        coef_programs = triton.cdiv(rows * c, _BLOCK) if per_channel else rows * groups
-        grid = (coef_programs + triton.cdiv(c, _BLOCK),)
+        coef_programs = cdiv(rows * c, _BLOCK) if per_channel else rows * groups
+        grid = (coef_programs + cdiv(c, _BLOCK),)
         _backward_coefficients_kernel[grid](
             r_g, r_gx, scale, k2, k3, sum_g, sum_gx, rows, c, groups, per_group, coef_programs, -1.0 / count,
-            PER_CHANNEL=per_channel, BLOCK=_BLOCK, GROUP_BLOCK=triton.next_power_of_2(per_group))
+            PER_CHANNEL=per_channel, BLOCK=_BLOCK, GROUP_BLOCK=next_power_of_2(per_group))
     return k2, k3, sum_g, sum_gx

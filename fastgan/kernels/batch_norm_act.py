@@ -39,6 +39,8 @@ import triton
 import triton.language as tl
 
 from ..ops._layout import strides_ncs
+from ._sizes import cdiv, next_power_of_2
+from . import _target
 from ._target import multiprocessors
 from .backward_coefficients import norm_act_backward_coefficients  # noqa: F401 - reached through this module
 from .double_coefficients import norm_act_double_coefficients  # noqa: F401 - reached through this module
@@ -211,14 +213,16 @@ def _grad_sums_kernel(gy_ptr, x_ptr, u_ptr, scale_ptr, shift_ptr, mean_ptr, invs
 
 @triton.jit
 def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr,
-                      coef_ptr, seg_len, tbl_stride, coef_stride, C, S, s_n, s_c, s_s, slope_ptr,
+                      k1_ptr, k2_ptr, k3_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, seg_len, tbl_stride,
+                      C, S, s_n, s_c, s_s, slope_ptr,
                       W, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
                       MODE: tl.constexpr, UPSCALE: tl.constexpr):
     """MODE_FORWARD:  out = act(x * scale + shift)
     MODE_BACKWARD: out = k1 * gz + k2 + k3 * xhat                   (dx)
     MODE_DOUBLE:   out = b1 * gz + b2 * u + b3 + b4 * xhat          (d/dx)
                    out2 = s * (a1 * u + a2 + a3 * xhat)            (d/dgy)
-    with coefficients (k1..k3 or a1..a3, b1..b4) as coef [K, T, C], T = 1 or N."""
+    with coefficients (k1..k3 or a1..a3, b1..b4) each a [T, C] table like scale, T = 1 or N (each its
+    own pointer: stacking them into one tensor would cost the host an op and the GPU a launch)."""
     pid_seg = tl.program_id(2)
     m_base = pid_seg * seg_len
     offs, mask, c = _tile(m_base + tl.program_id(0) * BLOCK_M, m_base + seg_len, tl.program_id(1) * BLOCK_C,
@@ -243,18 +247,18 @@ def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_
         xhat = (x - mean[:, None]) * invstd[:, None]
         s = tl.where(z > 0, 1.0, slope)
         gz = tl.load(gy_ptr + offs_y, mask=mask, other=0.0).to(acc_ty) * s
-        k1 = tl.load(coef_ptr + row, mask=cmask, other=0.0)
-        k2 = tl.load(coef_ptr + coef_stride + row, mask=cmask, other=0.0)
-        k3 = tl.load(coef_ptr + 2 * coef_stride + row, mask=cmask, other=0.0)
+        k1 = tl.load(k1_ptr + row, mask=cmask, other=0.0)
+        k2 = tl.load(k2_ptr + row, mask=cmask, other=0.0)
+        k3 = tl.load(k3_ptr + row, mask=cmask, other=0.0)
         if MODE == 1:
             dx = k1[:, None] * gz + k2[:, None] + k3[:, None] * xhat
             tl.store(out_ptr + offs, dx.to(out_ptr.dtype.element_ty), mask=mask)
         else:
             u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-            b1 = tl.load(coef_ptr + 3 * coef_stride + row, mask=cmask, other=0.0)
-            b2 = tl.load(coef_ptr + 4 * coef_stride + row, mask=cmask, other=0.0)
-            b3 = tl.load(coef_ptr + 5 * coef_stride + row, mask=cmask, other=0.0)
-            b4 = tl.load(coef_ptr + 6 * coef_stride + row, mask=cmask, other=0.0)
+            b1 = tl.load(b1_ptr + row, mask=cmask, other=0.0)
+            b2 = tl.load(b2_ptr + row, mask=cmask, other=0.0)
+            b3 = tl.load(b3_ptr + row, mask=cmask, other=0.0)
+            b4 = tl.load(b4_ptr + row, mask=cmask, other=0.0)
             ggy = s * (k1[:, None] * u + k2[:, None] + k3[:, None] * xhat)
             ggx = b1[:, None] * gz + b2[:, None] * u + b3[:, None] + b4[:, None] * xhat
             tl.store(out_ptr + offs, ggx.to(out_ptr.dtype.element_ty), mask=mask)
@@ -279,16 +283,19 @@ class _Geometry:
         self.seg_len = self.s if per_sample else self.n * self.s
         self.tbl_stride = self.c if per_sample else 0
         if s_c == 1 and self.c > 1:  # channels are contiguous: tile along C
-            self.block_c = min(64, triton.next_power_of_2(self.c))
-            self.block_m = max(1, min(4096 // self.block_c, triton.next_power_of_2(self.seg_len)))
+            self.block_c = min(64, next_power_of_2(self.c))
+            self.block_m = max(1, min(4096 // self.block_c, next_power_of_2(self.seg_len)))
         else:  # spatial positions are contiguous: tile along m
             self.block_c = 1
-            self.block_m = min(2048, triton.next_power_of_2(self.seg_len))
+            self.block_m = min(2048, next_power_of_2(self.seg_len))
         self.index_64 = x.numel() >= 2**31 - 1
         self.num_warps = 4 if self.block_c * self.block_m <= 1024 else 8
-        self.num_tiles = triton.cdiv(self.seg_len, self.block_m)
-        self.num_cblocks = triton.cdiv(self.c, self.block_c)
+        self.num_tiles = cdiv(self.seg_len, self.block_m)
+        self.num_cblocks = cdiv(self.c, self.block_c)
         self.partials = self._num_partials(x)
+        self.kernel_args = (self.c, self.s, *self.strides)  # the kernels' (C, S, s_n, s_c, s_s) arguments
+        self.meta = dict(BLOCK_M=self.block_m, BLOCK_C=self.block_c, INDEX_64=self.index_64,
+                         num_warps=self.num_warps)
 
     def _num_partials(self, x: torch.Tensor) -> int:
         """Programs per (channel block, segment) for the reductions: enough to fill the GPU."""
@@ -300,12 +307,21 @@ class _Geometry:
             target = 2 * programs
         return max(1, min(self.num_tiles, target // programs, 512))
 
-    def kernel_args(self):
-        return (self.c, self.s, *self.strides)
 
-    def meta(self):
-        return dict(BLOCK_M=self.block_m, BLOCK_C=self.block_c, INDEX_64=self.index_64,
-                    num_warps=self.num_warps)
+
+_GEOMETRIES: dict = {}  # (shape, strides, per_sample, device, compile target) -> _Geometry
+
+
+def _geometry(x: torch.Tensor, per_sample: bool) -> _Geometry:
+    """x's ``_Geometry``, made once per shape, strides and device: a fused layer's forward and backward
+    size three to five launches of the same x, and building one costs more host time than a lookup."""
+    key = (x.shape, x.stride(), per_sample, x.device, _target.compile_only)
+    g = _GEOMETRIES.get(key)
+    if g is None:
+        if len(_GEOMETRIES) >= 1024:  # many shapes (a sweep): start over rather than grow without bound
+            _GEOMETRIES.clear()
+        g = _GEOMETRIES[key] = _Geometry(x, per_sample)
+    return g
 
 
 _SLOPES: dict = {}  # (slope, dtype, device) -> a 1-element tensor: one fill launch per value, not per call
@@ -335,10 +351,10 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _moments(x: torch.Tensor, per_sample: bool) -> torch.Tensor:
     """(3, T, P, C) partial (count, mean, M2): T segments, P programs each."""
-    g = _Geometry(x, per_sample)
+    g = _geometry(x, per_sample)
     parts = torch.empty((3, g.num_segments, g.partials, g.c), device=x.device, dtype=_acc_dtype(x))
     _stats_partial_kernel[(g.num_cblocks, g.partials, g.num_segments)](
-        x, parts[0], parts[1], parts[2], g.seg_len, *g.kernel_args(), g.num_tiles, g.partials, **g.meta())
+        x, *parts.unbind(0), g.seg_len, *g.kernel_args, g.num_tiles, g.partials, **g.meta)
     return parts
 
 
@@ -369,8 +385,7 @@ def channel_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: 
 
 def _channel_stats(x: torch.Tensor, affine: Optional[dict]):
     """(mean, var), or with ``affine`` (channel_stats_affine's arguments) (mean, var, invstd, scale, shift)."""
-    out = _merge_moments(x, per_sample=False, affine=affine)
-    return (out[0][0], out[1][0], *out[2:])  # (1, C) -> (C,)
+    return _merge_moments(x, per_sample=False, affine=affine)
 
 
 def row_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,27 +404,29 @@ def row_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opti
 
 
 def _merge_moments(x: torch.Tensor, per_sample: bool, affine: Optional[dict]):
-    """Two launches: the partial moments, then their merge per (segment, channel) into (T, C) tables of
-    the mean and the biased variance (batch norm, T = 1) or M2 (per sample, T = N); with ``affine``
-    (channel_stats_affine's arguments) the merge also writes invstd, scale and shift, (C,) each."""
+    """Two launches: the partial moments, then their merge per (segment, channel) into the mean and the
+    biased variance, (C,) each (batch norm, one segment), or the mean and M2, (N, C) tables (per sample,
+    a segment per sample); with ``affine`` (channel_stats_affine's arguments) the merge also writes
+    invstd, scale and shift, (C,) each.  The outputs are rows of one allocation: this runs in every
+    layer's forward, where each allocation and view costs host time."""
     parts = _moments(x, per_sample)
     segments, p, c = parts.shape[1:]
-    out = [torch.empty((segments, c), device=x.device, dtype=parts.dtype) for _ in range(2)]
-    out += [torch.empty(c, device=x.device, dtype=parts.dtype) for _ in range(0 if affine is None else 3)]
+    buf = torch.empty((2 * segments + (0 if affine is None else 3), c), device=x.device, dtype=parts.dtype)
+    out = (buf[:segments], buf[segments:]) if per_sample else buf.unbind(0)
     if c == 0 or segments == 0:
-        return tuple(out)
+        return out
     mean = out[0]
     a = affine or {}
     vec = [a.get(name) if a.get(name) is not None else mean
            for name in ("weight", "bias", "running_mean", "running_var")]
     tables = out[2:] if affine else [mean] * 3
-    fin_c = min(64, triton.next_power_of_2(c))
-    _stats_finalize_kernel[(triton.cdiv(c, fin_c), segments)](
-        parts[0], parts[1], parts[2], out[0], out[1], c, p, *vec, *tables, a.get("eps", 0.0),
-        a.get("momentum", 0.0), a.get("unbias", 1.0), BLOCK_P=triton.next_power_of_2(p), BLOCK_C=fin_c,
+    fin_c = min(64, next_power_of_2(c))
+    _stats_finalize_kernel[(cdiv(c, fin_c), segments)](
+        *parts.unbind(0), out[0], out[1], c, p, *vec, *tables, a.get("eps", 0.0),
+        a.get("momentum", 0.0), a.get("unbias", 1.0), BLOCK_P=next_power_of_2(p), BLOCK_C=fin_c,
         VARIANCE=not per_sample, AFFINE=affine is not None, HAS_WEIGHT=a.get("weight") is not None,
         HAS_BIAS=a.get("bias") is not None, HAS_RUNNING=a.get("running_mean") is not None, SQRT_RN=HAS_SQRT_RN)
-    return tuple(out)
+    return out
 
 
 def _shuffled_empty(x: torch.Tensor, upscale: int) -> torch.Tensor:
@@ -432,18 +449,18 @@ def norm_act_forward(x, scale, shift, act: int, slope: float, upscale: int = 1) 
     """y = act(x * scale + shift) with x's dtype and strides; scale, shift (C,) or (N, C).
     With ``upscale`` r > 1, y is written pixel-shuffled: (N, C / r^2, H r, W r)."""
     y = _shuffled_empty(x, upscale)
-    _launch_pointwise(MODE_FORWARD, x, None, None, y, None, scale, shift, scale, scale, scale, slope, upscale)
+    _launch_pointwise(MODE_FORWARD, x, None, None, y, None, scale, shift, scale, scale, (), slope, upscale)
     return y
 
 
 def _grad_sums(double: bool, gy, x, u, scale, shift, mean, invstd, slope, upscale):
-    g = _Geometry(x, per_sample=scale.dim() == 2)
+    g = _geometry(x, scale.dim() == 2)
     k = 5 if double else 2
     parts = torch.empty((k, g.num_segments, g.partials, g.c), device=x.device, dtype=scale.dtype)
     _grad_sums_kernel[(g.num_cblocks, g.partials, g.num_segments)](
         gy, x, x if u is None else u, scale, shift, mean, invstd, parts, g.seg_len, g.tbl_stride,
-        *g.kernel_args(), g.num_tiles, g.partials, _slope_tensor(slope, scale), _width(x, upscale),
-        DOUBLE=double, UPSCALE=upscale, enable_fp_fusion=False, **g.meta())  # see _launch_pointwise
+        *g.kernel_args, g.num_tiles, g.partials, _slope_tensor(slope, scale), _width(x, upscale),
+        DOUBLE=double, UPSCALE=upscale, enable_fp_fusion=False, **g.meta)  # see _launch_pointwise
     sums = parts.sum(dim=2)  # fixed-order merge of the partials: deterministic
     return tuple(sums.unbind(0)) if g.per_sample else tuple(sums[:, 0].unbind(0))
 
@@ -467,8 +484,8 @@ def norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act: 
                             upscale: int = 1):
     """dx = k1 * gz + k2 + k3 * xhat (dx in x's layout)."""
     dx = torch.empty_like(x)
-    coef = torch.stack([k1, k2, k3])
-    _launch_pointwise(MODE_BACKWARD, x, gy, None, dx, None, scale, shift, mean, invstd, coef, slope, upscale)
+    _launch_pointwise(MODE_BACKWARD, x, gy, None, dx, None, scale, shift, mean, invstd, (k1, k2, k3), slope,
+                      upscale)
     return dx
 
 
@@ -482,19 +499,33 @@ def norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, 
     """(ggx, ggy) = (b1*gz + b2*u + b3 + b4*xhat, s * (a1*u + a2 + a3*xhat)); ggy in y's layout."""
     ggx = torch.empty_like(x)
     ggy = torch.empty_like(gy)
-    coef = torch.stack([a1, a2, a3, b1, b2, b3, b4])
-    _launch_pointwise(MODE_DOUBLE, x, gy, u, ggx, ggy, scale, shift, mean, invstd, coef, slope, upscale)
+    _launch_pointwise(MODE_DOUBLE, x, gy, u, ggx, ggy, scale, shift, mean, invstd, (a1, a2, a3, b1, b2, b3, b4),
+                      slope, upscale)
     return ggx, ggy
 
 
+def _coefficient_tables(coef: tuple, scale: torch.Tensor) -> list:
+    """The pointwise kernel's seven coefficient pointers: ``coef``'s tables, each read like scale (its
+    shape, dense, in its dtype), then scale for the ones the mode does not read."""
+    tables = []
+    for name, t in zip(("k1 / a1", "k2 / a2", "k3 / a3", "b1", "b2", "b3", "b4"), coef):
+        if t.shape != scale.shape:  # the kernel reads each table at scale's offsets
+            raise ValueError(f"coefficient {name} must have scale's shape {tuple(scale.shape)}, got {tuple(t.shape)}")
+        if t.dtype != scale.dtype:
+            t = t.to(scale.dtype)
+        tables.append(t if t.is_contiguous() else t.contiguous())
+    return tables + [scale] * (7 - len(tables))
+
+
 def _launch_pointwise(mode, x, gy, u, out, out2, scale, shift, mean, invstd, coef, slope, upscale):
-    g = _Geometry(x, per_sample=scale.dim() == 2)
+    """``coef``: the mode's coefficient tables, () (forward), (k1, k2, k3) or (a1, a2, a3, b1, b2, b3, b4)."""
+    g = _geometry(x, scale.dim() == 2)
     grid = (g.num_tiles, g.num_cblocks, g.num_segments)
     _pointwise_kernel[grid](x, x if gy is None else gy, x if u is None else u, out,
-                            out if out2 is None else out2, scale, shift, mean, invstd, coef,
-                            g.seg_len, g.tbl_stride, scale.numel(), *g.kernel_args(),
+                            out if out2 is None else out2, scale, shift, mean, invstd,
+                            *_coefficient_tables(coef, scale), g.seg_len, g.tbl_stride, *g.kernel_args,
                             _slope_tensor(slope, scale), _width(x, upscale), MODE=mode, UPSCALE=upscale,
                             # no fused multiply-add: z = x * scale + shift rounded twice is exactly 0 for x
                             # equal to its channel's mean with a zero bias, so the activation's kink ties as
                             # in eager PyTorch (csrc/batch_norm_act.cu, affine_rn)
-                            enable_fp_fusion=False, **g.meta())
+                            enable_fp_fusion=False, **g.meta)

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ..reference.norm_act_double import double_coefficients as reference_double_coefficients
+from ._sizes import next_power_of_2
 from .stats_affine import group_lanes
 
 
@@ -85,12 +86,12 @@ def norm_act_double_coefficients(r_g: torch.Tensor, r_gx: torch.Tensor, r_u: tor
                                              batch_stats)
     c = invstd.shape[-1]
     rows = invstd.numel() // c if c else 0
-    out = [torch.empty_like(invstd) for _ in range(7)]
+    out = invstd.new_empty((7, *invstd.shape)).unbind(0)  # one allocation, not seven
     if invstd.numel():
         per_group = c // groups
         _double_coefficients_kernel[(groups, rows)](
             r_g, r_gx, r_u, r_ux, r_gu, invstd if weight is None else weight, invstd,
             invstd if alpha is None else alpha, invstd if beta is None else beta, *out, c, per_group, float(m),
             HAS_WEIGHT=weight is not None, HAS_ALPHA=alpha is not None, HAS_BETA=beta is not None,
-            BATCH_STATS=bool(batch_stats), BLOCK=triton.next_power_of_2(per_group))
+            BATCH_STATS=bool(batch_stats), BLOCK=next_power_of_2(per_group))
     return tuple(out)

@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._sizes import cdiv, next_power_of_2
 from ._target import multiprocessors
 
 __all__ = ["mbd_forward", "mbd_backward", "mbd_double_backward"]
@@ -129,9 +130,9 @@ def _blocks(n: int, m: torch.Tensor, double: bool = False):
     """(BLOCK_I, BLOCK_J, num_warps): tiles of the pair matrix (``double``: for the double backward,
     which keeps two more pair tiles live)."""
     if multiprocessors(m) is None:  # interpreter: the cost is per program and loop step, numpy does the tile
-        blk = 16 if n <= 64 else min(256, triton.next_power_of_2(n))
+        blk = 16 if n <= 64 else min(256, next_power_of_2(n))
         return blk, blk, 4
-    block_j = 64 if n >= 64 else max(16, triton.next_power_of_2(n))
+    block_j = 64 if n >= 64 else max(16, next_power_of_2(n))
     block_i = 32 if n <= 256 else 64  # small N: more programs to fill the SMs
     if double and block_i == 64:
         block_j = min(block_j, 32)  # 64 x 64 double-backward tiles spill on sm_80 even on 8 warps (compile_check)
@@ -150,7 +151,7 @@ def mbd_forward(m: torch.Tensor, exclude_self: bool) -> torch.Tensor:
     acc = _acc_dtype(m)
     o = torch.empty((n, b), device=m.device, dtype=acc)
     block_i, block_j, warps = _blocks(n, m)
-    _mbd_forward_kernel[(b, triton.cdiv(n, block_i))](_bcn(m), o, n, b, c, EXCLUDE_SELF=bool(exclude_self),
+    _mbd_forward_kernel[(b, cdiv(n, block_i))](_bcn(m), o, n, b, c, EXCLUDE_SELF=bool(exclude_self),
                                                       BLOCK_I=block_i, BLOCK_J=block_j, num_warps=warps)
     return o.to(m.dtype)
 
@@ -162,9 +163,9 @@ def mbd_backward(g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     dm = torch.empty((n, b, c), device=m.device, dtype=m.dtype)
     block_i, block_j, warps = _blocks(n, m)
     mt = _bcn(m)
-    _mbd_grad_kernel[(b, triton.cdiv(n, block_i))](mt, mt, gt, dm, gt, n, b, c, DOUBLE=False,
+    _mbd_grad_kernel[(b, cdiv(n, block_i))](mt, mt, gt, dm, gt, n, b, c, DOUBLE=False,
                                                    BLOCK_I=block_i, BLOCK_J=block_j,
-                                                   BLOCK_C=triton.next_power_of_2(c), num_warps=warps)
+                                                   BLOCK_C=next_power_of_2(c), num_warps=warps)
     return dm
 
 
@@ -176,7 +177,7 @@ def mbd_double_backward(u: torch.Tensor, g: torch.Tensor, m: torch.Tensor) -> tu
     grad_m = torch.empty((n, b, c), device=m.device, dtype=m.dtype)
     grad_g = torch.empty((n, b), device=m.device, dtype=acc)
     block_i, block_j, warps = _blocks(n, m, double=True)
-    _mbd_grad_kernel[(b, triton.cdiv(n, block_i))](_bcn(m), _bcn(u), gt, grad_m, grad_g, n, b, c,
+    _mbd_grad_kernel[(b, cdiv(n, block_i))](_bcn(m), _bcn(u), gt, grad_m, grad_g, n, b, c,
                                                    DOUBLE=True, BLOCK_I=block_i, BLOCK_J=block_j,
-                                                   BLOCK_C=triton.next_power_of_2(c), num_warps=warps)
+                                                   BLOCK_C=next_power_of_2(c), num_warps=warps)
     return grad_m, grad_g.to(g.dtype)

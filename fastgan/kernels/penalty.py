@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._sizes import cdiv, next_power_of_2
 from ._target import multiprocessors
 
 MODE_TWO_SIDED, MODE_ONE_SIDED, MODE_SQUARED = 0, 1, 2
@@ -188,7 +189,7 @@ def _index_64(t: torch.Tensor) -> bool:
 
 
 def _elementwise_grid(numel: int):
-    return (triton.cdiv(numel, _ELEMENTWISE_BLOCK),)
+    return (cdiv(numel, _ELEMENTWISE_BLOCK),)
 
 
 def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
@@ -198,17 +199,17 @@ def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
 def _row_partials(a, b, c, dot_diff: bool) -> torch.Tensor:
     """(N, P) partial sums per sample (a*a or a*(b - c)), acc dtype."""
     n, k = _sizes(a)
-    block_k = min(_ROW_BLOCK, triton.next_power_of_2(max(k, 1)))
+    block_k = min(_ROW_BLOCK, next_power_of_2(max(k, 1)))
     rows = max(1, _ROW_BLOCK // block_k)
-    rows = min(rows, triton.next_power_of_2(n))
-    num_chunks = triton.cdiv(k, block_k)
-    row_groups = triton.cdiv(n, rows)
+    rows = min(rows, next_power_of_2(n))
+    num_chunks = cdiv(k, block_k)
+    row_groups = cdiv(n, rows)
     sms = multiprocessors(a)
     if sms is not None:
         target = 4 * sms
     else:  # interpreter: few programs, more than one so the merge is exercised
         target = 2 * row_groups
-    partials = max(1, min(num_chunks, triton.cdiv(target, row_groups), _MAX_PARTIALS))
+    partials = max(1, min(num_chunks, cdiv(target, row_groups), _MAX_PARTIALS))
     parts = torch.empty((n, partials), device=a.device, dtype=_acc_dtype(a))
     _row_partials_kernel[(row_groups, partials)](
         a, a if b is None else b, a if c is None else c, parts, n, k, num_chunks, partials,
@@ -221,8 +222,8 @@ def _finalize(parts: torch.Tensor, mode: int, center: float):
     n, p = parts.shape
     rows = torch.empty(n, device=parts.device, dtype=parts.dtype)
     value = torch.empty((), device=parts.device, dtype=parts.dtype)
-    block_p = triton.next_power_of_2(p)
-    block_n = max(1, min(triton.next_power_of_2(n), 4096 // block_p))
+    block_p = next_power_of_2(p)
+    block_n = max(1, min(next_power_of_2(n), 4096 // block_p))
     _finalize_kernel[(1,)](parts, rows, value, _scalar(center, parts), n, p,
                            BLOCK_N=block_n, BLOCK_P=block_p, MODE=mode, SQRT_RN=_HAS_SQRT_RN)
     return rows, value

@@ -29,6 +29,7 @@ import triton.language as tl
 
 from ..reference.batch_norm_act import stats_affine as reference_stats_affine
 from ..reference.group_norm_act import group_stats_affine as reference_group_stats_affine
+from ._sizes import cdiv, next_power_of_2
 
 HAS_SQRT_RN = hasattr(tl, "sqrt_rn")  # correctly rounded sqrt where this Triton has it
 _BLOCK = 256
@@ -108,7 +109,7 @@ def stats_affine(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.T
     c = mean.numel()
     if c:
         has_running = running_mean is not None
-        _stats_affine_kernel[(triton.cdiv(c, _BLOCK),)](
+        _stats_affine_kernel[(cdiv(c, _BLOCK),)](
             mean, var, mean if weight is None else weight, mean if bias is None else bias,
             running_mean if has_running else mean, running_var if has_running else mean, invstd, scale, shift,
             c, float(eps), float(momentum), count / (count - 1) if has_running else 1.0,
@@ -150,5 +151,5 @@ def group_stats_affine(row_mean: torch.Tensor, row_m2: torch.Tensor, weight: Opt
         _group_stats_affine_kernel[(n, groups)](
             row_mean, row_m2, row_mean if weight is None else weight, row_mean if bias is None else bias, *out,
             c, per_group, spatial, float(eps), HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-            SQRT_RN=HAS_SQRT_RN, BLOCK=triton.next_power_of_2(per_group))
+            SQRT_RN=HAS_SQRT_RN, BLOCK=next_power_of_2(per_group))
     return tuple(out)
