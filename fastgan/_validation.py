@@ -9,17 +9,17 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _FLOATS = frozenset(FLOAT_DTYPES)
 
 
-def usual_norm_arguments(x, vectors, eps, min_dim: int = 2) -> bool:
+def usual_norm_arguments(x, vectors, eps, min_dim: int = 2, channels: Optional[int] = None) -> bool:
     """Whether a norm layer's arguments are the usual valid ones, checked in one pass: x a floating tensor of
-    at least ``min_dim`` dimensions, each of ``vectors`` None or a floating (C,) tensor on x's device, eps a
-    positive float.  True only where the detailed checks (``check_tensor``, ``check_channel_vector``,
+    at least ``min_dim`` dimensions, each of ``vectors`` None or a floating (C,) tensor on x's device (C: x's
+    channels, or ``channels`` -- a pixel shuffle's output channels), eps a positive float.  True only where the detailed checks (``check_tensor``, ``check_channel_vector``,
     ``check_positive_float``) pass (``tests/test_validation.py`` holds the two together); False sends the
     caller to them, and they name the argument.  Every fused layer's forward runs this, and a host-bound
     training step pays for each line of it: a few attribute reads instead of a dozen function calls."""
     if not (isinstance(x, torch.Tensor) and x.dtype in _FLOATS and x.dim() >= min_dim
             and type(eps) is float and eps > 0):
         return False
-    shape, device = (x.shape[1],), x.device
+    shape, device = (x.shape[1] if channels is None else channels,), x.device
     for t in vectors:
         if t is not None and not (isinstance(t, torch.Tensor) and t.dtype in _FLOATS and t.shape == shape
                                   and t.device == device):

@@ -17,6 +17,7 @@ from fastgan import _validation
 
 bn_module = sys.modules["fastgan.ops.batch_norm_act"]
 gn_module = sys.modules["fastgan.ops.group_norm_act"]
+ps_module = sys.modules["fastgan.ops.pixel_shuffle_act"]
 
 C = 3
 # Each argument usually valid, sometimes not in one way or another: mostly-valid sets are where the shortcut
@@ -78,6 +79,23 @@ def test_group_norm_shortcut_accepts_only_what_the_detailed_checks_accept(x, w, 
     assert fast == _detailed(gn_module, gn_module._check_common, x, w, b, eps, min_dim)
 
 
+# pixel shuffle + batch norm: x has r^2 channels per output channel, the vectors one entry per output channel
+PS_X_SHAPES = [(4, 4 * C, 2, 2)] * 10 + [(1, 4 * C, 1, 1), (1, C, 1, 1), (4, C, 2, 2), (4, 4 * C, 2), (4, 4 * C),
+                                          (4, 2 * C, 2, 2), (0, 4 * C, 2, 2), (4, 0, 2, 2)]
+ps_xs = st.one_of(*[st.builds(_tensor, st.sampled_from(PS_X_SHAPES), st.sampled_from(DTYPES),
+                              st.sampled_from(DEVICES))] * 6, st.just([1.0, 2.0]), st.just(None))
+upscales = _often(2, 1, 0, -1, 3, True, 2.0, None, "2", weight=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(x=ps_xs, r=upscales, rm=vectors, rv=vectors, w=vectors, b=vectors, training=st.booleans(), eps=floats)
+def test_pixel_shuffle_batch_norm_shortcut_accepts_only_what_the_detailed_checks_accept(x, r, rm, rv, w, b, training,
+                                                                                         eps):
+    args = (x, r, rm, rv, w, b, training, eps)
+    fast = _passes(ps_module.check_batch_norm_arguments, *args)
+    assert fast == _detailed(ps_module, ps_module.check_batch_norm_arguments, *args)
+
+
 def test_every_single_bad_argument_falls_through_to_the_detailed_checks():
     """Systematically: from valid calls (training or not, with or without running stats, local batch or not),
     each argument in turn replaced by every value of its pool, valid or not."""
@@ -123,6 +141,20 @@ def test_the_shortcut_takes_the_usual_calls():
     assert _validation.usual_norm_arguments(x.to(memory_format=torch.channels_last).bfloat16(), (None, v), 1e-5)
     assert not _validation.usual_norm_arguments(x, (torch.zeros(C + 1),), 1e-5)
     assert not _validation.usual_norm_arguments(x, (), 1)  # an int eps: the detailed checks take it
+    # pixel shuffle + batch norm: vectors per output channel
+    x4 = torch.zeros(4, 4 * C, 2, 2)
+    assert _validation.usual_norm_arguments(x4, (torch.zeros(C), v), 1e-5, channels=C)
+    assert not _validation.usual_norm_arguments(x4, (torch.zeros(4 * C),), 1e-5, channels=C)
+    calls = []
+    saved = ps_module._check
+    ps_module._check = lambda *a: calls.append(a) or saved(*a)
+    try:
+        assert ps_module.check_batch_norm_arguments(x4, 2, torch.zeros(C), torch.ones(C), v, v, True, 1e-5) == C
+        assert calls == []  # the usual call never reached the detailed checks
+        assert ps_module.check_batch_norm_arguments(x4, 2, None, None, None, None, True, 1) == C
+        assert len(calls) == 1  # an int eps: the detailed checks take it
+    finally:
+        ps_module._check = saved
 
 
 @pytest.mark.parametrize("bad, message", [

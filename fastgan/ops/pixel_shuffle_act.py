@@ -22,7 +22,7 @@ import torch
 
 from .. import _backend, reference
 from .._activation import activation_code
-from .._validation import check_channel_vector, check_positive_float, check_tensor
+from .._validation import check_channel_vector, check_positive_float, check_tensor, usual_norm_arguments
 from ..reference.batch_norm_act import update_running_stats
 from ._layout import contiguous_canonical
 from . import _norm_act
@@ -38,6 +38,28 @@ def _check(x, upscale_factor):
     if x.shape[1] % (upscale_factor ** 2):
         raise ValueError(f"x has {x.shape[1]} channels, not divisible by upscale_factor^2 = {upscale_factor ** 2}")
     return x.shape[1] // upscale_factor ** 2
+
+
+def check_batch_norm_arguments(x, upscale_factor, running_mean, running_var, weight, bias, training, eps) -> int:
+    """pixel_shuffle_batch_norm_act's argument checks; the number of output channels."""
+    r2 = upscale_factor * upscale_factor if type(upscale_factor) is int and upscale_factor >= 1 else 0
+    if (r2 and isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] % r2 == 0
+            and usual_norm_arguments(x, (running_mean, running_var, weight, bias), eps, channels=x.shape[1] // r2)
+            and (running_mean is None) == (running_var is None) and (training or running_mean is not None)
+            and not (training and x.shape[0] * x.shape[2] * x.shape[3] * r2 == 1)):
+        return x.shape[1] // r2  # the usual valid call, in one pass; anything else meets the checks below
+    out_channels = _check(x, upscale_factor)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        check_channel_vector(name, t, out_channels, x.device)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    if not training and running_mean is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    check_positive_float("eps", eps)
+    if training and x.shape[0] * x.shape[2] * x.shape[3] * upscale_factor ** 2 == 1:
+        raise ValueError(f"x must have more than 1 value per channel when training, got input size {tuple(x.shape)}")
+    return out_channels
 
 
 def _compute_dtype(x):
@@ -88,17 +110,8 @@ def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_m
     """``act(F.batch_norm(nn.PixelShuffle(r)(x), ...))`` fused, with BatchNorm's
     running-stat semantics; statistics per output channel over its r^2 input
     sub-channels x N x H x W."""
-    out_channels = _check(x, upscale_factor)
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                    ("bias", bias)):
-        check_channel_vector(name, t, out_channels, x.device)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together (or both None)")
-    if not training and running_mean is None:
-        raise ValueError("running_mean and running_var are required when training=False")
-    check_positive_float("eps", eps)
-    if training and x.shape[0] * x.shape[2] * x.shape[3] * upscale_factor ** 2 == 1:
-        raise ValueError(f"x must have more than 1 value per channel when training, got input size {tuple(x.shape)}")
+    out_channels = check_batch_norm_arguments(x, upscale_factor, running_mean, running_var, weight, bias, training,
+                                              eps)
     act, slope = activation_code(activation, negative_slope)
     backend = _backend.resolve(impl, x.device, "pixel_shuffle_batch_norm_act", cuda_support=True)
     if backend == "ref" or x.numel() == 0:
