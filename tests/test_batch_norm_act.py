@@ -311,3 +311,25 @@ def test_cuda_graph_capture_with_a_slope_first_seen_in_the_capture(impl):
     graph.replay()
     torch.cuda.synchronize()
     assert_close(y, batch_norm_act(x, negative_slope=slope, impl="ref"))
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+@pytest.mark.parametrize("mode", ["backward", "double"])
+def test_pointwise_kernels_refuse_a_coefficient_table_unlike_scale(impl, device, mode):
+    """Each coefficient table is read at scale's offsets, so a smaller one would be read past its end: the
+    kernels' entry points (Triton and CUDA alike) raise instead, naming it."""
+    from fastgan import _backend
+
+    k = _backend.kernels(impl, "batch_norm_act")
+    x = torch.randn(4, 6, 3, 3, device=device)
+    v = torch.rand(6, device=device) + 0.5
+    short = torch.rand(5, device=device)
+    if mode == "backward":
+        with pytest.raises(ValueError, match=r"k2 must have shape \(6,\) like scale"):
+            k.norm_act_backward_apply(x, x, v, v, v, v, v, short, v, 2, 0.2)
+        assert torch.isfinite(k.norm_act_backward_apply(x, x, v, v, v, v, v, v, v, 2, 0.2)).all()
+    else:
+        with pytest.raises(ValueError, match=r"b3 must have shape \(6,\) like scale"):
+            k.norm_act_double_apply(x, x, x, v, v, v, v, v, v, v, v, v, short, v, 2, 0.2)
+        assert all(torch.isfinite(t).all() for t in k.norm_act_double_apply(x, x, x, v, v, v, v, v, v, v, v, v, v, v,
+                                                                             2, 0.2))

@@ -508,9 +508,9 @@ def _coefficient_tables(coef: tuple, scale: torch.Tensor) -> list:
     """The pointwise kernel's seven coefficient pointers: ``coef``'s tables, each read like scale (its
     shape, dense, in its dtype), then scale for the ones the mode does not read."""
     tables = []
-    for name, t in zip(("k1 / a1", "k2 / a2", "k3 / a3", "b1", "b2", "b3", "b4"), coef):
-        if t.shape != scale.shape:  # the kernel reads each table at scale's offsets
-            raise ValueError(f"coefficient {name} must have scale's shape {tuple(scale.shape)}, got {tuple(t.shape)}")
+    for name, t in zip(("k1", "k2", "k3") if len(coef) == 3 else ("a1", "a2", "a3", "b1", "b2", "b3", "b4"), coef):
+        if t.shape != scale.shape:  # the kernel reads each table at scale's offsets: past the end of a smaller one
+            raise ValueError(f"{name} must have shape {tuple(scale.shape)} like scale, got {tuple(t.shape)}")
         if t.dtype != scale.dtype:
             t = t.to(scale.dtype)
         tables.append(t if t.is_contiguous() else t.contiguous())
