@@ -89,6 +89,16 @@ def test_errors():
         pixel_shuffle_act(torch.randn(2, 8, 3, 3), 2, torch.zeros(3))
     with pytest.raises(ValueError, match="norm must be"):
         PixelShuffleUpsample(3, 4, norm="group")
+    # batch norm's own checks, per output channel: a momentum outside [0, 1] would make the running stats diverge
+    x, running = torch.randn(2, 8, 3, 3), (torch.zeros(2), torch.ones(2))
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 2.0"):
+        pixel_shuffle_batch_norm_act(x, 2, *running, momentum=2.0)
+    with pytest.raises(TypeError, match="momentum must be a float, got NoneType"):
+        pixel_shuffle_batch_norm_act(x, 2, *running, momentum=None)
+    with pytest.raises(ValueError, match="running_mean must have 2 elements"):
+        pixel_shuffle_batch_norm_act(x, 2, torch.zeros(8), torch.ones(8))
+    assert pixel_shuffle_batch_norm_act(x, 2, *running, momentum=1.0).shape == (2, 2, 6, 6)
+    assert pixel_shuffle_batch_norm_act(x, 2, momentum=None).shape == (2, 2, 6, 6)  # no running stats to update
 
 
 # ----------------------------------------------------------------------------- module

@@ -88,10 +88,11 @@ upscales = _often(2, 1, 0, -1, 3, True, 2.0, None, "2", weight=8)
 
 
 @settings(max_examples=400, deadline=None)
-@given(x=ps_xs, r=upscales, rm=vectors, rv=vectors, w=vectors, b=vectors, training=st.booleans(), eps=floats)
+@given(x=ps_xs, r=upscales, rm=vectors, rv=vectors, w=vectors, b=vectors, training=st.booleans(), momentum=floats,
+       eps=floats)
 def test_pixel_shuffle_batch_norm_shortcut_accepts_only_what_the_detailed_checks_accept(x, r, rm, rv, w, b, training,
-                                                                                         eps):
-    args = (x, r, rm, rv, w, b, training, eps)
+                                                                                         momentum, eps):
+    args = (x, r, rm, rv, w, b, training, momentum, eps)
     fast = _passes(ps_module.check_batch_norm_arguments, *args)
     assert fast == _detailed(ps_module, ps_module.check_batch_norm_arguments, *args)
 
@@ -149,9 +150,9 @@ def test_the_shortcut_takes_the_usual_calls():
     saved = ps_module._check
     ps_module._check = lambda *a: calls.append(a) or saved(*a)
     try:
-        assert ps_module.check_batch_norm_arguments(x4, 2, torch.zeros(C), torch.ones(C), v, v, True, 1e-5) == C
+        assert ps_module.check_batch_norm_arguments(x4, 2, torch.zeros(C), torch.ones(C), v, v, True, 0.1, 1e-5) == C
         assert calls == []  # the usual call never reached the detailed checks
-        assert ps_module.check_batch_norm_arguments(x4, 2, None, None, None, None, True, 1) == C
+        assert ps_module.check_batch_norm_arguments(x4, 2, None, None, None, None, True, 0.1, 1) == C
         assert len(calls) == 1  # an int eps: the detailed checks take it
     finally:
         ps_module._check = saved

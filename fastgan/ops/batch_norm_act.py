@@ -25,19 +25,19 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps, *, local_batch=True):
-    """Argument checks of batch_norm_act; ``local_batch=False`` (sync batch norm) leaves the count of values per
-    channel to the caller, as this rank's batch alone may be tiny or empty."""
-    if (usual_norm_arguments(x, (running_mean, running_var, weight, bias), eps)
-            and (running_mean is None) == (running_var is None) and (training or running_mean is not None)
-            and (not training or running_mean is None or (type(momentum) is float and 0.0 <= momentum <= 1.0))
-            and not (local_batch and training and x.numel() == x.shape[1])):
-        return  # the usual valid call, in one pass; anything else meets the checks below
-    check_tensor("x", x, min_dim=2)
-    channels = x.shape[1]
+def usual_running_arguments(running_mean, running_var, training, momentum) -> bool:
+    """Whether the running-stat arguments are the usual valid ones (see ``check_running_arguments``), in one pass."""
+    return ((running_mean is None) == (running_var is None) and (training or running_mean is not None)
+            and (not training or running_mean is None or (type(momentum) is float and 0.0 <= momentum <= 1.0)))
+
+
+def check_running_arguments(channels, device, running_mean, running_var, weight, bias, training, momentum, eps):
+    """The checks batch norm's variants share, naming the argument: running stats, weight and bias None or
+    ``channels``-long vectors on ``device``, the running stats given together (and when not training), a
+    positive eps, and a momentum in [0, 1] where the running stats are updated."""
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
-        check_channel_vector(name, t, channels, x.device)
+        check_channel_vector(name, t, channels, device)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
     if not training and running_mean is None:
@@ -48,6 +48,18 @@ def check_arguments(x, running_mean, running_var, weight, bias, training, moment
             raise TypeError(f"momentum must be a float, got {type(momentum).__name__}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+
+
+def check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps, *, local_batch=True):
+    """Argument checks of batch_norm_act; ``local_batch=False`` (sync batch norm) leaves the count of values per
+    channel to the caller, as this rank's batch alone may be tiny or empty."""
+    if (usual_norm_arguments(x, (running_mean, running_var, weight, bias), eps)
+            and usual_running_arguments(running_mean, running_var, training, momentum)
+            and not (local_batch and training and x.numel() == x.shape[1])):
+        return  # the usual valid call, in one pass; anything else meets the checks below
+    check_tensor("x", x, min_dim=2)
+    channels = x.shape[1]
+    check_running_arguments(channels, x.device, running_mean, running_var, weight, bias, training, momentum, eps)
     if local_batch and training and x.numel() // max(channels, 1) == 1:
         raise ValueError(f"x must have more than 1 value per channel when training, got input size {tuple(x.shape)}")
 

@@ -22,9 +22,10 @@ import torch
 
 from .. import _backend, reference
 from .._activation import activation_code
-from .._validation import check_channel_vector, check_positive_float, check_tensor, usual_norm_arguments
+from .._validation import check_channel_vector, check_tensor, usual_norm_arguments
 from ..reference.batch_norm_act import update_running_stats
 from ._layout import contiguous_canonical
+from .batch_norm_act import check_running_arguments, usual_running_arguments
 from . import _norm_act
 from ._norm_act import Grouping, NormActFn, as_dtype, detached_param, kernel_running_stats
 
@@ -40,23 +41,18 @@ def _check(x, upscale_factor):
     return x.shape[1] // upscale_factor ** 2
 
 
-def check_batch_norm_arguments(x, upscale_factor, running_mean, running_var, weight, bias, training, eps) -> int:
-    """pixel_shuffle_batch_norm_act's argument checks; the number of output channels."""
+def check_batch_norm_arguments(x, upscale_factor, running_mean, running_var, weight, bias, training, momentum,
+                               eps) -> int:
+    """pixel_shuffle_batch_norm_act's argument checks (batch_norm_act's, per output channel); the number of
+    output channels."""
     r2 = upscale_factor * upscale_factor if type(upscale_factor) is int and upscale_factor >= 1 else 0
     if (r2 and isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] % r2 == 0
             and usual_norm_arguments(x, (running_mean, running_var, weight, bias), eps, channels=x.shape[1] // r2)
-            and (running_mean is None) == (running_var is None) and (training or running_mean is not None)
+            and usual_running_arguments(running_mean, running_var, training, momentum)
             and not (training and x.shape[0] * x.shape[2] * x.shape[3] * r2 == 1)):
         return x.shape[1] // r2  # the usual valid call, in one pass; anything else meets the checks below
     out_channels = _check(x, upscale_factor)
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                    ("bias", bias)):
-        check_channel_vector(name, t, out_channels, x.device)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together (or both None)")
-    if not training and running_mean is None:
-        raise ValueError("running_mean and running_var are required when training=False")
-    check_positive_float("eps", eps)
+    check_running_arguments(out_channels, x.device, running_mean, running_var, weight, bias, training, momentum, eps)
     if training and x.shape[0] * x.shape[2] * x.shape[3] * upscale_factor ** 2 == 1:
         raise ValueError(f"x must have more than 1 value per channel when training, got input size {tuple(x.shape)}")
     return out_channels
@@ -111,7 +107,7 @@ def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_m
     running-stat semantics; statistics per output channel over its r^2 input
     sub-channels x N x H x W."""
     out_channels = check_batch_norm_arguments(x, upscale_factor, running_mean, running_var, weight, bias, training,
-                                              eps)
+                                              momentum, eps)
     act, slope = activation_code(activation, negative_slope)
     backend = _backend.resolve(impl, x.device, "pixel_shuffle_batch_norm_act", cuda_support=True)
     if backend == "ref" or x.numel() == 0:
