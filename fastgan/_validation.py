@@ -57,3 +57,12 @@ def check_positive_float(name: str, value) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
     return float(value)
+
+
+def check_momentum_factor(momentum) -> None:
+    """The factor an op updates running stats by: a float in [0, 1] (the modules turn nn.BatchNorm's
+    momentum=None, a cumulative average, into each step's factor before calling the op)."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"momentum must be a float, got {type(momentum).__name__}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")

@@ -58,6 +58,7 @@ finite and ``scaler.step`` skips the step, as the recipe intends.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -128,6 +129,18 @@ def perturb(real: torch.Tensor, scale: float = 0.5, generator: Optional[torch.Ge
     return (real.to(acc) + scale * std * noise).to(real.dtype)
 
 
+def _check_weight(weight, default: float) -> float:
+    """A penalty's weight as a float: None for ``default``, else a finite number >= 0 (a negative weight would
+    reward the critic for the very gradients the penalty is there to damp)."""
+    if weight is None:
+        return default
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise TypeError(f"weight must be a float (or None for the default {default}), got {type(weight).__name__}")
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"weight must be a finite number >= 0 (or None for the default {default}), got {weight}")
+    return float(weight)
+
+
 def penalty_from_outputs(outputs: torch.Tensor, inputs: torch.Tensor, kind: str = "r1",
                          weight: Optional[float] = None, *, center: float = 1.0, scaler=None,
                          create_graph: bool = True, return_norms: bool = False, impl: str = "auto"):
@@ -138,10 +151,7 @@ def penalty_from_outputs(outputs: torch.Tensor, inputs: torch.Tensor, kind: str 
     or (N, ...) scores, summed per sample; inputs: the (N, ...) tensor they
     were computed from, which must require grad."""
     _, mode, default_weight, factor = _check_kind(kind)
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
-        raise TypeError(f"weight must be a float (or None for the default {default_weight}), "
-                        f"got {type(weight).__name__}")
-    weight = default_weight if weight is None else float(weight)
+    weight = _check_weight(weight, default_weight)
     _check_input("inputs", inputs)
     if not isinstance(outputs, torch.Tensor):
         raise TypeError(f"outputs must be a tensor, got {type(outputs).__name__}")
@@ -259,6 +269,7 @@ class LazyRegularizer:
         _check_kind(kind)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
+        _check_weight(weight, KINDS[kind][2])  # refused here rather than at the first due step
         self.kind, self.every, self.weight = kind, every, weight
         self.penalty_kwargs = penalty_kwargs
         self.calls = 0

@@ -156,6 +156,14 @@ def test_errors():
         instance_norm_act(torch.randn(2, 6))
     with pytest.raises(ValueError, match="more than 1 spatial element"):
         instance_norm_act(torch.randn(2, 6, 1, 1))
+    # the running stats' factor, as batch_norm_act checks it (2.0 made them diverge; None failed deep inside)
+    x, running = torch.randn(2, 6, 3, 3), (torch.zeros(6), torch.ones(6))
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 2.0"):
+        instance_norm_act(x, *running, momentum=2.0)
+    with pytest.raises(TypeError, match="momentum must be a float, got NoneType"):
+        instance_norm_act(x, *running, momentum=None)
+    assert instance_norm_act(x, momentum=None).shape == x.shape  # no running stats: momentum unused
+    assert instance_norm_act(x, *running, use_input_stats=False, momentum=None).shape == x.shape  # eval: not updated
 
 
 # ----------------------------------------------------------------------------- modules

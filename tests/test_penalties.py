@@ -328,6 +328,15 @@ def test_gradient_penalty_errors():
         gradient_penalty(critic, torch.ones(3, 4, dtype=torch.int64), kind="r1")
     with pytest.raises(ValueError, match="every must be a positive int"):
         LazyRegularizer(every=0)
+    # a negative weight would reward the critic for the gradients the penalty damps; NaN / inf poison the loss
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"weight must be a finite number >= 0 \(or None for the default 10"):
+            gradient_penalty(critic, x, x, weight=bad)
+        with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+            LazyRegularizer("r1", weight=bad)
+    with pytest.raises(TypeError, match="weight must be a float"):
+        gradient_penalty(critic, x, x, weight="10")
+    assert gradient_penalty(critic, x, x, weight=0) == 0  # weight 0: the penalty switched off, allowed
 
 
 def test_lazy_regularizer():

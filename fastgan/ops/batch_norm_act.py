@@ -12,7 +12,8 @@ import torch
 
 from .. import _backend, reference
 from .._activation import activation_code
-from .._validation import check_channel_vector, check_positive_float, check_tensor, usual_norm_arguments
+from .._validation import (check_channel_vector, check_momentum_factor, check_positive_float, check_tensor,
+                           usual_norm_arguments)
 from ..reference.batch_norm_act import update_running_stats
 from . import _norm_act
 from ._layout import kernel_layout
@@ -44,10 +45,7 @@ def check_running_arguments(channels, device, running_mean, running_var, weight,
         raise ValueError("running_mean and running_var are required when training=False")
     check_positive_float("eps", eps)
     if training and running_mean is not None:
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-            raise TypeError(f"momentum must be a float, got {type(momentum).__name__}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        check_momentum_factor(momentum)
 
 
 def check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps, *, local_batch=True):

@@ -14,7 +14,8 @@ import torch
 
 from .. import _backend, reference
 from .._activation import activation_code
-from .._validation import check_channel_vector, check_positive_float, check_tensor, usual_norm_arguments
+from .._validation import (check_channel_vector, check_momentum_factor, check_positive_float, check_tensor,
+                           usual_norm_arguments)
 from ..reference.batch_norm_act import update_running_stats
 from . import _norm_act
 from ._layout import kernel_layout
@@ -95,6 +96,8 @@ def instance_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = No
         check_channel_vector(name, t, x.shape[1], x.device)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
+    if use_input_stats and running_mean is not None:
+        check_momentum_factor(momentum)
     if not use_input_stats:
         if running_mean is None:
             raise ValueError("running_mean and running_var are required when use_input_stats=False")
