@@ -89,6 +89,10 @@ def test_errors():
         pixel_shuffle_act(torch.randn(2, 8, 3, 3), 2, torch.zeros(3))
     with pytest.raises(ValueError, match="norm must be"):
         PixelShuffleUpsample(3, 4, norm="group")
+    up = PixelShuffleUpsample(3, 4)
+    for bad in (torch.randn(2, 5, 3, 3), torch.randn(3, 3, 3)):
+        with pytest.raises(ValueError, match=r"PixelShuffleUpsample: x must be \(N, in_channels=3, H, W\)"):
+            up(bad)
     # batch norm's own checks, per output channel: a momentum outside [0, 1] would make the running stats diverge
     x, running = torch.randn(2, 8, 3, 3), (torch.zeros(2), torch.ones(2))
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 2.0"):

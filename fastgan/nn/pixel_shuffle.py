@@ -72,6 +72,9 @@ class PixelShuffleUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_matches(type(self).__name__, x, self.conv.weight)
+        if x.dim() != 4 or x.shape[1] != self.conv.in_channels:  # (else the conv's own RuntimeError)
+            raise ValueError(f"{type(self).__name__}: x must be (N, in_channels={self.conv.in_channels}, H, W), "
+                             f"got shape {tuple(x.shape)}")
         h = self.conv(x)
         if self.norm is None:
             return pixel_shuffle_act(h, self.scale, self.bias, self.activation, self.negative_slope, impl=self.impl)
