@@ -178,6 +178,9 @@ def test_op_errors():
         interpolate(torch.randn(2, 3), torch.randn(2, 3), torch.rand(3))
     with pytest.raises(TypeError, match="fake must have real's dtype"):
         interpolate(torch.randn(2, 3), torch.randn(2, 3, dtype=torch.float64), 0.5)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="epsilon must be finite"):
+            interpolate(torch.randn(2, 3), torch.randn(2, 3), bad)
 
 
 # ----------------------------------------------------------------------------- formulas on known gradients

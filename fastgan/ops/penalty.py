@@ -83,6 +83,8 @@ def _epsilon_vector(name: str, epsilon, n: int, like_t: torch.Tensor) -> torch.T
     """epsilon as an (N,) tensor in the accumulator dtype (differentiable)."""
     acc = _acc_dtype(like_t)
     if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool):
+        if not math.isfinite(epsilon):  # every interpolate would be NaN (a tensor's values are not read: no sync)
+            raise ValueError(f"{name} must be finite, got {epsilon}")
         return torch.full((n,), float(epsilon), dtype=acc, device=like_t.device)
     if not isinstance(epsilon, torch.Tensor):
         raise TypeError(f"{name} must be a float or a tensor with one value per sample, got {type(epsilon).__name__}")
