@@ -161,6 +161,9 @@ def penalty_from_outputs(outputs: torch.Tensor, inputs: torch.Tensor, kind: str 
     if not inputs.requires_grad:
         raise ValueError("inputs must require grad (the gradient of the scores w.r.t. them is penalised)")
     total = outputs.float().sum()
+    if not total.requires_grad:  # (autograd.grad would raise a RuntimeError that names no argument)
+        raise ValueError("the critic's output does not depend on its input: there is no gradient to penalise "
+                         "(was it computed under torch.no_grad(), or detached?)")
     scale = _scale_tensor(scaler, total.device)
     if scale is not None:
         total = total * scale
@@ -209,7 +212,10 @@ def gradient_penalty(critic: Callable, real: torch.Tensor, fake: Optional[torch.
         impl: backend of the fused pieces (``"auto" | "ref" | "triton" | "cuda"``);
             the critic's layers use their own ``impl``.
     """
-    where, _, _, _ = _check_kind(kind)
+    where, _, default_weight, _ = _check_kind(kind)
+    if not callable(critic):
+        raise TypeError(f"critic must be callable (a module or a function of x), got {type(critic).__name__}")
+    _check_weight(weight, default_weight)  # before the critic runs: a bad weight costs no forward pass
     _check_input("real", real)
     if where in ("interpolate", "fake"):
         if fake is None:

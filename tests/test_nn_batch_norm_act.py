@@ -79,6 +79,32 @@ def test_module_errors():
         BatchNormAct2d(3)(torch.randn(1, 3, 1, 1))
 
 
+def test_every_module_refuses_an_unknown_impl_at_construction():
+    """Not at the first forward (a model built with a typo would fail mid-training), and convert() refuses it
+    before swapping any layer."""
+    from fastgan import nn as fnn
+
+    makers = {"BatchNormAct2d": lambda impl: fnn.BatchNormAct2d(3, impl=impl),
+              "BatchNormLeakyReLU2d": lambda impl: fnn.BatchNormLeakyReLU2d(3, impl=impl),
+              "SyncBatchNormAct2d": lambda impl: fnn.SyncBatchNormAct2d(3, impl=impl),
+              "GroupNormAct": lambda impl: fnn.GroupNormAct(1, 3, impl=impl),
+              "LayerNormAct2d": lambda impl: fnn.LayerNormAct2d(3, impl=impl),
+              "InstanceNormAct2d": lambda impl: fnn.InstanceNormAct2d(3, impl=impl),
+              "MinibatchDiscrimination": lambda impl: fnn.MinibatchDiscrimination(4, 3, 2, impl=impl),
+              "PixelShuffleUpsample": lambda impl: fnn.PixelShuffleUpsample(3, 4, impl=impl),
+              "VirtualBatchNorm2d": lambda impl: fnn.VirtualBatchNorm2d(3, impl=impl)}
+    for name, make in makers.items():
+        for bad in ("cudnn", "", 1):
+            with pytest.raises(ValueError, match="impl must be one of"):
+                make(bad)
+        assert make("ref").impl == "ref" and make(None).impl == "auto", name  # None: "auto", as the ops take it
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.ReLU())
+    with pytest.raises(ValueError, match="impl must be one of"):
+        fastgan.nn.convert(model, impl="trition")
+    assert isinstance(model[0], nn.BatchNorm2d)  # untouched
+    assert isinstance(fastgan.nn.convert(model, impl="ref")[0], BatchNormAct2d)
+
+
 def test_sync_batchnorm_conversion_leaves_fused_modules_alone():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormAct2d(4))
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -340,6 +340,11 @@ def test_gradient_penalty_errors():
     with pytest.raises(TypeError, match="weight must be a float"):
         gradient_penalty(critic, x, x, weight="10")
     assert gradient_penalty(critic, x, x, weight=0) == 0  # weight 0: the penalty switched off, allowed
+    with pytest.raises(TypeError, match="critic must be callable"):
+        gradient_penalty("D", x, x)
+    for detached in (lambda t: torch.ones(3), lambda t: critic(t).detach(), lambda t: critic(t).long()):
+        with pytest.raises(ValueError, match="does not depend on its input"):
+            gradient_penalty(detached, x, x)
 
 
 def test_lazy_regularizer():

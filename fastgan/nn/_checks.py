@@ -18,6 +18,18 @@ def check_eps(eps) -> float:
     return check_positive_float("eps", eps)
 
 
+def check_impl(impl) -> str:
+    """One of fastgan's backend names (None: "auto", as the ops take it): anything else is refused here, at
+    construction, rather than at the first forward."""
+    from .._backend import IMPLS
+
+    if impl is None:
+        return "auto"
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
 def check_momentum(momentum) -> None:
     """None (cumulative average) or a float in [0, 1], as nn.BatchNorm's momentum."""
     if momentum is None:

@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .._activation import activation_code, activation_repr
 from ..ops.batch_norm_act import batch_norm_act
-from ._checks import check_eps, check_momentum, positive_int
+from ._checks import check_eps, check_impl, check_momentum, positive_int
 
 
 def batch_norm_step(bn: _NormBase):
@@ -45,7 +45,7 @@ class _BatchNormAct(_NormBase):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.activation = activation
         self.negative_slope = negative_slope
-        self.impl = impl
+        self.impl = check_impl(impl)
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() not in self._expected_dims:

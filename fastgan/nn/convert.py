@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_impl
 from .batch_norm_act import from_batch_norm
 from .group_norm_act import from_group_norm, from_instance_norm
 
@@ -128,6 +129,7 @@ def convert(model: nn.Module, impl: str = "auto", sync: bool = False, process_gr
         return convert_sync(convert(model, impl), process_group)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_impl(impl)  # before any layer is swapped: a bad name must not leave the model half converted
     if _is_norm(model):
         return _fuse(model, impl=impl)
     _convert_sequentials(model, impl)

@@ -13,7 +13,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .._activation import activation_code, activation_repr
 from ..ops.group_norm_act import group_norm_act, instance_norm_act
-from ._checks import check_eps, check_momentum, positive_int
+from ._checks import check_eps, check_impl, check_momentum, positive_int
 
 
 class GroupNormAct(nn.GroupNorm):
@@ -27,7 +27,7 @@ class GroupNormAct(nn.GroupNorm):
         positive_int("num_channels", num_channels)
         check_eps(eps)
         super().__init__(num_groups, num_channels, eps, affine, device, dtype)
-        self.activation, self.negative_slope, self.impl = activation, negative_slope, impl
+        self.activation, self.negative_slope, self.impl = activation, negative_slope, check_impl(impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, self.activation,
@@ -62,7 +62,7 @@ class InstanceNormAct2d(_InstanceNorm):
         check_eps(eps)
         check_momentum(momentum)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.activation, self.negative_slope, self.impl = activation, negative_slope, impl
+        self.activation, self.negative_slope, self.impl = activation, negative_slope, check_impl(impl)
 
     def _get_no_batch_dim(self):
         return 3

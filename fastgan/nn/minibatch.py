@@ -19,7 +19,7 @@ from torch import nn
 
 from .._validation import check_positive_float
 from ..ops.minibatch_discrimination import minibatch_discrimination
-from ._checks import check_input_matches
+from ._checks import check_impl, check_input_matches
 
 __all__ = ["MinibatchDiscrimination", "MinibatchStdDev"]
 
@@ -64,7 +64,7 @@ class MinibatchDiscrimination(nn.Module):
             raise TypeError(f"mean must be a bool, got {type(mean).__name__}")
         self.exclude_self = exclude_self
         self.mean = mean
-        self.impl = impl
+        self.impl = check_impl(impl)
         self.T = nn.Parameter(torch.empty(in_features, num_kernels, kernel_dim, device=device, dtype=dtype))
         self.reset_parameters()
 

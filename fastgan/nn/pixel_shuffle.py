@@ -17,7 +17,7 @@ from torch import nn
 
 from .._activation import activation_code, activation_repr
 from ..ops.pixel_shuffle_act import pixel_shuffle_act, pixel_shuffle_batch_norm_act
-from ._checks import check_input_matches, positive_int
+from ._checks import check_impl, check_input_matches, positive_int
 from .batch_norm_act import batch_norm_step
 
 
@@ -58,7 +58,8 @@ class PixelShuffleUpsample(nn.Module):
                             ("kernel_size", kernel_size)):
             positive_int(name, value)
         factory = dict(device=device, dtype=dtype)
-        self.scale, self.activation, self.negative_slope, self.impl = scale, activation, negative_slope, impl
+        self.scale, self.activation, self.negative_slope = scale, activation, negative_slope
+        self.impl = check_impl(impl)
         self.conv = nn.Conv2d(in_channels, out_channels * scale * scale, kernel_size, padding=kernel_size // 2,
                               bias=False, **factory)
         if icnr:

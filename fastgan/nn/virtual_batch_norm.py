@@ -22,7 +22,7 @@ from torch import nn
 
 from .._activation import activation_code, activation_repr
 from ..ops.virtual_batch_norm import virtual_batch_norm, virtual_batch_reference_stats
-from ._checks import check_eps, positive_int
+from ._checks import check_eps, check_impl, positive_int
 
 
 class _VirtualBatchNorm(nn.Module):
@@ -35,7 +35,7 @@ class _VirtualBatchNorm(nn.Module):
         activation_code(activation, negative_slope)
         self.num_features, self.eps = positive_int("num_features", num_features), check_eps(eps)
         self.activation, self.negative_slope = activation, negative_slope
-        self.detach_reference, self.impl = detach_reference, impl
+        self.detach_reference, self.impl = detach_reference, check_impl(impl)
         # The authors' code: gamma ~ N(1, 0.02), beta = 0.
         self.weight = nn.Parameter(torch.empty(num_features, device=device, dtype=dtype).normal_(1.0, 0.02))
         self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
