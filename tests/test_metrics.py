@@ -262,6 +262,13 @@ def test_mode_counts_and_kl_to_uniform():
     single = mode_counts(torch.full((50,), 3), 10)
     assert single["modes_covered"] == 1 and single["mode_kl"] == pytest.approx(math.log(10))
     assert single["mode_histogram"][3] == 50
+    # a label outside the modes would lengthen the histogram and skew the KL: refused, as is a bad num_modes
+    for bad in (torch.tensor([0, 10]), torch.tensor([-1, 2])):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, num_modes=10\)"):
+            mode_counts(bad, 10)
+    for bad in (0, "ring8", 2.0):
+        with pytest.raises(ValueError, match="num_modes must be a positive int"):
+            mode_counts(torch.tensor([0, 1]), bad)
 
 
 @needs_torchmetrics

@@ -289,9 +289,14 @@ def classifier_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> t
 
 def mode_counts(labels: torch.Tensor, num_modes: int) -> dict:
     """Histogram of predicted modes, modes covered (count >= 1) and KL(histogram || uniform) in nats."""
+    if isinstance(num_modes, bool) or not isinstance(num_modes, int) or num_modes < 1:
+        raise ValueError(f"num_modes must be a positive int, got {num_modes!r}")
     labels = torch.as_tensor(labels).reshape(-1).long()
     if labels.numel() == 0:
         raise ValueError("no labels to count")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_modes:  # a histogram past num_modes would skew the KL against uniform
+        raise ValueError(f"labels must lie in [0, num_modes={num_modes}), got values from {low} to {high}")
     hist = torch.bincount(labels, minlength=num_modes).double()
     p = hist / hist.sum()
     nz = p > 0
