@@ -357,6 +357,9 @@ def test_fit_images_modes():
     assert torch.equal(fit_images(x[..., :8, :8].contiguous(), 32, resize="nearest")[:, :, ::4, ::4], x[..., :8, :8])
     with pytest.raises(ValueError, match="resize"):
         fit_images(x, 32, resize="cubic")
+    for bad in (0, -32, 32.0):
+        with pytest.raises(ValueError, match="image_size must be a positive int"):
+            fit_images(x, bad)
 
 
 def test_image_folder(tmp_path):

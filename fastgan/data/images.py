@@ -168,6 +168,8 @@ def fit_images(images: torch.Tensor, image_size: int, resize: str = "auto") -> t
     """
     if resize not in ("auto", "pad", "bilinear", "nearest"):
         raise ValueError(f"resize must be 'auto', 'pad', 'bilinear' or 'nearest', got {resize!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     size = images.shape[-1]
     if image_size == size:
         return images
