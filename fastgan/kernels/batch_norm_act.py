@@ -461,7 +461,9 @@ def _grad_sums(double: bool, gy, x, u, scale, shift, mean, invstd, slope, upscal
         gy, x, x if u is None else u, scale, shift, mean, invstd, parts, g.seg_len, g.tbl_stride,
         *g.kernel_args, g.num_tiles, g.partials, _slope_tensor(slope, scale), _width(x, upscale),
         DOUBLE=double, UPSCALE=upscale, enable_fp_fusion=False, **g.meta)  # see _launch_pointwise
-    sums = parts.sum(dim=2)  # fixed-order merge of the partials: deterministic
+    # fixed-order merge of the partials: deterministic; with one program per segment (every per-sample
+    # layer, and batch norm over many channels) there is nothing to merge, and a view saves a launch
+    sums = parts[:, :, 0] if g.partials == 1 else parts.sum(dim=2)
     return tuple(sums.unbind(0)) if g.per_sample else tuple(sums[:, 0].unbind(0))
 
 
