@@ -12,10 +12,11 @@ _FLOATS = frozenset(FLOAT_DTYPES)
 def usual_norm_arguments(x, vectors, eps, min_dim: int = 2, channels: Optional[int] = None) -> bool:
     """Whether a norm layer's arguments are the usual valid ones, checked in one pass: x a floating tensor of
     at least ``min_dim`` dimensions, each of ``vectors`` None or a floating (C,) tensor on x's device (C: x's
-    channels, or ``channels`` -- a pixel shuffle's output channels), eps a positive float.  True only where the detailed checks (``check_tensor``, ``check_channel_vector``,
-    ``check_positive_float``) pass (``tests/test_validation.py`` holds the two together); False sends the
-    caller to them, and they name the argument.  Every fused layer's forward runs this, and a host-bound
-    training step pays for each line of it: a few attribute reads instead of a dozen function calls."""
+    channels, or ``channels`` -- a pixel shuffle's output channels), eps a positive float.  True only where
+    the detailed checks (``check_tensor``, ``check_channel_vector``, ``check_positive_float``) pass
+    (``tests/test_validation.py`` holds the two together); False sends the caller to them, and they name
+    the argument.  Every fused layer's forward runs this, and a host-bound training step pays for each line
+    of it: a few attribute reads instead of a dozen function calls."""
     if not (isinstance(x, torch.Tensor) and x.dtype in _FLOATS and x.dim() >= min_dim
             and type(eps) is float and eps > 0):
         return False

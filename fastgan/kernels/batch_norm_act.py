@@ -39,8 +39,8 @@ import triton
 import triton.language as tl
 
 from ..ops._layout import strides_ncs
-from ._sizes import cdiv, next_power_of_2
 from . import _target
+from ._sizes import cdiv, next_power_of_2
 from ._target import multiprocessors
 from .backward_coefficients import norm_act_backward_coefficients  # noqa: F401 - reached through this module
 from .double_coefficients import norm_act_double_coefficients  # noqa: F401 - reached through this module
@@ -308,7 +308,6 @@ class _Geometry:
         return max(1, min(self.num_tiles, target // programs, 512))
 
 
-
 _GEOMETRIES: dict = {}  # (shape, strides, per_sample, device, compile target) -> _Geometry
 
 
@@ -412,7 +411,7 @@ def _merge_moments(x: torch.Tensor, per_sample: bool, affine: Optional[dict]):
     parts = _moments(x, per_sample)
     segments, p, c = parts.shape[1:]
     buf = torch.empty((2 * segments + (0 if affine is None else 3), c), device=x.device, dtype=parts.dtype)
-    out = (buf[:segments], buf[segments:]) if per_sample else buf.unbind(0)
+    out = (buf[:segments], buf[segments:2 * segments]) if per_sample else buf.unbind(0)
     if c == 0 or segments == 0:
         return out
     mean = out[0]
@@ -510,7 +509,8 @@ def _coefficient_tables(coef: tuple, scale: torch.Tensor) -> list:
     """The pointwise kernel's seven coefficient pointers: ``coef``'s tables, each read like scale (its
     shape, dense, in its dtype), then scale for the ones the mode does not read."""
     tables = []
-    for name, t in zip(("k1", "k2", "k3") if len(coef) == 3 else ("a1", "a2", "a3", "b1", "b2", "b3", "b4"), coef):
+    names = ("k1", "k2", "k3") if len(coef) == 3 else ("a1", "a2", "a3", "b1", "b2", "b3", "b4")
+    for name, t in zip(names, coef):
         if t.shape != scale.shape:  # the kernel reads each table at scale's offsets: past the end of a smaller one
             raise ValueError(f"{name} must have shape {tuple(scale.shape)} like scale, got {tuple(t.shape)}")
         if t.dtype != scale.dtype:
