@@ -92,21 +92,17 @@ def _y_offsets(offs, m_start, c_start, C, S, W, BLOCK_M: tl.constexpr, BLOCK_C: 
 
 
 @triton.jit
-def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, seg_len, C, S, s_n, s_c, s_s, num_tiles, P,
-                          BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
-    """(count, mean, M2) of the tiles t = pid_p, pid_p + P, ... of segment pid_seg."""
-    pid_c = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    pid_seg = tl.program_id(2)
+def _welford_tiles(x_ptr, acc_ptr, pid_c, pid_p, pid_seg, seg_len, C, S, s_n, s_c, s_s, num_tiles, P,
+                   BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+    """(count, mean, M2) of channel block pid_c over the tiles t = pid_p, pid_p + P, ... of segment pid_seg,
+    in the dtype of ``acc_ptr``'s elements."""
     m_base = pid_seg * seg_len
     m_end = m_base + seg_len
-    acc_ty = mean_ptr.dtype.element_ty
+    acc_ty = acc_ptr.dtype.element_ty
     run_n = tl.zeros([BLOCK_C], acc_ty)
     run_mean = tl.zeros([BLOCK_C], acc_ty)
     run_m2 = tl.zeros([BLOCK_C], acc_ty)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     for t in range(pid_p, num_tiles, P):
-        # c stays the int32 vector set above: a loop-carried value may not change type (INDEX_64)
         offs, mask, _ = _tile(m_base + t * BLOCK_M, m_end, pid_c * BLOCK_C, C, S, s_n, s_c, s_s,
                               BLOCK_M, BLOCK_C, INDEX_64)
         v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
@@ -120,11 +116,48 @@ def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, seg_len, C, S, s_n, 
         run_mean = run_mean + delta * (cnt / new_n)
         run_m2 = run_m2 + tile_m2 + delta * delta * (run_n * cnt / new_n)
         run_n = new_n
+    return run_n, run_mean, run_m2
+
+
+@triton.jit
+def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, seg_len, C, S, s_n, s_c, s_s, num_tiles, P,
+                          BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+    """(count, mean, M2) of the tiles t = pid_p, pid_p + P, ... of segment pid_seg."""
+    pid_c = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    pid_seg = tl.program_id(2)
+    run_n, run_mean, run_m2 = _welford_tiles(x_ptr, mean_ptr, pid_c, pid_p, pid_seg, seg_len, C, S, s_n, s_c, s_s,
+                                             num_tiles, P, BLOCK_M, BLOCK_C, INDEX_64)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     out = (pid_seg * P + pid_p) * C + c
     tl.store(cnt_ptr + out, run_n, mask=cmask)
     tl.store(mean_ptr + out, run_mean, mask=cmask)
     tl.store(m2_ptr + out, run_m2, mask=cmask)
+
+
+@triton.jit
+def _stats_single_pass_kernel(x_ptr, out_mean_ptr, out_var_ptr, seg_len, C, S, s_n, s_c, s_s, num_tiles,
+                              w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps, momentum, unbias,
+                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
+                              VARIANCE: tl.constexpr, AFFINE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                              HAS_BIAS: tl.constexpr, HAS_RUNNING: tl.constexpr, SQRT_RN: tl.constexpr):
+    """When one program per (channel block, segment) fills the GPU (P = 1: every per-sample layer, batch norm
+    over many channels), it sees all of its segment and writes what ``_stats_finalize_kernel`` would: one
+    launch instead of two."""
+    pid_c = tl.program_id(0)
+    seg = tl.program_id(2).to(tl.int64)
+    run_n, mean, second = _welford_tiles(x_ptr, out_mean_ptr, pid_c, 0, tl.program_id(2), seg_len, C, S, s_n, s_c,
+                                         s_s, num_tiles, 1, BLOCK_M, BLOCK_C, INDEX_64)
+    if VARIANCE:
+        second = second / tl.maximum(run_n, 1.0)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    tl.store(out_mean_ptr + seg * C + c, mean, mask=cmask)
+    tl.store(out_var_ptr + seg * C + c, second, mask=cmask)
+    if AFFINE:
+        write_affine(mean, second, c, cmask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps,
+                     momentum, unbias, HAS_WEIGHT, HAS_BIAS, HAS_RUNNING, SQRT_RN)
 
 
 @triton.jit
@@ -348,15 +381,6 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _moments(x: torch.Tensor, per_sample: bool) -> torch.Tensor:
-    """(3, T, P, C) partial (count, mean, M2): T segments, P programs each."""
-    g = _geometry(x, per_sample)
-    parts = torch.empty((3, g.num_segments, g.partials, g.c), device=x.device, dtype=_acc_dtype(x))
-    _stats_partial_kernel[(g.num_cblocks, g.partials, g.num_segments)](
-        x, *parts.unbind(0), g.seg_len, *g.kernel_args, g.num_tiles, g.partials, **g.meta)
-    return parts
-
-
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of x over (N, *spatial), in float32
     (float64 for float64 x): Welford within tiles, Chan merging across them."""
@@ -403,14 +427,16 @@ def row_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opti
 
 
 def _merge_moments(x: torch.Tensor, per_sample: bool, affine: Optional[dict]):
-    """Two launches: the partial moments, then their merge per (segment, channel) into the mean and the
-    biased variance, (C,) each (batch norm, one segment), or the mean and M2, (N, C) tables (per sample,
-    a segment per sample); with ``affine`` (channel_stats_affine's arguments) the merge also writes
-    invstd, scale and shift, (C,) each.  The outputs are rows of one allocation: this runs in every
-    layer's forward, where each allocation and view costs host time."""
-    parts = _moments(x, per_sample)
-    segments, p, c = parts.shape[1:]
-    buf = torch.empty((2 * segments + (0 if affine is None else 3), c), device=x.device, dtype=parts.dtype)
+    """The per-(segment, channel) statistics: the mean and the biased variance, (C,) each (batch norm, one
+    segment), or the mean and M2, (N, C) tables (per sample, a segment per sample); with ``affine``
+    (channel_stats_affine's arguments) also invstd, scale and shift, (C,) each.  Two launches -- the partial
+    moments, then their merge -- or one where a program per segment and channel block fills the GPU.  The
+    outputs are rows of one allocation: this runs in every layer's forward, where each allocation and view
+    costs host time."""
+    g = _geometry(x, per_sample)
+    segments, c = g.num_segments, g.c
+    dtype = _acc_dtype(x)
+    buf = torch.empty((2 * segments + (0 if affine is None else 3), c), device=x.device, dtype=dtype)
     out = (buf[:segments], buf[segments:2 * segments]) if per_sample else buf.unbind(0)
     if c == 0 or segments == 0:
         return out
@@ -419,12 +445,21 @@ def _merge_moments(x: torch.Tensor, per_sample: bool, affine: Optional[dict]):
     vec = [a.get(name) if a.get(name) is not None else mean
            for name in ("weight", "bias", "running_mean", "running_var")]
     tables = out[2:] if affine else [mean] * 3
+    scalars = (a.get("eps", 0.0), a.get("momentum", 0.0), a.get("unbias", 1.0))
+    flags = dict(VARIANCE=not per_sample, AFFINE=affine is not None, HAS_WEIGHT=a.get("weight") is not None,
+                 HAS_BIAS=a.get("bias") is not None, HAS_RUNNING=a.get("running_mean") is not None,
+                 SQRT_RN=HAS_SQRT_RN)
+    if g.partials == 1:
+        _stats_single_pass_kernel[(g.num_cblocks, 1, segments)](
+            x, out[0], out[1], g.seg_len, *g.kernel_args, g.num_tiles, *vec, *tables, *scalars, **flags, **g.meta)
+        return out
+    parts = torch.empty((3, segments, g.partials, c), device=x.device, dtype=dtype)
+    _stats_partial_kernel[(g.num_cblocks, g.partials, segments)](
+        x, *parts.unbind(0), g.seg_len, *g.kernel_args, g.num_tiles, g.partials, **g.meta)
     fin_c = min(64, next_power_of_2(c))
     _stats_finalize_kernel[(cdiv(c, fin_c), segments)](
-        *parts.unbind(0), out[0], out[1], c, p, *vec, *tables, a.get("eps", 0.0),
-        a.get("momentum", 0.0), a.get("unbias", 1.0), BLOCK_P=next_power_of_2(p), BLOCK_C=fin_c,
-        VARIANCE=not per_sample, AFFINE=affine is not None, HAS_WEIGHT=a.get("weight") is not None,
-        HAS_BIAS=a.get("bias") is not None, HAS_RUNNING=a.get("running_mean") is not None, SQRT_RN=HAS_SQRT_RN)
+        *parts.unbind(0), out[0], out[1], c, g.partials, *vec, *tables, *scalars,
+        BLOCK_P=next_power_of_2(g.partials), BLOCK_C=fin_c, **flags)
     return out
 
 
