@@ -20,7 +20,7 @@ from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
 from ._layout import kernel_layout
 from ._moments import moments
-from ._norm_act import Grouping, norm_act
+from ._norm_act import Grouping, as_dtype, norm_act
 
 __all__ = ["virtual_batch_norm", "virtual_batch_reference_stats"]
 
@@ -74,7 +74,7 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
                                             activation, negative_slope, reference_batch)
     x = kernel_layout(x)
     stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mu_r, s_r = ref_mean.to(stats_dtype), ref_sq_mean.to(stats_dtype)
+    mu_r, s_r = as_dtype(ref_mean, stats_dtype), as_dtype(ref_sq_mean, stats_dtype)
     if reference_batch:
         mu, s = mu_r, s_r  # (C,)
     else:
@@ -88,8 +88,8 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
     # when the variance is tiny next to the mean and can come out negative -> clamp (see ref)
     scale = torch.rsqrt(torch.addcmul(s, mu, mu, value=-1.0).clamp_min(0) + eps)
     if weight is not None:
-        scale = scale * weight.to(stats_dtype)
-    shift = (mu * scale).neg() if bias is None else torch.addcmul(bias.to(stats_dtype), mu, scale, value=-1.0)
+        scale = scale * as_dtype(weight, stats_dtype)
+    shift = (mu * scale).neg() if bias is None else torch.addcmul(as_dtype(bias, stats_dtype), mu, scale, value=-1.0)
     # act(x * scale + shift) with differentiable (C,) or (N, C) affine tables: normalisation by mean 0
     # and invstd 1, the tables as weight and bias, and as the affine tables themselves (detached
     # aliases, so that the Function computes none and Dynamo sees no tensor passed twice).
