@@ -93,6 +93,84 @@ def test_channel_stats_affine_matches_ref(impl, device, shape, channels_last, we
         assert not torch.equal(rm, rm0)  # really updated in place
 
 
+def _triton_interpreter_or_skip():
+    from conftest import _interpreter_skip_reason
+
+    reason = _interpreter_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("partials", [1, 2, 3])
+@pytest.mark.parametrize("shape,channels_last", [((3, 2, 1500), False), ((2, 64, 10, 10), True)])
+@pytest.mark.parametrize("running", [True, False])
+def test_triton_statistics_single_pass_and_merged_partials_match_ref(partials, shape, channels_last, running,
+                                                                     monkeypatch):
+    """The Triton statistics take one kernel where one program per channel block and segment sees its whole
+    segment (partials = 1) and partials + a merge kernel otherwise.  On a GPU which one runs depends on its
+    size; the interpreter sizes launches for few programs, so each is forced here on shapes of several tiles
+    (NCHW: 4500 positions of 2048-wide tiles; channels-last: 200 of 64), batch and per-sample statistics."""
+    _triton_interpreter_or_skip()
+    from fastgan.kernels import batch_norm_act as tk
+
+    monkeypatch.setattr(tk._Geometry, "_num_partials", lambda self, x: min(self.num_tiles, partials))
+    monkeypatch.setattr(tk, "_GEOMETRIES", {})
+    x = torch.randn(shape) * 2 + 0.5
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    c = shape[1]
+    _, _, w, b, rm, rv = _inputs(c, torch.float32, "cpu", True, True, running)
+    rm_ref, rv_ref = (rm.clone(), rv.clone()) if running else (None, None)
+    assert tk._geometry(x, False).partials == min(tk._geometry(x, False).num_tiles, partials)
+    assert tk._geometry(x, False).num_tiles >= 3  # so that partials 2 and 3 really split the segment
+    got = tk.channel_stats_affine(x, w, b, rm, rv, 0.3, 1e-5)
+    want = ref_channel_stats_affine(x, w, b, rm_ref, rv_ref, 0.3, 1e-5)
+    for name, g, e in zip(("mean", "var", "invstd", "scale", "shift"), got, want):
+        assert_close(g, e, torch.float32, name=name)
+    if running:
+        assert_close(rm, rm_ref, torch.float32, name="running_mean")
+        assert_close(rv, rv_ref, torch.float32, name="running_var")
+    # per sample: each sample a segment (instance / group / layer norm's moments)
+    row_mean, row_m2 = tk.row_moments(x)
+    flat = x.reshape(shape[0], c, -1).double()
+    mean_ref, m2_ref = _moments(flat)
+    assert_close(row_mean, mean_ref.float(), torch.float32, name="row_mean")
+    assert_close(row_m2, m2_ref.float(), torch.float32, name="row_m2")
+
+
+@pytest.mark.parametrize("partials", [1, 3])
+@pytest.mark.parametrize("shape,channels_last", [((3, 2, 1500), False), ((2, 64, 10, 10), True)])
+def test_triton_layer_with_single_or_merged_partials_matches_ref(partials, shape, channels_last, monkeypatch):
+    """A whole fused batch norm layer -- forward, backward, double backward -- with its reductions (statistics
+    and gradient sums) in one program per segment or split into partials and merged, against ref."""
+    _triton_interpreter_or_skip()
+    from fastgan import reference
+    from fastgan.kernels import batch_norm_act as tk
+    from fastgan.ops import batch_norm_act
+
+    monkeypatch.setattr(tk._Geometry, "_num_partials", lambda self, x: min(self.num_tiles, partials))
+    monkeypatch.setattr(tk, "_GEOMETRIES", {})
+    x = torch.randn(shape) * 2 + 0.5
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    c = shape[1]
+    w, b = torch.randn(c) + 1, torch.randn(c)
+    outs = []
+    for fn in (lambda *a: batch_norm_act(*a, impl="triton"), reference.batch_norm_act):
+        xi, wi, bi = (t.clone().requires_grad_() for t in (x, w, b))
+        y = fn(xi, None, None, wi, bi, True, 0.1, 1e-5, "leaky_relu", 0.2)
+        gx, gw = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), (xi, wi),
+                                     create_graph=True)
+        penalty = gx.square().sum() + gw.square().sum()
+        outs.append((y, gx, gw, *torch.autograd.grad(penalty, (xi, wi, bi), allow_unused=True)))
+    names = ("y", "dx", "dw", "ggx", "ggw", "ggb")
+    for name, got, want in zip(names, *outs):
+        if want is None:
+            assert got is None or not got.any(), name
+            continue
+        assert_close(got, want, torch.float32, name=name)
+
+
 def test_channel_stats_affine_ref_is_channel_stats_then_stats_affine():
     x = torch.randn(4, 3, 5, dtype=torch.float64)
     w, b = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
