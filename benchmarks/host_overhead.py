@@ -79,7 +79,8 @@ def emulated_cuda_backend(python_autograd: bool = False):
 
 
 # The Triton kernel modules fastgan's norm layers launch from (their @triton.jit objects are stubbed out on a CPU).
-TRITON_KERNEL_MODULES = ("batch_norm_act", "backward_coefficients", "double_coefficients", "stats_affine")
+TRITON_KERNEL_MODULES = ("batch_norm_act", "backward_coefficients", "double_coefficients", "stats_affine",
+                         "virtual_stats_affine")
 
 
 class _NoLaunch:
@@ -153,7 +154,8 @@ def measure(layers: int = 10, repeats: int = 5, calls: int = 200, device: str = 
 
 
 def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
-    from fastgan.ops import batch_norm_act, layer_norm_act, pixel_shuffle_batch_norm_act
+    from fastgan import reference
+    from fastgan.ops import batch_norm_act, layer_norm_act, pixel_shuffle_batch_norm_act, virtual_batch_norm
 
     c = CHANNELS
     x = torch.randn(2, c, 2, 2, device=device, requires_grad=True)
@@ -162,6 +164,7 @@ def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
     b = torch.zeros(c, device=device, requires_grad=True)
     rm, rv = torch.zeros(c, device=device), torch.ones(c, device=device)
     fused_bn = lambda h: batch_norm_act(h, rm, rv, w, b, impl="cuda")  # noqa: E731
+    vbn = {"activation": "leaky_relu"}
     # pixel shuffle (r = 2) to C / 4 channels; its output viewed back as the input's shape, so layers chain
     q = c // 4
     wq, bq = w[:q].detach().requires_grad_(), b[:q].detach().requires_grad_()
@@ -188,6 +191,13 @@ def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
             contextlib.nullcontext),
         "eager group_norm(1) + leaky_relu": (lambda h: F.leaky_relu(F.group_norm(h, 1, w, b), 0.2),
                                              contextlib.nullcontext),
+        # virtual batch norm's live pass against reference statistics (mean 0, mean of squares 1)
+        "fastgan virtual_batch_norm (CUDA backend)": (
+            lambda h: virtual_batch_norm(h, rm, rv, 64, w, b, **vbn, impl="cuda"), cpp),
+        "fastgan virtual_batch_norm (Triton backend)": (
+            lambda h: virtual_batch_norm(h, rm, rv, 64, w, b, **vbn, impl="triton"), triton_backend),
+        "reference virtual_batch_norm (eager)": (lambda h: reference.virtual_batch_norm(h, rm, rv, 64, w, b, **vbn),
+                                                 contextlib.nullcontext),
     }
     def forward(layer):
         h = x

@@ -214,6 +214,8 @@ def _triton_kernels(op_module: str):
         from .kernels import penalty as module
     elif op_module == "minibatch_discrimination":
         from .kernels import minibatch_discrimination as module
+    elif op_module == "virtual_stats_affine":
+        from .kernels import virtual_stats_affine as module
     else:
         raise ValueError(f"no Triton kernel module {op_module!r}")
     return module

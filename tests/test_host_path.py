@@ -87,13 +87,17 @@ def test_host_overhead_script_runs():
 
     from fastgan.kernels import batch_norm_act as triton_kernels
 
+    from fastgan.kernels import virtual_stats_affine as vbn_kernels
+
     kernels, resolve, triton_forward = _backend.kernels, _backend.resolve, triton_kernels._pointwise_kernel
+    vbn_forward = vbn_kernels._virtual_stats_affine_kernel
     results = host_overhead.measure(layers=2, repeats=1, calls=3)
     names = {name for name, _ in results}
-    assert len(names) == 10 and sum(n.startswith("fastgan") for n in names) == 7
+    assert len(names) == 13 and sum(n.startswith("fastgan") for n in names) == 9
     assert {what for _, what in results} == {"forward", "forward+backward", "double backward"}
-    assert len(results) == 30 and all(us > 0 for us in results.values())
+    assert len(results) == 39 and all(us > 0 for us in results.values())
     # restored: the backend choice, the C++ autograd routing, the emulator's kernels and Triton's kernels run again
     assert _backend.kernels is kernels and _backend.resolve is resolve and _norm_act.cpp_autograd_fits(None, None)
     assert triton_kernels._pointwise_kernel is triton_forward
+    assert vbn_kernels._virtual_stats_affine_kernel is vbn_forward
     assert "FASTGAN_EMU_SKIP_KERNELS" not in os.environ

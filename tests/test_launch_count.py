@@ -89,8 +89,8 @@ def test_fused_layers_launch_no_more_than_eager_ones():
     launch as many operators as eager's or fewer; the pixel-shuffle layers more (their per-output-channel
     tables repeated to the input channels, two launches, and the parameters' gradients summed back),
     held at these counts (they were 6 + 4 and 18 + 4, then 4 + 4 and 8 + 4 with the tables repeated
-    in Python, whose autograd nodes cost more host time than the launch saved); virtual batch norm's
-    forward fewer than its plain-PyTorch twin (its backward about as many)."""
+    in Python, whose autograd nodes cost more host time than the launch saved); virtual batch norm
+    far fewer than its plain-PyTorch twin, its tables one launch each way."""
     import layer_launches
 
     rows = {r["layer"]: r for r in layer_launches.table()}
@@ -99,6 +99,8 @@ def test_fused_layers_launch_no_more_than_eager_ones():
     assert rows["pixel_shuffle_act (r=2, bias)"]["fastgan"] == (5, 4), rows["pixel_shuffle_act (r=2, bias)"]
     assert rows["pixel_shuffle_batch_norm_act (r=2)"]["fastgan"] == (4, 4), rows["pixel_shuffle_batch_norm_act (r=2)"]
     assert "fastgan.channel_stats_affine" in rows["pixel_shuffle_batch_norm_act (r=2)"]["fastgan_forward_ops"]
-    # virtual batch norm: its per-sample tables are Python arithmetic (forward 23 before this session)
+    # virtual batch norm: 23 + 33 with its per-sample tables as Python arithmetic, 14 + 33 with fewer of
+    # it, 5 + 12 with virtual_stats_affine and its backward kernel
     vbn = rows["virtual_batch_norm (live pass)"]
-    assert vbn["fastgan"][0] <= 14 and vbn["fastgan"][0] < vbn["eager"][0], vbn
+    assert vbn["fastgan"][0] <= 5 and vbn["fastgan"][1] <= 12, vbn
+    assert "fastgan.virtual_stats_affine" in vbn["fastgan_forward_ops"], vbn

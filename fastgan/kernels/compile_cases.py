@@ -124,17 +124,22 @@ def _per_sample_norm_cases(tag, shape, fmt, dtype) -> list[Case]:
 def _virtual_batch_norm_cases(tag, shape, fmt, dtype) -> list[Case]:
     c = shape[1]
 
+    def vbn(x, x_ref, w, b):
+        mean, sq_mean = ops.virtual_batch_reference_stats(x_ref, impl="triton")
+        y_ref = ops.virtual_batch_norm(x_ref, mean, sq_mean, shape[0], w, b, activation="leaky_relu", impl="triton",
+                                       reference_batch=True)
+        return ops.virtual_batch_norm(x, mean, sq_mean, shape[0], w, b, activation="leaky_relu", impl="triton"), y_ref
+
+    def inputs():
+        return (_input(shape, dtype, fmt), _input(shape, dtype, fmt), *_params(c, dtype))
+
     def run():
-        w, b = _params(c, dtype)
-        x_ref = _input(shape, dtype, fmt)
+        forward_backward_double(vbn, *inputs())
 
-        def vbn(x, x_ref, w, b):
-            mean, sq_mean = ops.virtual_batch_reference_stats(x_ref, impl="triton")
-            return ops.virtual_batch_norm(x, mean, sq_mean, shape[0], w, b, activation="leaky_relu", impl="triton")
+    def first_order():  # the tables' backward kernels (differentiated again, the tables take the reference)
+        _weighted_sum(vbn(*inputs())).backward()
 
-        forward_backward_double(vbn, _input(shape, dtype, fmt), x_ref, w, b)
-
-    return [(f"virtual_batch_norm {tag} {dtype}", run)]
+    return [(f"virtual_batch_norm {tag} {dtype}", run), (f"virtual_batch_norm first order {tag} {dtype}", first_order)]
 
 
 def _pixel_shuffle_cases(tag, shape, fmt, dtype) -> list[Case]:

@@ -36,7 +36,7 @@ _BLOCK = 256
 
 
 @triton.jit
-def _inverse_sqrt(v, eps, SQRT_RN: tl.constexpr):
+def inverse_sqrt(v, eps, SQRT_RN: tl.constexpr):
     """1 / sqrt(v + eps), each step correctly rounded where this Triton has sqrt_rn."""
     if SQRT_RN:
         return 1.0 / tl.sqrt_rn(v + eps)
@@ -72,7 +72,7 @@ def write_affine(m, v, c, mask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_
                  SQRT_RN: tl.constexpr):
     """stats_affine for the channels ``c`` with mean m and biased variance v: invstd, scale, shift
     stored, running stats updated.  Shared with channel_stats_affine's merge kernel."""
-    r = _inverse_sqrt(v, eps, SQRT_RN)
+    r = inverse_sqrt(v, eps, SQRT_RN)
     s, sh = _affine(r, m, w_ptr, b_ptr, c, mask, HAS_WEIGHT, HAS_BIAS)
     tl.store(invstd_ptr + c, r, mask=mask)
     tl.store(scale_ptr + c, s, mask=mask)
@@ -131,7 +131,7 @@ def _group_stats_affine_kernel(rm_ptr, m2_ptr, w_ptr, b_ptr, mean_ptr, invstd_pt
     mean = tl.sum(rm, axis=0) / count
     d = tl.where(mask, rm - mean, 0.0)
     var = (tl.sum(m2, axis=0) + positions * tl.sum(d * d, axis=0)) / (positions * count)
-    r = _inverse_sqrt(var, eps, SQRT_RN)
+    r = inverse_sqrt(var, eps, SQRT_RN)
     s, sh = _affine(r, tl.zeros_like(rm) + mean, w_ptr, b_ptr, ch, mask, HAS_WEIGHT, HAS_BIAS)
     tl.store(mean_ptr + offs, tl.zeros_like(rm) + mean, mask=mask)
     tl.store(invstd_ptr + offs, tl.zeros_like(rm) + r, mask=mask)

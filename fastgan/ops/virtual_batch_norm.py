@@ -1,12 +1,14 @@
 """Fused virtual batch normalization (formula in ``fastgan/reference/virtual_batch_norm.py``).
 
-Two kernels forward: the per-(n, c) spatial moments (or, for the reference
-batch, the per-channel moments) and one fused normalise + affine +
-activation pass.  The statistics mix the example's own moments with the
-reference statistics in small (N, C) tables, in plain differentiable
-PyTorch, so autograd carries the derivatives into x, ref_mean, ref_sq_mean,
-weight and bias; the two big passes are the norm family's twice-
-differentiable Functions (``_moments.py``, ``_norm_act.py``).
+Three launches forward: the per-(n, c) spatial moments (or, for the reference
+batch, the per-channel moments), ``virtual_stats_affine`` (the moments mixed
+with the reference statistics into per-example affine tables, one launch where
+PyTorch arithmetic takes about a dozen) and one fused normalise + affine +
+activation pass.  The tables' Function has its own backward kernel (one launch
+where autograd of the arithmetic takes about twenty); differentiated again (a
+gradient penalty through the layer) its backward is autograd of the reference
+arithmetic.  The two big passes are the norm family's twice-differentiable
+Functions (``_moments.py``, ``_norm_act.py``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 from .. import _backend, reference
 from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
+from ..reference.virtual_batch_norm import virtual_stats_affine as reference_virtual_stats_affine
 from ._layout import kernel_layout
 from ._moments import moments
 from ._norm_act import Grouping, as_dtype, norm_act
@@ -75,25 +78,49 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
     x = kernel_layout(x)
     stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     mu_r, s_r = as_dtype(ref_mean, stats_dtype), as_dtype(ref_sq_mean, stats_dtype)
-    if reference_batch:
-        mu, s = mu_r, s_r  # (C,)
-    else:
-        a = 1.0 / (ref_count + 1)
+    own_mean = own_sq = None
+    if not reference_batch:
         own_mean, own_sq = moments(x, True, backend)  # (N, C)
-        # a * own + (1 - a) * ref, one launch each (these table ops run in every call, and launches
-        # are what a host-bound step pays)
-        mu = torch.lerp(mu_r, own_mean, a)
-        s = torch.lerp(s_r, own_sq, a)
-    # s - mu^2 is E[x^2] - E[x]^2 (the paper's statistics): it cancels catastrophically
-    # when the variance is tiny next to the mean and can come out negative -> clamp (see ref)
-    scale = torch.rsqrt(torch.addcmul(s, mu, mu, value=-1.0).clamp_min(0) + eps)
-    if weight is not None:
-        scale = scale * as_dtype(weight, stats_dtype)
-    shift = (mu * scale).neg() if bias is None else torch.addcmul(as_dtype(bias, stats_dtype), mu, scale, value=-1.0)
+    w, b = (None if t is None else as_dtype(t, stats_dtype) for t in (weight, bias))
+    scale, shift, identity = VirtualStatsAffineFn.apply(own_mean, own_sq, mu_r, s_r, w, b, 1.0 / (ref_count + 1),
+                                                        float(eps), backend)
     # act(x * scale + shift) with differentiable (C,) or (N, C) affine tables: normalisation by mean 0
-    # and invstd 1, the tables as weight and bias, and as the affine tables themselves (detached
-    # aliases, so that the Function computes none and Dynamo sees no tensor passed twice).
-    zero, one = torch.zeros_like(scale), torch.ones_like(scale)
-    grouping = Grouping(per_sample=scale.dim() == 2, groups=x.shape[1], batch_stats=False)
-    return norm_act(x, scale, shift, zero, one, grouping, act, slope, backend, scale.detach(),
-                           shift.detach())
+    # and invstd 1 (identity, from the same launch), the tables as weight and bias, and as the affine
+    # tables themselves (detached aliases, so that the Function computes none and Dynamo sees no
+    # tensor passed twice).
+    grouping = Grouping(per_sample=not reference_batch, groups=x.shape[1], batch_stats=False)
+    return norm_act(x, scale, shift, identity[0], identity[1], grouping, act, slope, backend, scale.detach(),
+                    shift.detach())
+
+
+class VirtualStatsAffineFn(torch.autograd.Function):
+    """(scale, shift, identity) = virtual_stats_affine(own_mean, own_sq, ref_mean, ref_sq, weight, bias, mix,
+    eps) (``fastgan.reference.virtual_batch_norm``), one kernel each way; own_mean / own_sq, weight, bias
+    may be None.  identity is not differentiable."""
+
+    @staticmethod
+    def forward(ctx, own_mean, own_sq, ref_mean, ref_sq, weight, bias, mix, eps, backend):
+        k = _backend.kernels(backend, "virtual_stats_affine")
+        scale, shift, identity = k.virtual_stats_affine(own_mean, own_sq, ref_mean, ref_sq, weight, bias, mix, eps)
+        ctx.mark_non_differentiable(identity)
+        ctx.save_for_backward(own_mean, own_sq, ref_mean, ref_sq, weight, bias)
+        ctx.mix, ctx.eps, ctx.backend = mix, eps, backend
+        return scale, shift, identity
+
+    @staticmethod
+    def backward(ctx, g_scale, g_shift, _g_identity):
+        saved = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[:6]
+        if torch.is_grad_enabled():
+            # create_graph (a penalty differentiates this backward): autograd of the reference arithmetic
+            # on the saved inputs, which keep their graph, so the result is differentiable again
+            inputs = [t for t, want in zip(saved, wanted) if want]
+            scale, shift, _ = reference_virtual_stats_affine(*saved, ctx.mix, ctx.eps)
+            grads = iter(torch.autograd.grad((scale, shift), inputs, (g_scale, g_shift), create_graph=True))
+            return (*(next(grads) if want else None for want in wanted), None, None, None)
+        own_mean, own_sq, ref_mean, ref_sq, weight, _bias = saved
+        k = _backend.kernels(ctx.backend, "virtual_stats_affine")
+        g_own, g_channel = k.virtual_stats_affine_backward(g_scale, g_shift, own_mean, own_sq, ref_mean, ref_sq,
+                                                           weight, ctx.mix, ctx.eps)
+        grads = ((g_own[0], g_own[1]) if own_mean is not None else (None, None)) + tuple(g_channel.unbind(0))
+        return (*(g if want else None for g, want in zip(grads, wanted)), None, None, None)

@@ -64,3 +64,46 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
     if bias is not None:
         y = y + bias.to(xc.dtype).view(shape)
     return apply_activation(y, activation, negative_slope).to(x.dtype)
+
+
+def virtual_stats_affine(own_mean: Optional[torch.Tensor], own_sq: Optional[torch.Tensor], ref_mean: torch.Tensor,
+                         ref_sq: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                         mix: float, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scale, shift, identity): the per-example affine tables of virtual batch norm, with
+    ``z = x * scale + shift`` the normalised, affine-transformed x; differentiable.  The
+    reference of the ``virtual_stats_affine`` kernels, which compute them in one launch.
+
+    own_mean, own_sq: (N, C) spatial means of x and x^2 of the live examples, or None for the
+    reference batch itself (then the tables are (C,) and mix is unused); ref_mean, ref_sq,
+    weight, bias: (C,); mix: a = 1 / (N_ref + 1).  identity: (2, *scale.shape) zeros and ones
+    (the mean and invstd of a normalisation the tables already hold), not differentiable.
+    """
+    if own_mean is None:
+        mu, s = ref_mean, ref_sq
+    else:
+        mu, s = torch.lerp(ref_mean, own_mean, mix), torch.lerp(ref_sq, own_sq, mix)
+    invstd = torch.rsqrt((s - mu * mu).clamp_min(0) + eps)
+    scale = invstd if weight is None else invstd * weight
+    shift = -(mu * scale) if bias is None else bias - mu * scale
+    identity = torch.stack([torch.zeros_like(scale), torch.ones_like(scale)]).detach()
+    return scale, shift, identity
+
+
+def virtual_stats_affine_backward(g_scale: torch.Tensor, g_shift: torch.Tensor, own_mean: Optional[torch.Tensor],
+                                  own_sq: Optional[torch.Tensor], ref_mean: torch.Tensor, ref_sq: torch.Tensor,
+                                  weight: Optional[torch.Tensor], mix: float,
+                                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of ``virtual_stats_affine``'s (scale, shift) given theirs: (g_own, g_channel) with
+    g_own (2, N, C) those of own_mean and own_sq ((2, 0, C) without them) and g_channel (4, C) those
+    of ref_mean, ref_sq, weight and bias (each whether or not it was given).  The reference of the
+    ``virtual_stats_affine_backward`` kernels: autograd of ``virtual_stats_affine``."""
+    c = ref_mean.shape[0]
+    leaf = lambda t: t.detach().requires_grad_()  # noqa: E731
+    own = [] if own_mean is None else [leaf(own_mean), leaf(own_sq)]
+    channel = [leaf(ref_mean), leaf(ref_sq), leaf(torch.ones_like(ref_mean) if weight is None else weight),
+               leaf(torch.zeros_like(ref_mean))]
+    with torch.enable_grad():
+        scale, shift, _ = virtual_stats_affine(*(own or [None, None]), *channel, mix, eps)
+        grads = torch.autograd.grad((scale, shift), own + channel, (g_scale, g_shift))
+    g_own = torch.stack(grads[:2]) if own else ref_mean.new_zeros((2, 0, c))
+    return g_own, torch.stack(grads[len(own):])
