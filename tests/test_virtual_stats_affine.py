@@ -113,3 +113,26 @@ def test_op_errors(impl, device):
     g = torch.zeros(3, 5, device=device)
     with pytest.raises(ValueError, match="g_scale"):
         k.virtual_stats_affine_backward(g, g, own_mean, own_sq, ref_mean, ref_sq, w, 0.2, 1e-5)
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+def test_stacked_layers_double_backward(impl, device):
+    """Two layers sharing weight, bias and reference statistics, differentiated twice: the second layer's
+    tables reach the shared parameters both directly and through the first layer, and their
+    differentiable backward must count only the direct path (the engine takes the other)."""
+    x = torch.randn(3, 4, 3, 3, device=device, dtype=torch.float64)
+    x_ref = torch.randn(5, 4, 3, 3, device=device, dtype=torch.float64)
+    w, b = torch.rand(4, device=device, dtype=torch.float64) + 0.5, torch.randn(4, device=device, dtype=torch.float64)
+
+    def run(impl):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, x_ref, w, b)]
+        mu, sq = virtual_batch_reference_stats(leaves[1], impl=impl)
+        layer = lambda h: virtual_batch_norm(h, mu, sq, 5, leaves[2], leaves[3], 1e-5, "leaky_relu",  # noqa: E731
+                                             impl=impl)
+        y = layer(layer(leaves[0]))
+        first = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).reshape(y.shape).to(y)).sum(), leaves,
+                                    create_graph=True)
+        return [*first, *torch.autograd.grad(sum((g ** 2).sum() for g in first), leaves)]
+
+    for name, g, e in zip(("dx", "dx_ref", "dw", "db", "ddx", "ddx_ref", "ddw", "ddb"), run(impl), run("ref")):
+        assert_close(g, e, torch.float64, name=name)

@@ -112,10 +112,14 @@ class VirtualStatsAffineFn(torch.autograd.Function):
         saved = ctx.saved_tensors
         wanted = ctx.needs_input_grad[:6]
         if torch.is_grad_enabled():
-            # create_graph (a penalty differentiates this backward): autograd of the reference arithmetic
-            # on the saved inputs, which keep their graph, so the result is differentiable again
-            inputs = [t for t, want in zip(saved, wanted) if want]
-            scale, shift, _ = reference_virtual_stats_affine(*saved, ctx.mix, ctx.eps)
+            # create_graph (a penalty differentiates this backward): autograd of the reference arithmetic,
+            # differentiable again.  It runs on aliases of the saved inputs (views: new graph nodes whose
+            # gradient flows on into the inputs): differentiating with respect to the inputs themselves
+            # would also follow every other path from these tables to them -- through earlier layers to
+            # a weight they share -- which the engine running this backward already takes.
+            aliases = [None if t is None else t.view_as(t) for t in saved]
+            scale, shift, _ = reference_virtual_stats_affine(*aliases, ctx.mix, ctx.eps)
+            inputs = [t for t, want in zip(aliases, wanted) if want]
             grads = iter(torch.autograd.grad((scale, shift), inputs, (g_scale, g_shift), create_graph=True))
             return (*(next(grads) if want else None for want in wanted), None, None, None)
         own_mean, own_sq, ref_mean, ref_sq, weight, _bias = saved
