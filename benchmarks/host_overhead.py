@@ -22,7 +22,8 @@ saves, and on the Triton backend itself (its kernels stubbed out, so what is
 timed is fastgan's Python on that path: Functions, launch sizing,
 allocations; Triton's own launcher, per launch, shows only on a GPU).  So is
 pixel shuffle + batch norm (r = 2, each layer's output viewed back to its
-input's shape so that layers chain), twice.  Timings on a shared machine are
+input's shape so that layers chain), twice, and virtual batch norm's live
+pass on both backends next to ``fastgan.reference.virtual_batch_norm``.  Timings on a shared machine are
 noisy: the best of ``--repeats`` runs is printed.  The GPU suite's step
 timings are what speed claims rest on.  Needs a C++ compiler (the first run
 builds the emulator, about two minutes).  ``--device cuda`` on a GPU machine
