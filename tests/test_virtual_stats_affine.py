@@ -8,6 +8,7 @@ from fastgan.ops import virtual_batch_norm, virtual_batch_reference_stats
 from fastgan.ops import virtual_batch_norm as vbn_module
 from fastgan.reference.virtual_batch_norm import virtual_stats_affine as ref_tables
 from fastgan.reference.virtual_batch_norm import virtual_stats_affine_backward as ref_tables_backward
+from fastgan.reference.virtual_batch_norm import virtual_stats_affine_vjp as ref_vjp
 
 from _tolerances import assert_close
 from conftest import all_backend_params
@@ -61,14 +62,24 @@ def test_fast_matches_ref(impl, device, n, c, own, weight, bias, dtype):
         assert n == 1 or (got[0][1, 1:] != 0).any()
 
 
-def test_ref_backward_is_autograd_of_the_tables():
-    own_mean, own_sq, ref_mean, ref_sq, w, b = (t.requires_grad_() for t in
-                                                _inputs(4, 3, torch.float64, "cpu", True, True, True))
-    scale, shift, _ = ref_tables(own_mean, own_sq, ref_mean, ref_sq, w, b, 0.25, 1e-5)
-    g_scale, g_shift = torch.randn_like(scale), torch.randn_like(shift)
-    want = torch.autograd.grad((scale, shift), (own_mean, own_sq, ref_mean, ref_sq, w, b), (g_scale, g_shift))
-    g_own, g_channel = ref_tables_backward(g_scale, g_shift, own_mean, own_sq, ref_mean, ref_sq, w, 0.25, 1e-5)
-    for g, e in zip([*g_own, *g_channel], want):
+@pytest.mark.parametrize("own", [True, False])
+@pytest.mark.parametrize("weight", [True, False])
+def test_ref_backward_is_autograd_of_the_tables(own, weight):
+    """The reference's written-out vector-Jacobian product (what the kernels and the differentiable
+    backward follow) is autograd of the tables, the clamped row included; and differentiable again."""
+    inputs = [None if t is None else t.requires_grad_()
+              for t in _inputs(4, 3, torch.float64, "cpu", own, weight, True)]
+    scale, shift, _ = ref_tables(*inputs, 0.25, 1e-5)
+    g_scale, g_shift = torch.randn_like(scale, requires_grad=True), torch.randn_like(shift, requires_grad=True)
+    given = [t for t in inputs if t is not None]
+    want = torch.autograd.grad((scale, shift), given, (g_scale, g_shift), create_graph=True)
+    got = [g for g, t in zip(ref_vjp(g_scale, g_shift, *inputs[:5], 0.25, 1e-5), inputs) if t is not None]
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e)
+    probe = [torch.randn_like(e) for e in want]
+    second = lambda grads: torch.autograd.grad(sum((p * g).sum() for p, g in zip(probe, grads)),  # noqa: E731
+                                               given + [g_scale, g_shift], retain_graph=True, allow_unused=True)
+    for g, e in zip(second(got), second(want)):
         torch.testing.assert_close(g, e)
 
 
@@ -95,7 +106,7 @@ def test_layer_first_order_runs_the_backward_kernel(impl, device, dtype, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("the first-order backward ran the reference arithmetic")
 
-    monkeypatch.setattr(vbn_ops, "reference_virtual_stats_affine", refuse)
+    monkeypatch.setattr(vbn_ops, "reference_virtual_stats_affine_vjp", refuse)
     for name, g, e in zip(("y", "y_ref", "dx", "dx_ref", "dw", "db"), run(impl), expected):
         assert_close(g, e, dtype, scale=1.0 if name.startswith("y") else 4.0, name=name)
 

@@ -6,8 +6,8 @@ with the reference statistics into per-example affine tables, one launch where
 PyTorch arithmetic takes about a dozen) and one fused normalise + affine +
 activation pass.  The tables' Function has its own backward kernel (one launch
 where autograd of the arithmetic takes about twenty); differentiated again (a
-gradient penalty through the layer) its backward is autograd of the reference
-arithmetic.  The two big passes are the norm family's twice-differentiable
+gradient penalty through the layer) its backward is the reference's
+vector-Jacobian product in plain PyTorch.  The two big passes are the norm family's twice-differentiable
 Functions (``_moments.py``, ``_norm_act.py``).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from .. import _backend, reference
 from .._activation import activation_code
 from .._validation import check_channel_vector, check_positive_float, check_tensor
-from ..reference.virtual_batch_norm import virtual_stats_affine as reference_virtual_stats_affine
+from ..reference.virtual_batch_norm import virtual_stats_affine_vjp as reference_virtual_stats_affine_vjp
 from ._layout import kernel_layout
 from ._moments import moments
 from ._norm_act import Grouping, as_dtype, norm_act
@@ -112,16 +112,10 @@ class VirtualStatsAffineFn(torch.autograd.Function):
         saved = ctx.saved_tensors
         wanted = ctx.needs_input_grad[:6]
         if torch.is_grad_enabled():
-            # create_graph (a penalty differentiates this backward): autograd of the reference arithmetic,
-            # differentiable again.  It runs on aliases of the saved inputs (views: new graph nodes whose
-            # gradient flows on into the inputs): differentiating with respect to the inputs themselves
-            # would also follow every other path from these tables to them -- through earlier layers to
-            # a weight they share -- which the engine running this backward already takes.
-            aliases = [None if t is None else t.view_as(t) for t in saved]
-            scale, shift, _ = reference_virtual_stats_affine(*aliases, ctx.mix, ctx.eps)
-            inputs = [t for t, want in zip(aliases, wanted) if want]
-            grads = iter(torch.autograd.grad((scale, shift), inputs, (g_scale, g_shift), create_graph=True))
-            return (*(next(grads) if want else None for want in wanted), None, None, None)
+            # create_graph (a penalty differentiates this backward): the reference's vector-Jacobian
+            # product, plain PyTorch on the saved inputs, differentiable again
+            grads = reference_virtual_stats_affine_vjp(g_scale, g_shift, *saved[:5], ctx.mix, ctx.eps)
+            return (*(g if want else None for g, want in zip(grads, wanted)), None, None, None)
         own_mean, own_sq, ref_mean, ref_sq, weight, _bias = saved
         k = _backend.kernels(ctx.backend, "virtual_stats_affine")
         g_own, g_channel = k.virtual_stats_affine_backward(g_scale, g_shift, own_mean, own_sq, ref_mean, ref_sq,

@@ -89,21 +89,41 @@ def virtual_stats_affine(own_mean: Optional[torch.Tensor], own_sq: Optional[torc
     return scale, shift, identity
 
 
+def virtual_stats_affine_vjp(g_scale: torch.Tensor, g_shift: torch.Tensor, own_mean: Optional[torch.Tensor],
+                             own_sq: Optional[torch.Tensor], ref_mean: torch.Tensor, ref_sq: torch.Tensor,
+                             weight: Optional[torch.Tensor], mix: float, eps: float) -> tuple:
+    """The gradients of ``virtual_stats_affine``'s (scale, shift) given theirs, as differentiable
+    PyTorch: those of (own_mean, own_sq, ref_mean, ref_sq, weight, bias), own_mean's and own_sq's
+    None without them, weight's and bias's whether or not they were given.  With G = g_scale - mu g_shift the whole gradient of scale
+    (shift = b - mu scale)::
+
+        g_w = sum G r,  g_b = sum g_shift,  g_var = G w (-r^3 / 2) where s - mu^2 > 0 (the clamp),
+        g_mu = -scale g_shift - 2 mu g_var,  g_s = g_var,
+        own: a g_mu, a g_s;  reference: sum (1 - a) g_mu, sum (1 - a) g_s   (sums over examples)."""
+    own = own_mean is not None
+    mu, s = (torch.lerp(ref_mean, own_mean, mix), torch.lerp(ref_sq, own_sq, mix)) if own else (ref_mean, ref_sq)
+    var = torch.addcmul(s, mu, mu, value=-1.0)
+    r = torch.rsqrt(var.clamp_min(0) + eps)
+    scale = r if weight is None else r * weight
+    g = torch.addcmul(g_scale, mu, g_shift, value=-1.0)
+    g_r = g if weight is None else g * weight
+    g_var = torch.where(var > 0, g_r * r.pow(3) * -0.5, torch.zeros_like(var))
+    g_mu = torch.addcmul(-(scale * g_shift), mu, g_var, value=-2.0)
+    per_channel = (lambda t: t.sum(0)) if own else (lambda t: t)  # noqa: E731
+    g_w, g_b = per_channel(g * r), per_channel(g_shift)
+    if not own:
+        return None, None, g_mu, g_var, g_w, g_b
+    return g_mu * mix, g_var * mix, g_mu.sum(0) * (1 - mix), g_var.sum(0) * (1 - mix), g_w, g_b
+
+
 def virtual_stats_affine_backward(g_scale: torch.Tensor, g_shift: torch.Tensor, own_mean: Optional[torch.Tensor],
                                   own_sq: Optional[torch.Tensor], ref_mean: torch.Tensor, ref_sq: torch.Tensor,
                                   weight: Optional[torch.Tensor], mix: float,
                                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradients of ``virtual_stats_affine``'s (scale, shift) given theirs: (g_own, g_channel) with
-    g_own (2, N, C) those of own_mean and own_sq ((2, 0, C) without them) and g_channel (4, C) those
-    of ref_mean, ref_sq, weight and bias (each whether or not it was given).  The reference of the
-    ``virtual_stats_affine_backward`` kernels: autograd of ``virtual_stats_affine``."""
-    c = ref_mean.shape[0]
-    leaf = lambda t: t.detach().requires_grad_()  # noqa: E731
-    own = [] if own_mean is None else [leaf(own_mean), leaf(own_sq)]
-    channel = [leaf(ref_mean), leaf(ref_sq), leaf(torch.ones_like(ref_mean) if weight is None else weight),
-               leaf(torch.zeros_like(ref_mean))]
-    with torch.enable_grad():
-        scale, shift, _ = virtual_stats_affine(*(own or [None, None]), *channel, mix, eps)
-        grads = torch.autograd.grad((scale, shift), own + channel, (g_scale, g_shift))
-    g_own = torch.stack(grads[:2]) if own else ref_mean.new_zeros((2, 0, c))
-    return g_own, torch.stack(grads[len(own):])
+    """``virtual_stats_affine_vjp`` as the ``virtual_stats_affine_backward`` kernels return it, their
+    reference: (g_own, g_channel), g_own (2, N, C) the gradients of own_mean and own_sq ((2, 0, C)
+    without them), g_channel (4, C) those of ref_mean, ref_sq, weight and bias (each whether or not it
+    was given)."""
+    grads = virtual_stats_affine_vjp(g_scale, g_shift, own_mean, own_sq, ref_mean, ref_sq, weight, mix, eps)
+    g_own = ref_mean.new_zeros((2, 0, ref_mean.shape[0])) if own_mean is None else torch.stack(grads[:2])
+    return g_own, torch.stack(grads[2:])
