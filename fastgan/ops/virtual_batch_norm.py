@@ -7,8 +7,8 @@ PyTorch arithmetic takes about a dozen) and one fused normalise + affine +
 activation pass.  The tables' Function has its own backward kernel (one launch
 where autograd of the arithmetic takes about twenty); differentiated again (a
 gradient penalty through the layer) its backward is the reference's
-vector-Jacobian product in plain PyTorch.  The two big passes are the norm family's twice-differentiable
-Functions (``_moments.py``, ``_norm_act.py``).
+vector-Jacobian product in plain PyTorch.  The two big passes are the norm
+family's twice-differentiable Functions (``_moments.py``, ``_norm_act.py``).
 """
 from __future__ import annotations
 

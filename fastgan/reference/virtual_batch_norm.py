@@ -94,8 +94,8 @@ def virtual_stats_affine_vjp(g_scale: torch.Tensor, g_shift: torch.Tensor, own_m
                              weight: Optional[torch.Tensor], mix: float, eps: float) -> tuple:
     """The gradients of ``virtual_stats_affine``'s (scale, shift) given theirs, as differentiable
     PyTorch: those of (own_mean, own_sq, ref_mean, ref_sq, weight, bias), own_mean's and own_sq's
-    None without them, weight's and bias's whether or not they were given.  With G = g_scale - mu g_shift the whole gradient of scale
-    (shift = b - mu scale)::
+    None without them, weight's and bias's whether or not they were given.  With
+    G = g_scale - mu g_shift the whole gradient of scale (shift = b - mu scale)::
 
         g_w = sum G r,  g_b = sum g_shift,  g_var = G w (-r^3 / 2) where s - mu^2 > 0 (the clamp),
         g_mu = -scale g_shift - 2 mu g_var,  g_s = g_var,
