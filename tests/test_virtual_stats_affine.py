@@ -121,6 +121,8 @@ def test_op_errors(impl, device):
         k.virtual_stats_affine(own_mean, own_sq, ref_mean, ref_sq[:3], w, b, 0.2, 1e-5)
     with pytest.raises(TypeError, match="weight must have ref_mean's dtype"):
         k.virtual_stats_affine(own_mean, own_sq, ref_mean, ref_sq, w.double(), b, 0.2, 1e-5)
+    with pytest.raises(ValueError, match="contiguous"):
+        k.virtual_stats_affine(own_mean, own_sq, ref_mean, ref_sq, torch.rand(8, device=device)[::2], b, 0.2, 1e-5)
     g = torch.zeros(3, 5, device=device)
     with pytest.raises(ValueError, match="g_scale"):
         k.virtual_stats_affine_backward(g, g, own_mean, own_sq, ref_mean, ref_sq, w, 0.2, 1e-5)
@@ -147,3 +149,18 @@ def test_stacked_layers_double_backward(impl, device):
 
     for name, g, e in zip(("dx", "dx_ref", "dw", "db", "ddx", "ddx_ref", "ddw", "ddb"), run(impl), run("ref")):
         assert_close(g, e, torch.float64, name=name)
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+def test_layer_takes_strided_statistics_and_parameters(impl, device):
+    """Reference statistics, weight and bias that are strided views (slices of bigger buffers) give the
+    reference's result: the op hands the table kernels contiguous copies."""
+    x = torch.randn(3, 4, 3, 3, device=device)
+    buffers = torch.randn(4, 8, device=device)
+    buffers[1] = buffers[0] ** 2 + buffers[1].abs() + 0.1  # E[x^2] above E[x]^2
+    ref_mean, ref_sq, w, b = buffers[:, ::2]
+    assert not any(t.is_contiguous() for t in (ref_mean, ref_sq, w, b))
+    for reference_batch in (False, True):
+        y = virtual_batch_norm(x, ref_mean, ref_sq, 5, w, b, impl=impl, reference_batch=reference_batch)
+        want = virtual_batch_norm(x, ref_mean, ref_sq, 5, w, b, impl="ref", reference_batch=reference_batch)
+        assert_close(y, want, torch.float32, name=f"y (reference_batch={reference_batch})")

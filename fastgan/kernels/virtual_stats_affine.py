@@ -119,6 +119,10 @@ def _check(op, own_mean, own_sq, ref_mean, tables):
         if t.shape != like.shape or t.device != like.device:
             raise ValueError(f"{op}: {name} must have {like_name}'s shape {tuple(like.shape)} on {like.device}, "
                              f"got {tuple(t.shape)} on {t.device}")
+        if not t.is_contiguous() and not name.startswith("g_"):  # (the gradients are made contiguous below)
+            raise ValueError(f"{op}: {name} must be contiguous")
+    if not ref_mean.is_contiguous() or (own_mean is not None and not own_mean.is_contiguous()):
+        raise ValueError(f"{op}: ref_mean and own_mean must be contiguous")
 
 
 def virtual_stats_affine(own_mean: Optional[torch.Tensor], own_sq: Optional[torch.Tensor], ref_mean: torch.Tensor,

@@ -77,11 +77,12 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
                                             activation, negative_slope, reference_batch)
     x = kernel_layout(x)
     stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mu_r, s_r = as_dtype(ref_mean, stats_dtype), as_dtype(ref_sq_mean, stats_dtype)
+    # the table kernels read contiguous vectors (a strided view, e.g. a slice of a bigger buffer, is copied)
+    mu_r, s_r, w, b = (None if t is None else as_dtype(t, stats_dtype).contiguous()
+                       for t in (ref_mean, ref_sq_mean, weight, bias))
     own_mean = own_sq = None
     if not reference_batch:
         own_mean, own_sq = moments(x, True, backend)  # (N, C)
-    w, b = (None if t is None else as_dtype(t, stats_dtype) for t in (weight, bias))
     scale, shift, identity = VirtualStatsAffineFn.apply(own_mean, own_sq, mu_r, s_r, w, b, 1.0 / (ref_count + 1),
                                                         float(eps), backend)
     # act(x * scale + shift) with differentiable (C,) or (N, C) affine tables: normalisation by mean 0
