@@ -329,7 +329,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> row_stats_affine(const Tensor& x, con
                                                             double eps) {
   auto [row_mean, row_m2] = moments("fastgan::row_stats_affine", x, /*per_sample=*/true, /*variance=*/false);
   const int64_t rows = x.size(0) * x.size(1);
-  return sa::group_stats_affine(row_mean, row_m2, weight, bias, groups, rows > 0 ? x.numel() / rows : 0, eps);
+  // weight and bias as the kernel reads them: dense (a strided view, e.g. a slice of a bigger buffer, is
+  // copied), as channel_stats_affine takes them
+  const auto dense = [](const c10::optional<Tensor>& t) {
+    return t.has_value() && t->defined() ? c10::optional<Tensor>(t->contiguous()) : t;
+  };
+  return sa::group_stats_affine(row_mean, row_m2, dense(weight), dense(bias), groups,
+                                rows > 0 ? x.numel() / rows : 0, eps);
 }
 
 Tensor norm_act_forward(const Tensor& x, const Tensor& scale, const Tensor& shift, int64_t act, double slope,

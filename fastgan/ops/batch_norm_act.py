@@ -101,7 +101,7 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
         mean, var, invstd, scale, shift = k.channel_stats_affine(x.detach(), w, b, *kernel_running,
                                                                  kernel_momentum, float(eps))
     else:
-        mean, var = running_mean.detach().to(dtype), running_var.detach().to(dtype)
+        mean, var = detached_param(running_mean, dtype), detached_param(running_var, dtype)  # (dense)
         invstd, scale, shift = k.stats_affine(mean, var, w, b, None, None, count, 0.0, float(eps))
     if rest[0] is not None:
         update_running_stats(rest[0], rest[1], mean, var, count, momentum)

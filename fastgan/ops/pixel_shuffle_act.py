@@ -133,7 +133,7 @@ def pixel_shuffle_batch_norm_act(x: torch.Tensor, upscale_factor: int, running_m
         mean, var, invstd, scale, shift = k.channel_stats_affine(
             x.detach().view(x.shape[0], out_channels, -1), w_c, b_c, *kernel_running, kernel_momentum, float(eps))
     else:
-        mean, var = running_mean.detach().to(dtype), running_var.detach().to(dtype)
+        mean, var = detached_param(running_mean, dtype), detached_param(running_var, dtype)  # (dense)
         invstd, scale, shift = k.stats_affine(mean, var, w_c, b_c, None, None, count, 0.0, float(eps))
     if rest[0] is not None:
         update_running_stats(rest[0], rest[1], mean, var, count, momentum)
