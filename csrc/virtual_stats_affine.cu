@@ -58,44 +58,63 @@ __global__ void virtual_stats_affine_kernel(const acc* __restrict__ own_mean, co
   }
 }
 
-// One thread per channel walks the rows in order (a fixed order: bit-reproducible sums).  Per element,
-// with G = g_scale - mu g_shift the whole gradient of scale (shift = b - mu scale):
+// Blocks of kChannelLanes channels x kRowLanes row lanes: lane y walks rows y, y + kRowLanes, ... (in
+// order), writes own_mean's and own_sq's gradients and keeps four partial sums, which lane 0 then adds
+// in lane order (a fixed order: bit-reproducible, whatever the scheduling).  Spreading the rows over
+// lanes keeps a short table (C = 64 channels, N = 128 examples) from being 64 threads walking 128
+// rows of dependent loads.  Per element, with G = g_scale - mu g_shift the whole gradient of scale
+// (shift = b - mu scale):
 //   g_w += G r,  g_b += g_shift,  g_var = G w (-r^3 / 2) where var > 0 (the clamp's gradient),
 //   g_mu = -scale g_shift - 2 mu g_var,  g_s = g_var;
 //   own: a g_mu, a g_s;  reference: the sums of (1 - a) g_mu, (1 - a) g_s.
+constexpr int kChannelLanes = 32;
+constexpr int kRowLanes = 8;
+
 template <typename acc>
-__global__ void virtual_stats_affine_backward_kernel(
+__global__ void __launch_bounds__(kChannelLanes * kRowLanes) virtual_stats_affine_backward_kernel(
     const acc* __restrict__ g_scale, const acc* __restrict__ g_shift, const acc* __restrict__ own_mean,
     const acc* __restrict__ own_sq, const acc* __restrict__ ref_mean, const acc* __restrict__ ref_sq,
     const acc* __restrict__ weight, acc* __restrict__ g_own, acc* __restrict__ g_channel, int64_t rows,
     int64_t channels, acc mix, acc eps) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= channels) return;
-  const acc mr = ref_mean[c], sr = ref_sq[c];
-  const acc w = weight != nullptr ? weight[c] : acc(1);
+  __shared__ acc partial[4][kRowLanes][kChannelLanes];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kChannelLanes + threadIdx.x;
+  const bool live = c < channels;  // (no early return: every lane meets the barrier)
   acc sum_mu = 0, sum_s = 0, sum_w = 0, sum_b = 0;
-  const int64_t total = rows * channels;
-  for (int64_t n = 0; n < rows; ++n) {
-    const int64_t i = n * channels + c;
-    const Mixed<acc> m = mixed(own_mean, own_sq, mr, sr, i, mix, eps);
-    const acc gh = g_shift[i];
-    const acc g = g_scale[i] - m.mu * gh;
-    sum_w += g * m.r;
-    sum_b += gh;
-    const acc g_var = m.var > acc(0) ? g * w * (acc(-0.5) * m.r * m.r * m.r) : acc(0);
-    const acc g_mu = -(w * m.r) * gh - acc(2) * m.mu * g_var;
-    if (g_own != nullptr) {
-      g_own[i] = mix * g_mu;
-      g_own[total + i] = mix * g_var;
+  if (live) {
+    const acc mr = ref_mean[c], sr = ref_sq[c];
+    const acc w = weight != nullptr ? weight[c] : acc(1);
+    const int64_t total = rows * channels;
+    for (int64_t n = threadIdx.y; n < rows; n += kRowLanes) {
+      const int64_t i = n * channels + c;
+      const Mixed<acc> m = mixed(own_mean, own_sq, mr, sr, i, mix, eps);
+      const acc gh = g_shift[i];
+      const acc g = g_scale[i] - m.mu * gh;
+      sum_w += g * m.r;
+      sum_b += gh;
+      const acc g_var = m.var > acc(0) ? g * w * (acc(-0.5) * m.r * m.r * m.r) : acc(0);
+      const acc g_mu = -(w * m.r) * gh - acc(2) * m.mu * g_var;
+      if (g_own != nullptr) {
+        g_own[i] = mix * g_mu;
+        g_own[total + i] = mix * g_var;
+      }
+      sum_mu += g_mu;
+      sum_s += g_var;
     }
-    sum_mu += g_mu;
-    sum_s += g_var;
   }
+  partial[0][threadIdx.y][threadIdx.x] = sum_mu;
+  partial[1][threadIdx.y][threadIdx.x] = sum_s;
+  partial[2][threadIdx.y][threadIdx.x] = sum_w;
+  partial[3][threadIdx.y][threadIdx.x] = sum_b;
+  __syncthreads();
+  if (!live || threadIdx.y != 0) return;
+  acc sums[4] = {0, 0, 0, 0};
+  for (int k = 0; k < 4; ++k)
+    for (int lane = 0; lane < kRowLanes; ++lane) sums[k] += partial[k][lane][threadIdx.x];
   const acc keep = acc(1) - mix;
-  g_channel[c] = keep * sum_mu;
-  g_channel[channels + c] = keep * sum_s;
-  g_channel[2 * channels + c] = sum_w;
-  g_channel[3 * channels + c] = sum_b;
+  g_channel[c] = keep * sums[0];
+  g_channel[channels + c] = keep * sums[1];
+  g_channel[2 * channels + c] = sums[2];
+  g_channel[3 * channels + c] = sums[3];
 }
 
 constexpr int kThreads = 256;
@@ -120,8 +139,8 @@ cudaError_t launch_backward(const void* g_scale, const void* g_shift, const void
                             const void* ref_mean, const void* ref_sq, const void* weight, void* g_own,
                             void* g_channel, int64_t rows, int64_t channels, double mix, double eps,
                             cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>((channels + kThreads - 1) / kThreads);
-  virtual_stats_affine_backward_kernel<acc><<<blocks, kThreads, 0, stream>>>(
+  const unsigned blocks = static_cast<unsigned>((channels + kChannelLanes - 1) / kChannelLanes);
+  virtual_stats_affine_backward_kernel<acc><<<blocks, dim3(kChannelLanes, kRowLanes), 0, stream>>>(
       static_cast<const acc*>(g_scale), static_cast<const acc*>(g_shift), static_cast<const acc*>(own_mean),
       static_cast<const acc*>(own_sq), static_cast<const acc*>(ref_mean), static_cast<const acc*>(ref_sq),
       static_cast<const acc*>(weight), static_cast<acc*>(g_own), static_cast<acc*>(g_channel), rows, channels,

@@ -35,7 +35,8 @@ def _inputs(n, c, dtype, device, own, weight, bias):
 
 
 @pytest.mark.parametrize("impl,device", all_backend_params())
-@pytest.mark.parametrize("n,c", [(5, 7), (3, 300), (1, 1)])  # a partial block, several blocks, one value
+# a partial block; several channel blocks; one value; rows over several row lanes / tiles, not a multiple
+@pytest.mark.parametrize("n,c", [(5, 7), (3, 300), (1, 1), (37, 5), (130, 70)])
 @pytest.mark.parametrize("own", [True, False])  # live examples / the reference batch itself
 @pytest.mark.parametrize("weight,bias", [(True, True), (False, False), (True, False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

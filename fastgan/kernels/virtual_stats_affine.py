@@ -66,42 +66,44 @@ def _virtual_stats_affine_kernel(own_mean_ptr, own_sq_ptr, ref_mean_ptr, ref_sq_
 def _virtual_stats_affine_backward_kernel(g_scale_ptr, g_shift_ptr, own_mean_ptr, own_sq_ptr, ref_mean_ptr,
                                           ref_sq_ptr, w_ptr, g_own_ptr, g_channel_ptr, rows, C, mix, eps,
                                           HAS_OWN: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                                          SQRT_RN: tl.constexpr, BLOCK: tl.constexpr):
-    # A block of channels walks the rows in order (fixed order: bit-reproducible sums); the math is
-    # the CUDA twin's, commented there.
+                                          SQRT_RN: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    # A block of channels walks the rows in tiles of ROWS (in order), summing each tile over its rows
+    # (fixed order: bit-reproducible sums); the math is the CUDA twin's, commented there.
     c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = c < C
-    mr = tl.load(ref_mean_ptr + c, mask=mask, other=0.0)
-    sr = tl.load(ref_sq_ptr + c, mask=mask, other=1.0)
+    cmask = c < C
+    mr = tl.load(ref_mean_ptr + c, mask=cmask, other=0.0)[None, :]
+    sr = tl.load(ref_sq_ptr + c, mask=cmask, other=1.0)[None, :]
     w = tl.zeros_like(mr) + 1.0
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + c, mask=mask, other=0.0)
-    sum_mu = tl.zeros_like(mr)
-    sum_s = tl.zeros_like(mr)
-    sum_w = tl.zeros_like(mr)
-    sum_b = tl.zeros_like(mr)
-    # (int32 offsets: a table of 2^31 entries would be 8 GiB; and rows == 1 arrives as a constant,
-    # which has no .to())
+        w = tl.load(w_ptr + c, mask=cmask, other=0.0)[None, :]
+    sum_mu = tl.zeros((BLOCK,), dtype=mr.dtype)
+    sum_s = tl.zeros((BLOCK,), dtype=mr.dtype)
+    sum_w = tl.zeros((BLOCK,), dtype=mr.dtype)
+    sum_b = tl.zeros((BLOCK,), dtype=mr.dtype)
+    # (int32 offsets: a table of 2^31 entries would be 8 GiB; and rows == 1 arrives as a constant)
     total = rows * C
-    for n in range(rows):
-        i = n * C + c
+    for n0 in range(0, rows, ROWS):
+        n = n0 + tl.arange(0, ROWS)
+        mask = (n < rows)[:, None] & cmask[None, :]
+        i = n[:, None] * C + c[None, :]
         mu, var, r = _mixed(own_mean_ptr, own_sq_ptr, mr, sr, i, mask, mix, eps, HAS_OWN, SQRT_RN)
         gh = tl.load(g_shift_ptr + i, mask=mask, other=0.0)
         g = tl.load(g_scale_ptr + i, mask=mask, other=0.0) - mu * gh
-        sum_w += g * r
-        sum_b += gh
         g_var = tl.where(var > 0.0, g * w * (-0.5 * r * r * r), 0.0)
         g_mu = -(w * r) * gh - 2.0 * mu * g_var
         if HAS_OWN:
             tl.store(g_own_ptr + i, mix * g_mu, mask=mask)
             tl.store(g_own_ptr + total + i, mix * g_var, mask=mask)
-        sum_mu += g_mu
-        sum_s += g_var
+        # masked rows contribute zeros: gh, g are 0 there, so are g_var, g_mu and g * r
+        sum_w += tl.sum(g * r, axis=0)
+        sum_b += tl.sum(gh, axis=0)
+        sum_mu += tl.sum(g_mu, axis=0)
+        sum_s += tl.sum(g_var, axis=0)
     keep = 1.0 - mix
-    tl.store(g_channel_ptr + c, keep * sum_mu, mask=mask)
-    tl.store(g_channel_ptr + C + c, keep * sum_s, mask=mask)
-    tl.store(g_channel_ptr + 2 * C + c, sum_w, mask=mask)
-    tl.store(g_channel_ptr + 3 * C + c, sum_b, mask=mask)
+    tl.store(g_channel_ptr + c, keep * sum_mu, mask=cmask)
+    tl.store(g_channel_ptr + C + c, keep * sum_s, mask=cmask)
+    tl.store(g_channel_ptr + 2 * C + c, sum_w, mask=cmask)
+    tl.store(g_channel_ptr + 3 * C + c, sum_b, mask=cmask)
 
 
 def _check(op, own_mean, own_sq, ref_mean, tables):
@@ -162,10 +164,11 @@ def virtual_stats_affine_backward(g_scale: torch.Tensor, g_shift: torch.Tensor, 
     g_own = ref_mean.new_empty((2, rows if own else 0, c))
     g_channel = ref_mean.new_empty((4, c))
     if c:
-        block = min(_BLOCK, next_power_of_2(c))
+        # tiles of at most 16 rows x 64 channels: rows spread over a tile instead of walked one by one
+        block, tile_rows = min(64, next_power_of_2(c)), min(16, next_power_of_2(rows))
         _virtual_stats_affine_backward_kernel[(cdiv(c, block),)](
             g_scale.contiguous(), g_shift.contiguous(), own_mean if own else ref_mean, own_sq if own else ref_mean,
             ref_mean, ref_sq, ref_mean if weight is None else weight, g_own, g_channel, rows, c,
             float(mix) if own else 0.0, float(eps), HAS_OWN=own, HAS_WEIGHT=weight is not None,
-            SQRT_RN=HAS_SQRT_RN, BLOCK=block)
+            SQRT_RN=HAS_SQRT_RN, ROWS=tile_rows, BLOCK=block)
     return g_own, g_channel
