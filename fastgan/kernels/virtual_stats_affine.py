@@ -106,14 +106,17 @@ def _virtual_stats_affine_backward_kernel(g_scale_ptr, g_shift_ptr, own_mean_ptr
     tl.store(g_channel_ptr + 3 * C + c, sum_b, mask=cmask)
 
 
-def _check(op, own_mean, own_sq, ref_mean, tables):
-    """The CUDA binding's checks (csrc/virtual_stats_affine.cpp), with its messages."""
+def _check(op, own_mean, own_sq, ref_mean, channel_vectors, gradients=None):
+    """The CUDA binding's checks (csrc/virtual_stats_affine.cpp), with its messages: ``channel_vectors``
+    {name: tensor or None} like ref_mean, own_sq like own_mean, ``gradients`` {name: tensor} shaped like
+    the tables (made contiguous by the caller), every other table contiguous."""
     if (own_mean is None) != (own_sq is None):
         raise ValueError(f"{op}: own_mean and own_sq are given together or not at all")
-    named = dict(tables, **({} if own_mean is None else {"own_sq": own_sq}))
-    for name, t in named.items():
-        like, like_name = (own_mean, "own_mean") if name.startswith(("own", "g_")) and own_mean is not None \
-            else (ref_mean, "ref_mean")
+    table, table_name = (ref_mean, "ref_mean") if own_mean is None else (own_mean, "own_mean")
+    checks = [(name, t, ref_mean, "ref_mean", True) for name, t in channel_vectors.items()]
+    checks += [] if own_sq is None else [("own_sq", own_sq, own_mean, "own_mean", True)]
+    checks += [(name, t, table, table_name, False) for name, t in (gradients or {}).items()]
+    for name, t, like, like_name, dense in checks:
         if t is None:
             continue
         if t.dtype != like.dtype:
@@ -121,9 +124,9 @@ def _check(op, own_mean, own_sq, ref_mean, tables):
         if t.shape != like.shape or t.device != like.device:
             raise ValueError(f"{op}: {name} must have {like_name}'s shape {tuple(like.shape)} on {like.device}, "
                              f"got {tuple(t.shape)} on {t.device}")
-        if not t.is_contiguous() and not name.startswith("g_"):  # (the gradients are made contiguous below)
+        if dense and not t.is_contiguous():
             raise ValueError(f"{op}: {name} must be contiguous")
-    if not ref_mean.is_contiguous() or (own_mean is not None and not own_mean.is_contiguous()):
+    if not table.is_contiguous() or not ref_mean.is_contiguous():
         raise ValueError(f"{op}: ref_mean and own_mean must be contiguous")
 
 
@@ -131,8 +134,7 @@ def virtual_stats_affine(own_mean: Optional[torch.Tensor], own_sq: Optional[torc
                          ref_sq: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                          mix: float, eps: float):
     """(scale, shift, identity); same arguments as ``torch.ops.fastgan.virtual_stats_affine``."""
-    _check("virtual_stats_affine", own_mean, own_sq, ref_mean,
-           {"ref_sq": ref_sq, "weight": weight, "bias": bias})
+    _check("virtual_stats_affine", own_mean, own_sq, ref_mean, {"ref_sq": ref_sq, "weight": weight, "bias": bias})
     if ref_mean.dtype == torch.float64:
         return reference_virtual_stats_affine(own_mean, own_sq, ref_mean, ref_sq, weight, bias, mix, eps)
     like = ref_mean if own_mean is None else own_mean
@@ -153,8 +155,8 @@ def virtual_stats_affine_backward(g_scale: torch.Tensor, g_shift: torch.Tensor, 
                                   own_sq: Optional[torch.Tensor], ref_mean: torch.Tensor, ref_sq: torch.Tensor,
                                   weight: Optional[torch.Tensor], mix: float, eps: float):
     """(g_own, g_channel); same arguments as ``torch.ops.fastgan.virtual_stats_affine_backward``."""
-    _check("virtual_stats_affine_backward", own_mean, own_sq, ref_mean,
-           {"ref_sq": ref_sq, "weight": weight, "g_scale": g_scale, "g_shift": g_shift})
+    _check("virtual_stats_affine_backward", own_mean, own_sq, ref_mean, {"ref_sq": ref_sq, "weight": weight},
+           {"g_scale": g_scale, "g_shift": g_shift})
     if ref_mean.dtype == torch.float64:
         return reference_virtual_stats_affine_backward(g_scale, g_shift, own_mean, own_sq, ref_mean, ref_sq, weight,
                                                        mix, eps)

@@ -104,7 +104,7 @@ class VirtualStatsAffineFn(torch.autograd.Function):
         k = _backend.kernels(backend, "virtual_stats_affine")
         scale, shift, identity = k.virtual_stats_affine(own_mean, own_sq, ref_mean, ref_sq, weight, bias, mix, eps)
         ctx.mark_non_differentiable(identity)
-        ctx.save_for_backward(own_mean, own_sq, ref_mean, ref_sq, weight, bias)
+        ctx.save_for_backward(own_mean, own_sq, ref_mean, ref_sq, weight)  # (the gradients need no bias)
         ctx.mix, ctx.eps, ctx.backend = mix, eps, backend
         return scale, shift, identity
 
@@ -115,9 +115,9 @@ class VirtualStatsAffineFn(torch.autograd.Function):
         if torch.is_grad_enabled():
             # create_graph (a penalty differentiates this backward): the reference's vector-Jacobian
             # product, plain PyTorch on the saved inputs, differentiable again
-            grads = reference_virtual_stats_affine_vjp(g_scale, g_shift, *saved[:5], ctx.mix, ctx.eps)
+            grads = reference_virtual_stats_affine_vjp(g_scale, g_shift, *saved, ctx.mix, ctx.eps)
             return (*(g if want else None for g, want in zip(grads, wanted)), None, None, None)
-        own_mean, own_sq, ref_mean, ref_sq, weight, _bias = saved
+        own_mean, own_sq, ref_mean, ref_sq, weight = saved
         k = _backend.kernels(ctx.backend, "virtual_stats_affine")
         g_own, g_channel = k.virtual_stats_affine_backward(g_scale, g_shift, own_mean, own_sq, ref_mean, ref_sq,
                                                            weight, ctx.mix, ctx.eps)
