@@ -104,7 +104,7 @@ CASES = [((3, 6, 5, 7), 3, False), ((4, 4, 3, 3), 4, True), ((2, 6, 11), 2, Fals
 
 @pytest.mark.parametrize("impl,device", all_backend_params())
 @pytest.mark.parametrize("shape,groups,channels_last", CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_fast_group_norm_matches_ref(impl, device, shape, groups, channels_last, dtype):
     x, w, b = make(shape, dtype, device, channels_last)
     activation = "leaky_relu" if groups % 2 else "relu"
@@ -138,10 +138,11 @@ def test_fast_instance_norm_running_stats(impl, device):
 
 
 @pytest.mark.parametrize("impl,device", all_backend_params())
-def test_fast_gradcheck_gradgradcheck_float64(impl, device):
+@pytest.mark.parametrize("groups", [1, 2, 4])  # (one group: the Triton backend's float64 tables were stride-0 views)
+def test_fast_gradcheck_gradgradcheck_float64(impl, device, groups):
     x, w, b = make((2, 4, 3, 2), torch.float64, device)
     args = [t.double().requires_grad_() for t in (x, w, b)]
-    fn = lambda x, w, b: group_norm_act(x, 2, w, b, 1e-5, "leaky_relu", 0.2, impl=impl)  # noqa: E731
+    fn = lambda x, w, b: group_norm_act(x, groups, w, b, 1e-5, "leaky_relu", 0.2, impl=impl)  # noqa: E731
     assert gradcheck(fn, args, fast_mode=True) and gradgradcheck(fn, args, fast_mode=True)
 
 

@@ -30,8 +30,10 @@ def group_stats_affine(row_mean: torch.Tensor, row_m2: torch.Tensor, weight: Opt
     mean = rm.mean(-1, keepdim=True)
     m2 = row_m2.reshape(n, groups, per_group).sum(-1, keepdim=True) + spatial * ((rm - mean) ** 2).sum(-1, keepdim=True)
     invstd = torch.rsqrt(m2 / (spatial * per_group) + eps)
-    mean_t = mean.expand(n, groups, per_group).reshape(n, c)
-    invstd_t = invstd.expand(n, groups, per_group).reshape(n, c)
+    # dense tables, as the kernels write them (the Triton backend's float64 path hands these to kernels
+    # that read (N, C) tables densely; with one group a reshape of the expansion would be a stride-0 view)
+    mean_t = mean.expand(n, groups, per_group).reshape(n, c).contiguous()
+    invstd_t = invstd.expand(n, groups, per_group).reshape(n, c).contiguous()
     scale = invstd_t if weight is None else invstd_t * weight
     shift = -(mean_t * scale) if bias is None else bias - mean_t * scale
     return mean_t, invstd_t, scale, shift
