@@ -1,10 +1,11 @@
 """Run a test function in N processes joined by a gloo process group, with a hard deadline.
 
 Forked workers where they can be: the parent has imported torch, Triton and fastgan already,
-and re-importing them per worker costs seconds.  Spawned ones with nccl, or once the parent
-has used CUDA: its autograd engine then runs device threads, and a forked child's backward
-fails ("Unable to handle autograd's threading in combination with fork-based
-multiprocessing"; seen under pytest-xdist on the GPU, where earlier cases ran CUDA backwards).
+and re-importing them per worker costs seconds.  Spawned ones with nccl, or once the parent's
+autograd engine runs device threads: a forked child's backward then fails ("Unable to handle
+autograd's threading in combination with fork-based multiprocessing"; seen under pytest-xdist
+on the GPU, where earlier cases ran CUDA backwards, and on CPU after a torch.compile case had run
+a backward in the same process).  A forked probe that runs one backward tells which.
 Each worker sets one thread and a collective timeout, so a hang fails the test instead of
 blocking CI; the parent kills workers that outlive the deadline.  An exception in a worker
 fails the test with the worker's traceback.
@@ -41,10 +42,29 @@ def _worker(rank, fn, world_size, port, backend, args):
         dist.destroy_process_group()
 
 
+def _backward_probe() -> None:
+    try:
+        x = torch.ones(2, requires_grad=True)
+        (x * 2).sum().backward()
+    except RuntimeError:
+        os._exit(1)  # (quietly: the caller spawns instead)
+
+
+def _forked_backward_works() -> bool:
+    """Whether a forked child of this process can run a backward (see the module docstring)."""
+    probe = mp.get_context("fork").Process(target=_backward_probe)
+    probe.start()
+    probe.join(60)
+    if probe.is_alive():
+        probe.kill()
+    return probe.exitcode == 0
+
+
 def run_distributed(fn, world_size: int = 2, *args, timeout: float = 120.0, backend: str = "gloo") -> None:
     """``fn(rank, world_size, *args)`` in ``world_size`` processes of one process group (gloo on CPU; nccl:
     rank r on cuda:r, spawned since CUDA cannot be forked); raises on failure."""
-    spawn = backend == "nccl" or (torch.cuda.is_available() and torch.cuda.is_initialized())
+    spawn = (backend == "nccl" or (torch.cuda.is_available() and torch.cuda.is_initialized())
+             or not _forked_backward_works())
     ctx = mp.start_processes(_worker, args=(fn, world_size, free_port(), backend, args), nprocs=world_size,
                              join=False, start_method="spawn" if spawn else "fork")
     deadline = time.monotonic() + timeout
