@@ -33,6 +33,14 @@ Cases (op, case):
   compares with the captured eager step and ``vs_eager_plain`` (GPU suite)
   with the uncaptured one, the issue-10 target (2x).
 
+* ``dcgan_ns_step`` with variant ``dcgan64-onepass`` (fastgan impls; ``-onepass-graph``
+  captured, GPU only): the D step's two passes as one over ``cat([real, fake.detach()])``
+  inside ``fastgan.nn.separate_batches(d, 2)``, each half normalised with its own batch
+  statistics -- the two passes' math (``tests/test_segmented_batch_norm.py``) with half the
+  convolution launches.  Eager PyTorch has no such layer, so these records compare
+  (``vs_eager_plain``) with the eager step a user writes, two D passes; at batch 128 the
+  1.3x target is recorded on that ratio too.
+
 * ``dcgan_ns_step`` / ``wgan_gp_train_step`` with variant ``...-cl`` (batch 128;
   fastgan and eager): the same iterations with channels-last (NHWC) weights and
   images in both models, so every activation is NHWC.  cuDNN's tensor-core
@@ -81,7 +89,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgan.models.dcgan import DCGANDiscriminator, DCGANGenerator, set_impl
-from fastgan.nn import MinibatchDiscrimination
+from fastgan.nn import MinibatchDiscrimination, separate_batches
 from fastgan.penalties import gradient_penalty
 
 N_CRITIC = 5
@@ -225,11 +233,14 @@ def _record_throughput(bench, record, batch):
 
 
 def _measure_step(bench, step, optimizers, graph, smoke, batch, *, variant, what, dtype, channels_last=False,
-                  **case):
-    """Time one iteration (captured in a CUDA graph with ``graph``) and record images/s."""
+                  eager_variant=None, **case):
+    """Time one iteration (captured in a CUDA graph with ``graph``) and record images/s.  ``eager_variant``:
+    the eager record this one is compared with when eager has no record of its own variant."""
     extra = {}
+    if graph or eager_variant is not None:
+        # the GPU suite also compares with that (uncaptured) eager step: vs_eager_plain
+        extra = {"plain_variant": eager_variant or variant}
     if graph:
-        extra = {"plain_variant": variant}  # the GPU suite also compares with the uncaptured eager step
         variant += "-graph"
     if channels_last:
         variant += "-cl"
@@ -246,13 +257,19 @@ def _precision(dtype):
     return "autocast " + str(dtype).replace("torch.", "") if dtype != torch.float32 else "fp32"
 
 
-def dcgan_step(g, d, opt_g, opt_d, real, z, amp):
-    """One non-saturating DCGAN iteration: D step on real + detached fake, then G step on the same fake."""
+def dcgan_step(g, d, opt_g, opt_d, real, z, amp, one_pass=False):
+    """One non-saturating DCGAN iteration: D step on real + detached fake, then G step on the same fake.
+    ``one_pass``: the D step's two passes as one over both batches, each normalised with its own
+    statistics (``fastgan.nn.separate_batches``): the same math."""
     def step():
         opt_d.zero_grad(set_to_none=True)
         with amp():
             fake = g(z)
-            real_logits, fake_logits = d(real), d(fake.detach())
+            if one_pass:
+                with separate_batches(d, 2):
+                    real_logits, fake_logits = d(torch.cat([real, fake.detach()])).chunk(2)
+            else:
+                real_logits, fake_logits = d(real), d(fake.detach())
         loss_d = F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
         loss_d.backward()
         opt_d.step()
@@ -294,8 +311,8 @@ def wgan_gp_step(g, d, opt_g, opt_d, real, zs, amp, impl):
 
 
 def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, minibatch, graph=False,
-                channels_last=False):
-    if smoke and impl == "triton" and minibatch != "none":
+                channels_last=False, one_pass=False):
+    if smoke and impl == "triton" and (minibatch != "none" or one_pass):
         pytest.skip("CPU smoke: the Triton interpreter runs the plain DCGAN step only "
                     "(the minibatch step takes ~8 s interpreted)")
     g, d, nz = _models(impl, shape, device, smoke, minibatch=minibatch, channels_last=channels_last)
@@ -309,13 +326,19 @@ def _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype,
     z = torch.randn(batch, nz, device=device)
     amp = _autocast(device, dtype, graph)
 
-    step = dcgan_step(g, d, opt_g, opt_d, real, z, amp)
+    step = dcgan_step(g, d, opt_g, opt_d, real, z, amp, one_pass)
 
     what = "minibatch discrimination (32x8) in D, " if minibatch != "none" else ""
     targets = _targets(impl, label, smoke, graph) if minibatch == "none" else None
+    variant = ("dcgan64" if not smoke else "smoke") + ("-mbd" if minibatch != "none" else "")
+    eager_variant = None
+    if one_pass:  # compared with the eager step a user writes, two D passes (eager has no one-pass twin)
+        eager_variant, variant = variant, variant + "-onepass"
+        targets = {("vs_eager_plain" if k == "vs_eager" else k): v for k, v in targets.items()} if targets else None
+        what += "one D pass over real and fake with per-half batch statistics, "
     _measure_step(bench, step, (opt_g, opt_d), graph, smoke, batch, op=op, case="forward_backward", shape=shape,
-                  dtype=dtype, impl=impl, targets=targets, channels_last=channels_last,
-                  variant=("dcgan64" if not smoke else "smoke") + ("-mbd" if minibatch != "none" else ""),
+                  dtype=dtype, impl=impl, targets=targets, channels_last=channels_last, variant=variant,
+                  eager_variant=eager_variant,
                   what=f"{what}D step (real + detached fake, non-saturating) + G step, Adam")
 
 
@@ -325,6 +348,21 @@ def test_dcgan_ns_step(bench, compile_module, device, smoke, impl, label, shape,
 
 def test_dcgan_minibatch_discrimination_step(bench, compile_module, device, smoke, impl, label, shape, dtype):
     _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, "discrimination")
+
+
+@pytest.mark.impls("fastgan")
+def test_dcgan_ns_step_one_pass(bench, compile_module, device, smoke, impl, label, shape, dtype):
+    """The DCGAN iteration with the D step's two passes as one over ``cat([real, fake])`` inside
+    ``fastgan.nn.separate_batches(d, 2)`` (each half normalised with its own statistics: the two
+    passes' math), against the eager step with two passes."""
+    _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, "none", one_pass=True)
+
+
+@pytest.mark.impls("fastgan")
+def test_dcgan_ns_step_one_pass_cuda_graph(bench, compile_module, device, smoke, impl, label, shape, dtype):
+    """The one-pass DCGAN iteration captured whole in a CUDA graph, against the uncaptured eager step."""
+    _skip_graph_case(smoke, impl, shape)
+    _dcgan_case(bench, compile_module, device, smoke, impl, label, shape, dtype, "none", graph=True, one_pass=True)
 
 
 @pytest.mark.impls("fastgan", "eager")

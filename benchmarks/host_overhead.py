@@ -181,6 +181,9 @@ def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
         "fastgan batch_norm_act (Python Functions)": (fused_bn, python),
         "fastgan batch_norm_act (Triton backend)": (lambda h: batch_norm_act(h, rm, rv, w, b, impl="triton"),
                                                     triton_backend),
+        # statistics per half of the batch (one D pass over real and fake, fastgan.nn.separate_batches)
+        "fastgan batch_norm_act segments=2 (C++ autograd)": (
+            lambda h: batch_norm_act(h, rm, rv, w, b, impl="cuda", segments=2), cpp),
         "fastgan layer_norm_act (C++ autograd)": (lambda h: layer_norm_act(h, w, b, impl="cuda"), cpp),
         "fastgan layer_norm_act (Triton backend)": (lambda h: layer_norm_act(h, w, b, impl="triton"), triton_backend),
         "eager batch_norm + leaky_relu": (lambda h: F.leaky_relu(F.batch_norm(h, rm, rv, w, b, True), 0.2),

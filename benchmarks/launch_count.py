@@ -95,8 +95,11 @@ def _meta_cuda_backend():
 
 
 def count_iteration(model: str, impl: str, batch: int = 64, size: int = 64) -> LaunchCounter:
-    """Ops launched by one iteration of ``model`` ("dcgan", "dcgan-mbd", "wgan-gp") with ``impl``
-    ("cuda": fastgan's layers, "eager": plain PyTorch), after one warm-up iteration."""
+    """Ops launched by one iteration of ``model`` ("dcgan", "dcgan-mbd", "wgan-gp"; "dcgan-onepass": the
+    D step as one pass over real and fake inside ``fastgan.nn.separate_batches``, fastgan only) with
+    ``impl`` ("cuda": fastgan's layers, "eager": plain PyTorch), after one warm-up iteration."""
+    if model == "dcgan-onepass" and impl != "cuda":
+        raise ValueError("dcgan-onepass: fastgan's layers only (eager has no per-half batch norm)")
     device = torch.device("meta")
     shape = (batch, 3, size, size)
     with _meta_cuda_backend():
@@ -119,7 +122,8 @@ def count_iteration(model: str, impl: str, batch: int = 64, size: int = 64) -> L
         if model == "wgan-gp":
             step = steps.wgan_gp_step(g, d, opt_g, opt_d, real, zs, contextlib.nullcontext, impl)
         else:
-            step = steps.dcgan_step(g, d, opt_g, opt_d, real, z, contextlib.nullcontext)
+            step = steps.dcgan_step(g, d, opt_g, opt_d, real, z, contextlib.nullcontext,
+                                    one_pass=model == "dcgan-onepass")
         step()  # warm-up: Adam's state is created on the first step
         counter = LaunchCounter()
         counter.watch(opt_g, opt_d)
@@ -128,13 +132,14 @@ def count_iteration(model: str, impl: str, batch: int = 64, size: int = 64) -> L
     return counter
 
 
-MODELS = ("dcgan", "dcgan-mbd", "wgan-gp")
+MODELS = ("dcgan", "dcgan-onepass", "dcgan-mbd", "wgan-gp")
+EAGER_TWIN = {"dcgan-onepass": "dcgan"}  # the eager iteration a fastgan-only form compares with
 
 
 def table(batch: int = 64) -> list[dict]:
     rows = []
     for model in MODELS:
-        eager = count_iteration(model, "eager", batch)
+        eager = count_iteration(EAGER_TWIN.get(model, model), "eager", batch)
         fused = count_iteration(model, "cuda", batch)
         rows.append({"model": model, "eager": eager.total, "fastgan": fused.total,
                      "eager_by_category": eager.by_category(), "fastgan_by_category": fused.by_category()})

@@ -149,10 +149,15 @@ def _train_step_rows(records, all_impls: bool):
         if graph:
             # Both sides captured; the uncaptured eager step is the figure a user compares with.
             vs_eager = f"{vs_eager} (vs uncaptured eager: {fmt_ratio(r.get('vs_eager_plain'))})"
+        elif r.get("vs_eager") is None and r.get("vs_eager_plain") is not None:
+            # a fastgan-only form of the step (one D pass): against the eager step a user writes
+            vs_eager = f"{fmt_ratio(r.get('vs_eager_plain'))} (vs eager {r.get('plain_variant')})"
         ips = r.get("images_per_s")
         out.append(f"| {r.get('op')} ({r.get('variant')}) | {(r.get('shape') or ['?'])[0]} | {r.get('dtype')} "
                    f"| {r.get('impl')}{' + CUDA graph' if graph else ''} | {DASH if ips is None else f'{ips:.0f}'} "
-                   f"| {fmt_ms(r.get('median_ms'))} | {fmt_ms(r.get('eager_ms'))} | {compile_cell} | {vs_eager} "
+                   f"| {fmt_ms(r.get('median_ms'))} "
+                   f"| {fmt_ms(r['eager_ms'] if r.get('eager_ms') is not None else r.get('eager_plain_ms'))} "
+                   f"| {compile_cell} | {vs_eager} "
                    f"| {fmt_ratio(r.get('vs_compile'))} "
                    f"| {_memory_cell(r)} | {_host_cell(r)} |")
     return out if len(out) > 2 else []

@@ -6,6 +6,7 @@
 //
 //   channel_stats(x) -> (mean, var)                  per channel, (C,)
 //   row_moments(x) -> (mean, m2)                      per (n, c) over spatial, (N, C)
+//   segment_stats(x, T) -> (mean, var)                per (segment, c) over T segments of N / T samples, (T, C)
 //   row_stats_affine(x, weight?, bias?, groups, eps) -> (mean, invstd, scale, shift)
 //       row_moments, then group_stats_affine (csrc/stats_affine.cpp) of them, (N, C) tables
 //   channel_stats_affine(x, weight?, bias?, running_mean?, running_var?, momentum, eps)
@@ -170,18 +171,29 @@ void check_y_side(const char* op, const char* name, const Tensor& t, const Tenso
                       t.strides());
 }
 
-// Whether the per-channel arguments are (N, C) tables (scale decides, as in the
-// Triton kernels); sets g.problem.per_sample.
+// Rows of a call's (T, C) tables: N per sample; T < N dividing N splits the batch into T segments of
+// N / T consecutive samples (batch statistics per segment).
+int64_t table_rows(const Geometry& g) { return g.problem.table_rows > 0 ? g.problem.table_rows : g.problem.N; }
+
+// Whether the per-channel arguments are (T, C) tables (scale decides, as in the
+// Triton kernels; T = its rows); sets g.problem.per_sample and table_rows.
 void set_table_kind(const char* op, Geometry& g, const Tensor& scale) {
   FASTGAN_CHECK(scale.defined(), op, ": scale is undefined");
   g.problem.per_sample = scale.dim() == 2;
   if (g.problem.per_sample) {
-    FASTGAN_CHECK_VALUE(g.problem.N * g.problem.C <= INT32_MAX, op, ": at most 2^31 - 1 (n, c) entries are "
-                        "supported with (N, C) tables, got N = ", g.problem.N, ", C = ", g.problem.C);
+    const int64_t t = scale.size(0), n = g.problem.N;
+    FASTGAN_CHECK_VALUE(t == n || (t >= 1 && n % t == 0), op, ": scale must have one row per sample of x (", n,
+                        ") or per segment of the batch (a number of rows dividing ", n, "), got shape ",
+                        scale.sizes());
+    FASTGAN_CHECK_VALUE(t == n || g.problem.upscale == 1, op, ": tables of ", t, " rows (segments of the batch) "
+                        "are not supported with upscale = ", g.problem.upscale);
+    g.problem.table_rows = t;
+    FASTGAN_CHECK_VALUE(t * g.problem.C <= INT32_MAX, op, ": at most 2^31 - 1 table entries are "
+                        "supported, got ", t, " rows x C = ", g.problem.C);
   }
 }
 
-// A per-channel argument: a (C,) vector or, with per-sample tables, (N, C),
+// A per-channel argument: a (C,) vector or, with tables, (T, C) like scale,
 // in the accumulator dtype; returned contiguous.
 Tensor channel_vector(const char* op, const char* name, const Tensor& t, const Tensor& x, const Geometry& g) {
   FASTGAN_CHECK(t.defined(), op, ": ", name, " is undefined");
@@ -192,8 +204,10 @@ Tensor channel_vector(const char* op, const char* name, const Tensor& t, const T
                      " x, got ", t.scalar_type());
   const int64_t n = g.problem.N, c = g.problem.C;
   if (g.problem.per_sample) {
-    FASTGAN_CHECK_VALUE(t.dim() == 2 && t.size(0) == n && t.size(1) == c, op, ": ", name, " must have shape (", n,
-                        ", ", c, ") like scale (one value per sample and channel of x), got ", t.sizes());
+    const int64_t rows = table_rows(g);
+    FASTGAN_CHECK_VALUE(t.dim() == 2 && t.size(0) == rows && t.size(1) == c, op, ": ", name, " must have shape (",
+                        rows, ", ", c, ") like scale (one value per ", rows == n ? "sample" : "segment",
+                        " and channel of x), got ", t.sizes());
   } else {
     FASTGAN_CHECK_VALUE(t.dim() == 1 && t.size(0) == c, op, ": ", name, " must have shape (", c,
                         ",) like scale (one value per channel of x), got ", t.sizes());
@@ -203,7 +217,7 @@ Tensor channel_vector(const char* op, const char* name, const Tensor& t, const T
 
 // The shape of a reduction's results: scale's.
 std::vector<int64_t> table_shape(const Geometry& g) {
-  if (g.problem.per_sample) return {g.problem.N, g.problem.C};
+  if (g.problem.per_sample) return {table_rows(g), g.problem.C};
   return {g.problem.C};
 }
 
@@ -239,14 +253,15 @@ struct Launch {
   explicit Launch(const Tensor& x) : guard(x.device()), stream(c10::cuda::getCurrentCUDAStream(x.get_device())) {}
 };
 
-// Moments of x per channel (batch) or per (n, c) (per_sample): mean and var
-// (variance) or M2.
-std::tuple<Tensor, Tensor> moments(const char* op, const Tensor& x, bool per_sample, bool variance) {
+// Moments of x per channel (segments -1: batch, (C,)) or per (segment, c) over segments of N / segments
+// consecutive samples ((segments, C) tables; N segments: per (n, c)): mean and var (variance) or M2.
+std::tuple<Tensor, Tensor> moments(const char* op, const Tensor& x, int64_t segments, bool variance) {
   Geometry g = geometry(op, x);
-  g.problem.per_sample = per_sample;
-  if (per_sample) {
-    FASTGAN_CHECK_VALUE(g.problem.N * g.problem.C <= INT32_MAX, op, ": at most 2^31 - 1 (n, c) entries are "
-                        "supported, got N = ", g.problem.N, ", C = ", g.problem.C);
+  g.problem.per_sample = segments >= 0;
+  g.problem.table_rows = segments;  // (0 with an empty batch: table_rows() is then N = 0 too)
+  if (g.problem.per_sample) {
+    FASTGAN_CHECK_VALUE(segments * g.problem.C <= INT32_MAX, op, ": at most 2^31 - 1 (segment, c) entries are "
+                        "supported, got ", segments, " segments x C = ", g.problem.C);
   }
   Launch run(x);
   const auto opts = x.options().dtype(acc_type(x));
@@ -254,7 +269,7 @@ std::tuple<Tensor, Tensor> moments(const char* op, const Tensor& x, bool per_sam
   if (empty_problem(g)) return {at::zeros(shape, opts), at::zeros(shape, opts)};
   g.problem.sm_count = sm_count(x.get_device());
   const int64_t partials = bna::reduce_partials(g.problem);
-  const int64_t entries = per_sample ? g.problem.N * g.problem.C : g.problem.C;
+  const int64_t entries = g.problem.per_sample ? segments * g.problem.C : g.problem.C;
   Tensor work = at::empty({3, partials, entries}, opts);
   Tensor mean = at::empty(shape, opts);
   Tensor second = at::empty(shape, opts);
@@ -264,7 +279,7 @@ std::tuple<Tensor, Tensor> moments(const char* op, const Tensor& x, bool per_sam
 }
 
 std::tuple<Tensor, Tensor> channel_stats(const Tensor& x) {
-  return moments("fastgan::channel_stats", x, /*per_sample=*/false, /*variance=*/true);
+  return moments("fastgan::channel_stats", x, /*segments=*/-1, /*variance=*/true);
 }
 
 // A (C,) input of channel_stats_affine, or nullptr when absent; running stats are updated in place, so
@@ -319,7 +334,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> channel_stats_affine(
 }
 
 std::tuple<Tensor, Tensor> row_moments(const Tensor& x) {
-  return moments("fastgan::row_moments", x, /*per_sample=*/true, /*variance=*/false);
+  return moments("fastgan::row_moments", x, /*segments=*/x.dim() > 0 ? x.size(0) : -1, /*variance=*/false);
+}
+
+// Per-(segment, c) mean and biased variance over `segments` equal segments of consecutive samples: batch
+// norm's statistics of each segment alone, (segments, C) tables (stats_affine takes them).
+std::tuple<Tensor, Tensor> segment_stats(const Tensor& x, int64_t segments) {
+  const char* op = "fastgan::segment_stats";
+  FASTGAN_CHECK_VALUE(x.dim() >= 2, op, ": x must have shape (N, C, *spatial), got shape ", x.sizes());
+  FASTGAN_CHECK_VALUE(segments >= 1 && x.size(0) % segments == 0, op, ": segments must be a positive divisor of "
+                      "x's batch size ", x.size(0), ", got ", segments);
+  return moments(op, x, segments, /*variance=*/true);
 }
 
 // row_moments, then group_stats_affine of them, in one call: the statistics of a group / instance /
@@ -327,7 +352,8 @@ std::tuple<Tensor, Tensor> row_moments(const Tensor& x) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> row_stats_affine(const Tensor& x, const c10::optional<Tensor>& weight,
                                                             const c10::optional<Tensor>& bias, int64_t groups,
                                                             double eps) {
-  auto [row_mean, row_m2] = moments("fastgan::row_stats_affine", x, /*per_sample=*/true, /*variance=*/false);
+  auto [row_mean, row_m2] = moments("fastgan::row_stats_affine", x, /*segments=*/x.dim() > 0 ? x.size(0) : -1,
+                                    /*variance=*/false);
   const int64_t rows = x.size(0) * x.size(1);
   // weight and bias as the kernel reads them: dense (a strided view, e.g. a slice of a bigger buffer, is
   // copied), as channel_stats_affine takes them
@@ -481,6 +507,7 @@ std::tuple<Tensor, Tensor> norm_act_double_apply(const Tensor& u, const Tensor& 
 TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def("channel_stats(Tensor x) -> (Tensor, Tensor)");
   m.def("row_moments(Tensor x) -> (Tensor, Tensor)");
+  m.def("segment_stats(Tensor x, int segments) -> (Tensor, Tensor)");
   m.def("row_stats_affine(Tensor x, Tensor? weight, Tensor? bias, int groups, float eps) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
@@ -510,6 +537,7 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
   m.impl("channel_stats", &fastgan::channel_stats);
   m.impl("row_moments", &fastgan::row_moments);
+  m.impl("segment_stats", &fastgan::segment_stats);
   m.impl("row_stats_affine", &fastgan::row_stats_affine);
   m.impl("channel_stats_affine", &fastgan::channel_stats_affine);
   m.impl("norm_act_forward", &fastgan::norm_act_forward);

@@ -10,7 +10,9 @@
 // (C,) vectors (batch norm: reductions over a channel's M elements) or (N, C)
 // tables (per-sample norms: reductions over the S elements of each (n, c));
 // either way a table of R entries, and a reduction runs per entry over one
-// "segment" of its channel (Segments below).
+// "segment" of its channel (Segments below).  (T, C) tables with T < N split
+// the batch into T segments of N / T consecutive samples (per-segment batch
+// statistics: one pass over real and fake images that normalises each alone).
 //
 // Kernels (T = float, __half, __nv_bfloat16 or double; acc = float, double for double):
 //   * reductions per entry, written as partials work[k][p][e] by P blocks per
@@ -214,14 +216,26 @@ __device__ __forceinline__ NormCoef<acc> load_norm_coef(const ChannelArgs<acc>& 
 // How a reduction splits each channel's M = N*S elements, and how an element
 // finds its entry in the per-channel vectors / (N, C) tables (batch_norm_act.h):
 //   batch (per_sample = false): one segment of all N*S elements, entry c;
-//   per sample:                 N segments of S elements,       entry n*C + c.
+//   per sample:                 N segments of S elements,       entry n*C + c;
+//   T-row tables (T | N):       T segments of (N / T)*S elements, entry (n / (N / T))*C + c.
 struct Segments {
   int64_t C, S;
   int64_t num;         // T: segments per channel (N per sample, else 1)
-  int64_t len;         // L: elements of one channel in one segment (S per sample, else N*S)
-  int64_t rows;        // kRows runs of S elements in one segment (1 per sample, else N)
-  int64_t tbl_stride;  // entry of (n, c) is n*tbl_stride + c (C per sample, else 0)
+  int64_t len;         // L: elements of one channel in one segment (rows*S)
+  int64_t rows;        // samples in one segment: kRows runs of S elements (1 per sample, N for batch)
+  int64_t tbl_stride;  // C with tables, 0 with vectors: entry of (n, c) is (n / rows)*tbl_stride + c
   int64_t entries;     // R = T*C: entries of the tables, rows of the reductions' results
+
+  // First element of entry e's segment of its channel in a kRows tensor (its runs follow at stride C*S).
+  __host__ __device__ __forceinline__ int64_t rows_start(int64_t e) const {
+    const int64_t sg = e / C;
+    return (sg * rows * C + (e - sg * C)) * S;
+  }
+  // Entry of sample n, channel c.
+  __host__ __device__ __forceinline__ int64_t entry(int64_t n, int64_t c) const {
+    if (tbl_stride == 0) return c;
+    return (rows == 1 ? n : n / rows) * tbl_stride + c;
+  }
 };
 
 // ----------------------------------------------------------------------------- moments
@@ -249,8 +263,8 @@ __device__ __forceinline__ State<acc, 3> welford_state(int64_t n, acc mean, acc 
   return s;
 }
 
-// kRows, block (e = blockIdx.x, p = blockIdx.y): entry e = seg*C + c is the
-// seg.rows runs of S elements starting at element e*S, run stride C*S (batch:
+// kRows, block (e = blockIdx.x, p = blockIdx.y): entry e = sg*C + c is the
+// seg.rows runs of S elements starting at element (sg*rows*C + c)*S, run stride C*S (batch:
 // e = c, runs n = 0..N-1; per sample: e = n*C + c, one run).  The block takes
 // the vectors w = p*kThreads + tid + k*P*kThreads (w < mv = rows*S/VEC).  A
 // thread keeps one Welford state per position j in the vector (same entry,
@@ -265,7 +279,7 @@ moments_rows_kernel(const T* __restrict__ x, acc_t<T>* __restrict__ work, Segmen
 #pragma unroll
   for (int j = 0; j < VEC; ++j) mean[j] = m2[j] = acc(0);
   int64_t count = 0;
-  for (RowWalk it(p * kThreads + threadIdx.x, P * kThreads, seg.S / VEC, VEC, e * seg.S, seg.C * seg.S);
+  for (RowWalk it(p * kThreads + threadIdx.x, P * kThreads, seg.S / VEC, VEC, seg.rows_start(e), seg.C * seg.S);
        it.w < mv; it.advance()) {
     acc v[VEC];
     load_vec<T, VEC>(x, it.off, v);
@@ -364,7 +378,7 @@ moments_merge_kernel(const acc* __restrict__ work, acc* __restrict__ mean, acc* 
     const acc sec = !variance ? st.v[2] : (st.v[0] > acc(0) ? st.v[2] / st.v[0] : acc(0));
     mean[e] = st.v[1];
     second[e] = sec;
-    if (affine.invstd != nullptr) write_affine(affine, e, st.v[1], sec);
+    if (affine.invstd != nullptr) write_affine(affine, e, e, st.v[1], sec);
   }
 }
 
@@ -425,7 +439,7 @@ grad_sums_rows_kernel(const T* __restrict__ gy, const T* __restrict__ x, const T
   const int64_t p = blockIdx.y;
   const NormCoef<acc> k = load_norm_coef(prm, e);
   State<acc, K> st = zero_state<acc, K>();
-  for (RowWalk it(p * kThreads + threadIdx.x, P * kThreads, seg.S / VEC, VEC, e * seg.S, seg.C * seg.S);
+  for (RowWalk it(p * kThreads + threadIdx.x, P * kThreads, seg.S / VEC, VEC, seg.rows_start(e), seg.C * seg.S);
        it.w < mv; it.advance()) {
     acc gv[VEC], xv[VEC], uv[VEC];
     load_grad_inputs<T, VEC, DOUBLE>(gy, x, u, it.off, gv, xv, uv);
@@ -564,7 +578,7 @@ __device__ __forceinline__ void point_vec(const BigArgs<T>& t, acc_t<T> slope, i
 
 // kRows: grid-stride over the nv = N*C*S/VEC vectors of the tensor.  Vector v
 // is at element v*VEC in run q = v / sv = n*C + c (sv = S/VEC vectors a run);
-// its entry n*tbl_stride + c.  (n, c, r = v % sv) follow v incrementally.
+// its entry seg.entry(n, c).  (n, c, r = v % sv) follow v incrementally.
 template <typename T, int VEC, int MODE>
 __global__ void __launch_bounds__(kThreads)
 pointwise_rows_kernel(BigArgs<T> t, ChannelArgs<acc_t<T>> prm, Segments seg, int64_t sv, int64_t nv) {
@@ -581,7 +595,7 @@ pointwise_rows_kernel(BigArgs<T> t, ChannelArgs<acc_t<T>> prm, Segments seg, int
   const int64_t dn = dq / C;
   const int64_t dc = dq - dn * C;
   for (; v < nv; v += step) {
-    const PointCoef<acc> k = load_point_coef<MODE>(prm, n * seg.tbl_stride + c);
+    const PointCoef<acc> k = load_point_coef<MODE>(prm, seg.entry(n, c));
     point_vec<T, VEC, MODE, 0>(t, prm.slope, v * VEC, &k);
     r += dr;  // r + dr < 2*sv and c + dc + 1 < 2*C: one carry each at most
     c += dc;
@@ -780,8 +794,8 @@ Segments segments(const Problem& pr) {
   Segments g;
   g.C = pr.C;
   g.S = pr.S;
-  g.num = pr.per_sample ? pr.N : 1;
-  g.rows = pr.per_sample ? 1 : pr.N;
+  g.num = pr.per_sample ? (pr.table_rows > 0 ? pr.table_rows : pr.N) : 1;
+  g.rows = g.num > 0 ? pr.N / g.num : 0;
   g.len = g.rows * pr.S;
   g.tbl_stride = pr.per_sample ? pr.C : 0;
   g.entries = g.num * pr.C;
@@ -845,6 +859,10 @@ bool shuffled(const Problem& pr) { return pr.upscale > 1 && pr.layout == Layout:
 // upscale > 1 an (N, C, H, W) x whose C is a multiple of r^2.
 bool valid_problem(const Problem& pr) {
   if (!(pr.N > 0 && pr.S > 0 && pr.C > 0 && segments(pr).entries <= INT32_MAX && pr.upscale >= 1)) return false;
+  // T-row tables: T divides N; the pixel-shuffle kernels take vectors or per-sample tables only
+  const bool segmented = pr.per_sample && pr.table_rows > 0 && pr.table_rows != pr.N;
+  if (pr.per_sample && pr.table_rows < 0) return false;
+  if (segmented && (pr.N % pr.table_rows != 0 || pr.upscale != 1)) return false;
   if (pr.upscale == 1) return true;
   return pr.H * pr.W == pr.S && pr.C % (pr.upscale * pr.upscale) == 0;
 }

@@ -53,7 +53,10 @@ struct Problem {
   DType dtype;
   Layout layout;
   int64_t N, C, S;  // N * S > 0 and C > 0 when a launcher is called
-  bool per_sample;  // (N, C) tables instead of (C,) vectors
+  bool per_sample;  // (T, C) tables instead of (C,) vectors
+  // T: the tables' rows when per_sample, 0 meaning N (per-sample statistics); any T dividing N makes T
+  // segments of N / T consecutive samples (batch statistics per segment).  Not with upscale > 1.
+  int64_t table_rows = 0;
   int sm_count;     // multiprocessors of the device (sizes the grids)
   int64_t upscale = 1;    // r: y-side tensors pixel-shuffled when > 1 (see above)
   int64_t H = 1, W = 1;   // x's height and width (H * W == S) when upscale > 1

@@ -108,14 +108,15 @@ struct Problem {
   // A (C,) gradient from the kernels back to the parameters' shape: each output channel's sum.
   Tensor to_param(const Tensor& t) const { return repeat == 1 ? t : t.view({-1, repeat}).sum(1); }
 
-  // Elements per statistics group (Grouping.group_size): per (n, group) with (N, C) tables, else
-  // per group over the whole batch.
+  // Elements per statistics group (Grouping.group_size): per (n, group) with (N, C) tables, per
+  // (segment, group) with (T, C) tables (T segments of N / T samples), else per group over the batch.
   int64_t group_size() const {
     const int64_t n = x.size(0), c = x.size(1);
     const int64_t rows = n * c;
     const int64_t spatial = rows > 0 ? x.numel() / rows : 0;
     const int64_t per_group = (c / groups) * spatial;
-    return scale.dim() == 2 ? per_group : n * per_group;
+    const int64_t segments = scale.dim() == 2 ? scale.size(0) : 1;
+    return segments > 0 ? (n / segments) * per_group : 0;
   }
 };
 

@@ -9,10 +9,11 @@
 //   group_stats_affine(row_mean, row_m2, weight?, bias?, groups, spatial, eps)
 //       -> (mean, invstd, scale, shift)   (N, C) tables of the per-sample group statistics
 //
-// mean, var: (C,) float32 or float64 statistics (biased variance); weight, bias:
-// (C,) of the same dtype or None; running_mean / running_var, when given, (C,)
-// of the same dtype, updated in place with the unbiased variance
-// (var * count / (count - 1)).  No host synchronisation (graph capturable).
+// mean, var: (C,) float32 or float64 statistics (biased variance), or (T, C)
+// tables of T segments' statistics (outputs like them); weight, bias: (C,) of the
+// same dtype or None; running_mean / running_var, when given, (C,) of the same
+// dtype, updated in place with the unbiased variance (var * count / (count - 1)),
+// once per row of a table, in row order.  No host synchronisation (graph capturable).
 
 #include <cstdint>
 #include <tuple>
@@ -33,8 +34,8 @@ namespace sa {
 
 cudaError_t launch_stats_affine(bool double_, const void* mean, const void* var, const void* weight,
                                 const void* bias, void* running_mean, void* running_var, void* invstd, void* scale,
-                                void* shift, int64_t channels, double eps, double momentum, double unbias,
-                                cudaStream_t stream);
+                                void* shift, int64_t channels, int64_t rows, double eps, double momentum,
+                                double unbias, cudaStream_t stream);
 
 cudaError_t launch_group_stats_affine(bool double_, const void* row_mean, const void* row_m2, const void* weight,
                                       const void* bias, void* const* out, int64_t samples, int64_t channels,
@@ -49,8 +50,9 @@ void check_vector(const char* name, const Tensor& t, const Tensor& mean) {
   FASTGAN_CHECK(t.device() == mean.device(), kOp, ": ", name, " must be on ", mean.device(), ", got ", t.device());
   FASTGAN_CHECK_TYPE(t.scalar_type() == mean.scalar_type(), kOp, ": ", name, " must have mean's dtype ",
                      mean.scalar_type(), ", got ", t.scalar_type());
-  FASTGAN_CHECK_VALUE(t.dim() == 1 && t.size(0) == mean.size(0), kOp, ": ", name, " must have shape (",
-                      mean.size(0), ",), got ", t.sizes());
+  const int64_t c = mean.size(-1);
+  FASTGAN_CHECK_VALUE(t.dim() == 1 && t.size(0) == c, kOp, ": ", name, " must have shape (", c, ",), got ",
+                      t.sizes());
   FASTGAN_CHECK_VALUE(t.is_contiguous(), kOp, ": ", name, " must be contiguous");
 }
 
@@ -69,9 +71,12 @@ std::tuple<Tensor, Tensor, Tensor> stats_affine(const Tensor& mean, const Tensor
   FASTGAN_CHECK(mean.defined() && mean.is_cuda(), kOp, ": mean must be a CUDA tensor");
   FASTGAN_CHECK_TYPE(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble, kOp,
                      ": mean must be float32 or float64, got ", mean.scalar_type());
-  FASTGAN_CHECK_VALUE(mean.dim() == 1 && mean.is_contiguous(), kOp, ": mean must be a contiguous (C,) vector, got ",
-                      mean.sizes());
-  check_vector("var", var, mean);
+  FASTGAN_CHECK_VALUE((mean.dim() == 1 || mean.dim() == 2) && mean.is_contiguous(), kOp,
+                      ": mean must be a contiguous (C,) vector or (T, C) table, got ", mean.sizes());
+  FASTGAN_CHECK(var.device() == mean.device() && var.scalar_type() == mean.scalar_type() &&
+                    var.sizes() == mean.sizes() && var.is_contiguous(),
+                kOp, ": var must be like mean (", mean.sizes(), ", ", mean.scalar_type(), ", contiguous), got ",
+                var.sizes(), " ", var.scalar_type());
   const void* w = data_or_null(weight, "weight", mean);
   const void* b = data_or_null(bias, "bias", mean);
   void* rm = const_cast<void*>(data_or_null(running_mean, "running_mean", mean));
@@ -83,9 +88,10 @@ std::tuple<Tensor, Tensor, Tensor> stats_affine(const Tensor& mean, const Tensor
   Tensor invstd = at::empty_like(mean);
   Tensor scale = at::empty_like(mean);
   Tensor shift = at::empty_like(mean);
+  const int64_t rows = mean.dim() == 2 ? mean.size(0) : 1;
   C10_CUDA_CHECK(launch_stats_affine(mean.scalar_type() == at::kDouble, mean.data_ptr(), var.data_ptr(), w, b, rm,
-                                     rv, invstd.data_ptr(), scale.data_ptr(), shift.data_ptr(), mean.size(0), eps,
-                                     momentum, unbias, c10::cuda::getCurrentCUDAStream(mean.get_device())));
+                                     rv, invstd.data_ptr(), scale.data_ptr(), shift.data_ptr(), mean.size(-1), rows,
+                                     eps, momentum, unbias, c10::cuda::getCurrentCUDAStream(mean.get_device())));
   return {invstd, scale, shift};
 }
 

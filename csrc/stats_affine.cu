@@ -29,22 +29,25 @@ namespace fastgan {
 namespace sa {
 
 template <typename acc>
+// Thread c walks the rows of (rows, C) statistics in order (segments of one batch: the running stats
+// are updated once per row, as the layer run on each segment in turn would).
 __global__ void stats_affine_kernel(const acc* __restrict__ mean, const acc* __restrict__ var, AffineOut<acc> out,
-                                    int64_t channels) {
+                                    int64_t channels, int64_t rows) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c < channels) write_affine(out, c, mean[c], var[c]);
+  if (c >= channels) return;
+  for (int64_t e = c; e < rows * channels; e += channels) write_affine(out, e, c, mean[e], var[e]);
 }
 
 template <typename acc>
 cudaError_t launch(const void* mean, const void* var, const void* weight, const void* bias, void* running_mean,
-                   void* running_var, void* invstd, void* scale, void* shift, int64_t channels, double eps,
-                   double momentum, double unbias, cudaStream_t stream) {
+                   void* running_var, void* invstd, void* scale, void* shift, int64_t channels, int64_t rows,
+                   double eps, double momentum, double unbias, cudaStream_t stream) {
   constexpr int kThreads = 256;
   const unsigned blocks = static_cast<unsigned>((channels + kThreads - 1) / kThreads);
   stats_affine_kernel<acc><<<blocks, kThreads, 0, stream>>>(
       static_cast<const acc*>(mean), static_cast<const acc*>(var),
       affine_out<acc>(weight, bias, running_mean, running_var, invstd, scale, shift, eps, momentum, unbias),
-      channels);
+      channels, rows);
   return cudaGetLastError();
 }
 
@@ -106,13 +109,13 @@ cudaError_t launch_group_stats_affine(bool double_, const void* row_mean, const 
 // Declared in stats_affine.cpp.  double_ selects double (else float) for every vector.
 cudaError_t launch_stats_affine(bool double_, const void* mean, const void* var, const void* weight,
                                 const void* bias, void* running_mean, void* running_var, void* invstd, void* scale,
-                                void* shift, int64_t channels, double eps, double momentum, double unbias,
-                                cudaStream_t stream) {
-  if (channels == 0) return cudaSuccess;
+                                void* shift, int64_t channels, int64_t rows, double eps, double momentum,
+                                double unbias, cudaStream_t stream) {
+  if (channels == 0 || rows == 0) return cudaSuccess;
   return double_ ? launch<double>(mean, var, weight, bias, running_mean, running_var, invstd, scale, shift,
-                                  channels, eps, momentum, unbias, stream)
+                                  channels, rows, eps, momentum, unbias, stream)
                  : launch<float>(mean, var, weight, bias, running_mean, running_var, invstd, scale, shift,
-                                 channels, eps, momentum, unbias, stream);
+                                 channels, rows, eps, momentum, unbias, stream);
 }
 
 }  // namespace sa

@@ -35,15 +35,17 @@ AffineOut<acc> affine_out(const void* weight, const void* bias, void* running_me
 //   invstd = 1 / sqrt(var + eps),  scale = w * invstd,  shift = b - mean * scale,
 //   running_mean += momentum * (mean - running_mean),
 //   running_var  += momentum * (var * unbias - running_var).
+// Tables at entry e (c for (C,) vectors; t*C + c in row t of (T, C) tables), parameters and running
+// stats at channel c.
 template <typename acc>
-__device__ __forceinline__ void write_affine(const AffineOut<acc>& a, int64_t c, acc mean, acc var) {
+__device__ __forceinline__ void write_affine(const AffineOut<acc>& a, int64_t e, int64_t c, acc mean, acc var) {
   // 1 / sqrt, each correctly rounded (CUDA's rsqrt is approximate); torch.rsqrt of the reference may
   // differ from it by an ulp.
   const acc r = acc(1) / sqrt(var + a.eps);
   const acc s = a.weight != nullptr ? a.weight[c] * r : r;
-  a.invstd[c] = r;
-  a.scale[c] = s;
-  a.shift[c] = a.bias != nullptr ? a.bias[c] - mean * s : -(mean * s);
+  a.invstd[e] = r;
+  a.scale[e] = s;
+  a.shift[e] = a.bias != nullptr ? a.bias[c] - mean * s : -(mean * s);
   if (a.running_mean != nullptr) a.running_mean[c] += a.momentum * (mean - a.running_mean[c]);
   if (a.running_var != nullptr) a.running_var[c] += a.momentum * (var * a.unbias - a.running_var[c]);
 }

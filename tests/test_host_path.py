@@ -93,9 +93,9 @@ def test_host_overhead_script_runs():
     vbn_forward = vbn_kernels._virtual_stats_affine_kernel
     results = host_overhead.measure(layers=2, repeats=1, calls=3)
     names = {name for name, _ in results}
-    assert len(names) == 13 and sum(n.startswith("fastgan") for n in names) == 9
+    assert len(names) == 14 and sum(n.startswith("fastgan") for n in names) == 10
     assert {what for _, what in results} == {"forward", "forward+backward", "double backward"}
-    assert len(results) == 39 and all(us > 0 for us in results.values())
+    assert len(results) == 42 and all(us > 0 for us in results.values())
     # restored: the backend choice, the C++ autograd routing, the emulator's kernels and Triton's kernels run again
     assert _backend.kernels is kernels and _backend.resolve is resolve and _norm_act.cpp_autograd_fits(None, None)
     assert triton_kernels._pointwise_kernel is triton_forward

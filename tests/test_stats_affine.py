@@ -121,8 +121,8 @@ def test_triton_statistics_single_pass_and_merged_partials_match_ref(partials, s
     c = shape[1]
     _, _, w, b, rm, rv = _inputs(c, torch.float32, "cpu", True, True, running)
     rm_ref, rv_ref = (rm.clone(), rv.clone()) if running else (None, None)
-    assert tk._geometry(x, False).partials == min(tk._geometry(x, False).num_tiles, partials)
-    assert tk._geometry(x, False).num_tiles >= 3  # so that partials 2 and 3 really split the segment
+    assert tk._geometry(x, None).partials == min(tk._geometry(x, None).num_tiles, partials)
+    assert tk._geometry(x, None).num_tiles >= 3  # so that partials 2 and 3 really split the segment
     got = tk.channel_stats_affine(x, w, b, rm, rv, 0.3, 1e-5)
     want = ref_channel_stats_affine(x, w, b, rm_ref, rv_ref, 0.3, 1e-5)
     for name, g, e in zip(("mean", "var", "invstd", "scale", "shift"), got, want):

@@ -137,16 +137,17 @@ def _check_compiled(fn, inputs, backend):
 def test_batch_norm_act_with_running_stats(impl, device, compile_backend):
     x, w, b = _leaf(8, 4, 5, 3, device=device), _leaf(4, device=device, positive=True), _leaf(4, device=device)
     running = {name: (torch.zeros(4, device=device), torch.ones(4, device=device)) for name in ("compiled", "eager")}
-    calls = iter(("compiled", "eager"))
 
     def step(x, w, b):
         rm, rv = running[next(calls)]
-        return F.batch_norm_act(x, rm, rv, w, b, True, 0.1, 1e-5, impl=impl)
+        return F.batch_norm_act(x, rm, rv, w, b, True, 0.1, 1e-5, impl=impl, segments=segments)
 
-    _check_compiled(step, (x, w, b), compile_backend)
-    for got, expected in zip(running["compiled"], running["eager"]):  # the in-place update was traced
-        assert_close(got, expected, name="running stats")
-    assert not torch.equal(running["compiled"][0], torch.zeros(4, device=device))
+    for segments in (1, 2):  # (2: statistics per half of the batch, running stats updated per half)
+        calls = iter(("compiled", "eager"))
+        _check_compiled(step, (x, w, b), compile_backend)
+        for got, expected in zip(running["compiled"], running["eager"]):  # the in-place update was traced
+            assert_close(got, expected, name="running stats")
+        assert not torch.equal(running["compiled"][0], torch.zeros(4, device=device))
 
 
 @pytest.mark.parametrize("impl,device", CASES)

@@ -174,8 +174,42 @@ def test_separate_or_mixed_real_fake_batches(tmp_path, monkeypatch):
         monkeypatch.setattr(tr.D, "forward_all", lambda x, y=None: calls.append(x.shape[0]) or original(x, y))
         tr.train_step()
         sizes[separate] = calls
-    assert sizes[True] == [32, 32, 32]  # real, fake (D step); fake (G step)
+    # separate: real and fake in one D pass whose batch norms take per-half statistics (this D has none;
+    # fastgan.nn.separate_batches), else two; mixed: one pass, one batch's statistics
+    assert sizes[True] == [64, 32]
     assert sizes[False] == [64, 32]
+
+
+@pytest.mark.parametrize("preset,sets", [("dcgan-mnist", ["conditional=acgan"]), ("ganhacks-mnist", [])])
+def test_separate_batches_in_one_pass_train_like_two_passes(tmp_path, monkeypatch, preset, sets):
+    """tricks.separate_batches as one D pass (D's batch norms with per-half statistics) trains as the two
+    passes do: the same weights, running statistics and batch counts after two steps."""
+    states = []
+    for one_pass in (True, False):
+        tr = _trainer(preset, tmp_path / str(one_pass), "steps=2", "separate_batches=true", "batch_size=8",
+                      "impl=ref", "seed=3", *sets)
+        if preset == "dcgan-mnist":
+            assert tr.d_one_pass  # (its D: fastgan batch-norm layers only)
+        tr.d_one_pass = one_pass and tr.d_one_pass
+        calls = []
+        original = tr.D.forward_all
+        monkeypatch.setattr(tr.D, "forward_all", lambda x, y=None: calls.append(x.shape[0]) or original(x, y))
+        tr.train()
+        states.append((tr.G.state_dict(), tr.D.state_dict(), calls))
+    (g1, d1, calls1), (g2, d2, calls2) = states
+    if preset == "dcgan-mnist":
+        assert calls1[:2] == [16, 8] and calls2[:3] == [8, 8, 8]  # D step, G step
+    for one, two in ((g1, g2), (d1, d2)):
+        for key in one:
+            if one[key].dtype.is_floating_point:
+                torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5, msg=key)
+            else:
+                assert torch.equal(one[key], two[key]), key
+
+
+def test_separate_batches_fall_back_to_two_passes_where_one_would_mix(tmp_path):
+    tr = _trainer("dcgan-mnist", tmp_path, "steps=1", "separate_batches=true", "minibatch=stddev")
+    assert not tr.d_one_pass
 
 
 def test_smoothed_and_flipped_labels_reach_the_loss(tmp_path, monkeypatch):
@@ -300,7 +334,7 @@ def test_pacgan_discriminator_sees_packs(tmp_path):
     original = tr.D.forward_all
     tr.D.forward_all = lambda x, y=None: calls.append(tuple(x.shape)) or original(x, y)
     tr.train_step()
-    assert calls[0] == (8, 8)
+    assert calls[0] == (16, 8)  # 8 real and 8 fake packs of 4 samples x 2 features, one D pass
 
 
 # ----------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def _stats_single_pass_kernel(x_ptr, out_mean_ptr, out_var_ptr, seg_len, C, S, s
     tl.store(out_var_ptr + seg * C + c, second, mask=cmask)
     if AFFINE:
         write_affine(mean, second, c, cmask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps,
-                     momentum, unbias, HAS_WEIGHT, HAS_BIAS, HAS_RUNNING, SQRT_RN)
+                     momentum, unbias, HAS_WEIGHT, HAS_BIAS, HAS_RUNNING, SQRT_RN, c)
 
 
 @triton.jit
@@ -189,7 +189,7 @@ def _stats_finalize_kernel(cnt_ptr, mean_ptr, m2_ptr, out_mean_ptr, out_var_ptr,
     tl.store(out_var_ptr + seg * C + c, second, mask=cmask)
     if AFFINE:
         write_affine(mean, second, c, cmask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps,
-                     momentum, unbias, HAS_WEIGHT, HAS_BIAS, HAS_RUNNING, SQRT_RN)
+                     momentum, unbias, HAS_WEIGHT, HAS_BIAS, HAS_RUNNING, SQRT_RN, c)
 
 
 @triton.jit
@@ -304,17 +304,21 @@ def _pointwise_kernel(x_ptr, gy_ptr, u_ptr, out_ptr, out2_ptr, scale_ptr, shift_
 class _Geometry:
     """How a call tiles x: sizes, strides, block shape, and the segments.
 
-    per_sample=False: one segment of all M = N * S positions (batch norm);
-    per_sample=True:  N segments of S positions, vectors are (N, C) tables.
+    rows=None: (C,) vectors, one segment of all M = N * S positions (batch norm);
+    rows=T:    (T, C) tables, T segments of (N / T) * S positions: per sample with T = N, per segment
+               of N / T consecutive samples otherwise (batch statistics of each segment alone).
     """
 
-    def __init__(self, x: torch.Tensor, per_sample: bool):
+    def __init__(self, x: torch.Tensor, rows: Optional[int]):
         self.n, self.c, self.s, s_n, s_c, s_s = strides_ncs(x)
         self.strides = (s_n, s_c, s_s)
-        self.per_sample = per_sample
-        self.num_segments = self.n if per_sample else 1
-        self.seg_len = self.s if per_sample else self.n * self.s
-        self.tbl_stride = self.c if per_sample else 0
+        self.per_sample = rows is not None  # (T, C) tables
+        if self.per_sample and (rows != self.n and (rows < 1 or self.n % rows)):
+            raise ValueError(f"tables of {rows} rows: one per sample of x ({self.n}) or per segment of its batch "
+                             f"(a number of rows dividing {self.n})")
+        self.num_segments = rows if self.per_sample else 1
+        self.seg_len = (self.n // rows if rows else 0) * self.s if self.per_sample else self.n * self.s
+        self.tbl_stride = self.c if self.per_sample else 0
         if s_c == 1 and self.c > 1:  # channels are contiguous: tile along C
             self.block_c = min(64, next_power_of_2(self.c))
             self.block_m = max(1, min(4096 // self.block_c, next_power_of_2(self.seg_len)))
@@ -341,18 +345,19 @@ class _Geometry:
         return max(1, min(self.num_tiles, target // programs, 512))
 
 
-_GEOMETRIES: dict = {}  # (shape, strides, per_sample, device, compile target) -> _Geometry
+_GEOMETRIES: dict = {}  # (shape, strides, table rows, device, compile target) -> _Geometry
 
 
-def _geometry(x: torch.Tensor, per_sample: bool) -> _Geometry:
-    """x's ``_Geometry``, made once per shape, strides and device: a fused layer's forward and backward
-    size three to five launches of the same x, and building one costs more host time than a lookup."""
-    key = (x.shape, x.stride(), per_sample, x.device, _target.compile_only)
+def _geometry(x: torch.Tensor, rows: Optional[int]) -> _Geometry:
+    """x's ``_Geometry`` for (C,) vectors (``rows`` None) or (rows, C) tables, made once per shape,
+    strides and device: a fused layer's forward and backward size three to five launches of the same
+    x, and building one costs more host time than a lookup."""
+    key = (x.shape, x.stride(), rows, x.device, _target.compile_only)
     g = _GEOMETRIES.get(key)
     if g is None:
         if len(_GEOMETRIES) >= 1024:  # many shapes (a sweep): start over rather than grow without bound
             _GEOMETRIES.clear()
-        g = _GEOMETRIES[key] = _Geometry(x, per_sample)
+        g = _GEOMETRIES[key] = _Geometry(x, rows)
     return g
 
 
@@ -408,13 +413,21 @@ def channel_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: 
 
 def _channel_stats(x: torch.Tensor, affine: Optional[dict]):
     """(mean, var), or with ``affine`` (channel_stats_affine's arguments) (mean, var, invstd, scale, shift)."""
-    return _merge_moments(x, per_sample=False, affine=affine)
+    return _merge_moments(x, None, affine=affine)
 
 
 def row_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(n, c) mean and M2 (sum of squared deviations) over the spatial
     positions, each (N, C); the caller merges rows into group statistics."""
-    return _merge_moments(x, per_sample=True, affine=None)
+    return _merge_moments(x, x.shape[0], affine=None)
+
+
+def segment_stats(x: torch.Tensor, segments: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(segment, c) mean and biased variance over ``segments`` equal segments of consecutive samples,
+    each (segments, C): the batch statistics of each segment alone (``stats_affine`` takes them)."""
+    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1 or x.shape[0] % segments:
+        raise ValueError(f"segments must be a positive divisor of x's batch size {x.shape[0]}, got {segments!r}")
+    return _merge_moments(x, segments, affine=None, variance=True)
 
 
 def row_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], groups: int,
@@ -426,15 +439,16 @@ def row_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opti
     return group_stats_affine(row_mean, row_m2, weight, bias, groups, x.numel() // rows if rows else 0, eps)
 
 
-def _merge_moments(x: torch.Tensor, per_sample: bool, affine: Optional[dict]):
+def _merge_moments(x: torch.Tensor, rows: Optional[int], affine: Optional[dict], variance: Optional[bool] = None):
     """The per-(segment, channel) statistics: the mean and the biased variance, (C,) each (batch norm, one
-    segment), or the mean and M2, (N, C) tables (per sample, a segment per sample); with ``affine``
+    segment; ``rows`` None), or the mean and M2 (the variance with ``variance``), (rows, C) tables (rows
+    segments: N per sample); with ``affine``
     (channel_stats_affine's arguments) also invstd, scale and shift, (C,) each.  Two launches -- the partial
     moments, then their merge -- or one where a program per segment and channel block fills the GPU.  The
     outputs are rows of one allocation: this runs in every layer's forward, where each allocation and view
     costs host time."""
-    g = _geometry(x, per_sample)
-    segments, c = g.num_segments, g.c
+    g = _geometry(x, rows)
+    per_sample, segments, c = g.per_sample, g.num_segments, g.c
     dtype = _acc_dtype(x)
     buf = torch.empty((2 * segments + (0 if affine is None else 3), c), device=x.device, dtype=dtype)
     out = (buf[:segments], buf[segments:2 * segments]) if per_sample else buf.unbind(0)
@@ -446,7 +460,7 @@ def _merge_moments(x: torch.Tensor, per_sample: bool, affine: Optional[dict]):
            for name in ("weight", "bias", "running_mean", "running_var")]
     tables = out[2:] if affine else [mean] * 3
     scalars = (a.get("eps", 0.0), a.get("momentum", 0.0), a.get("unbias", 1.0))
-    flags = dict(VARIANCE=not per_sample, AFFINE=affine is not None, HAS_WEIGHT=a.get("weight") is not None,
+    flags = dict(VARIANCE=not per_sample if variance is None else variance, AFFINE=affine is not None, HAS_WEIGHT=a.get("weight") is not None,
                  HAS_BIAS=a.get("bias") is not None, HAS_RUNNING=a.get("running_mean") is not None,
                  SQRT_RN=HAS_SQRT_RN)
     if g.partials == 1:
@@ -461,6 +475,11 @@ def _merge_moments(x: torch.Tensor, per_sample: bool, affine: Optional[dict]):
         *parts.unbind(0), out[0], out[1], c, g.partials, *vec, *tables, *scalars,
         BLOCK_P=next_power_of_2(g.partials), BLOCK_C=fin_c, **flags)
     return out
+
+
+def _table_rows(scale: torch.Tensor) -> Optional[int]:
+    """Rows of (T, C) tables, None for (C,) vectors."""
+    return scale.shape[0] if scale.dim() == 2 else None
 
 
 def _shuffled_empty(x: torch.Tensor, upscale: int) -> torch.Tensor:
@@ -488,7 +507,7 @@ def norm_act_forward(x, scale, shift, act: int, slope: float, upscale: int = 1) 
 
 
 def _grad_sums(double: bool, gy, x, u, scale, shift, mean, invstd, slope, upscale):
-    g = _geometry(x, scale.dim() == 2)
+    g = _geometry(x, _table_rows(scale))
     k = 5 if double else 2
     parts = torch.empty((k, g.num_segments, g.partials, g.c), device=x.device, dtype=scale.dtype)
     _grad_sums_kernel[(g.num_cblocks, g.partials, g.num_segments)](
@@ -556,7 +575,7 @@ def _coefficient_tables(coef: tuple, scale: torch.Tensor) -> list:
 
 def _launch_pointwise(mode, x, gy, u, out, out2, scale, shift, mean, invstd, coef, slope, upscale):
     """``coef``: the mode's coefficient tables, () (forward), (k1, k2, k3) or (a1, a2, a3, b1, b2, b3, b4)."""
-    g = _geometry(x, scale.dim() == 2)
+    g = _geometry(x, _table_rows(scale))
     grid = (g.num_tiles, g.num_cblocks, g.num_segments)
     _pointwise_kernel[grid](x, x if gy is None else gy, x if u is None else u, out,
                             out if out2 is None else out2, scale, shift, mean, invstd,

@@ -92,8 +92,18 @@ def _batch_norm_cases(tag, shape, fmt, dtype) -> list[Case]:
     def no_affine():  # batch statistics only: no weight, bias or running stats
         forward_backward_double(lambda x: ops.batch_norm_act(x, impl="triton"), _input(shape, dtype, fmt))
 
-    return [(f"batch_norm_act train {tag} {dtype}", train), (f"batch_norm_act eval {tag} {dtype}", evaluate),
-            (f"batch_norm_act no affine {tag} {dtype}", no_affine)]
+    def segmented():  # statistics per half of the batch: (2, C) tables, running stats updated per half
+        w, b = _params(c, dtype)
+        rm, rv = torch.zeros(c, dtype=pdt), torch.ones(c, dtype=pdt)
+        forward_backward_double(
+            lambda x, w, b: ops.batch_norm_act(x, rm, rv, w, b, training=True, impl="triton", segments=2),
+            _input(shape, dtype, fmt), w, b)
+
+    cases = [(f"batch_norm_act train {tag} {dtype}", train), (f"batch_norm_act eval {tag} {dtype}", evaluate),
+             (f"batch_norm_act no affine {tag} {dtype}", no_affine)]
+    if shape[0] % 2 == 0:
+        cases.append((f"batch_norm_act segments=2 {tag} {dtype}", segmented))
+    return cases
 
 
 def _per_sample_norm_cases(tag, shape, fmt, dtype) -> list[Case]:

@@ -69,14 +69,15 @@ def group_lanes(row, g, C, PER_GROUP, BLOCK: tl.constexpr):
 @triton.jit
 def write_affine(m, v, c, mask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps, momentum,
                  unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RUNNING: tl.constexpr,
-                 SQRT_RN: tl.constexpr):
+                 SQRT_RN: tl.constexpr, e):
     """stats_affine for the channels ``c`` with mean m and biased variance v: invstd, scale, shift
-    stored, running stats updated.  Shared with channel_stats_affine's merge kernel."""
+    stored at table entries ``e`` (c for (C,) vectors), running stats updated.  Shared with
+    channel_stats_affine's merge kernel."""
     r = inverse_sqrt(v, eps, SQRT_RN)
     s, sh = _affine(r, m, w_ptr, b_ptr, c, mask, HAS_WEIGHT, HAS_BIAS)
-    tl.store(invstd_ptr + c, r, mask=mask)
-    tl.store(scale_ptr + c, s, mask=mask)
-    tl.store(shift_ptr + c, sh, mask=mask)
+    tl.store(invstd_ptr + e, r, mask=mask)
+    tl.store(scale_ptr + e, s, mask=mask)
+    tl.store(shift_ptr + e, sh, mask=mask)
     if HAS_RUNNING:
         rm = tl.load(rm_ptr + c, mask=mask, other=0.0)
         rv = tl.load(rv_ptr + c, mask=mask, other=0.0)
@@ -86,14 +87,18 @@ def write_affine(m, v, c, mask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_
 
 @triton.jit
 def _stats_affine_kernel(mean_ptr, var_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr,
-                         C, eps, momentum, unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         C, ROWS, eps, momentum, unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                          HAS_RUNNING: tl.constexpr, SQRT_RN: tl.constexpr, BLOCK: tl.constexpr):
+    """A block of channels; with (ROWS, C) statistics (segments of a batch) its rows in order, so the
+    running stats are updated once per row as the layer run on each segment in turn would."""
     c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = c < C
-    m = tl.load(mean_ptr + c, mask=mask, other=0.0)
-    v = tl.load(var_ptr + c, mask=mask, other=1.0)
-    write_affine(m, v, c, mask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps, momentum,
-                 unbias, HAS_WEIGHT, HAS_BIAS, HAS_RUNNING, SQRT_RN)
+    for row in range(0, ROWS):
+        e = row * C + c  # (ROWS * C < 2^31: the binding checks)
+        m = tl.load(mean_ptr + e, mask=mask, other=0.0)
+        v = tl.load(var_ptr + e, mask=mask, other=1.0)
+        write_affine(m, v, c, mask, w_ptr, b_ptr, rm_ptr, rv_ptr, invstd_ptr, scale_ptr, shift_ptr, eps, momentum,
+                     unbias, HAS_WEIGHT, HAS_BIAS, HAS_RUNNING, SQRT_RN, e)
 
 
 def stats_affine(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
@@ -105,14 +110,18 @@ def stats_affine(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.T
         return reference_stats_affine(mean, var, weight, bias, running_mean, running_var, count, momentum, eps)
     if running_mean is not None and count < 2:
         raise ValueError(f"count must be > 1 to update running stats, got {count}")
+    if mean.dim() not in (1, 2) or var.shape != mean.shape:
+        raise ValueError(f"mean must be a (C,) vector or (T, C) table and var like it, got {tuple(mean.shape)} "
+                         f"and {tuple(var.shape)}")
     invstd, scale, shift = torch.empty_like(mean), torch.empty_like(mean), torch.empty_like(mean)
-    c = mean.numel()
-    if c:
+    c = mean.shape[-1]
+    rows = mean.shape[0] if mean.dim() == 2 else 1
+    if c and rows:
         has_running = running_mean is not None
         _stats_affine_kernel[(cdiv(c, _BLOCK),)](
             mean, var, mean if weight is None else weight, mean if bias is None else bias,
             running_mean if has_running else mean, running_var if has_running else mean, invstd, scale, shift,
-            c, float(eps), float(momentum), count / (count - 1) if has_running else 1.0,
+            c, rows, float(eps), float(momentum), count / (count - 1) if has_running else 1.0,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_RUNNING=has_running,
             SQRT_RN=HAS_SQRT_RN, BLOCK=_BLOCK)
     return invstd, scale, shift

@@ -24,7 +24,8 @@ def batch_norm_step(bn: _NormBase):
     pass to the functional op; increments ``num_batches_tracked``."""
     factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
+        # a batch of ``segments`` parts normalised each alone counts as that many batches
+        bn.num_batches_tracked.add_(getattr(bn, "segments", 1))
         if bn.momentum is None:  # cumulative moving average
             factor = 1.0 / float(bn.num_batches_tracked)
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
@@ -46,6 +47,9 @@ class _BatchNormAct(_NormBase):
         self.activation = activation
         self.negative_slope = negative_slope
         self.impl = check_impl(impl)
+        # Equal parts of the batch normalised each with its own statistics (set by
+        # fastgan.nn.separate_batches for one pass over real and fake images); not state.
+        self.segments = 1
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() not in self._expected_dims:
@@ -54,9 +58,13 @@ class _BatchNormAct(_NormBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
+        segments = getattr(self, "segments", 1)  # (a module pickled before the attribute existed)
+        if segments != 1 and self.momentum is None and self.training and self.track_running_stats:
+            raise ValueError(f"{type(self).__name__}: segments={segments} needs a momentum: momentum=None "
+                             "(a cumulative average) would need a factor per segment")
         running_mean, running_var, use_batch_stats, factor = batch_norm_step(self)
         return batch_norm_act(x, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor,
-                              self.eps, self.activation, self.negative_slope, impl=self.impl)
+                              self.eps, self.activation, self.negative_slope, impl=self.impl, segments=segments)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {activation_repr(self)}"

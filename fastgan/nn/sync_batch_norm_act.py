@@ -34,6 +34,9 @@ class SyncBatchNormAct(_BatchNormAct):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:  # as nn.SyncBatchNorm: no collective in eval mode (rank-0-only sampling)
             return super().forward(x)
+        if getattr(self, "segments", 1) != 1:
+            raise ValueError(f"{type(self).__name__}: per-segment statistics (segments={self.segments}) are not "
+                             "supported with synchronised batch statistics")
         self._check_input_dim(x)
         running_mean, running_var, use_batch_stats, factor = batch_norm_step(self)
         return sync_batch_norm_act(x, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor,

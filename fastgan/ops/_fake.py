@@ -55,6 +55,11 @@ def _row_moments(x):
     return x.new_empty(shape, dtype=_acc_dtype(x)), x.new_empty(shape, dtype=_acc_dtype(x))
 
 
+def _segment_stats(x, segments):
+    shape = (segments, x.shape[1])
+    return x.new_empty(shape, dtype=_acc_dtype(x)), x.new_empty(shape, dtype=_acc_dtype(x))
+
+
 def _row_stats_affine(x, weight, bias, groups, eps):
     return tuple(x.new_empty((x.shape[0], x.shape[1]), dtype=_acc_dtype(x)) for _ in range(4))
 
@@ -135,6 +140,7 @@ FAKES: dict[str, Callable] = {
     "channel_stats": _channel_stats,
     "channel_stats_affine": _channel_stats_affine,
     "row_moments": _row_moments,
+    "segment_stats": _segment_stats,
     "row_stats_affine": _row_stats_affine,
     "norm_act_forward": _norm_act_forward,
     "norm_act": _norm_act,

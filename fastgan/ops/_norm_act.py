@@ -57,7 +57,9 @@ class Grouping(NamedTuple):
     over (N, *spatial): batch norm (groups = C), or batch norm after a pixel
     shuffle (C / groups = r^2 sub-channels feed one output channel); vectors
     are (C,).  per_sample=True: ``groups`` groups of C / groups channels in
-    each sample; tables are (N, C).  ``upscale`` r > 1: the output y (and so
+    each sample; tables are (N, C); or, with ``segments`` T > 0, in each of T
+    equal segments of consecutive samples (batch norm per segment), tables
+    (T, C).  ``upscale`` r > 1: the output y (and so
     gy) is pixel_shuffle(., r) of x's layout.  (A NamedTuple: one is made in every fused layer's
     forward, and a frozen dataclass costs several times as much to make.)
     """
@@ -65,12 +67,15 @@ class Grouping(NamedTuple):
     groups: int
     batch_stats: bool = True
     upscale: int = 1
+    segments: int = 0
 
     def group_size(self, x: torch.Tensor) -> int:
         n, c = x.shape[0], x.shape[1]
         spatial = x.numel() // max(n * c, 1)
         per_group = (c // self.groups) * spatial
-        return per_group if self.per_sample else n * per_group
+        if not self.per_sample:
+            return n * per_group
+        return per_group * (n // self.segments if self.segments else 1)
 
     def kernel_kwargs(self) -> dict:
         """Extra kernel arguments: ``upscale`` only when it is not 1 (the kernels default to 1)."""

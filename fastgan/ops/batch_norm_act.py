@@ -62,11 +62,25 @@ def check_arguments(x, running_mean, running_var, weight, bias, training, moment
         raise ValueError(f"x must have more than 1 value per channel when training, got input size {tuple(x.shape)}")
 
 
+def check_segments(x, segments, training) -> None:
+    """``segments``: a positive int dividing x's batch, each part with more than 1 value per channel
+    when training."""
+    if type(segments) is int and segments == 1:
+        return
+    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
+        raise ValueError(f"segments must be a positive int, got {segments!r}")
+    if x.shape[0] % segments:
+        raise ValueError(f"segments={segments} must divide x's batch size {x.shape[0]} (equal parts)")
+    if training and x.numel() and x.numel() // (x.shape[1] * segments) == 1:
+        raise ValueError(f"each of the {segments} segments of x must have more than 1 value per channel when "
+                         f"training, got input size {tuple(x.shape)}")
+
+
 def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
                    running_var: Optional[torch.Tensor] = None, weight: Optional[torch.Tensor] = None,
                    bias: Optional[torch.Tensor] = None, training: bool = True, momentum: float = 0.1,
                    eps: float = 1e-5, activation: str = "leaky_relu", negative_slope: float = 0.2,
-                   impl: str = "auto") -> torch.Tensor:
+                   impl: str = "auto", *, segments: int = 1) -> torch.Tensor:
     """``act(F.batch_norm(x, ...))`` in one fused op, with the same semantics.
 
     x is (N, C) or (N, C, *spatial), float32 / float16 / bfloat16 (float64
@@ -75,17 +89,27 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     are updated in place (unbiased variance, factor ``momentum``).
     ``activation`` is ``"leaky_relu"`` (``negative_slope``), ``"relu"`` or
     ``"identity"``.  Differentiable twice (gradient penalties).
+
+    ``segments`` > 1: x's batch is that many equal parts of consecutive
+    samples (e.g. ``torch.cat([real, fake])``), each normalised with its own
+    batch statistics -- the layer run on each part alone, the running stats
+    updated once per part in order -- in one pass of the same kernels.
+    Running statistics (eval mode) are the same for every part.
     """
     check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    check_segments(x, segments, training)
     act, slope = activation_code(activation, negative_slope)
     backend = _backend.resolve(impl, x.device, "batch_norm_act")
     if backend == "ref" or x.numel() == 0:
         return reference.batch_norm_act(x, running_mean, running_var, weight, bias, training,
-                                        momentum, eps, activation, negative_slope)
+                                        momentum, eps, activation, negative_slope, segments)
     x = kernel_layout(x)
     k = _backend.kernels(backend, "batch_norm_act")
     dtype = _compute_dtype(x)
     use_batch_stats = bool(training) or running_mean is None
+    if segments > 1 and use_batch_stats:
+        return _segmented(x, running_mean, running_var, weight, bias, training, momentum, eps, act, slope, backend,
+                          k, dtype, segments)
     count = x.numel() // x.shape[1]
     kernel_running, kernel_momentum, rest = kernel_running_stats(running_mean, running_var, training, momentum, dtype)
     if backend == "cuda" and use_batch_stats and rest[0] is None and _norm_act.cpp_autograd_fits(weight, bias):
@@ -106,4 +130,22 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     if rest[0] is not None:
         update_running_stats(rest[0], rest[1], mean, var, count, momentum)
     grouping = Grouping(per_sample=False, groups=x.shape[1], batch_stats=use_batch_stats)
+    return norm_act(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)
+
+
+def _segmented(x, running_mean, running_var, weight, bias, training, momentum, eps, act, slope, backend, k, dtype,
+               segments):
+    """Batch statistics per segment: (segments, C) tables of the segments' statistics (one reduction),
+    their affine tables with the running stats updated once per segment in order (one launch), and the
+    family's fused passes, which read each element's segment row."""
+    channels = x.shape[1]
+    count = x.numel() // (channels * segments)
+    mean, var = k.segment_stats(x.detach(), segments)
+    w, b = detached_param(weight, dtype), detached_param(bias, dtype)
+    kernel_running, kernel_momentum, rest = kernel_running_stats(running_mean, running_var, training, momentum, dtype)
+    invstd, scale, shift = k.stats_affine(mean, var, w, b, *kernel_running, count, kernel_momentum, float(eps))
+    if rest[0] is not None:  # (running stats the kernel cannot update in place, e.g. float16 buffers)
+        for part in range(segments):
+            update_running_stats(rest[0], rest[1], mean[part], var[part], count, momentum)
+    grouping = Grouping(per_sample=True, groups=channels, batch_stats=True, segments=segments)
     return norm_act(x, weight, bias, mean, invstd, grouping, act, slope, backend, scale, shift)

@@ -37,10 +37,12 @@ def stats_affine(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.T
                  running_var: Optional[torch.Tensor], count: int, momentum: float,
                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(invstd, scale, shift) with ``z = x * scale + shift`` the normalised, affine-transformed x, from
-    the per-channel statistics (biased ``var``); the running stats, when given, are updated as
-    ``update_running_stats`` does.  The reference of the ``stats_affine`` kernels, which do all of
+    the per-channel statistics (biased ``var``), (C,) vectors or (T, C) tables of T segments' statistics
+    (outputs like them); the running stats, when given, are updated as ``update_running_stats`` does,
+    once per table row in order.  The reference of the ``stats_affine`` kernels, which do all of
     this in one launch."""
-    update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    for row_mean, row_var in zip(*((mean, var) if mean.dim() == 2 else ([mean], [var]))):
+        update_running_stats(running_mean, running_var, row_mean, row_var, count, momentum)
     invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else weight * invstd
     shift = -(mean * scale) if bias is None else bias - mean * scale
@@ -65,9 +67,15 @@ def channel_stats_affine(x: torch.Tensor, weight: Optional[torch.Tensor], bias: 
 def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                    weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool,
                    momentum: float, eps: float, activation: str = "leaky_relu",
-                   negative_slope: float = 0.2) -> torch.Tensor:
+                   negative_slope: float = 0.2, segments: int = 1) -> torch.Tensor:
     """Batch statistics when ``training`` (or when there are no running stats),
-    running statistics otherwise; statistics in float32 (float64 for float64 x)."""
+    running statistics otherwise; statistics in float32 (float64 for float64 x).
+    ``segments`` > 1 with batch statistics: the layer on each of that many equal
+    parts of the batch alone, in order (running stats updated once per part)."""
+    if segments > 1 and x.numel() and (training or running_mean is None or running_var is None):
+        parts = [batch_norm_act(part, running_mean, running_var, weight, bias, training, momentum, eps, activation,
+                                negative_slope) for part in x.chunk(segments)]
+        return torch.cat(parts)
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc = x.to(compute_dtype)
     shape = channel_view_shape(x)

@@ -250,8 +250,9 @@ class OptimConfig:
 
 @dataclass
 class TricksConfig:
-    separate_batches: bool = opt(False, "D sees all-real and all-fake batches separately (off: one mixed batch)",
-                                 source="ganhacks #4", trick=True)
+    separate_batches: bool = opt(False, "D sees all-real and all-fake batches separately (off: one mixed batch); "
+                                 "one D pass with per-half batch statistics where D's layers allow it "
+                                 "(fastgan.nn.separate_batches), else two", source="ganhacks #4", trick=True)
     label_smoothing: float = opt(0.0, "one-sided label smoothing: D's real target is 1 - s (fake stays 0)",
                                  source="Salimans et al. 2016, sec. 3.4; ganhacks #6", trick=True, minimum=0.0,
                                  maximum=0.5)

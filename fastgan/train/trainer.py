@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models import has_vbn
-from ..nn import virtual_batch_reference
+from ..nn import separate_batches, virtual_batch_reference
+from ..nn.separate_batches import unsupported_reason
 from . import algos
 from . import losses as L
 from .checkpoint import CheckpointError, capture_rng, load_resume_checkpoint, restore_rng, save_checkpoint
@@ -215,6 +216,9 @@ class Trainer:
         # take D's gradient at detached inputs); the eager module keeps the weights and does the sampling.
         self.G_train = torch.compile(self.dist.ddp(self.G)) if r.compile_g else self.dist.ddp(self.G)
         self.D_train = self.dist.ddp(self.D)  # D's training forwards (the penalty's too) go through DDP
+        # tricks.separate_batches as one D pass over real and fake where D's layers allow it (its batch norms
+        # then take per-half statistics: the two passes' math, half the D step's convolution launches)
+        self.d_one_pass = t.separate_batches and unsupported_reason(self.D) is None
         self.opt_g = self._optimizer(self.G, o.optimizer_g, o.lr_g, 0.0, o.weight_decay_g)
         self.opt_d = self._optimizer(self.D, o.optimizer_d, o.lr_d, o.momentum_d, o.weight_decay_d)
         self.schedule = StepSchedule(o.d_pretrain, o.balance, o.balance_d_above, o.balance_g_above)
@@ -441,13 +445,15 @@ class Trainer:
 
             self._vbn_ref_d(self.D)
             yr, yf = self._labels_for_d(y_real), self._labels_for_d(y_fake_d)
-            if t.separate_batches:
+            one_pass = self.d_one_pass and fake_in.shape[0] == npk  # (equal halves)
+            if t.separate_batches and not one_pass:
                 out_r, cls_r, _ = self.D_train.forward_all(real_in, yr)
                 out_f, cls_f, feat_f = self.D_train.forward_all(fake_in, yf)
             else:
                 both = torch.cat([real_in, fake_in], 0)
                 yb = None if yr is None else torch.cat([yr, yf], 0)
-                out, cls, feat = self.D_train.forward_all(both, yb)
+                with separate_batches(self.D, 2) if one_pass else contextlib.nullcontext():
+                    out, cls, feat = self.D_train.forward_all(both, yb)
                 out_r, out_f, feat_f = out[:npk], out[npk:], feat[npk:]
                 cls_r, cls_f = (None, None) if cls is None else (cls[:npk], cls[npk:])
             loss_adv = L.d_loss(lo.loss, out_r, out_f, t_real, t_fake)
