@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ..models import has_vbn
 from ..nn import separate_batches, virtual_batch_reference
-from ..nn.separate_batches import unsupported_reason
+from ..nn.one_pass import unsupported_reason
 from . import algos
 from . import losses as L
 from .checkpoint import CheckpointError, capture_rng, load_resume_checkpoint, restore_rng, save_checkpoint

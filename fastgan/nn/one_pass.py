@@ -31,6 +31,7 @@ from typing import Iterator, Optional
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.spectral_norm import SpectralNorm  # (the older, hook-based form)
 
 from .batch_norm_act import _BatchNormAct
 from .minibatch import MinibatchDiscrimination, MinibatchStdDev
@@ -41,30 +42,45 @@ __all__ = ["separate_batches", "unsupported_reason"]
 
 
 def _has_spectral_norm(m: nn.Module) -> bool:
-    params = getattr(m, "parametrizations", None)
+    params = m._modules.get("parametrizations")  # (a getattr miss costs an exception per module)
     if params is not None and any(type(p).__name__ == "_SpectralNorm" for plist in params.values() for p in plist):
         return True
-    from torch.nn.utils.spectral_norm import SpectralNorm  # the older hook-based form
-    return any(isinstance(hook, SpectralNorm) for hook in m._forward_pre_hooks.values())
+    return bool(m._forward_pre_hooks) and any(isinstance(h, SpectralNorm) for h in m._forward_pre_hooks.values())
+
+
+def _why_not(m: nn.Module) -> Optional[str]:
+    """Why one pass of ``m`` itself over several parts of a batch would mix them, or None."""
+    if isinstance(m, SyncBatchNormAct):
+        return "synchronises batch statistics across processes (no per-part statistics)"
+    if isinstance(m, PixelShuffleUpsample) and m.norm is not None:
+        return "takes batch statistics after its pixel shuffle (no per-part statistics)"
+    if isinstance(m, _BatchNorm):
+        return "is not a fastgan batch-norm layer: its statistics would mix the parts"
+    if isinstance(m, (MinibatchDiscrimination, MinibatchStdDev)):
+        return "compares the samples of a batch: it would mix the parts"
+    if isinstance(m, _BatchNormAct) and m.training and m.track_running_stats and m.momentum is None:
+        return "has momentum=None (a cumulative average, one factor per part)"
+    if _has_spectral_norm(m):
+        return "is spectrally normalised: its power iteration would advance once, not once per part"
+    return None
+
+
+def _scan(module: nn.Module) -> tuple[Optional[str], list]:
+    """(why one pass of ``module`` over several parts would not equal a pass per part, or None; its
+    fastgan batch-norm layers).  One walk: this runs on every entry of ``separate_batches``."""
+    layers = []
+    for name, m in module.named_modules():
+        why = _why_not(m)
+        if why is not None:
+            return f"{name or 'the module'} ({type(m).__name__}) {why}", layers
+        if isinstance(m, _BatchNormAct):
+            layers.append(m)
+    return None, layers
 
 
 def unsupported_reason(module: nn.Module) -> Optional[str]:
     """Why one pass of ``module`` over several parts of a batch would not equal a pass per part, or None."""
-    for name, m in module.named_modules():
-        where = f"{name or 'the module'} ({type(m).__name__})"
-        if isinstance(m, SyncBatchNormAct):
-            return f"{where} synchronises batch statistics across processes (no per-part statistics)"
-        if isinstance(m, PixelShuffleUpsample) and m.norm is not None:
-            return f"{where} takes batch statistics after its pixel shuffle (no per-part statistics)"
-        if isinstance(m, _BatchNorm):
-            return f"{where} is not a fastgan batch-norm layer: its statistics would mix the parts"
-        if isinstance(m, (MinibatchDiscrimination, MinibatchStdDev)):
-            return f"{where} compares the samples of a batch: it would mix the parts"
-        if isinstance(m, _BatchNormAct) and m.training and m.track_running_stats and m.momentum is None:
-            return f"{where} has momentum=None (a cumulative average, one factor per part)"
-        if _has_spectral_norm(m):
-            return f"{where} is spectrally normalised: its power iteration would advance once, not once per part"
-    return None
+    return _scan(module)[0]
 
 
 @contextlib.contextmanager
@@ -74,15 +90,14 @@ def separate_batches(module: nn.Module, parts: int = 2) -> Iterator[nn.Module]:
     Raises ValueError, naming the layer, for a module a single pass cannot serve this way."""
     if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
         raise ValueError(f"parts must be a positive int, got {parts!r}")
-    reason = unsupported_reason(module)
+    reason, layers = _scan(module)
     if reason is not None and parts > 1:
         raise ValueError(f"separate_batches: {reason}; run the parts through the module separately")
-    layers = [m for m in module.modules() if isinstance(m, _BatchNormAct)]
     previous = [m.segments for m in layers]
     for m in layers:
-        m.segments = parts
+        m.__dict__["segments"] = parts  # (a plain attribute: nn.Module.__setattr__'s checks cost µs each)
     try:
         yield module
     finally:
         for m, before in zip(layers, previous):
-            m.segments = before
+            m.__dict__["segments"] = before
