@@ -4,8 +4,9 @@
 //
 //   norm_act(x, weight?, bias?, mean, invstd, scale, shift, groups, batch_stats, act, slope, upscale=1) -> y
 //   norm_act_stats(x, weight?, bias?, running_mean?, running_var?, momentum, eps, groups, per_sample, act, slope,
-//                  upscale=1)
-//       -> y     the batch's statistics (channel_stats_affine / row_stats_affine), then norm_act, in one call
+//                  upscale=1, segments=1)
+//       -> y     the batch's statistics (channel_stats_affine / row_stats_affine; with segments T > 1
+//                segment_stats and stats_affine: batch norm per part of the batch), then norm_act, in one call
 //
 // y = act(x * scale + shift), scale / shift being the affine tables of (mean, invstd, weight, bias);
 // (C,) vectors (batch norm) or (N, C) tables (group / instance / layer norm), groups and upscale as in
@@ -77,6 +78,7 @@ Tensor forward_op(const Tensor& x, const Tensor& scale, const Tensor& shift, int
 }
 
 using Tensor2 = std::tuple<Tensor, Tensor>;
+using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
 using Tensor5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 using Tensor6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using Tensor7 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
@@ -467,7 +469,8 @@ Tensor norm_act_forward_only(const Tensor& x, const optional<Tensor>& weight, co
 // (channel_stats_affine, updating the running stats in place; or row_stats_affine per sample), then
 // norm_act's.  One call from Python instead of two, and none of the Python glue between them.
 
-// mean, invstd, scale, shift of x's batch (per_sample: (N, C) tables over groups of C / groups channels).
+// mean, invstd, scale, shift of x's batch (per_sample: (N, C) tables over groups of C / groups channels;
+// segments T > 1: (T, C) tables of T equal parts of the batch, the running stats updated once per part).
 // upscale r > 1 (pixel shuffle, per output channel): an output channel's values are its r^2 input
 // channels, next to each other in a contiguous x, so x seen as (N, C / r^2, r^2 H W) has them as
 // plain per-channel statistics.
@@ -475,11 +478,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_statistics(const Tensor& x_in, 
                                                             const optional<Tensor>& running_mean,
                                                             const optional<Tensor>& running_var, double momentum,
                                                             double eps, int64_t groups, bool per_sample,
-                                                            int64_t upscale) {
+                                                            int64_t upscale, int64_t segments) {
   check_upscale(x_in, upscale);
   FASTGAN_CHECK_VALUE(upscale == 1 || (!per_sample && x_in.is_contiguous()), "fastgan::norm_act_stats: upscale = ",
                       upscale, " takes batch statistics of a contiguous x, got per_sample = ", per_sample,
                       " and x's strides ", x_in.strides());
+  FASTGAN_CHECK_VALUE(segments == 1 || (!per_sample && upscale == 1 && groups == x_in.size(1)),
+                      "fastgan::norm_act_stats: segments = ", segments, " takes batch norm's per-channel "
+                      "statistics (per_sample false, upscale 1, groups = C), got per_sample = ", per_sample,
+                      ", upscale = ", upscale, ", groups = ", groups);
   const Tensor x = upscale == 1 ? x_in : x_in.view({x_in.size(0), x_in.size(1) / (upscale * upscale), -1});
   static const auto channel_stats_affine =
       op_handle<Tensor5(CT, OptT, OptT, const optional<Tensor>&, const optional<Tensor>&, double, double)>(
@@ -495,6 +502,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_statistics(const Tensor& x_in, 
                         "fastgan::norm_act_stats: per-sample statistics take no running stats");
     return row_stats_affine.call(x, w_acc, b_acc, groups, eps);
   }
+  if (segments != 1) {
+    static const auto segment_stats = op_handle<Tensor2(CT, int64_t)>("segment_stats");
+    static const auto stats_affine =
+        op_handle<Tensor3(CT, CT, OptT, OptT, const optional<Tensor>&, const optional<Tensor>&, int64_t, double,
+                          double)>("stats_affine");
+    auto [mean, var] = segment_stats.call(x, segments);
+    const int64_t count = x.numel() / (x.size(1) * segments);  // values per channel in one part
+    auto [invstd, scale, shift] = stats_affine.call(mean, var, w_acc, b_acc, running_mean, running_var, count,
+                                                    momentum, eps);
+    return {mean, invstd, scale, shift};
+  }
   auto [mean, var, invstd, scale, shift] =
       channel_stats_affine.call(x, w_acc, b_acc, running_mean, running_var, momentum, eps);
   return {mean, invstd, scale, shift};
@@ -504,20 +522,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_statistics(const Tensor& x_in, 
 // (the node differentiates through them itself).
 KernelTables batch_tables(const Tensor& x, const Tensor& w, const Tensor& b, const optional<Tensor>& running_mean,
                           const optional<Tensor>& running_var, double momentum, double eps, int64_t groups,
-                          bool per_sample, int64_t upscale) {
+                          bool per_sample, int64_t upscale, int64_t segments) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto [mean, invstd, scale, shift] =
-      batch_statistics(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample, upscale);
+      batch_statistics(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample, upscale, segments);
   return kernel_tables(x, w, b, mean, invstd, scale, shift, upscale);
 }
 
 Tensor norm_act_stats_autograd(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
                                const optional<Tensor>& running_mean, const optional<Tensor>& running_var,
                                double momentum, double eps, int64_t groups, bool per_sample, int64_t act,
-                               double slope, int64_t upscale) {
+                               double slope, int64_t upscale, int64_t segments) {
   check_params("fastgan::norm_act_stats", weight, bias);
   const Tensor w = value(weight), b = value(bias);
-  const KernelTables k = batch_tables(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample, upscale);
+  const KernelTables k = batch_tables(x, w, b, running_mean, running_var, momentum, eps, groups, per_sample, upscale,
+                                      segments);
   return record_norm_act(x, w, b, k.mean, k.invstd, k.scale, k.shift, groups, /*batch_stats=*/true, act, slope,
                          upscale, k.repeat);
 }
@@ -525,10 +544,10 @@ Tensor norm_act_stats_autograd(const Tensor& x, const optional<Tensor>& weight, 
 Tensor norm_act_stats_forward_only(const Tensor& x, const optional<Tensor>& weight, const optional<Tensor>& bias,
                                    const optional<Tensor>& running_mean, const optional<Tensor>& running_var,
                                    double momentum, double eps, int64_t groups, bool per_sample, int64_t act,
-                                   double slope, int64_t upscale) {
+                                   double slope, int64_t upscale, int64_t segments) {
   check_params("fastgan::norm_act_stats", weight, bias);
   const KernelTables k = batch_tables(x, value(weight), value(bias), running_mean, running_var, momentum, eps,
-                                      groups, per_sample, upscale);
+                                      groups, per_sample, upscale, segments);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return forward_op(x, k.scale, k.shift, act, slope, upscale);
 }
@@ -543,7 +562,8 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
       "int groups, bool batch_stats, int act, float slope, int upscale=1) -> Tensor");
   m.def(
       "norm_act_stats(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
-      "float momentum, float eps, int groups, bool per_sample, int act, float slope, int upscale=1) -> Tensor");
+      "float momentum, float eps, int groups, bool per_sample, int act, float slope, int upscale=1, "
+      "int segments=1) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {

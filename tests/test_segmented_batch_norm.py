@@ -198,3 +198,20 @@ def test_separate_batches_refuses_layers_that_would_mix_the_parts():
     with pytest.raises(ValueError, match="segments=3 must divide"):
         with separate_batches(bn, 3):
             bn(torch.randn(4, 4, 2, 2))
+
+
+@pytest.mark.parametrize("impl,device", [p for p in all_backend_params() if "cuda" in str(p.values[0])])
+def test_cuda_backend_runs_the_segmented_layer_as_one_cpp_autograd_node(impl, device):
+    """As the plain layer: statistics, their tables and the fused forward in one call (norm_act_stats with
+    segments), whose C++ node differentiates through the per-part statistics itself."""
+    from fastgan import _backend
+
+    x, w, b = make((4, 3, 2, 2), torch.float32, device)
+    x.requires_grad_()
+    plain = batch_norm_act(x, weight=w, bias=b, impl=impl)
+    halves = batch_norm_act(x, weight=w, bias=b, impl=impl, segments=2)
+    assert type(halves.grad_fn).__name__ == type(plain.grad_fn).__name__
+    assert not isinstance(halves.grad_fn, torch.autograd.function.BackwardCFunction)  # not a Python Function
+    k = _backend.kernels(impl, "batch_norm_act")
+    with pytest.raises(ValueError, match="segments = 2 takes batch norm's per-channel statistics"):
+        k.norm_act_stats(x.detach(), w, b, None, None, 0.0, 1e-5, 3, True, 2, 0.2, 1, 2)

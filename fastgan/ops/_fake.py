@@ -127,7 +127,7 @@ def _norm_act(x, weight, bias, mean, invstd, scale, shift, groups, batch_stats, 
 
 
 def _norm_act_stats(x, weight, bias, running_mean, running_var, momentum, eps, groups, per_sample, act, slope,
-                    upscale=1):
+                    upscale=1, segments=1):
     """The batch's statistics, then norm_act (csrc/norm_act_autograd.cpp); the running stats it updates in
     place are inputs, as channel_stats_affine's are."""
     _check_upscale("norm_act_stats", x, upscale)

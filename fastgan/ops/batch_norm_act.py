@@ -140,9 +140,14 @@ def _segmented(x, running_mean, running_var, weight, bias, training, momentum, e
     family's fused passes, which read each element's segment row."""
     channels = x.shape[1]
     count = x.numel() // (channels * segments)
+    kernel_running, kernel_momentum, rest = kernel_running_stats(running_mean, running_var, training, momentum, dtype)
+    if backend == "cuda" and rest[0] is None and _norm_act.cpp_autograd_fits(weight, bias):
+        # the statistics, their tables and the fused forward in one call, its autograd C++, as the plain
+        # layer's (csrc/norm_act_autograd.cpp)
+        return k.norm_act_stats(x, weight, bias, *kernel_running, kernel_momentum, float(eps), channels, False,
+                                act, slope, 1, segments)
     mean, var = k.segment_stats(x.detach(), segments)
     w, b = detached_param(weight, dtype), detached_param(bias, dtype)
-    kernel_running, kernel_momentum, rest = kernel_running_stats(running_mean, running_var, training, momentum, dtype)
     invstd, scale, shift = k.stats_affine(mean, var, w, b, *kernel_running, count, kernel_momentum, float(eps))
     if rest[0] is not None:  # (running stats the kernel cannot update in place, e.g. float16 buffers)
         for part in range(segments):
