@@ -68,9 +68,12 @@ CASES = {
     "dcgan-b128-float32": ("dcgan", 128, torch.float32),
     "dcgan-b128-bfloat16": ("dcgan", 128, torch.bfloat16),
     "dcgan-b64-float32": ("dcgan", 64, torch.float32),
+    # fastgan's D step as one pass over real and fake (fastgan.nn.separate_batches); eager: two passes
+    "dcgan-onepass-b128-float32": ("dcgan_onepass", 128, torch.float32),
     "wgan-gp-b128-float32": ("wgan_gp", 128, torch.float32),
 }
-DEFAULT_CASES = ("dcgan-b128-float32", "dcgan-b64-float32", "wgan-gp-b128-float32", "dcgan-b128-bfloat16")
+DEFAULT_CASES = ("dcgan-b128-float32", "dcgan-onepass-b128-float32", "dcgan-b64-float32", "wgan-gp-b128-float32",
+                 "dcgan-b128-bfloat16")
 
 
 def kind_of(name: str) -> str:
@@ -90,9 +93,10 @@ def build_step(case: str, impl: str, device: torch.device, smoke: bool):
     g, d, nz = train_steps._models(impl, shape, device, smoke, d_norm=d_norm)
     amp = train_steps._autocast(device, dtype)
     real = torch.randn(shape, device=device).clamp_(-1, 1)
-    if what == "dcgan":
+    if what in ("dcgan", "dcgan_onepass"):
         opt_g, opt_d = train_steps._adam(g), train_steps._adam(d)
-        return train_steps.dcgan_step(g, d, opt_g, opt_d, real, torch.randn(shape[0], nz, device=device), amp)
+        return train_steps.dcgan_step(g, d, opt_g, opt_d, real, torch.randn(shape[0], nz, device=device), amp,
+                                      one_pass=what == "dcgan_onepass" and impl != "eager")
     opt_g, opt_d = train_steps._adam(g, (0.5, 0.9)), train_steps._adam(d, (0.5, 0.9))
     zs = torch.randn(train_steps.N_CRITIC + 1, shape[0], nz, device=device)
     return train_steps.wgan_gp_step(g, d, opt_g, opt_d, real, zs, amp, impl)

@@ -110,10 +110,11 @@ def test_gpu_suite_allow_cpu_writes_smoke_results_with_the_record_schema(tmp_pat
 def test_profile_step_runs_on_cpu_and_writes_its_tables(tmp_path):
     out_md = tmp_path / "profile.md"
     rc, out = _run([sys.executable, "benchmarks/profile_step.py", "--smoke", "--steps", "1",
-                    "--cases", "dcgan-b64-float32", "--out", str(out_md)], timeout=300)
+                    "--cases", "dcgan-b64-float32,dcgan-onepass-b128-float32", "--out", str(out_md)], timeout=300)
     assert rc == 0, out[-4000:]
     text = out_md.read_text()
     assert "### dcgan-b64-float32" in text and "| per iteration | ref | eager |" in text
+    assert "### dcgan-onepass-b128-float32" in text  # (fastgan one D pass, eager two)
     assert "| GPU kernel ms (sum of durations) |" in text and "eager: top kernels" in text
     rc, out = _run([sys.executable, "benchmarks/profile_step.py", "--smoke", "--cases", "nope"], timeout=120)
     assert rc == 2 and "unknown --cases" in out
