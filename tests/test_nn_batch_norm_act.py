@@ -1,11 +1,14 @@
 """The BatchNormAct modules and fastgan.convert, against nn.BatchNorm + activation."""
+import copy
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import fastgan
-from fastgan.nn import BatchNormAct1d, BatchNormAct2d, BatchNormLeakyReLU2d, BatchNormReLU2d
+from fastgan.nn import BatchNormAct1d, BatchNormAct2d, BatchNormLeakyReLU2d, BatchNormReLU2d, PixelShuffleUpsample
 
 from _tolerances import assert_close
 from conftest import all_backend_params
@@ -77,6 +80,30 @@ def test_module_errors():
         BatchNormAct2d(3, activation="tanh")
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         BatchNormAct2d(3)(torch.randn(1, 3, 1, 1))
+
+
+def test_every_module_names_x_when_it_is_not_a_tensor():
+    from fastgan import nn as fnn
+
+    modules = [fnn.BatchNormAct2d(4), fnn.BatchNormAct1d(4), fnn.SyncBatchNormAct2d(4), fnn.GroupNormAct(2, 4),
+               fnn.LayerNormAct2d(4), fnn.InstanceNormAct2d(4), fnn.VirtualBatchNorm2d(4), fnn.VirtualBatchNorm1d(4),
+               fnn.PixelShuffleUpsample(4, 4), fnn.MinibatchDiscrimination(4, 2, 2), fnn.MinibatchStdDev()]
+    for module in modules:
+        for bad in ([[1.0]], None, 3.0):
+            with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+                module(bad)
+
+
+def test_instance_norm_without_per_channel_state_warns_on_a_channel_mismatch_as_torch_does():
+    from fastgan import nn as fnn
+
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.warns(UserWarning, match="num_features is not used"):
+        assert fnn.InstanceNormAct2d(4, impl="ref")(x).shape == x.shape
+    with pytest.warns(UserWarning, match="num_features"):
+        nn.InstanceNorm2d(4)(x)
+    with pytest.raises(ValueError, match="weight must have 3 elements"):
+        fnn.InstanceNormAct2d(4, affine=True, impl="ref")(x)
 
 
 def test_every_module_refuses_an_unknown_impl_at_construction():
@@ -183,6 +210,98 @@ def test_convert_fx_functional_activations():
     kinds = sorted(m.activation for m in converted.modules() if isinstance(m, BatchNormAct2d))
     assert kinds == ["leaky_relu", "relu"]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
+    assert_close(converted(x), expected)
+
+
+class CalledTwice(nn.Module):
+    """One norm module called twice in a forward, once followed by an activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return F.relu(self.bn(x)) + self.bn(2 * x)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_convert_keeps_a_norm_called_twice_unfused(train):
+    # fusing the first call's ReLU into the module would apply it to the second call as well
+    model = CalledTwice().train(train)
+    with torch.no_grad():
+        model.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 4, 5, 5)
+    expected = copy.deepcopy(model)(x)
+    converted = fastgan.convert(model, impl="ref")
+    assert isinstance(converted.bn, BatchNormAct2d) and converted.bn.activation == "identity"
+    assert_close(converted(x), expected)
+
+
+def test_convert_keeps_a_shared_norm_shared():
+    bn = nn.BatchNorm2d(4)
+    model = nn.ModuleDict({"a": nn.Sequential(bn, nn.ReLU()), "b": nn.Sequential(bn, nn.LeakyReLU(0.2))})
+    x = torch.randn(4, 4, 3, 3)
+    plain = copy.deepcopy(model)
+    expected = (plain["a"](x), plain["b"](x))
+    converted = fastgan.convert(model, impl="ref")
+    assert converted["a"][0] is converted["b"][0] and isinstance(converted["a"][0], BatchNormAct2d)
+    assert converted["a"][0].activation == "identity"  # its activations stay where they were
+    assert sum(p.numel() for p in converted.parameters()) == sum(p.numel() for p in plain.parameters())
+    got = (converted["a"](x), converted["b"](x))
+    assert_close(got[0], expected[0])
+    assert_close(got[1], expected[1])
+    assert int(converted["a"][0].num_batches_tracked) == int(plain["a"][0].num_batches_tracked) == 2
+
+
+class SharedAcrossSequentialAndForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 1), self.bn, nn.ReLU())
+
+    def forward(self, x):
+        return self.block(x) + F.leaky_relu(self.bn(x), 0.1)
+
+
+def test_convert_shares_one_fused_module_between_a_sequential_and_the_traced_forward():
+    model = SharedAcrossSequentialAndForward()
+    x = torch.randn(3, 4, 5, 5)
+    expected = copy.deepcopy(model)(x)
+    converted = fastgan.convert(model, impl="ref")
+    fused = {id(m) for m in converted.modules() if isinstance(m, BatchNormAct2d)}
+    assert len(fused) == 1 and not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
+    assert_close(converted(x), expected)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.BatchNorm2d(4), lambda: nn.GroupNorm(2, 4),
+                                  lambda: nn.InstanceNorm2d(4, affine=True)], ids=["batch", "group", "instance"])
+def test_convert_keeps_frozen_norm_parameters_frozen(make):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), make(), nn.LeakyReLU(0.2))
+    model[1].weight.requires_grad_(False)  # weight frozen, bias trained
+    converted = fastgan.convert(model, impl="ref")
+    assert type(converted[1]) is not type(make()) and type(converted[1]).__module__.startswith("fastgan.nn")
+    assert [(n, p.requires_grad) for n, p in converted.named_parameters()] == [
+        ("0.weight", True), ("0.bias", True), ("1.weight", False), ("1.bias", True)]
+
+
+def test_convert_traces_through_a_model_holding_fastgan_modules():
+    # fastgan's modules are fx leaves: their input checks would fail on a tracing proxy
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = PixelShuffleUpsample(4, 4, impl="ref")
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return F.relu(self.bn(self.up(x)))
+
+    model = Up()
+    x = torch.randn(2, 4, 3, 3)
+    expected = copy.deepcopy(model)(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "could not trace" fallback
+        converted = fastgan.convert(model, impl="ref")
+    assert converted.bn.activation == "relu"
     assert_close(converted(x), expected)
 
 

@@ -131,6 +131,14 @@ def test_module_matches_conv_shuffle_norm_act(norm, impl):
                                            "norm.running_var", "norm.num_batches_tracked"}
 
 
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 4, 5])
+def test_module_upsamples_by_scale_for_any_kernel_size(kernel_size):
+    x = torch.randn(2, 3, 5, 7)
+    for scale in (2, 3):
+        block = PixelShuffleUpsample(3, 4, scale=scale, kernel_size=kernel_size, impl="ref")
+        assert block(x).shape == (2, 4, 5 * scale, 7 * scale)
+
+
 def test_icnr_starts_as_nearest_neighbour_upsampling():
     block = PixelShuffleUpsample(4, 3, scale=3, norm=None, activation="identity")
     x = torch.randn(2, 4, 5, 5)

@@ -173,18 +173,27 @@ def test_one_pass_equals_a_pass_per_part(impl, device):
 def test_separate_batches_refuses_layers_that_would_mix_the_parts():
     from torch.nn.utils.parametrizations import spectral_norm
 
-    from fastgan.nn import BatchNormAct2d, separate_batches
+    from fastgan.nn import BatchNormAct2d, InstanceNormAct2d, separate_batches
 
     cases = {
         "MinibatchDiscrimination": _discriminator("ref", "cpu", minibatch="discrimination"),
         "is not a fastgan batch-norm layer": torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)),
         "spectrally normalised": torch.nn.Sequential(spectral_norm(torch.nn.Conv2d(3, 4, 3)), BatchNormAct2d(4)),
         "momentum=None": torch.nn.Sequential(BatchNormAct2d(4, momentum=None)),
+        # instance norm's running statistics average over the whole batch: once per pass, not per part
+        "updates running statistics from the whole batch": torch.nn.Sequential(
+            InstanceNormAct2d(4, track_running_stats=True)),
+        "running statistics from": torch.nn.Sequential(torch.nn.InstanceNorm2d(4, track_running_stats=True)),
     }
     for reason, module in cases.items():
         with pytest.raises(ValueError, match=reason):
             with separate_batches(module, 2):
                 pass
+    # per-sample statistics without running ones, or instance norm in eval mode: nothing mixes the parts
+    for fine in (InstanceNormAct2d(4), InstanceNormAct2d(4, track_running_stats=True).eval(),
+                 torch.nn.InstanceNorm2d(4)):
+        with separate_batches(torch.nn.Sequential(fine), 2):
+            pass
     for bad in (0, True, 1.5):
         with pytest.raises(ValueError, match="parts must be a positive int"):
             with separate_batches(torch.nn.Sequential(BatchNormAct2d(4)), bad):
@@ -215,3 +224,16 @@ def test_cuda_backend_runs_the_segmented_layer_as_one_cpp_autograd_node(impl, de
     k = _backend.kernels(impl, "batch_norm_act")
     with pytest.raises(ValueError, match="segments = 2 takes batch norm's per-channel statistics"):
         k.norm_act_stats(x.detach(), w, b, None, None, 0.0, 1e-5, 3, True, 2, 0.2, 1, 2)
+
+
+def test_a_copy_made_inside_separate_batches_is_a_plain_layer():
+    import copy
+    import pickle
+
+    from fastgan.nn import BatchNormAct2d, separate_batches
+
+    d = torch.nn.Sequential(BatchNormAct2d(4))
+    with separate_batches(d, 2):
+        copies = (copy.deepcopy(d), pickle.loads(pickle.dumps(d)))
+        assert d[0].segments == 2
+    assert d[0].segments == 1 and all(c[0].segments == 1 for c in copies)

@@ -152,6 +152,20 @@ def test_cli_resume_continues_exactly(tmp_path, capsys):
     assert "model.hidden cannot change when resuming" in err and "Traceback" not in err
 
 
+def test_cli_resume_accepts_the_command_line_that_started_the_run(tmp_path, capsys):
+    # values spelled as YAML reads them: 1e-4 is a string to YAML, 0 an int for a float option
+    spelled = ["lr_g=1e-4", "label_smoothing=0", "beta1=.5"]
+    base = ["train", "--preset", "toy-ring8", "--no-progress", "--impl", "ref", "--threads", "1", "--out",
+            str(tmp_path), "--set", *TINY_TOY, *spelled, "log_every=2", "checkpoint_every=0", "sample_every=0"]
+    assert cli_main(base + ["--steps", "2"]) == 0
+    assert cli_main(base + ["--steps", "4", "--resume"]) == 0
+    assert load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))["step"] == 4
+    capsys.readouterr()
+    assert cli_main(base + ["--steps", "6", "--resume", "--set", "lr_g=2e-4"]) == 2  # a changed value still is not
+    err = capsys.readouterr().err
+    assert "optim.lr_g cannot change when resuming" in err and "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------
 # Tricks inside the training step
 # ----------------------------------------------------------------------------

@@ -207,3 +207,38 @@ def test_vbn1d():
     with virtual_batch_reference(layer):
         layer(torch.randn(6, 3))
     assert layer(torch.randn(2, 3)).shape == (2, 3)
+
+
+def test_module_copies_keep_the_reference_statistics():
+    import copy
+    import pickle
+
+    g = tiny_generator()
+    with virtual_batch_reference(g):
+        g(torch.randn(5, 4, 1, 1))
+    z = torch.randn(3, 4, 1, 1)
+    for c in (copy.deepcopy(g), pickle.loads(pickle.dumps(g))):  # (the recorded statistics are inside a graph)
+        assert_close(c(z), g(z))
+        assert not c[1].reference[0].requires_grad  # values only: the graph reached the original's weights
+        c(z).sum().backward()
+        assert c[0].weight.grad is not None
+    assert g[1].reference[0].requires_grad  # the original keeps its graph
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params())
+def test_reference_pass_under_inference_mode(impl, device):
+    # statistics recorded under torch.inference_mode are inference tensors; the live pass saves them
+    g = tiny_generator(impl).to(device)
+    torch.manual_seed(0)
+    z_ref, z = torch.randn(5, 4, 1, 1, device=device), torch.randn(3, 4, 1, 1, device=device)
+    with torch.inference_mode(), virtual_batch_reference(g):
+        g(z_ref)
+    expected = tiny_generator("ref").to(device)
+    expected.load_state_dict(g.state_dict())
+    with torch.inference_mode(), virtual_batch_reference(expected):
+        expected(z_ref)
+    out, out_ref = g(z), expected(z)
+    assert_close(out, out_ref)
+    out.square().sum().backward()
+    out_ref.square().sum().backward()
+    assert_close(g[0].weight.grad, expected[0].weight.grad)

@@ -3,6 +3,8 @@ TypeError naming the argument instead of an error from deep inside
 ``torch.empty`` (or a module that only fails at its first forward)."""
 from __future__ import annotations
 
+import torch
+
 from .._validation import check_positive_float
 
 
@@ -40,11 +42,18 @@ def check_momentum(momentum) -> None:
         raise ValueError(f"momentum must be in [0, 1] (or None), got {momentum}")
 
 
+def check_input_rank(module_name: str, x, dims: tuple) -> None:
+    """x must be a tensor with one of ``dims`` dimensions (a list or None fails here, not in ``.dim()``)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{module_name}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in dims:
+        raise ValueError(f"{module_name}: x must have {' or '.join(map(str, dims))} dimensions, "
+                         f"got shape {tuple(x.shape)}")
+
+
 def check_input_matches(module_name: str, x, param) -> None:
     """x must be a floating tensor of ``param``'s dtype and device (outside autocast), for
     modules whose first step is a plain matmul / conv: that would raise a RuntimeError."""
-    import torch
-
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{module_name}: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():

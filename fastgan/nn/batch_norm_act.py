@@ -14,7 +14,8 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .._activation import activation_code, activation_repr
 from ..ops.batch_norm_act import batch_norm_act
-from ._checks import check_eps, check_impl, check_momentum, positive_int
+from ._checks import check_eps, check_impl, check_input_rank, check_momentum, positive_int
+from ._from_torch import take_over
 
 
 def batch_norm_step(bn: _NormBase):
@@ -51,10 +52,15 @@ class _BatchNormAct(_NormBase):
         # fastgan.nn.separate_batches for one pass over real and fake images); not state.
         self.segments = 1
 
+    def __getstate__(self):
+        # segments belongs to a separate_batches block, not to the layer: a copy made inside one (deepcopy,
+        # pickle) is a plain layer, as the original is again after the block
+        state = super().__getstate__()
+        state["segments"] = 1
+        return state
+
     def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() not in self._expected_dims:
-            raise ValueError(f"{type(self).__name__}: x must have {' or '.join(map(str, self._expected_dims))} "
-                             f"dimensions, got shape {tuple(x.shape)}")
+        check_input_rank(type(self).__name__, x, self._expected_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
@@ -106,7 +112,5 @@ def from_batch_norm(bn: nn.modules.batchnorm._BatchNorm, activation: str = "iden
     fused = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
                 device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
                 activation=activation, negative_slope=negative_slope, impl=impl)
-    fused.load_state_dict(bn.state_dict())
-    fused.train(bn.training)
-    return fused
+    return take_over(bn, fused)
 

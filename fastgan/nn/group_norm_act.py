@@ -7,13 +7,16 @@ order, defaults, parameter and buffer names follow ``nn.GroupNorm`` and
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .._activation import activation_code, activation_repr
 from ..ops.group_norm_act import group_norm_act, instance_norm_act
-from ._checks import check_eps, check_impl, check_momentum, positive_int
+from ._checks import check_eps, check_impl, check_input_rank, check_momentum, positive_int
+from ._from_torch import take_over
 
 
 class GroupNormAct(nn.GroupNorm):
@@ -68,8 +71,11 @@ class InstanceNormAct2d(_InstanceNorm):
         return 3
 
     def _check_input_dim(self, x):
-        if x.dim() != 4:
-            raise ValueError(f"InstanceNormAct2d: x must have 4 dimensions, got shape {tuple(x.shape)}")
+        check_input_rank("InstanceNormAct2d", x, (4,))
+        if x.shape[1] != self.num_features and not self.affine and not self.track_running_stats:
+            # as nn.InstanceNorm2d: nothing per channel to mismatch, so a warning, not an error
+            warnings.warn(f"InstanceNormAct2d({self.num_features}): x has {x.shape[1]} channels; num_features "
+                          "is not used (affine=False, no running statistics)", UserWarning, stacklevel=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
@@ -90,8 +96,7 @@ def from_group_norm(gn: nn.GroupNorm, activation: str = "identity", negative_slo
     fused = GroupNormAct(gn.num_groups, gn.num_channels, gn.eps, gn.affine,
                          device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
                          activation=activation, negative_slope=negative_slope, impl=impl)
-    fused.load_state_dict(gn.state_dict())
-    return fused.train(gn.training)
+    return take_over(gn, fused)
 
 
 def from_instance_norm(inorm: nn.InstanceNorm2d, activation: str = "identity", negative_slope: float = 0.2,
@@ -102,5 +107,4 @@ def from_instance_norm(inorm: nn.InstanceNorm2d, activation: str = "identity", n
                               inorm.track_running_stats, device=None if ref is None else ref.device,
                               dtype=None if ref is None else ref.dtype, activation=activation,
                               negative_slope=negative_slope, impl=impl)
-    fused.load_state_dict(inorm.state_dict())
-    return fused.train(inorm.training)
+    return take_over(inorm, fused)

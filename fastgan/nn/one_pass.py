@@ -18,8 +18,9 @@ Running statistics are updated once per part, in order, as the two passes
 would.  Layers that mix the samples of a batch in any other way would mix the
 parts silently, so the context refuses a module holding one (``nn.BatchNorm*``,
 sync batch norm, pixel-shuffle batch norm, minibatch discrimination /
-standard deviation), a batch-norm layer with ``momentum=None`` (its
-cumulative average needs a factor per part), and spectral normalisation
+standard deviation, instance norm tracking running statistics in training),
+a batch-norm layer with ``momentum=None`` (its cumulative average needs a
+factor per part), and spectral normalisation
 (whose power iteration would advance once instead of once per pass):
 ``unsupported_reason`` says why, for a caller that falls back to separate
 passes.
@@ -58,6 +59,9 @@ def _why_not(m: nn.Module) -> Optional[str]:
         return "is not a fastgan batch-norm layer: its statistics would mix the parts"
     if isinstance(m, (MinibatchDiscrimination, MinibatchStdDev)):
         return "compares the samples of a batch: it would mix the parts"
+    if m.training and m.__dict__.get("track_running_stats") and not isinstance(m, _BatchNormAct):
+        # (instance norm: its running statistics average over the whole batch, once per pass)
+        return "updates running statistics from the whole batch: once from both parts, not once per part"
     if isinstance(m, _BatchNormAct) and m.training and m.track_running_stats and m.momentum is None:
         return "has momentum=None (a cumulative average, one factor per part)"
     if _has_spectral_norm(m):

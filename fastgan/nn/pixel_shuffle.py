@@ -60,8 +60,11 @@ class PixelShuffleUpsample(nn.Module):
         factory = dict(device=device, dtype=dtype)
         self.scale, self.activation, self.negative_slope = scale, activation, negative_slope
         self.impl = check_impl(impl)
-        self.conv = nn.Conv2d(in_channels, out_channels * scale * scale, kernel_size, padding=kernel_size // 2,
-                              bias=False, **factory)
+        # "same" padding keeps H x W, so the output is scale x the input for any kernel size (an even one
+        # is padded one more at the bottom / right, as nn.Conv2d's padding="same" does)
+        padding = kernel_size // 2 if kernel_size % 2 else "same"
+        self.conv = nn.Conv2d(in_channels, out_channels * scale * scale, kernel_size, padding=padding, bias=False,
+                              **factory)
         if icnr:
             icnr_(self.conv.weight, scale)
         if norm == "batch":

@@ -22,7 +22,7 @@ from torch import nn
 
 from .._activation import activation_code, activation_repr
 from ..ops.virtual_batch_norm import virtual_batch_norm, virtual_batch_reference_stats
-from ._checks import check_eps, check_impl, positive_int
+from ._checks import check_eps, check_impl, check_input_rank, positive_int
 
 
 class _VirtualBatchNorm(nn.Module):
@@ -44,9 +44,7 @@ class _VirtualBatchNorm(nn.Module):
         self.reference = None  # (ref_mean, ref_sq_mean, ref_count) of the last reference pass
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() not in self._expected_dims:
-            raise ValueError(f"{type(self).__name__}: x must have {' or '.join(map(str, self._expected_dims))} "
-                             f"dimensions, got shape {tuple(x.shape)}")
+        check_input_rank(type(self).__name__, x, self._expected_dims)
         if x.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}({self.num_features}): x has {x.shape[1]} channels")
 
@@ -70,6 +68,15 @@ class _VirtualBatchNorm(nn.Module):
             raise ValueError(f"{type(self).__name__}: the recorded reference statistics are on {mean.device} "
                              f"but x is on {x.device}; run the reference pass again after moving the model")
         return virtual_batch_norm(x, mean, sq_mean, count, **common)
+
+    def __getstate__(self):
+        # A copy (copy.deepcopy, pickle) keeps the recorded statistics' values, not the graph behind them: that
+        # graph reaches the original's weights, and a tensor inside a graph cannot be deep-copied.
+        state = super().__getstate__()
+        if self.reference is not None:
+            mean, sq_mean, count = self.reference
+            state["reference"] = (mean.detach(), sq_mean.detach(), count)
+        return state
 
     def extra_repr(self) -> str:
         detach = ", detach_reference=True" if self.detach_reference else ""

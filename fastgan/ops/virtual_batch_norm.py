@@ -56,6 +56,13 @@ def _check(x, ref_mean, ref_sq_mean, ref_count, weight, bias, eps):
     check_positive_float("eps", eps)
 
 
+def _savable(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy where ``t`` was made under ``torch.inference_mode`` (statistics of a reference pass run
+    there) and this call is not: the Functions save these vectors for backward, which an inference tensor
+    refuses, while the reference's arithmetic on them saves nothing and runs."""
+    return t.clone() if t.is_inference() and not torch.is_inference_mode_enabled() else t
+
+
 def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: torch.Tensor, ref_count: int,
                        weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
                        eps: float = 1e-5, activation: str = "identity", negative_slope: float = 0.2,
@@ -78,7 +85,7 @@ def virtual_batch_norm(x: torch.Tensor, ref_mean: torch.Tensor, ref_sq_mean: tor
     x = kernel_layout(x)
     stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     # the table kernels read contiguous vectors (a strided view, e.g. a slice of a bigger buffer, is copied)
-    mu_r, s_r, w, b = (None if t is None else as_dtype(t, stats_dtype).contiguous()
+    mu_r, s_r, w, b = (None if t is None else _savable(as_dtype(t, stats_dtype).contiguous())
                        for t in (ref_mean, ref_sq_mean, weight, bias))
     own_mean = own_sq = None
     if not reference_batch:

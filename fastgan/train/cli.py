@@ -58,7 +58,7 @@ def _sets(args) -> list:
 
 def _resume_config(args, cfg, state):
     """The checkpoint's configuration with the explicitly given run / monitor options (and impl) applied."""
-    from .config import ConfigError, TrainConfig, apply_overrides, parse_set, resolve_key
+    from .config import ConfigError, TrainConfig, apply_overrides, coerce_option, parse_set, resolve_key
 
     base = TrainConfig.from_dict(state["config"])
     explicit = {k: v for k, v in _flag_overrides(args).items() if v is not None}
@@ -68,8 +68,11 @@ def _resume_config(args, cfg, state):
         section = key.split(".", 1)[0]
         if key in RESUME_LOCKED_KEYS or (section not in RESUME_MUTABLE_SECTIONS and key not in RESUME_MUTABLE_KEYS):
             current = getattr(getattr(base, section), key.split(".", 1)[1])
-            new = explicit[key]
-            if str(new) != str(current):
+            try:  # as the option would hold it: 1e-4 (a string to YAML) is 0.0001, 0 for a float is 0.0
+                new = coerce_option(key, explicit[key])
+            except ConfigError:  # (a bad value: apply_overrides names it below)
+                new = explicit[key]
+            if new != current:
                 errors.append(f"{key} cannot change when resuming (the checkpoint has {current!r}); "
                               f"start a new run in another --out")
     if errors:

@@ -436,7 +436,7 @@ def _type_of(key: str):
     return typing.get_type_hints(_section_types()[section])[name]
 
 
-def _coerce(key: str, value):
+def coerce_option(key: str, value):
     """Convert ``value`` to the field's type or raise ConfigError with one line."""
     tp = _type_of(key)
     optional = False
@@ -506,7 +506,7 @@ def _coerce(key: str, value):
 def set_option(cfg: TrainConfig, key: str, value) -> None:
     full = resolve_key(key)
     section, name = full.split(".", 1)
-    setattr(getattr(cfg, section), name, _coerce(full, value))
+    setattr(getattr(cfg, section), name, coerce_option(full, value))
 
 
 def flatten(d: dict, *, where: str = "config") -> list[tuple[str, Any]]:

@@ -1,0 +1,13 @@
+"""What a fused module built from a torch.nn norm layer takes over from it."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def take_over(source: nn.Module, fused: nn.Module) -> nn.Module:
+    """``fused`` with ``source``'s parameters and buffers (by name), which of its parameters are frozen
+    (a converted model must train the same parameters as before), and its train / eval mode."""
+    fused.load_state_dict(source.state_dict())
+    for name, p in source.named_parameters(recurse=False):
+        getattr(fused, name).requires_grad_(p.requires_grad)
+    return fused.train(source.training)
