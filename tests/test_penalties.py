@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.autograd import gradcheck
+from torch.autograd import gradcheck, gradgradcheck
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastgan
@@ -103,30 +103,55 @@ def test_interpolate_backward_only_what_is_needed(impl, device):
     assert_close(d_real, torch.full_like(d_real, 0.25))
 
 
+@pytest.mark.parametrize("check", [gradcheck, gradgradcheck], ids=["gradcheck", "gradgradcheck"])
 @pytest.mark.parametrize("impl,device", impls_with_ref())
-def test_gradcheck_float64(impl, device):
+def test_gradcheck_gradgradcheck_float64(impl, device, check):
     g = torch.randn(3, 2, 3, device=device, dtype=torch.float64, requires_grad=True)
     for mode in MODES:
-        assert gradcheck(lambda t: penalty_from_grad(t, mode, 0.9, impl=impl), (g,), fast_mode=True)
+        assert check(lambda t: penalty_from_grad(t, mode, 0.9, impl=impl), (g,), fast_mode=True)
     args = [torch.randn(3, 5, device=device, dtype=torch.float64, requires_grad=True) for _ in range(2)]
     args.append(torch.rand(3, device=device, dtype=torch.float64, requires_grad=True))
-    assert gradcheck(lambda r, f, e: interpolate(r, f, e, impl=impl), args, fast_mode=True)
+    assert check(lambda r, f, e: interpolate(r, f, e, impl=impl), args, fast_mode=True)
 
 
 @pytest.mark.parametrize("impl,device", all_backend_params())
-def test_third_order_raises(impl, device):
-    g = torch.randn(3, 4, device=device, requires_grad=True)
-    value = penalty_from_grad(g, "two-sided", impl=impl)
-    (dg,) = torch.autograd.grad(value, g, create_graph=True)
+def test_second_order_matches_ref_and_third_raises(impl, device):
+    """The contract's two orders for each op itself: a Hessian-vector product of the penalty w.r.t. g (and of
+    interpolate's backward) equals the reference's; a third derivative raises instead of returning zeros."""
+    g0 = torch.randn(3, 2, 4, device=device)  # (no zero sample: the norm has no second derivative at 0)
+    v = torch.randn(3, 2, 4, device=device)
+    for mode in MODES:
+        hv, leaf = {}, {}
+        for which in (impl, "ref"):
+            g = leaf[which] = g0.clone().requires_grad_()
+            (dg,) = torch.autograd.grad(penalty_from_grad(g, mode, 0.7, impl=which), g, create_graph=True)
+            (hv[which],) = torch.autograd.grad((dg * v).sum(), g, create_graph=which == impl)
+        assert_close(hv[impl], hv["ref"], name=f"{mode} Hessian-vector product")
+        with pytest.raises(RuntimeError, match="second derivatives only"):
+            torch.autograd.grad(hv[impl].sum(), leaf[impl])
+    real, fake, eps = (torch.randn(3, 4, device=device), torch.randn(3, 4, device=device),
+                       torch.rand(3, device=device))
+    second, leaves = {}, {}
+    for which in (impl, "ref"):
+        r, f, e = leaves[which] = tuple(t.clone().requires_grad_() for t in (real, fake, eps))
+        y = interpolate(r, f, e, impl=which)
+        (dr,) = torch.autograd.grad((y * y).sum(), r, create_graph=True)
+        second[which] = torch.autograd.grad(dr.sum(), (r, f, e), create_graph=which == impl)
+    for name, a, b in zip(("real", "fake", "epsilon"), second[impl], second["ref"]):
+        assert_close(a, b, name=f"interpolate second derivative, {name}")
     with pytest.raises(RuntimeError, match="second derivatives only"):
-        torch.autograd.grad(dg.sum(), g)
-    # through a critic: a linear critic's penalty differentiated three times w.r.t. its weight
-    a = torch.randn(4, device=device, requires_grad=True)
-    p = gradient_penalty(lambda x: x @ a, torch.randn(3, 4, device=device), torch.randn(3, 4, device=device),
-                         impl=impl)
-    (da,) = torch.autograd.grad(p, a, create_graph=True)
-    with pytest.raises(RuntimeError, match="second derivatives only"):
-        torch.autograd.grad(da.sum(), a)
+        torch.autograd.grad(second[impl][2].sum(), leaves[impl][2])
+    # through a critic: a linear critic's penalty differentiated twice w.r.t. its weight (the penalty op's
+    # second order; a fused layer's would raise) equals the reference's
+    a0 = torch.randn(4, device=device)
+    got = {}
+    for which in (impl, "ref"):
+        torch.manual_seed(0)
+        a = a0.clone().requires_grad_()
+        p = gradient_penalty(lambda x: x @ a, real, fake, impl=which)
+        (da,) = torch.autograd.grad(p, a, create_graph=True)
+        (got[which],) = torch.autograd.grad(da.sum(), a)
+    assert_close(got[impl], got["ref"], name="second derivative of the penalty w.r.t. the critic's weight")
     assert "second derivatives only" in THIRD_ORDER_MESSAGE
 
 

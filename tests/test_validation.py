@@ -163,10 +163,14 @@ def test_the_shortcut_takes_the_usual_calls():
     (dict(eps=0.0), "eps must be > 0"),
     (dict(momentum=1.5), "momentum must be in"),
     (dict(running_var=None), "must be given together"),
+    # (F.batch_norm refuses them too; the fast backends would silently drop their gradient)
+    (dict(running_mean=torch.zeros(C, requires_grad=True)), "running_mean must not require grad"),
+    (dict(running_var=torch.ones(C, requires_grad=True), training=False), "running_var must not require grad"),
 ])
-def test_bad_arguments_still_get_their_named_errors(bad, message):
+@pytest.mark.parametrize("impl", ["ref", "auto"])
+def test_bad_arguments_still_get_their_named_errors(bad, message, impl):
     kw = dict(running_mean=torch.zeros(C), running_var=torch.ones(C), weight=torch.ones(C), bias=torch.zeros(C),
-              training=True, momentum=0.1, eps=1e-5)
+              training=True, momentum=0.1, eps=1e-5, impl=impl)
     kw.update(bad)
     with pytest.raises(ValueError, match=message):
         bn_module.batch_norm_act(torch.randn(4, C, 2, 2), **kw)

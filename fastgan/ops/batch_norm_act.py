@@ -29,18 +29,23 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 def usual_running_arguments(running_mean, running_var, training, momentum) -> bool:
     """Whether the running-stat arguments are the usual valid ones (see ``check_running_arguments``), in one pass."""
     return ((running_mean is None) == (running_var is None) and (training or running_mean is not None)
-            and (not training or running_mean is None or (type(momentum) is float and 0.0 <= momentum <= 1.0)))
+            and (not training or running_mean is None or (type(momentum) is float and 0.0 <= momentum <= 1.0))
+            and (running_mean is None or not (running_mean.requires_grad or running_var.requires_grad)))
 
 
 def check_running_arguments(channels, device, running_mean, running_var, weight, bias, training, momentum, eps):
     """The checks batch norm's variants share, naming the argument: running stats, weight and bias None or
-    ``channels``-long vectors on ``device``, the running stats given together (and when not training), a
-    positive eps, and a momentum in [0, 1] where the running stats are updated."""
+    ``channels``-long vectors on ``device``, the running stats given together (and when not training) and not
+    requiring grad, a positive eps, and a momentum in [0, 1] where the running stats are updated."""
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         check_channel_vector(name, t, channels, device)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.requires_grad:  # (F.batch_norm refuses them too; a backend would drop the gradient)
+            raise ValueError(f"{name} must not require grad: batch norm is not differentiable w.r.t. its running "
+                             "statistics (they are buffers; detach them)")
     if not training and running_mean is None:
         raise ValueError("running_mean and running_var are required when training=False")
     check_positive_float("eps", eps)

@@ -10,11 +10,14 @@
   and one write.
 
 ``penalty.backward()`` differentiates the penalty w.r.t. g once, and
-autograd continues into the critic's double backward; neither piece needs a
-second derivative, so both backward passes are wrapped by
-``_autograd.last_derivative``: asking for one more order raises instead of
-returning wrong zeros.  Kernels: ``fastgan/kernels/penalty.py`` (Triton) or
-``torch.ops.fastgan.penalty_*`` (CUDA, ``csrc/penalty.cpp``).
+autograd continues into the critic's double backward: that backward runs the
+kernels.  A second derivative of either piece (its backward run with
+``create_graph=True``: a Hessian-vector product of the penalty, say) comes
+from the reference's vector-Jacobian product in plain PyTorch; a third
+raises rather than return wrong zeros
+(``_autograd.twice_differentiable_backward``).  Kernels:
+``fastgan/kernels/penalty.py`` (Triton) or ``torch.ops.fastgan.penalty_*``
+(CUDA, ``csrc/penalty.cpp``).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch
 from .. import _backend
 from .._validation import check_tensor
 from ..reference import penalty as _ref
-from ._autograd import last_derivative
+from ._autograd import reference_vjp, twice_differentiable_backward
 from ._layout import kernel_layout, like
 
 __all__ = ["interpolate", "penalty_from_grad", "MODES"]
@@ -59,24 +62,22 @@ class InterpolateFn(torch.autograd.Function):
         need = tuple(bool(b) for b in ctx.needs_input_grad[:3])
         if not any(need):
             return None, None, None, None
-        grads = last_derivative(functools.partial(_interpolate_backward, ctx.backend, need),
-                                grad, real, fake, epsilon)
-        it = iter(grads)
-        return tuple(next(it) if n else None for n in need) + (None,)
+        grads = twice_differentiable_backward(functools.partial(_interpolate_backward, ctx.backend, need),
+                                              reference_vjp(_ref.interpolate, need), grad, real, fake, epsilon)
+        return tuple(grads) + (None,)
 
 
 def _interpolate_backward(backend, need, grad, real, fake, epsilon):
-    """The needed ones of (d real, d fake, d epsilon), as a tuple of tensors."""
+    """(d real, d fake, d epsilon), None where not needed."""
     k = _backend.kernels(backend, "penalty")
     grad = like(grad, real)
-    out = []
+    d_real = d_fake = d_epsilon = None
     if need[0] or need[1]:
         d_real, d_fake = k.penalty_interpolate_backward(grad, epsilon, need[0], need[1])
-        out += [d_real] if need[0] else []
-        out += [d_fake] if need[1] else []
+        d_real, d_fake = (d_real if need[0] else None), (d_fake if need[1] else None)
     if need[2]:
-        out.append(k.penalty_epsilon_grad(grad, real, fake))
-    return tuple(out)
+        d_epsilon = k.penalty_epsilon_grad(grad, real, fake)
+    return d_real, d_fake, d_epsilon
 
 
 def _epsilon_vector(name: str, epsilon, n: int, like_t: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, epsilon: Union[torch.Ten
     real, fake: (N, *) of one dtype; epsilon: one value per sample ((N,),
     (N, 1, ..., 1), a 0-dim tensor or a float).  Computed in float32 (float64
     for float64 inputs), returned in real's dtype; differentiable once w.r.t.
-    all three."""
+    all three, twice (a second derivative runs the reference's math)."""
     _check_pair(real, fake)
     n = real.shape[0]
     eps = _epsilon_vector("epsilon", epsilon, n, real)
@@ -149,7 +150,11 @@ class PenaltyFromGradFn(torch.autograd.Function):
         grad, norms = ctx.saved_tensors
         if grad_value is None or not ctx.needs_input_grad[0]:
             return None, None, None, None
-        dg = last_derivative(functools.partial(_penalty_backward, ctx.config), grad_value, grad, norms)
+        mode, center, _ = ctx.config
+        name = next(k for k, v in MODES.items() if v == mode)
+        reference = reference_vjp(lambda g, _norms: _ref.penalty_from_grad(g, name, center), (True, False))
+        (dg,) = twice_differentiable_backward(functools.partial(_penalty_backward, ctx.config),
+                                              lambda gv, g, n: reference(gv, g, n)[:1], grad_value, grad, norms)
         return dg, None, None, None
 
 
@@ -157,7 +162,7 @@ def _penalty_backward(config, grad_value, grad, norms):
     mode, center, backend = config
     k = _backend.kernels(backend, "penalty")
     grad_value = grad_value.to(norms.dtype).reshape(())
-    return k.penalty_backward(grad_value, grad, norms, mode, center)
+    return (k.penalty_backward(grad_value, grad, norms, mode, center),)
 
 
 def penalty_from_grad(grad: torch.Tensor, mode: str = "two-sided", center: float = 1.0,
@@ -169,7 +174,8 @@ def penalty_from_grad(grad: torch.Tensor, mode: str = "two-sided", center: float
     Returns a 0-dim float32 tensor (float64 for float64 grad), and with
     ``return_norms`` also the detached (N,) norms.  Norms accumulate in float32
     whatever grad's dtype; a zero gradient gives a zero derivative, never NaN.
-    Differentiable once (that is all a penalty's ``backward`` needs)."""
+    Differentiable twice (a penalty's ``backward`` needs once; a second derivative runs the reference's
+    math)."""
     check_tensor("grad", grad, min_dim=1)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")

@@ -60,6 +60,8 @@ def _savable(t: torch.Tensor) -> torch.Tensor:
     """``t``, or a copy where ``t`` was made under ``torch.inference_mode`` (statistics of a reference pass run
     there) and this call is not: the Functions save these vectors for backward, which an inference tensor
     refuses, while the reference's arithmetic on them saves nothing and runs."""
+    if torch.compiler.is_compiling():  # (Dynamo cannot trace is_inference(); a compiled graph takes no such tensor)
+        return t
     return t.clone() if t.is_inference() and not torch.is_inference_mode_enabled() else t
 
 
