@@ -36,12 +36,21 @@ def info(print_it: bool = True) -> dict:
         loaded, how = False, ("fastgan._C is built, but there is no CUDA device" if built
                               else "fastgan._C is not built and there is no CUDA device")
     report["backends"]["cuda"] = (loaded, how)
-    report["auto"] = {"cpu tensors": _backend.resolve("auto", torch.device("cpu"))}
+    report["auto"] = {"cpu tensors": _default_pick(torch.device("cpu"))}
     if cuda_dev:
-        report["auto"]["cuda tensors"] = _backend.resolve("auto", torch.device("cuda"))
+        report["auto"]["cuda tensors"] = _default_pick(torch.device("cuda"))
     if print_it:
         print(format_report(report))
     return report
+
+
+def _default_pick(device: torch.device) -> str:
+    """The backend a call with the default impl gets on ``device``'s tensors, or why it fails there (FASTGAN_IMPL
+    naming a backend that is not live: the case this report is for, so it says so rather than raising)."""
+    try:
+        return _backend.resolve("auto", device)
+    except _backend.BackendUnavailableError as exc:
+        return f"error ({exc})"
 
 
 def format_report(report: dict) -> str:
@@ -54,5 +63,6 @@ def format_report(report: dict) -> str:
              "backends:"]
     for name, (live, why) in report["backends"].items():
         lines.append(f"  {name:<7} {'live' if live else 'off ':<5} {why}")
-    lines.append("auto picks: " + ", ".join(f"{k} -> {v}" for k, v in report["auto"].items()))
+    who = "auto" if report["FASTGAN_IMPL"] == "auto" else f"the default impl (FASTGAN_IMPL={report['FASTGAN_IMPL']})"
+    lines.append(f"{who} picks: " + ", ".join(f"{k} -> {v}" for k, v in report["auto"].items()))
     return "\n".join(lines)

@@ -8,6 +8,30 @@ import tempfile
 from typing import Callable, Optional
 
 
+def _umask() -> int:
+    """The process's umask now: from /proc where it is there (reading it elsewhere means setting it, for a
+    moment)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: str) -> int:
+    """The mode ``path`` gets: its current one when it exists, else a plain new file's (0666 less the umask),
+    not the 0600 of the temporary file it is written as."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def fsync_dir(path: str) -> None:
     """Make a rename in ``path`` durable (no-op where directories can't be opened)."""
     try:
@@ -31,6 +55,8 @@ def atomic_write(path: str, write: Callable, *, before_replace: Optional[Callabl
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -51,3 +77,21 @@ def atomic_torch_save(obj, path: str) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def json_safe(value):
+    """``value`` with every non-finite float written as a string ("inf", "nan"): JSON has no Infinity or NaN
+    (Python writes them, and strict readers then refuse the file); tensors as their numbers."""
+    import math
+
+    import torch
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if torch.is_tensor(value):
+        return json_safe(value.item() if value.numel() == 1 else value.tolist())
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -26,9 +26,11 @@ import time
 from typing import Optional
 
 import torch
-
-from ._io import atomic_torch_save, atomic_write  # noqa: F401  (re-exported)
 import torch.nn.functional as F
+
+from ._backend import resolve
+from ._device import resolve_device
+from ._io import atomic_torch_save, atomic_write  # noqa: F401  (re-exported)
 
 DEFAULTS = dict(steps=300, dataset="mnist5k", root=None, out="runs/demo", device="auto", impl="auto",
                 batch_size=64, seed=0, image_size=32, nz=100, ngf=64, ndf=32, lr=2e-4, beta1=0.5,
@@ -72,15 +74,6 @@ def _batches(dataset, batch_size: int, device: torch.device, generator: torch.Ge
                 yield images.to(device, non_blocking=True)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available (use --device cpu)")
-    return device
-
-
 # ----------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------
@@ -100,7 +93,8 @@ def run_demo(steps: int = 300, dataset: str = "mnist5k", root: Optional[str] = N
         raise ValueError(f"steps must be >= 1, got {steps}")
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 (batch norm needs 2 samples), got {batch_size}")
-    dev = _device(device)
+    dev = resolve_device(device)
+    resolve(impl, dev, "--impl")  # a backend asked for by name must be live here: said now, not mid-step
     if channels_last not in ("auto", "on", "off"):
         raise ValueError(f"channels_last must be 'auto', 'on' or 'off', got {channels_last!r}")
     # NHWC convolutions are about twice as fast on CPU (oneDNN) and were faster on an H200 too (the
@@ -219,12 +213,13 @@ def run_demo(steps: int = 300, dataset: str = "mnist5k", root: Optional[str] = N
 # ----------------------------------------------------------------------------
 
 def _cmd_demo(args) -> int:
+    from ._backend import BackendUnavailableError
     from .data import DatasetUnavailableError
 
     kwargs = {k: getattr(args, k) for k in DEFAULTS}
     try:
         summary = run_demo(**kwargs)
-    except (DatasetUnavailableError, ValueError, FloatingPointError) as exc:
+    except (DatasetUnavailableError, BackendUnavailableError, ValueError, FloatingPointError) as exc:
         print(f"fastgan demo: error: {exc}", file=sys.stderr)
         return 2
     return 130 if summary["interrupted"] else 0

@@ -48,6 +48,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ._device import resolve_device
+from ._io import atomic_write, json_safe
+
 METRICS = ("fid", "kid", "cfid", "is", "modes")
 #: which way each reported number improves
 HIGHER_IS_BETTER = {"fid": False, "kid_mean": False, "cfid": False, "is_mean": True, "modes_covered": True,
@@ -200,8 +203,12 @@ class Evaluator:
             raise ValueError("the data set is unknown: pass dataset= (or --dataset)")
         self.dataset = dataset.strip().lower().replace("_", "-")
         self.kind = "toy" if self.dataset in TOY_DATASETS else "image"
+        for name, value, least in (("batch_size", batch_size, 1), ("kid_subsets", kid_subsets, 1),
+                                   ("kid_subset_size", kid_subset_size, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         self.image_size, self.root, self.seed = image_size, root, seed
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device, "device")
         self.inception_kind, self.inception_weights = inception, inception_weights
         self.batch_size, self.progress, self.log = batch_size, progress, log
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
@@ -259,7 +266,7 @@ class Evaluator:
                                                       batch_size=self.batch_size, device=self.device,
                                                       progress=self.progress, log=self.log)
         if self.needs_classifier and self._classifier is None:
-            from .data import load_dataset, to_unit_range
+            from .data import load_dataset, sample_indices, to_unit_range
             from .metrics.classifier import classifier_outputs, load_classifier
 
             # the classifier trains on its own data set (the root only applies when it is ours)
@@ -270,11 +277,11 @@ class Evaluator:
                      f"(held-out test accuracy {self._classifier_info['test_accuracy']:.4f})")
             if "cfid" in self.metrics:
                 data = load_dataset(self.dataset, root=self.root, image_size=self.image_size)
-                count = min(self.n, len(data))
+                keep = sample_indices(len(data), self.n)  # (the FID reference's subset: not the first n)
                 if hasattr(data, "images"):
-                    real = to_unit_range(data.images[:count])
+                    real = to_unit_range(data.images[keep])
                 else:
-                    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(count)),
+                    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, keep.tolist()),
                                                          batch_size=500)
                     real = torch.cat([b for b, _ in loader])
                 self._real_classifier = classifier_outputs(self._classifier, real)[0]
@@ -393,9 +400,11 @@ def evaluate_checkpoint(checkpoint: str, metrics: Union[str, Sequence[str], None
                         ema: bool = True, impl: Optional[str] = None, grids: bool = True, progress: bool = True,
                         log: Callable[[str], None] = print) -> dict:
     """Evaluate a checkpoint's generator, write ``metrics.json`` (and pictures) under ``out``; return the dict."""
-    dev = torch.device(device if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available (use --device cpu)")
+    dev = resolve_device(device)
+    if impl is not None:  # a backend asked for by name must be live here: said now, not at the first forward
+        from ._backend import resolve
+
+        resolve(impl, dev, "--impl")
     if os.path.isdir(checkpoint) and os.path.isfile(os.path.join(checkpoint, "checkpoints", "last.pt")):
         checkpoint = os.path.join(checkpoint, "checkpoints", "last.pt")  # a `fastgan train` run directory
     ckpt = load_checkpoint(checkpoint)
@@ -431,10 +440,8 @@ def evaluate_checkpoint(checkpoint: str, metrics: Union[str, Sequence[str], None
         files = _write_pictures(evaluator, g, meta, out, seed)
     results["files"] = files
     path = os.path.join(out, "metrics.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    text = json.dumps(json_safe(results), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
     results["files"]["metrics"] = path
     return results
 
@@ -468,18 +475,19 @@ def _write_pictures(evaluator: Evaluator, g: nn.Module, meta: dict, out: str, se
         files["modes"] = plot_toy_samples(samples, evaluator.dataset, os.path.join(out, "modes.png"),
                                           title=f"{evaluator.dataset} (step {meta['step']})", real=real)
         return files
-    from .data import load_dataset, to_unit_range
+    from .data import load_dataset, sample_indices, to_unit_range
     from .metrics.latent import interpolation_grid, nearest_neighbour_grid, save_grid
 
     files["samples"] = save_grid(samples[:64], os.path.join(out, "samples.png"), nrow=8)
     plain = _PlainGenerator(g, steps=10)
     for mode in ("slerp", "lerp"):
         path = os.path.join(out, f"interp_{mode}.png")
-        interpolation_grid(plain, meta["nz"], rows=8, steps=10, mode=mode, seed=seed, path=path)
+        interpolation_grid(plain, meta["nz"], rows=8, steps=10, mode=mode, seed=seed, path=path,
+                           z_dist=getattr(g, "z_dist", "normal"))
         files[f"interp_{mode}"] = path
     data = load_dataset(evaluator.dataset, root=evaluator.root, image_size=evaluator.image_size)
     if hasattr(data, "images"):
-        train = to_unit_range(data.images[:20000])
+        train = to_unit_range(data.images[sample_indices(len(data), 20000)])
         if train.shape[1:] == samples.shape[1:]:
             path = os.path.join(out, "nearest.png")
             nearest_neighbour_grid(samples[:8], train, path, k=6)
@@ -499,6 +507,7 @@ def format_results(results: dict) -> str:
 
 
 def _cmd_eval(args) -> int:
+    from ._backend import BackendUnavailableError
     from .data import DatasetUnavailableError
     from .metrics import MetricsUnavailableError
 
@@ -510,7 +519,8 @@ def _cmd_eval(args) -> int:
                                       inception=args.inception, inception_weights=args.inception_weights,
                                       batch_size=args.batch_size, seed=args.seed, ema=args.ema, impl=args.impl,
                                       grids=args.grids, progress=args.progress)
-    except (CheckpointError, MetricsUnavailableError, DatasetUnavailableError, ValueError, FloatingPointError) as exc:
+    except (CheckpointError, MetricsUnavailableError, DatasetUnavailableError, BackendUnavailableError, ValueError,
+            FloatingPointError) as exc:
         print(f"fastgan eval: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -80,6 +80,14 @@ def test_info_reports_backends(capsys):
         assert why  # every backend says why it is (not) live
 
 
+def test_info_reports_rather_than_raises_when_fastgan_impl_names_an_unavailable_backend(monkeypatch, capsys):
+    monkeypatch.setenv("FASTGAN_IMPL", "cuda")  # (CPU tensors: the CUDA backend is not live for them)
+    report = fastgan.info()
+    out = capsys.readouterr().out
+    assert report["auto"]["cpu tensors"].startswith("error (") and "unavailable" in report["auto"]["cpu tensors"]
+    assert "the default impl (FASTGAN_IMPL=cuda) picks: cpu tensors -> error" in out
+
+
 def test_cli_info_runs():
     out = subprocess.run([sys.executable, "-m", "fastgan", "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

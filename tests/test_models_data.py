@@ -289,6 +289,13 @@ def test_mnist5k():
     big = load_dataset("mnist5k", image_size=64, max_samples=10)
     assert len(big) == 10 and big[0][0].shape == (1, 64, 64)
     assert big.tensors()[0].min() >= -1 and big.tensors()[0].max() <= 1
+    # the file is sorted by digit: max_samples keeps a fixed spread of it, not the first (all 0s) images
+    assert torch.equal(labels[:500], torch.zeros(500, dtype=torch.long))
+    few = load_dataset("mnist5k", max_samples=500)
+    assert torch.bincount(few.labels, minlength=10).min() > 25
+    assert torch.equal(few.labels, load_dataset("mnist5k", max_samples=500).labels)  # the same every run
+    keep = fastgan.data.sample_indices(5000, 500)
+    torch.testing.assert_close(few.tensors()[0], images[keep])
 
 
 @pytest.mark.skipif(not HAVE_FASHION, reason=FASHION_SKIP)
@@ -390,6 +397,19 @@ def test_dataset_errors(tmp_path):
         load_dataset("mnist5k", image_size=0)
     with pytest.raises(ValueError, match="split"):
         load_dataset("fashion-mnist", split="val")
+
+
+def test_torchvision_download_offline_is_a_dataset_error(tmp_path, monkeypatch):
+    """Offline, torchvision's download raises urllib's URLError (an OSError, not a RuntimeError)."""
+    tv = pytest.importorskip("torchvision")
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tv.datasets, "CIFAR10", offline)
+    with pytest.raises(DatasetUnavailableError, match="download into .* failed"):
+        load_dataset("cifar10", root=str(tmp_path), download=True)
 
 
 def test_mnist5k_missing_package_message(monkeypatch):
@@ -504,6 +524,11 @@ def test_demo_cli(tmp_path, capsys):
                "--out", str(tmp_path / "x"), "--no-progress"])
     assert rc == 2
     assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
+    rc = main(["demo", "--steps", "2", "--device", "cpu", "--impl", "cuda", "--out", str(tmp_path / "y"),
+               "--no-progress"])
+    assert rc == 2  # a backend that is not live for CPU tensors: one line before any work, not a traceback
+    err = capsys.readouterr().err
+    assert "--impl: impl='cuda' is unavailable" in err and "Traceback" not in err
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
@@ -520,6 +545,22 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(str(path), boom)
     assert torch.load(path) == {"a": 1}
     assert os.listdir(tmp_path) == ["ck.pt"]
+
+
+def test_atomic_write_gives_new_files_the_umasks_mode_and_keeps_an_existing_files(tmp_path):
+    # (the temporary file is created 0600; a checkpoint or sample others may read must not stay so)
+    from fastgan._io import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(str(tmp_path / "new.bin"), lambda f: f.write(b"x"))
+        assert os.stat(tmp_path / "new.bin").st_mode & 0o777 == 0o644
+        (tmp_path / "private.bin").write_bytes(b"")
+        os.chmod(tmp_path / "private.bin", 0o600)
+        atomic_write(str(tmp_path / "private.bin"), lambda f: f.write(b"y"))
+        assert os.stat(tmp_path / "private.bin").st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
 
 
 @pytest.mark.parametrize("norm", ["batch", "none", "instance"])

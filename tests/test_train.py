@@ -468,6 +468,36 @@ def test_sample_cli_and_load_generator(tmp_path, capsys):
     assert arr.shape == (6, 1, 16, 16)
     assert cli_main(["sample", ck, "--n", "3", "--out", str(tmp_path / "folder")]) == 0
     assert sorted(os.listdir(tmp_path / "folder")) == ["000000.png", "000001.png", "000002.png"]
+    (tmp_path / "folder" / "notes.txt").write_text("mine")
+    assert cli_main(["sample", ck, "--n", "2", "--out", str(tmp_path / "folder")]) == 0
+    # the folder holds this set alone (an earlier, larger set's third sample removed), and the user's file
+    assert sorted(os.listdir(tmp_path / "folder")) == ["000000.png", "000001.png", "notes.txt"]
+    assert (tmp_path / "folder" / "notes.txt").read_text() == "mine"
+
+
+def test_sample_cli_bad_arguments_are_one_line(tmp_path, capsys):
+    toy = tmp_path / "toy"
+    _trainer("toy-ring8", toy, "steps=1").train()
+    (tmp_path / "taken.png").mkdir()
+    cases = [(["--nrow", "-2"], "--nrow must be >= 1"),
+             (["--out", str(tmp_path / "taken.png")], "is a directory"),
+             (["--impl", "cuda"], "impl='cuda' is unavailable"),  # (CPU tensors here)
+             (["--device", "cuda:99"], "--device='cuda:99'"),
+             (["--device", "nonsense"], "is not a device")]
+    for extra, message in cases:
+        capsys.readouterr()
+        args = ["sample", str(toy), "--n", "4", "--out", str(tmp_path / "x.png"), *extra]
+        assert cli_main(args) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+
+
+def test_train_cli_refuses_a_backend_that_is_not_live_on_its_device(tmp_path, capsys):
+    args = ["train", "--preset", "toy-ring8", "--no-progress", "--device", "cpu", "--impl", "cuda",
+            "--out", str(tmp_path), "--steps", "1", "--set", *TINY_TOY]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "model.impl: impl='cuda' is unavailable" in err and "Traceback" not in err
 
 
 def test_unscaled_inputs_still_sample_in_minus_one_one(tmp_path):

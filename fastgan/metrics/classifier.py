@@ -33,6 +33,7 @@ Scores:
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from typing import Callable, Optional
@@ -117,8 +118,16 @@ def _split(name: str, num_train: int, seed: int, root=None):
         tr, te = perm[:num_train], perm[num_train:]
         return data.images[tr], data.labels[tr], data.images[te], data.labels[te]
     if name == "fashion-mnist":
-        train = load_dataset("fashion-mnist", root=root, image_size=NATIVE_SIZE, split="train")
-        test = load_dataset("fashion-mnist", root=root, image_size=NATIVE_SIZE, split="test")
+        from ..data import FASHION_MNIST_INSTALL, DatasetUnavailableError
+
+        try:
+            train = load_dataset("fashion-mnist", root=root, image_size=NATIVE_SIZE, split="train")
+            test = load_dataset("fashion-mnist", root=root, image_size=NATIVE_SIZE, split="test")
+        except DatasetUnavailableError as exc:  # (its hint to use the torchvision copy does not apply here)
+            raise DatasetUnavailableError(f"the Fashion-MNIST classifier (cfid, is, modes), for either Fashion-MNIST "
+                                          f"data set, trains on the Debian package's IDX files: "
+                                          f"{str(exc).split(';')[0]}; install them ({FASHION_MNIST_INSTALL}) "
+                                          "or score with --metrics fid,kid") from None
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:num_train]
         return train.images[perm], train.labels[perm], test.images, test.labels
     raise ValueError(f"no classifier recipe for {name!r}; known: {', '.join(RECIPES)}")
@@ -289,8 +298,9 @@ def classifier_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> t
 
 def mode_counts(labels: torch.Tensor, num_modes: int) -> dict:
     """Histogram of predicted modes, modes covered (count >= 1) and KL(histogram || uniform) in nats."""
-    if isinstance(num_modes, bool) or not isinstance(num_modes, int) or num_modes < 1:
+    if isinstance(num_modes, bool) or not isinstance(num_modes, numbers.Integral) or num_modes < 1:
         raise ValueError(f"num_modes must be a positive int, got {num_modes!r}")
+    num_modes = int(num_modes)  # (a numpy integer too)
     labels = torch.as_tensor(labels).reshape(-1).long()
     if labels.numel() == 0:
         raise ValueError("no labels to count")

@@ -22,6 +22,7 @@ and KID both reuse them.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -155,6 +156,9 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100
     fake = _check_features("fake features", fake)
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature sizes differ: real {real.shape[1]}, fake {fake.shape[1]}")
+    for name, value, least in (("subsets", subsets, 1), ("subset_size", subset_size, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")  # (subset_size 1: NaN)
     _, KID = _torchmetrics_image()
     import warnings
 
@@ -223,24 +227,45 @@ def _network_name(network: nn.Module) -> str:
     return getattr(network, "name", type(network).__name__)
 
 
-def reference_path(dataset: str, image_size: int, n: int, network_name: str, directory: Optional[str] = None
-                   ) -> str:
+def reference_path(dataset: str, image_size: int, n: int, network_name: str, directory: Optional[str] = None,
+                   fingerprint: str = "") -> str:
     directory = cache_dir("fid") if directory is None else directory
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{dataset}-{image_size}px-{n}-{network_name}")
+    key = f"{dataset}-{image_size}px-{n}-{network_name}" + (f"-{fingerprint}" if fingerprint else "")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     return os.path.join(directory, safe + ".pt")
+
+
+def reference_fingerprint(data, indices: torch.Tensor, root=None) -> str:
+    """What tells one set of reference images from another of the same name, size and count: the images'
+    bytes for an in-memory set (Fashion-MNIST from any root), else their files' paths, sizes and modification
+    times (an image folder), else the data's root -- with the channels, which an image folder takes as asked."""
+    h = hashlib.sha1(f"{getattr(data, 'channels', '')}|{getattr(data, 'image_size', '')}|".encode())
+    samples = getattr(getattr(data, "base", None), "samples", None)
+    if hasattr(data, "images"):
+        h.update(data.images[indices].contiguous().numpy().tobytes())
+    elif samples is not None:
+        for i in indices.tolist():
+            path = os.path.abspath(samples[i][0])
+            st = os.stat(path)
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    elif root is not None:
+        h.update(os.path.abspath(os.fspath(root)).encode())
+    return h.hexdigest()[:16]
 
 
 def reference_features(dataset: str, network: nn.Module, n: int = 5000, image_size: int = 32, root=None,
                        batch_size: int = 50, device=None, directory: Optional[str] = None, refresh: bool = False,
                        progress: bool = True, log: Callable[[str], None] = print) -> torch.Tensor:
-    """(n', D) features of the first n' = min(n, len) training images of ``dataset``, cached.
+    """(n', D) features of n' = min(n, len) training images of ``dataset``, cached.
 
-    The cache file (:func:`reference_path`) is keyed by data set, image size,
-    count and network name; a file that does not load or does not match is
-    recomputed.  The images are those the GAN trains on
-    (``fastgan.data.load_dataset(dataset, root, image_size)``).
+    The images are those the GAN trains on (``fastgan.data.load_dataset(dataset, root, image_size)``);
+    below the whole set, a fixed random subset of them (``fastgan.data.sample_indices``: data stored
+    sorted by class would otherwise give a reference of a few classes).  The cache file
+    (:func:`reference_path`) is keyed by data set, image size, count, network name and
+    :func:`reference_fingerprint` (so another folder or root of the same name is not served another's
+    features); a file that does not load or does not match is recomputed.
     """
-    from ..data import load_dataset
+    from ..data import load_dataset, sample_indices
 
     data = load_dataset(dataset, root=root, image_size=image_size)
     if not hasattr(data, "channels"):
@@ -248,28 +273,32 @@ def reference_features(dataset: str, network: nn.Module, n: int = 5000, image_si
     count = min(int(n), len(data))
     if count < 2:
         raise ValueError(f"need at least 2 reference images, got n={n} (data set has {len(data)})")
+    indices = sample_indices(len(data), count)
     name = _network_name(network)
-    path = reference_path(dataset, image_size, count, name, directory)
+    fingerprint = reference_fingerprint(data, indices, root)
+    path = reference_path(dataset, image_size, count, name, directory, fingerprint)
     if not refresh and os.path.isfile(path):
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
             feats = cached["features"]
-            if cached.get("network") == name and feats.shape[0] == count and torch.isfinite(feats).all():
+            if (cached.get("network") == name and cached.get("fingerprint") == fingerprint
+                    and feats.shape[0] == count and torch.isfinite(feats).all()):
                 return feats
-            log(f"fastgan eval: {path} does not match (network/count); recomputing")
+            log(f"fastgan eval: {path} does not match (network/images/count); recomputing")
         except Exception as exc:  # noqa: BLE001 - a corrupt cache is recomputed
             log(f"fastgan eval: cannot read {path} ({exc}); recomputing")
     if hasattr(data, "images"):  # in-memory uint8: convert only what is used
         from ..data import to_unit_range
 
-        source: ImageSource = to_unit_range(data.images[:count])
+        source: ImageSource = to_unit_range(data.images[indices])
     else:
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, indices.tolist()), batch_size=batch_size,
+                                             shuffle=False, num_workers=0)
         source = (batch for batch, _ in loader)
     log(f"fastgan eval: computing {name} reference features of {count} {dataset} images "
         f"(once; cached in {path})")
     feats = extract_features(network, source, n=count, batch_size=batch_size, device=device, progress=progress,
                              desc=f"{dataset} reference")
     atomic_torch_save({"features": feats.contiguous(), "network": name, "dataset": dataset,
-                       "image_size": image_size, "count": count}, path)
+                       "image_size": image_size, "count": count, "fingerprint": fingerprint}, path)
     return feats

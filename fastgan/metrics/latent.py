@@ -71,9 +71,10 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, mode: str = "sle
 
 @torch.no_grad()
 def interpolation_grid(generator: nn.Module, nz: Optional[int] = None, rows: int = 8, steps: int = 10,
-                       mode: str = "slerp", seed: int = 0, device=None, path: Optional[str] = None
-                       ) -> torch.Tensor:
-    """Images (rows * steps, C, H, W) in [-1, 1]: each row walks between two random Gaussian z.
+                       mode: str = "slerp", seed: int = 0, device=None, path: Optional[str] = None,
+                       z_dist: str = "normal") -> torch.Tensor:
+    """Images (rows * steps, C, H, W) in [-1, 1]: each row walks between two random z drawn as the
+    generator was trained on them (``z_dist``: ``"normal"``, or ``"uniform"`` in [-1, 1]).
 
     ``generator`` maps z (N, nz) to images; it is run in eval mode (and put
     back).  With ``path``, the grid (``steps`` per row) is also saved as PNG.
@@ -82,8 +83,12 @@ def interpolation_grid(generator: nn.Module, nz: Optional[int] = None, rows: int
     if not nz:
         raise ValueError("nz is required (the generator has no .nz attribute)")
     device = next(generator.parameters()).device if device is None else torch.device(device)
+    if z_dist not in ("normal", "uniform"):
+        raise ValueError(f"z_dist must be 'normal' or 'uniform', got {z_dist!r}")
     g = torch.Generator().manual_seed(seed)
-    z0, z1 = torch.randn(rows, nz, generator=g), torch.randn(rows, nz, generator=g)
+    draw = (lambda: torch.randn(rows, nz, generator=g)) if z_dist == "normal" else (
+        lambda: torch.rand(rows, nz, generator=g) * 2 - 1)
+    z0, z1 = draw(), draw()
     zs = interpolate(z0, z1, steps, mode).reshape(rows * steps, nz).to(device)
     was_training = generator.training
     generator.eval()

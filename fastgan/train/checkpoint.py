@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_write
+from .._device import resolve_device
 from . import _test_hooks
 from .checkpoint_integrity import checksum_problem, describe_foreign, describe_unreadable, with_checksum
 
@@ -185,12 +186,6 @@ def load_resume_checkpoint(out_dir: str, log=print, quarantine: bool = True) -> 
 # For sample / eval
 # ----------------------------------------------------------------------------
 
-def _device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_generator(checkpoint_path: str, device="cpu", *, ema: bool = True, impl: Optional[str] = None):
     """The generator of a ``fastgan train`` checkpoint, rebuilt from its stored spec, in eval mode.
 
@@ -220,7 +215,7 @@ def load_generator(checkpoint_path: str, device="cpu", *, ema: bool = True, impl
         checkpoint_path, state = found
     else:
         state = load_checkpoint(checkpoint_path)
-    dev = _device(device)
+    dev = resolve_device(device)
     try:
         g = build_generator(state["spec"]["generator"], impl=impl or "auto")
         weights = state["ema"] if ema and state.get("ema") is not None else state["generator"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 TRAIN_EXAMPLES = """examples:
@@ -136,6 +137,9 @@ def cmd_train(args) -> int:
     return {"done": 0, "interrupted": 130, "diverged": 3, "out_of_memory": 4}[summary["status"]]
 
 
+SAMPLE_FILE = re.compile(r"\d{6}\.png")  # a sample folder's files: 000000.png, 000001.png, ...
+
+
 def cmd_sample(args) -> int:
     import numpy as np
     import torch
@@ -145,13 +149,26 @@ def cmd_sample(args) -> int:
     from .checkpoint import CheckpointError, generate, load_generator
     from .logs import save_toy_samples
 
+    from .._backend import BackendUnavailableError, resolve
+
     prog = "fastgan sample"
     if args.n < 1:
         _err(prog, f"--n must be >= 1, got {args.n}")
         return 2
+    if args.nrow is not None and args.nrow < 1:
+        _err(prog, f"--nrow must be >= 1, got {args.nrow}")
+        return 2
+    out = args.out
+    ext = os.path.splitext(out)[1].lower()
+    if ext in (".png", ".npy") and os.path.isdir(out):
+        _err(prog, f"--out {out} is a directory; a {ext} file was asked for (name the file, or a folder "
+                   "without an extension for one PNG per sample)")
+        return 2
     try:
         g = load_generator(args.checkpoint, device=args.device, ema=not args.no_ema, impl=args.impl)
-    except (CheckpointError, ValueError) as exc:
+        if args.impl is not None:  # said here, not from the first layer's forward
+            resolve(args.impl, next(g.parameters()).device, "--impl")
+    except (CheckpointError, ValueError, BackendUnavailableError) as exc:
         _err(prog, str(exc))
         return 2
     labels = None
@@ -164,8 +181,6 @@ def cmd_sample(args) -> int:
             return 2
         labels = torch.full((args.n,), args.label, dtype=torch.long)
     x = generate(g, args.n, seed=args.seed, labels=labels)
-    out = args.out
-    ext = os.path.splitext(out)[1].lower()
     if g.data_kind == "toy":
         if ext == ".png":
             from ..data import toy_mixture
@@ -191,6 +206,12 @@ def cmd_sample(args) -> int:
         for i in range(x.shape[0]):
             path = os.path.join(out, f"{i:06d}.png")
             atomic_write(path, lambda f, i=i: save_image(x[i], f, format="png", normalize=True, value_range=(-1, 1)))
+        # the folder holds this set alone: earlier, larger sets' extra samples would be scored with it
+        stale = [name for name in os.listdir(out) if SAMPLE_FILE.fullmatch(name) and int(name[:6]) >= args.n]
+        for name in stale:
+            os.remove(os.path.join(out, name))
+        if stale:
+            print(f"{prog}: removed {len(stale)} samples of an earlier, larger set from {out}")
     print(f"{prog}: wrote {args.n} samples to {out} (step {g.checkpoint_step}"
           f"{', EMA weights' if g.uses_ema else ''})")
     return 0

@@ -88,7 +88,7 @@ class DataConfig:
     root: Optional[str] = opt(None, "data directory (Fashion-MNIST IDX files, torchvision data, image folder)")
     download: bool = opt(False, "let torchvision download its data sets (needs internet)")
     image_size: int = opt(32, "image side in pixels (a power of two >= 8; DCGAN sizes are 32 and 64)", minimum=8)
-    max_samples: Optional[int] = opt(None, "keep only the first N images (in-memory data sets)", minimum=1)
+    max_samples: Optional[int] = opt(None, "keep N images, the same fixed random subset every run (in-memory data sets)", minimum=1)
     channels: Optional[int] = opt(None, "1 or 3 for an image folder", choices=(None, 1, 3))
     workers: Optional[int] = opt(None, "DataLoader workers for torchvision / folder data (default min(4, CPUs))",
                                  minimum=0)

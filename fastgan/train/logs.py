@@ -4,22 +4,13 @@ the loss / gradient-norm plot ``losses.png`` and the sample images.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Optional
 
 import torch
 
-from .._io import atomic_write
+from .._io import atomic_write, json_safe
 from ..demo import save_grid
-
-
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN / Inf
-    if torch.is_tensor(v):
-        return _clean(v.item())
-    return v
 
 
 class JsonlLog:
@@ -36,7 +27,7 @@ class JsonlLog:
 
     def write(self, row: dict) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+            f.write(json.dumps(json_safe(row)) + "\n")
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import _backend
+from .._device import resolve_device
 from ..models import has_vbn
 from ..nn import separate_batches, virtual_batch_reference
 from ..nn.one_pass import unsupported_reason
@@ -63,15 +65,6 @@ from .tricks import (EMA, HistoricalAverage, ReplayBuffer, SnapshotPool, add_ins
 
 class Interrupted(Exception):
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device={name!r} but no CUDA GPU is available (use --device cpu)")
-    return dev
 
 
 def seed_everything(seed: int) -> None:
@@ -150,13 +143,14 @@ class Trainer:
         validate(cfg)
         self.cfg, self.log = cfg, log
         r, m, t, lo, o = cfg.run, cfg.model, cfg.tricks, cfg.loss, cfg.optim
-        self.device = resolve_device(r.device)
+        self.device = resolve_device(r.device, "run.device")
         self.dist = Distributed.from_env(self.device)  # under torchrun: one process per device
         self.dist.check(cfg)
         self.device = self.dist.local_device(self.device)
         if r.cuda_graph and (self.device.type != "cuda" or self.dist.enabled):
             raise ConfigError([f"run.cuda_graph: needs one CUDA device per process and no torch.distributed (device "
                                f"{self.device}, {self.dist.world_size} process(es))"])
+        self._check_impl(m.impl)
         if not self.dist.is_main:
             self.log = lambda *_: None  # rank 0 alone reports, writes samples, logs and checkpoints
         if r.threads:
@@ -401,6 +395,14 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         scaler.update()
         return finite, gnorm
+
+    def _check_impl(self, impl: str) -> None:
+        """A backend asked for by name must be live on the run's device: said here, as a configuration
+        error, not as a traceback from the first layer's forward."""
+        try:
+            _backend.resolve(impl, self.device, "model.impl")
+        except _backend.BackendUnavailableError as exc:
+            raise ConfigError([str(exc)]) from None  # ("model.impl: impl='triton' is unavailable: <why>")
 
     # ------------------------------------------------------------------------------------------
     # One step
