@@ -438,6 +438,19 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+#: packages the GPU machine lacks that the run needs (carried as wheels in .whl/)
+CARRIED_MODULES = ("mlxtend",)
+
+
+def _importable(module: str, env: dict) -> bool:
+    """Whether ``module`` imports in the stages' environment (PYTHONPATH with the carried wheels)."""
+    probe = f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({module!r}) else 1)"
+    try:
+        return subprocess.run([sys.executable, "-c", probe], env=env, timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     clock = Clock(args.budget)
@@ -503,6 +516,13 @@ def main(argv=None) -> int:
                                          shown=f"pip install --target {site} " + " ".join(w.name for w in wheels))
             if stages["wheels"]["status"] == "ok":
                 env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(site)])
+        missing = [m for m in CARRIED_MODULES if not _importable(m, env)]
+        if missing:  # said first and loudly: without them a whole part of the run records nothing
+            msg = (f"not importable: {', '.join(missing)} -- the trainer and metrics tests on its MNIST digits "
+                   "skip and bench_trainer.py records nothing; carry the wheel in .whl/ "
+                   "(benchmarks/results/README.md)")
+            print(f"[wheels] WARNING: {msg}", flush=True)
+            results.setdefault("problems", []).append(msg)
 
         # 1. build
         if args.no_build or not has_cuda:
@@ -543,7 +563,7 @@ def main(argv=None) -> int:
         if has_cuda and not args.skip_profile and not cuda_unusable:
             profile_md = out / f"{name}-profile.md"
             cmd = [sys.executable, str(BENCH_DIR / "profile_step.py"), "--out", str(profile_md)]
-            stages["profile"] = run_stage("profile", cmd, clock.limit(120, keep_for_later=300),
+            stages["profile"] = run_stage("profile", cmd, clock.limit(90, keep_for_later=300),
                                           logs / "profile.log", env)
             if profile_md.exists():
                 stages["profile"]["file"] = profile_md.name

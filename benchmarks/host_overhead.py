@@ -141,20 +141,21 @@ def _time_us(fn, calls: int, sync) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
-def measure(layers: int = 10, repeats: int = 5, calls: int = 200, device: str = "cpu") -> dict:
+def measure(layers: int = 10, repeats: int = 5, calls: int = 200, device: str = "cpu", on_round=None) -> dict:
     """Best-of-``repeats`` microseconds per layer: {(name, "forward" | "forward+backward"): us}.
 
     ``device="cuda"`` (a GPU machine): the real CUDA backend and eager PyTorch on tiny CUDA tensors, so
-    the time is what the host takes to issue each layer's work, launches included."""
+    the time is what the host takes to issue each layer's work, launches included.  ``on_round(results,
+    k)`` is called after each round with the best so far (a run cut short still has its rounds)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # eager's tiny CPU kernels: no thread-pool wake-ups in its column
     try:
-        return _measure(layers, repeats, calls, device)
+        return _measure(layers, repeats, calls, device, on_round)
     finally:
         torch.set_num_threads(threads)
 
 
-def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
+def _measure(layers: int, repeats: int, calls: int, device: str, on_round=None) -> dict:
     from fastgan import reference
     from fastgan.ops import batch_norm_act, layer_norm_act, pixel_shuffle_batch_norm_act, virtual_batch_norm
 
@@ -221,13 +222,26 @@ def _measure(layers: int, repeats: int, calls: int, device: str) -> dict:
     # Rounds over all cases, best per case: this machine's speed drifts, and a case timed only in a slow
     # stretch would look slow.
     results = dict.fromkeys(timed, float("inf"))
-    for _ in range(repeats):
+    for k in range(repeats):
         for key, (backend, fn) in timed.items():
             with backend():
                 for _ in range(max(calls // 10, 3)):  # warm-up: caches, allocator
                     fn()
                 results[key] = min(results[key], _time_us(fn, calls, sync) / layers)
+        if on_round is not None:
+            on_round(results, k + 1)
     return results
+
+
+def table(results: dict, device: str, rounds: int) -> str:
+    where = (f"{torch.cuda.get_device_name()}, host issue time" if device == "cuda"
+             else "CPU, launches skipped: the emulated CUDA bindings, Triton's kernels stubbed")
+    lines = [f"| layer ({where}; us per layer, best of {rounds} round{'s' if rounds != 1 else ''}) | forward | "
+             "forward + backward | forward + grad + double backward |", "| --- | ---: | ---: | ---: |"]
+    for name in dict.fromkeys(n for n, _ in results):
+        times = (results[(name, what)] for what in ("forward", "forward+backward", "double backward"))
+        lines.append(f"| {name} | " + " | ".join(f"{us:.1f}" for us in times) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -236,15 +250,17 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="cpu: the emulated bindings, launches skipped; cuda: a GPU's real kernels")
+    parser.add_argument("--every-round", action="store_true",
+                        help="print the table after each round (the last one printed is the best so far), so "
+                             "that a run killed by a time limit still leaves its measurements")
     args = parser.parse_args(argv)
-    results = measure(args.layers, args.repeats, device=args.device)
-    where = (f"{torch.cuda.get_device_name()}, host issue time" if args.device == "cuda"
-             else "CPU, launches skipped: the emulated CUDA bindings, Triton's kernels stubbed")
-    print(f"| layer ({where}; us per layer) | forward | forward + backward | forward + grad + double backward |")
-    print("| --- | ---: | ---: | ---: |")
-    for name in dict.fromkeys(n for n, _ in results):
-        times = (results[(name, what)] for what in ("forward", "forward+backward", "double backward"))
-        print(f"| {name} | " + " | ".join(f"{us:.1f}" for us in times) + " |")
+
+    def show(results, k):
+        print(table(results, args.device, k) + "\n", flush=True)
+
+    results = measure(args.layers, args.repeats, device=args.device, on_round=show if args.every_round else None)
+    if not args.every_round:
+        print(table(results, args.device, args.repeats))
     return 0
 
 

