@@ -107,6 +107,27 @@ def test_sync_bn_two_processes_match_one_process_on_the_concatenated_batch():
     run_distributed(_sync_bn_worker, 2, ["ref"] + _fast_impls(), timeout=120)
 
 
+def _tiny_global_batch_worker(rank, world, impls):
+    for impl in impls:
+        for sizes in ([0, 0], [1, 0]):  # every rank empty; one value per channel in all
+            layer = SyncBatchNormAct2d(3, impl=impl)
+            with torch.no_grad():
+                layer.running_mean.fill_(2.0), layer.running_var.fill_(5.0)
+            layer(torch.randn(sizes[rank], 3, 1, 1))
+            # all empty: untouched, as one process on the empty joined batch leaves them; one value: no
+            # unbiased variance to average in (it was NaN, and stayed NaN), the mean still moves
+            assert torch.equal(layer.running_var, torch.full((3,), 5.0)), (impl, sizes, layer.running_var)
+            if sizes == [0, 0]:
+                assert torch.equal(layer.running_mean, torch.full((3,), 2.0)), (impl, layer.running_mean)
+            else:
+                assert torch.isfinite(layer.running_mean).all() and not torch.equal(layer.running_mean,
+                                                                                    torch.full((3,), 2.0))
+
+
+def test_sync_bn_running_stats_with_an_empty_or_one_value_global_batch():
+    run_distributed(_tiny_global_batch_worker, 2, ["ref"] + _fast_impls(), timeout=120)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the nccl variant needs 2 CUDA GPUs")
 @pytest.mark.parametrize("impl", ["triton", "cuda"])

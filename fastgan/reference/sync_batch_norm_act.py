@@ -88,12 +88,17 @@ def local_moments(x: torch.Tensor) -> torch.Tensor:
 def update_running_stats_global(running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                                 mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor, momentum: float) -> None:
     """Running averages with the unbiased variance of all ranks' elements (count ``total``, a tensor:
-    no host synchronisation), as ``nn.SyncBatchNorm`` keeps them."""
+    no host synchronisation), as ``nn.SyncBatchNorm`` keeps them.  Where every rank's batch was empty
+    they are left as they were (one process on the empty joined batch leaves them); where the ranks
+    held one value per channel in all, the running variance is (its unbiased estimate is undefined:
+    one process refuses that batch, which would take a host synchronisation to see here)."""
     if running_mean is not None:
-        running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        updated = running_mean * (1.0 - momentum) + mean.to(running_mean.dtype) * momentum
+        running_mean.copy_(torch.where(total > 0, updated, running_mean))
     if running_var is not None:
-        unbiased = var.to(MERGE_DTYPE) * (total / (total - 1))
-        running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        unbiased = var.to(MERGE_DTYPE) * (total / (total - 1).clamp_min(1))
+        updated = running_var * (1.0 - momentum) + unbiased.to(running_var.dtype) * momentum
+        running_var.copy_(torch.where(total > 1, updated, running_var))
 
 
 def sync_batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],

@@ -276,6 +276,16 @@ class Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return t > 0.5
 
+    def wait_for_all(self, device: torch.device) -> None:
+        """Every rank here before any goes on: at the end of a run, so that no rank exits (and tears its
+        process group down) while rank 0 still writes the final checkpoint, samples and plots -- torchrun
+        then saw an abort at exit, and ended the finished run with a failure code."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        self._reduce([0.0], device, dist.ReduceOp.SUM)  # (a collective on the run's device: gloo and nccl alike)
+
     def any_true(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` holds on some rank (a stop request)."""
         if not self.enabled:

@@ -1023,6 +1023,8 @@ class Trainer:
         paths["metrics"] = self.metrics.path
         if self.tb is not None:
             self.tb.close()
+        if status in ("done", "interrupted"):  # (the statuses every rank reaches together)
+            self.dist.wait_for_all(self.device)
         steps_done = self.step - start_step
         self.log(f"fastgan train: {status} at step {self.step} ({steps_done} steps in {seconds:.1f}s, "
                  f"{steps_done / max(seconds, 1e-9):.2f} steps/s); wrote {', '.join(p for p in paths.values() if p)}")
