@@ -56,6 +56,10 @@ class _Fuser:
         self.impl = impl
         self._made = {}  # id(norm) -> (norm, its fused module); the norm kept alive so that its id stays its own
 
+    def share(self, norms) -> None:
+        """Also treat ``norms`` as shared (a module the traced forward calls more than once)."""
+        self.shared.update(id(norm) for norm in norms)
+
     def can_fuse_activation(self, norm) -> bool:
         return id(norm) not in self.shared
 
@@ -123,13 +127,14 @@ def _convert_fx(model: nn.Module, fuse: _Fuser):
     gm = torch.fx.GraphModule(model, graph, type(model).__name__)
     modules = dict(gm.named_modules())
     calls = collections.Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
+    fuse.share(modules[target] for target, n in calls.items() if n > 1 and _is_norm(modules.get(target)))
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not _is_norm(modules.get(node.target)):
             continue
         bn = modules[node.target]
         users = list(node.users)
         act = None
-        if len(users) == 1 and calls[node.target] == 1 and fuse.can_fuse_activation(bn):
+        if len(users) == 1 and fuse.can_fuse_activation(bn):
             user = users[0]
             if user.op == "call_module":
                 act = _activation_of(modules.get(user.target))
