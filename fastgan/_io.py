@@ -3,6 +3,7 @@ sample grids, logs) goes through ``atomic_write`` so a killed process never
 leaves a torn file behind."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from typing import Callable, Optional
@@ -82,9 +83,7 @@ def atomic_torch_save(obj, path: str) -> None:
 def json_safe(value):
     """``value`` with every non-finite float written as a string ("inf", "nan"): JSON has no Infinity or NaN
     (Python writes them, and strict readers then refuse the file); tensors as their numbers."""
-    import math
-
-    import torch
+    import torch  # (lazily, as atomic_torch_save: this module is imported before anything needs torch)
 
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)

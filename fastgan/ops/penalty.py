@@ -150,12 +150,19 @@ class PenaltyFromGradFn(torch.autograd.Function):
         grad, norms = ctx.saved_tensors
         if grad_value is None or not ctx.needs_input_grad[0]:
             return None, None, None, None
-        mode, center, _ = ctx.config
-        name = next(k for k, v in MODES.items() if v == mode)
-        reference = reference_vjp(lambda g, _norms: _ref.penalty_from_grad(g, name, center), (True, False))
         (dg,) = twice_differentiable_backward(functools.partial(_penalty_backward, ctx.config),
-                                              lambda gv, g, n: reference(gv, g, n)[:1], grad_value, grad, norms)
+                                              functools.partial(_penalty_reference_backward, ctx.config),
+                                              grad_value, grad, norms)
         return dg, None, None, None
+
+
+_MODE_NAMES = {code: name for name, code in MODES.items()}
+
+
+def _penalty_reference_backward(config, grad_value, grad, norms):
+    """``_penalty_backward`` by the reference, differentiable (the op's second derivative differentiates it)."""
+    mode, center, _ = config
+    return reference_vjp(lambda g: _ref.penalty_from_grad(g, _MODE_NAMES[mode], center), (True,))(grad_value, grad)
 
 
 def _penalty_backward(config, grad_value, grad, norms):
