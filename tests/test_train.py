@@ -166,6 +166,79 @@ def test_cli_resume_accepts_the_command_line_that_started_the_run(tmp_path, caps
     assert "optim.lr_g cannot change when resuming" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("penalty", ["r1", "r2", "wgan-gp", "dragan"])
+def test_a_conditional_penalty_conditions_on_the_penalised_samples_classes(penalty, tmp_path, monkeypatch):
+    import fastgan.penalties as penalties
+
+    seen = {}
+    penalize = penalties.gradient_penalty
+
+    def spy(critic, real, fake=None, kind="wgan-gp", weight=None, **kwargs):
+        seen["labels"], seen["kind"] = kwargs.get("labels"), kind
+        return penalize(critic, real, fake, kind, weight, **kwargs)
+
+    monkeypatch.setattr(penalties, "gradient_penalty", spy)
+    tr = _trainer("toy-ring8", tmp_path, "steps=1", "conditional=embedding", f"penalty={penalty}", "batch_size=16")
+    stats = tr.d_step(keep_fake=False)
+    assert seen["kind"] == penalty
+    y_real, y_fake = stats["_y_real"], stats["_y_fake"]
+    assert y_real.unique().numel() > 1
+    # R2 penalises D at the fakes: their own classes; R1 / DRAGAN at (perturbed) reals: the reals' classes
+    want = y_fake if penalty == "r2" else y_real
+    assert torch.equal(seen["labels"], want)
+    if penalty == "wgan-gp":  # interpolates of pairs: each fake made with its real partner's class
+        assert torch.equal(y_fake, y_real)
+    else:
+        assert not torch.equal(y_fake, y_real)  # fresh labels for the fakes
+
+
+@pytest.mark.parametrize("sets", [["conditional=embedding"], ["conditional=acgan"], ["num_generators=2"]],
+                         ids=["projection", "acgan", "mgan"])
+def test_spectral_norm_reaches_the_discriminators_heads(sets, tmp_path):
+    # "every discriminator weight": with SN as WGAN's only Lipschitz bound, an unnormalised projection
+    # embedding left the critic's class term unbounded
+    tr = _trainer("toy-ring8", tmp_path, "steps=1", "spectral_norm=true", "loss=wasserstein", "d_norm=none",
+                  "batch_size=16", *sets)
+    heads = [h for h in (tr.D.projection, tr.D.classifier, tr.D.generator_classifier) if h is not None]
+    assert heads
+    for head in heads:
+        sigma = torch.linalg.matrix_norm(head.weight.detach(), ord=2)
+        assert hasattr(head, "parametrizations")
+        assert sigma < 1.05, f"{type(head).__name__} weight has spectral norm {sigma:.3f}"
+    tr.train()
+    path = tr.save()  # the checkpoint's spec rebuilds the same (normalised) heads
+    state = load_checkpoint(path)
+    rebuilt = Trainer(_cfg("toy-ring8", tmp_path / "r", "steps=2", "spectral_norm=true", "loss=wasserstein",
+                           "d_norm=none", "batch_size=16", *sets), resume=state, log=lambda s: None)
+    assert _same_weights(rebuilt.D, tr.D) == []
+
+
+def test_replay_is_refused_with_a_conditional_interpolating_penalty():
+    # replayed fakes keep their own classes: an interpolate between two classes has no one label
+    with pytest.raises(ConfigError, match="tricks.replay_size"):
+        _cfg("toy-ring8", "/tmp/unused", "conditional=embedding", "penalty=wgan-gp", "replay_size=64")
+    _cfg("toy-ring8", "/tmp/unused", "conditional=embedding", "penalty=r1", "replay_size=64")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["saved-horizon", "checkpoint-without-horizon"])
+def test_resume_with_more_steps_keeps_the_instance_noise_horizon(legacy, tmp_path):
+    # instance_noise_decay=0 decays over "the whole run": the run's length when it started, so extending it
+    # with --resume --steps must not raise the noise again (it rose from ~0 back to half its start)
+    first = _trainer("toy-ring8", tmp_path, "steps=4", "instance_noise=0.5", "batch_size=16")
+    first.train()
+    assert [first.noise_std(s) for s in range(4)] == [0.5, 0.375, 0.25, 0.125]
+    state = load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))
+    assert state["tricks"]["noise_decay_steps"] == 4
+    if legacy:  # a checkpoint written before the horizon was saved: its configuration's run length
+        del state["tricks"]["noise_decay_steps"]
+    resumed = _trainer("toy-ring8", tmp_path, "steps=8", "instance_noise=0.5", "batch_size=16", resume=state)
+    assert [resumed.noise_std(s) for s in range(4, 8)] == [0.0] * 4
+    resumed.train()
+    assert resumed.state_dict()["tricks"]["noise_decay_steps"] == 4
+    explicit = _trainer("toy-ring8", tmp_path / "x", "steps=4", "instance_noise=0.5", "instance_noise_decay=8")
+    assert explicit.noise_std(4) == 0.25
+
+
 # ----------------------------------------------------------------------------
 # Tricks inside the training step
 # ----------------------------------------------------------------------------
@@ -723,3 +796,32 @@ def test_in_memory_batches_copy_no_indices_to_the_device_per_step():
     with Copies():
         stream.next()  # a new epoch: its permutation is copied, once
     assert Copies.count == 1 and (stream.epoch, stream.index) == (1, 8)
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_minibatch_layer_on_a_mixed_batch_is_noted(separate, tmp_path):
+    lines = []
+    tr = Trainer(_cfg("toy-ring8", tmp_path, "steps=1", "minibatch=stddev", f"separate_batches={str(separate).lower()}",
+                      "batch_size=16"), log=lines.append)
+    tr.train()
+    noted = [line for line in lines if "sees one mixed real + fake batch" in line]
+    assert len(noted) == (0 if separate else 1) and ("tricks.separate_batches=true" in noted[0] if noted else True)
+
+
+@pytest.mark.parametrize("tricks", [{"real_label_range": [0.7, 1.2]},  # the former default
+                                    {"random_labels": True, "real_label_range": [0.7, 1.2]}],
+                         ids=["former-default", "bce-targets-above-1"])
+def test_checkpoints_from_before_the_new_run_checks_still_resume(tricks, tmp_path, capsys):
+    # options a new run refuses (no effect; BCE targets above 1) are locked in a checkpoint: it resumes as it trained
+    base = ["train", "--preset", "toy-ring8", "--no-progress", "--impl", "ref", "--threads", "1", "--out",
+            str(tmp_path), "--set", *TINY_TOY, "log_every=1", "checkpoint_every=0", "sample_every=0"]
+    assert cli_main(base + ["--steps", "1"]) == 0
+    path = str(tmp_path / "checkpoints" / "last.pt")
+    state = load_checkpoint(path)
+    state["config"]["tricks"].update(tricks)
+    save_checkpoint(state, path)
+    capsys.readouterr()
+    assert cli_main(base + ["--steps", "2", "--resume"]) == 0, capsys.readouterr().err
+    assert load_checkpoint(path)["step"] == 2
+    sets = [f"{k}={v}".replace("True", "true") for k, v in tricks.items()]
+    assert cli_main(base + ["--steps", "1", "--out", str(tmp_path / "new"), "--set", *sets]) == 2  # a new run: refused

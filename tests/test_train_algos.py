@@ -181,8 +181,10 @@ def test_mgan_trains_checkpoints_and_samples(tmp_path, capsys):
 # Unrolled GAN in the trainer, and the configuration checks
 # ----------------------------------------------------------------------------------------------
 
-def test_unrolled_option_trains(tmp_path):
-    t = _trainer(tmp_path, "unrolled_steps=2", "d_norm=batch", "steps=2")
+@pytest.mark.parametrize("sets", [[], ["weight_decay_d=0.01"], ["weight_decay_d=0.01", "weight_decay_mode=coupled"]],
+                         ids=["adam", "adamw", "adam-l2"])
+def test_unrolled_option_trains(sets, tmp_path):
+    t = _trainer(tmp_path, "unrolled_steps=2", "d_norm=batch", "steps=2", *sets)
     result = t.train()
     assert result["status"] == "done" and math.isfinite(_rows(t)[-1]["loss_g"])
 

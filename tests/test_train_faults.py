@@ -456,6 +456,23 @@ REJECTED = [
     ("dcgan-mnist", ["feature_matching_only=true"], "needs loss.feature_matching > 0"),
     ("dcgan-mnist", ["image_size=48"], "DCGAN needs a power of two"),
     ("toy-ring8", ["g_norm=vbn", "compile_g=true"], "run.compile_g: not with model.g_norm='vbn'"),
+    ("dcgan-mnist", ["random_labels=true", "real_label_range=[0.7, 1.2]"],
+     "tricks.real_label_range: binary cross-entropy ('nonsaturating') needs targets in [0, 1]"),
+    ("toy-ring8", ["conditional=embedding", "penalty=wgan-gp", "replay_size=64"],
+     "tricks.replay_size: replayed fakes keep their own classes"),
+    ("toy-ring8", ["d_norm=vbn", "minibatch=stddev", "vbn_reference_size=6"],
+     "tricks.vbn_reference_size: D's reference batch (6) goes through the minibatch stddev layer"),
+    ("dcgan-mnist", ["momentum_d=0.9"], "optim.momentum_d: has no effect without optim.optimizer_d=sgd"),
+    ("dcgan-mnist", ["optimizer_g=sgd", "optimizer_d=sgd", "beta1=0.0"], "optim.beta1: has no effect without"),
+    ("dcgan-mnist", ["ema_start=100"], "tricks.ema_start: has no effect without tricks.ema"),
+    ("dcgan-mnist", ["instance_noise_decay=100"], "tricks.instance_noise_decay: has no effect without"),
+    ("dcgan-mnist", ["fake_label_range=[0.0, 0.2]"], "tricks.fake_label_range: has no effect without"),
+    ("dcgan-mnist", ["swap_every=10"], "tricks.swap_every: has no effect without tricks.swap_prob"),
+    ("toy-ring8", ["slerp_grid=true"], "tricks.slerp_grid: has no effect without image data"),
+    ("dcgan-mnist", ["aux_weight=0.5"], "loss.aux_weight: has no effect without model.conditional=acgan"),
+    ("dcgan-mnist", ["minibatch=stddev", "minibatch_kernels=16"], "model.minibatch_kernels: has no effect"),
+    ("dcgan-mnist", ["stddev_group=2"], "model.stddev_group: has no effect without model.minibatch=stddev"),
+    ("dcgan-mnist", ["penalty=r1", "d_norm=layer", "penalty_weight=0"], "loss.penalty_weight: 0 turns penalty"),
 ]
 
 
@@ -466,6 +483,19 @@ def test_config_rejections_one_line_each(preset, sets, line):
         load_config(preset=preset, sets=tiny + sets)
     assert len(exc.value.errors) == 1 and line in exc.value.errors[0], exc.value.errors
     assert "\n" not in exc.value.errors[0]
+
+
+@pytest.mark.parametrize("preset,sets", [
+    ("dcgan-mnist", ["loss=lsgan", "random_labels=true", "real_label_range=[0.7, 1.2]"]),  # squared error: fine
+    ("dcgan-mnist", ["optimizer_d=sgd", "momentum_d=0.9"]),
+    ("dcgan-mnist", ["ema=0.9", "ema_start=100"]),
+    ("dcgan-mnist", ["instance_noise=0.1", "instance_noise_decay=100"]),
+    ("toy-ring8", ["conditional=embedding", "penalty=r1", "replay_size=64"]),
+    ("toy-ring8", ["d_norm=vbn", "minibatch=stddev", "vbn_reference_size=8"]),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_config_companions_accepted(preset, sets):
+    tiny = TINY_TOY if preset.startswith("toy") else TINY_IMAGE
+    load_config(preset=preset, sets=tiny + sets)
 
 
 def test_config_rejections_from_yaml_cli_and_python(tmp_path, capsys):

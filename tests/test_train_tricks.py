@@ -245,6 +245,56 @@ def test_monitor_d_loss_to_zero_and_grad_norm():
     assert events[-1]["kind"] == "grad_norm" and "D's gradient norm 150" in events[-1]["message"]
 
 
+TARGET_TRICKS = [dict(), dict(smoothing=0.1), dict(random=True), dict(random=True, real_range=(0.7, 1.2)),
+                 dict(flip=0.1), dict(smoothing=0.2, flip=0.05), dict(random=True, flip=0.2)]
+
+
+# (targets above 1 only with LSGAN: BCE has no minimum there, and the trainer refuses them)
+LOSS_TRICKS = [(kind, tricks) for kind in ("nonsaturating", "lsgan") for tricks in TARGET_TRICKS
+               if kind == "lsgan" or tricks.get("real_range", (0, 1))[1] <= 1]
+
+
+@pytest.mark.parametrize("kind,tricks", LOSS_TRICKS,
+                         ids=[f"{k}-" + (",".join(f"{a}={v}" for a, v in t.items()) or "plain") for k, t in LOSS_TRICKS])
+def test_d_loss_minimum_is_what_the_best_constant_output_scores(kind, tricks):
+    # D cannot tell a sample's random target: its best output per side is the side's mean target; the loss there,
+    # on many drawn targets, is d_loss_minimum, and any other output scores more
+    torch.manual_seed(0)
+    n = 400_000
+    t_real = d_targets(n, True, **tricks).double()
+    t_fake = d_targets(n, False, **tricks).double()
+    least = L.d_loss_minimum(kind, **tricks)
+
+    def loss(shift):
+        out = []
+        for t in (t_real, t_fake):
+            m = t.mean().clamp(1e-6, 1 - 1e-6) if kind != "lsgan" else t.mean()
+            out.append(torch.logit(m) + shift if kind != "lsgan" else m + shift)
+        lr, lf = (torch.full((n,), float(o), dtype=torch.float64) for o in out)
+        return L.d_loss(kind, lr, lf, t_real, t_fake).item()
+
+    assert loss(0.0) == pytest.approx(least, abs=3e-3)
+    assert loss(0.3) > least and loss(-0.3) > least
+    if not tricks:
+        assert least == 0.0
+
+
+def test_monitor_d_loss_floor_counts_from_what_label_tricks_allow():
+    # one-sided smoothing 0.1: a perfect D's BCE is H(0.9) = 0.325, so "D loss -> 0" meant it could never fire
+    least = L.d_loss_minimum("nonsaturating", smoothing=0.1)
+    assert least == pytest.approx(0.3251, abs=1e-4)
+    events = []
+    mon = FailureMonitor(MonitorConfig(d_loss_patience=3, hint_every=1000), "nonsaturating", report=events.append,
+                         loss_d_minimum=least)
+    for step in range(1, 4):
+        mon.check_step(step, {"loss_d": least + 0.004})
+    assert [e["kind"] for e in events] == ["d_loss_zero"] and "its least 0.325" in events[0]["message"]
+    mon, events = _monitor(d_loss_patience=3)  # without the floor, the same losses are no alarm at all ...
+    for step in range(1, 4):
+        mon.check_step(step, {"loss_d": least + 0.004})
+    assert not events
+
+
 def test_monitor_nonfinite_stops_after_patience():
     mon, events = _monitor(nonfinite_patience=2)
     mon.nonfinite(3, "D's loss")

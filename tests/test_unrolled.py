@@ -25,6 +25,8 @@ def _g_loss(fd, fake):
 def _opt(kind, d):
     if kind == "sgd":
         return torch.optim.SGD(d.parameters(), lr=0.05, momentum=0.7, dampening=0.1, weight_decay=1e-3)
+    if kind == "adamw":  # (the trainer's D optimiser with optim.weight_decay_d > 0, decoupled)
+        return torch.optim.AdamW(d.parameters(), lr=0.01, betas=(0.5, 0.9), weight_decay=0.1)
     return torch.optim.Adam(d.parameters(), lr=0.01, betas=(0.5, 0.9), weight_decay=1e-3)
 
 
@@ -36,7 +38,7 @@ def _warm(opt, d, real, fake, n=2):
         opt.step()
 
 
-@pytest.mark.parametrize("kind", ["sgd", "adam"])
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
 def test_one_unrolled_step_is_the_real_optimizer_step(kind):
     d = MLPDiscriminator(in_features=2, hidden=8, depth=2, impl="ref")
     real, fake = torch.randn(16, 2), torch.randn(16, 2)

@@ -113,7 +113,7 @@ def cmd_train(args) -> int:
                 say(f"{prog}: nothing to resume under {cfg.run.out}; starting from scratch")
             else:
                 path, state = found
-                cfg = validate(_resume_config(args, cfg, state))
+                cfg = validate(_resume_config(args, cfg, state), resumed=True)
                 say(f"{prog}: resuming from {path} at step {state['step']}")
         if args.print_config:
             print(to_yaml(cfg), end="")

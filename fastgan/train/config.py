@@ -258,14 +258,16 @@ class TricksConfig:
                                  maximum=0.5)
     random_labels: bool = opt(False, "random label smoothing: real targets ~ U(real_label_range), fake ~ "
                               "U(fake_label_range), drawn per sample", source="ganhacks #6", trick=True)
-    real_label_range: list = opt([0.7, 1.2], "range of random real targets")
+    real_label_range: list = opt([0.7, 1.0], "range of random real targets (ganhacks' [0.7, 1.2] with lsgan only: "
+                                 "binary cross-entropy needs targets in [0, 1])")
     fake_label_range: list = opt([0.0, 0.3], "range of random fake targets")
     label_flip: float = opt(0.0, "noisy labels: probability that a D target is flipped (real <-> fake)",
                             source="ganhacks #6", trick=True, minimum=0.0, maximum=1.0)
     instance_noise: float = opt(0.0, "std of Gaussian noise added to D's real and fake inputs, decaying linearly",
                                 source="Sonderby et al. 2017; Arjovsky & Bottou 2017; ganhacks #13", trick=True,
                                 minimum=0.0)
-    instance_noise_decay: int = opt(0, "steps over which the instance noise decays to 0 (0: the whole run)",
+    instance_noise_decay: int = opt(0, "steps over which the instance noise decays to 0 (0: the whole run, "
+                                    "as long as run.steps when it started; a --resume with more steps keeps it)",
                                     minimum=0)
     replay_size: int = opt(0, "experience replay: a buffer of this many old fakes (0: off)",
                            source="Shrivastava et al. 2017; ganhacks #15", trick=True, minimum=0)
@@ -780,9 +782,13 @@ def _check_fields(cfg: TrainConfig) -> list[str]:
     return errors
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
-    """Raise ConfigError (one line per problem) for bad values and impossible combinations."""
-    from .config_checks import check_combinations, check_types
+def validate(cfg: TrainConfig, *, resumed: bool = False) -> TrainConfig:
+    """Raise ConfigError (one line per problem) for bad values and impossible combinations.
+
+    ``resumed``: the configuration of a checkpoint being resumed, whose model, loss and tricks options are
+    locked: the checks added for new runs only (options without effect, BCE targets above 1) are left out,
+    so a checkpoint written before them still resumes as it trained."""
+    from .config_checks import check_combinations, check_new_run, check_types
 
     type_errors = check_types(cfg)
     if type_errors:  # the checks below compare values and assume their types
@@ -849,6 +855,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if r.device not in ("auto", "cpu") and not r.device.startswith("cuda"):
         errors.append(f"run.device: expected auto, cpu, cuda or cuda:N, got {r.device!r}")
     errors += check_combinations(cfg)
+    if not resumed:
+        errors += check_new_run(cfg)
     errors += issue13_checks(cfg)
     from .algos import config_errors  # issue 13's options
     from .graph_step import config_errors as cuda_graph_errors

@@ -104,11 +104,22 @@ def check_combinations(cfg) -> list[str]:
     if lo.penalty_weight is not None and lo.penalty == "none":
         errors.append("loss.penalty_weight: set loss.penalty too (the weight of which penalty?)")
     # -- tricks -------------------------------------------------------------------------------------------
+    if t.replay_size > 0 and m.conditional not in ("none", "semi") and lo.penalty in ("wgan-gp", "wgan-lp"):
+        errors.append(f"tricks.replay_size: replayed fakes keep their own classes, but penalty {lo.penalty!r} of a "
+                      "conditional critic interpolates real / fake pairs of one class; turn replay off or use "
+                      "another penalty (r1, dragan)")
     if t.replay_size > 0 and t.replay_ratio <= 0:
         errors.append("tricks.replay_ratio: 0 replays nothing; raise it or set tricks.replay_size=0")
     if t.swap_prob > 0 and t.swap_every >= r.steps:
         errors.append(f"tricks.swap_every: the first G / D snapshot comes at step {t.swap_every}, but the run "
                       f"ends at step {r.steps}; swapping would never happen")
+    if m.d_norm == "vbn" and m.minibatch == "stddev":
+        # D's reference pass runs the stddev layer on the reference batch too
+        per_ref = t.vbn_reference_size // t.pack
+        group = min(m.stddev_group, per_ref)
+        if per_ref >= 2 and per_ref % group:
+            errors.append(f"tricks.vbn_reference_size: D's reference batch ({per_ref}) goes through the minibatch "
+                          f"stddev layer too, so it must be a multiple of model.stddev_group ({m.stddev_group})")
     # -- run ----------------------------------------------------------------------------------------------
     if r.eval_every and r.eval_every % r.log_every:
         errors.append(f"run.eval_every: evaluations run at log points, so {r.eval_every} must be a multiple of "
@@ -123,4 +134,59 @@ def check_against_data(cfg, dataset) -> list[str]:
     if cfg.model.conditional != "none" and classes < 2:
         errors.append(f"model.conditional: {cfg.model.conditional!r} needs labelled data with >= 2 classes, but "
                       f"data set {cfg.data.dataset!r} has {classes}")
+    return errors
+
+
+def _differs(cfg, key: str) -> bool:
+    """Whether option ``key`` ('section.name') holds a value other than its default."""
+    import dataclasses
+
+    from .config import field_table
+
+    f = field_table()[key]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    section, name = key.split(".", 1)
+    value = getattr(getattr(cfg, section), name)
+    return (list(value) != list(default)) if isinstance(default, list) else value != default
+
+
+def check_new_run(cfg) -> list[str]:
+    """Checks for a new run only: a resumed checkpoint's locked options trained as they are, and one written
+    before these checks (or before ``tricks.real_label_range``'s default became [0.7, 1.0]) must resume."""
+    lo, t = cfg.loss, cfg.tricks
+    errors = []
+    for key in ("real_label_range", "fake_label_range"):
+        rng = getattr(t, key)
+        if (t.random_labels and lo.loss in ("minimax", "nonsaturating") and len(rng) == 2
+                and not 0.0 <= rng[0] <= rng[1] <= 1.0):
+            errors.append(f"tricks.{key}: binary cross-entropy ({lo.loss!r}) needs targets in [0, 1], got {rng!r} "
+                          "(a target above 1 rewards D for ever larger logits: its loss has no minimum)")
+    return errors + _ineffective_options(cfg)
+
+
+def _ineffective_options(cfg) -> list[str]:
+    """Options set to a non-default value that the rest of the configuration ignores: a typo'd or
+    forgotten companion option would otherwise train something else than the user asked for, silently."""
+    m, lo, o, t = cfg.model, cfg.loss, cfg.optim, cfg.tricks
+    # (option, whether something uses it, the option that makes it count)
+    rules = [
+        ("optim.momentum_d", o.optimizer_d == "sgd", "optim.optimizer_d=sgd"),
+        ("optim.beta1", "adam" in (o.optimizer_g, o.optimizer_d), "an Adam optimiser (optim.optimizer_g / _d)"),
+        ("optim.beta2", "adam" in (o.optimizer_g, o.optimizer_d), "an Adam optimiser (optim.optimizer_g / _d)"),
+        ("tricks.ema_start", t.ema > 0, "tricks.ema"),
+        ("tricks.instance_noise_decay", t.instance_noise > 0, "tricks.instance_noise"),
+        ("tricks.real_label_range", t.random_labels, "tricks.random_labels=true"),
+        ("tricks.fake_label_range", t.random_labels, "tricks.random_labels=true"),
+        ("tricks.swap_every", t.swap_prob > 0, "tricks.swap_prob"),
+        ("tricks.swap_pool", t.swap_prob > 0, "tricks.swap_prob"),
+        ("tricks.slerp_grid", not cfg.is_toy(), "image data (toy samples are scatter plots)"),
+        ("loss.aux_weight", m.conditional == "acgan", "model.conditional=acgan"),
+        ("model.minibatch_kernels", m.minibatch == "discrimination", "model.minibatch=discrimination"),
+        ("model.minibatch_kernel_dim", m.minibatch == "discrimination", "model.minibatch=discrimination"),
+        ("model.stddev_group", m.minibatch == "stddev", "model.minibatch=stddev"),
+    ]
+    errors = [f"{key}: has no effect without {needs}; set that too or leave {key} at its default"
+              for key, used, needs in rules if not used and _differs(cfg, key)]
+    if lo.penalty != "none" and lo.penalty_weight == 0:
+        errors.append(f"loss.penalty_weight: 0 turns penalty {lo.penalty!r} off; set loss.penalty=none instead")
     return errors

@@ -17,6 +17,7 @@ apply to the losses with targets only.  The minimax G loss is written
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -37,6 +38,35 @@ def _targets(logits: torch.Tensor, targets, default: float) -> torch.Tensor:
     if not torch.is_tensor(targets):
         return torch.full_like(logits, float(targets))
     return targets.to(logits.dtype).expand_as(logits)
+
+
+def d_loss_minimum(kind: str, *, smoothing: float = 0.0, random: bool = False,
+                   real_range=(0.7, 1.0), fake_range=(0.0, 0.3), flip: float = 0.0) -> float:
+    """The least :func:`d_loss` can be on average with the D targets of ``fastgan.train.tricks.d_targets``
+    (same arguments): D cannot tell a sample's random target, so its best output on one side is that side's
+    mean target t, where BCE costs the binary entropy H(t) (BCE is linear in the target) and LSGAN's
+    squared error half the targets' variance.  0 without target tricks, and for hinge / Wasserstein.  The
+    failure watch's "D loss -> 0" compares D's loss with this, not with 0: one-sided smoothing of 0.1
+    alone keeps a perfect D's BCE at H(0.9) = 0.325."""
+    if kind not in WITH_TARGETS:
+        return 0.0
+
+    def side(real: bool) -> tuple[float, float]:  # (mean, variance) of one side's targets before flips
+        if random:
+            lo, hi = real_range if real else fake_range
+            return (lo + hi) / 2, (hi - lo) ** 2 / 12
+        return (1.0 - smoothing if real else 0.0), 0.0
+
+    total = 0.0
+    for real in (True, False):
+        (m1, v1), (m2, v2) = side(real), side(not real)
+        mean = (1 - flip) * m1 + flip * m2
+        if kind == "lsgan":
+            second = (1 - flip) * (v1 + m1 * m1) + flip * (v2 + m2 * m2)
+            total += 0.5 * max(second - mean * mean, 0.0)
+        elif 0.0 < mean < 1.0:
+            total += -(mean * math.log(mean) + (1 - mean) * math.log(1 - mean))
+    return total
 
 
 def d_loss_real(kind: str, logits: torch.Tensor, targets=None) -> torch.Tensor:

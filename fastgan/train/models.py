@@ -70,7 +70,7 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     def __init__(self, base: nn.Module, feature_dim: int, num_classes: int = 0, conditional: str = "none",
-                 num_generators: int = 1):
+                 num_generators: int = 1, spectral_norm_heads: bool = False):
         super().__init__()
         self.base = base
         self.conditional, self.num_classes = conditional, num_classes
@@ -82,6 +82,15 @@ class Discriminator(nn.Module):
         if self.classifier is not None:
             nn.init.normal_(self.classifier.weight, 0.0, 0.02)
             nn.init.zeros_(self.classifier.bias)
+        if spectral_norm_heads:
+            # model.spectral_norm is "every discriminator weight": the heads added here too -- the projection
+            # term is part of the critic's output (Miyato & Koyama 2018 normalise the class embedding), and so
+            # is the semi-supervised classifier's logsumexp
+            from torch.nn.utils.parametrizations import spectral_norm
+
+            for head in (self.classifier, self.generator_classifier, self.projection):
+                if head is not None:
+                    spectral_norm(head)
 
     def forward_all(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
         """(logits (N,), class logits (N, K) or None, features (N, ...))."""
@@ -144,6 +153,9 @@ def model_specs(cfg, data_info: dict) -> dict:
     k = getattr(m, "num_generators", 1)
     if k > 1:  # MGAN (only then, so older specs stay as they were)
         spec["generator"]["num_generators"] = spec["discriminator"]["num_generators"] = k
+    if m.spectral_norm and (spec["discriminator"]["conditional"] != "none" or k > 1 or semi):
+        # (only then, so older specs -- and their checkpoints' parameter names -- stay as they were)
+        spec["discriminator"]["spectral_norm_heads"] = True
     if semi:  # an unconditional G; D classifies the K real classes
         spec["discriminator"].update(conditional="semi", num_classes=int(data_info.get("num_classes") or 0))
     return spec
@@ -167,7 +179,7 @@ def build_discriminator(spec: dict, impl: Optional[str] = None) -> Discriminator
         kwargs["impl"] = impl
     base = _DISCRIMINATORS[spec["arch"]](**kwargs)
     return Discriminator(base, spec["feature_dim"], spec["num_classes"], spec["conditional"],
-                         spec.get("num_generators", 1))
+                         spec.get("num_generators", 1), spec.get("spectral_norm_heads", False))
 
 
 def switch_impl(model: nn.Module, impl: str) -> nn.Module:

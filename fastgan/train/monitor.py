@@ -3,8 +3,9 @@
 ======================  ==================================================================================
 kind                    fires when
 ======================  ==================================================================================
-``d_loss_zero``         D's loss stays below ``d_loss_floor`` for ``d_loss_patience`` steps in a row
-                        (losses with a floor at 0: minimax / non-saturating / LSGAN / hinge): D wins and
+``d_loss_zero``         D's loss stays within ``d_loss_floor`` of the least it can be for ``d_loss_patience``
+                        steps in a row (minimax / non-saturating / LSGAN / hinge; the least is 0 but with
+                        label smoothing, random or flipped labels: ``losses.d_loss_minimum``): D wins and
                         G's gradients vanish.
 ``grad_norm``           the total gradient norm of D or G exceeds ``grad_norm_limit`` (100).
 ``collapse``            over the last ``collapse_window`` log points G's loss falls while the sample quality
@@ -60,9 +61,11 @@ def _slope(values) -> float:
 
 
 class FailureMonitor:
-    def __init__(self, cfg, loss_kind: str, report: Optional[Callable[[dict], None]] = None):
+    def __init__(self, cfg, loss_kind: str, report: Optional[Callable[[dict], None]] = None,
+                 loss_d_minimum: float = 0.0):
         self.cfg = cfg
         self.loss_kind = loss_kind
+        self.loss_d_minimum = loss_d_minimum  # what a perfect D's loss is (label tricks raise it above 0)
         self.report = report or (lambda event: None)
         self.low_d_steps = 0
         self.nonfinite_run = 0
@@ -91,13 +94,15 @@ class FailureMonitor:
         out = []
         loss_d = stats.get("loss_d")
         if self.loss_kind != "wasserstein" and loss_d is not None and math.isfinite(loss_d):
-            if loss_d < self.cfg.d_loss_floor:
+            if loss_d - self.loss_d_minimum < self.cfg.d_loss_floor:
                 self.low_d_steps += 1
             else:
                 self.low_d_steps = 0
             if self.low_d_steps >= self.cfg.d_loss_patience:
-                e = self._emit(step, "d_loss_zero", f"step {step}: D loss {loss_d:.2e} < {self.cfg.d_loss_floor:g} "
-                               f"for {self.low_d_steps} steps (D loss -> 0)")
+                least = f" of its least {self.loss_d_minimum:.3g} (label tricks)" if self.loss_d_minimum else ""
+                e = self._emit(step, "d_loss_zero", f"step {step}: D loss {loss_d:.2e} within "
+                               f"{self.cfg.d_loss_floor:g}{least} for {self.low_d_steps} steps (D loss -> "
+                               f"{'its floor' if least else '0'})")
                 out += [e] if e else []
         for key, who in (("grad_d", "D"), ("grad_g", "G")):
             g = stats.get(key)

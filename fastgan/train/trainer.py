@@ -6,7 +6,10 @@ with numpy's and python's, goes into every checkpoint) or from generators
 seeded by ``run.seed``; the data order is a function of (seed, epoch); sample
 grids and evaluations run on fixed latents under ``torch.random.fork_rng``.
 So ``2N`` steps in one go and ``N`` steps + ``--resume`` + ``N`` steps give
-bit-identical weights on the CPU.
+bit-identical weights on the CPU.  (Instance noise with ``instance_noise_decay=0``
+decays over the run's length when it started, kept on resume: a run extended by
+``--resume --steps`` does not bring the noise back.  Set the decay explicitly
+to extend a run exactly as if it had been started longer.)
 
 The D update (per critic step)::
 
@@ -140,7 +143,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: Optional[dict] = None, log: Callable[[str], None] = print):
-        validate(cfg)
+        validate(cfg, resumed=resume is not None)
         self.cfg, self.log = cfg, log
         r, m, t, lo, o = cfg.run, cfg.model, cfg.tricks, cfg.loss, cfg.optim
         self.device = resolve_device(r.device, "run.device")
@@ -243,6 +246,11 @@ class Trainer:
         self.d_pool = SnapshotPool(self.D, t.swap_every, t.swap_pool, t.swap_prob) if t.swap_prob > 0 else None
         self.hist_g = HistoricalAverage(self.G, lo.historical_averaging) if lo.historical_averaging > 0 else None
         self.hist_d = HistoricalAverage(self.D, lo.historical_averaging) if lo.historical_averaging > 0 else None
+        # the instance noise's horizon: "the whole run" is the run's length when it started, kept in the
+        # checkpoint (a --resume with more --steps must not bring the noise back)
+        self.noise_decay_steps = t.instance_noise_decay or self.cfg.run.steps
+        # a conditional critic penalised at interpolates of real and fake needs each pair to share a class
+        self._pairs_labels = (self.conditional not in ("none", "semi") and lo.penalty in ("wgan-gp", "wgan-lp"))
         self.penalty = None
         if lo.penalty != "none":
             from ..penalties import LazyRegularizer
@@ -253,7 +261,11 @@ class Trainer:
         self.step = 0
         # run.cuda_graph: eager for the first steps, then one captured step replayed (graph_step.py)
         self.captured = CapturedStep(self._step_tensors, self._graph_ready, self.device) if r.cuda_graph else None
-        self.monitor = FailureMonitor(cfg.monitor, lo.loss, report=self._report)
+        targets_on = t.label_smoothing > 0 or t.random_labels or t.label_flip > 0
+        least = L.d_loss_minimum(lo.loss, smoothing=t.label_smoothing, random=t.random_labels,
+                                 real_range=t.real_label_range, fake_range=t.fake_label_range,
+                                 flip=t.label_flip) if targets_on else 0.0
+        self.monitor = FailureMonitor(cfg.monitor, lo.loss, report=self._report, loss_d_minimum=least)
         self.class_probe = None
         if cfg.monitor.class_histogram:
             from .collapse import ClassHistogramProbe, metrics_classifier
@@ -341,8 +353,7 @@ class Trainer:
 
     def noise_std(self, step: Optional[int] = None) -> float:
         t = self.cfg.tricks
-        decay = t.instance_noise_decay or self.cfg.run.steps
-        return instance_noise_std(self.step if step is None else step, t.instance_noise, decay)
+        return instance_noise_std(self.step if step is None else step, t.instance_noise, self.noise_decay_steps)
 
     def _d_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return pack(self.dist.add_instance_noise(x, sigma), self.cfg.tricks.pack)
@@ -415,8 +426,13 @@ class Trainer:
         n = real.shape[0]
         n_all = n * self.dist.world_size  # drawn for the global batch, this rank's share kept
         z = self.dist.shard(sample_z(n_all, cfg.model.nz, cfg.model.z_dist, device=self.device))
-        y_fake = (self.dist.shard(sample_labels(n_all, self.num_classes, device=self.device))
-                  if self.num_classes else None)
+        if self._pairs_labels and y_real is not None:
+            # a penalty at interpolates of real and fake pairs: each fake made with its real partner's class,
+            # so the critic is conditioned on one class along the line (Gulrajani et al.'s conditional code)
+            y_fake = y_real.to(self.device)
+        else:
+            y_fake = (self.dist.shard(sample_labels(n_all, self.num_classes, device=self.device))
+                      if self.num_classes else None)
         with self._autocast():
             swap = self.g_pool.draw() if self.g_pool is not None else None
             if swap is not None:
@@ -476,7 +492,10 @@ class Trainer:
                 loss = loss + extra
             if self.penalty is not None:
                 critic = (lambda x, y=None: self.D_train(x, y))
-                kw = dict(labels=yr) if yr is not None else {}
+                # R2 penalises the critic at the fakes, under their own classes; the others at (or between)
+                # reals, under the reals' (interpolates: the pair's one class, see _pairs_labels)
+                labels = yf if lo.penalty == "r2" else yr
+                kw = dict(labels=labels) if labels is not None else {}
                 if self.scaler_d is not None:
                     kw["scaler"] = self.scaler_d
                 kw.update(self.dist.penalty_kwargs(self.penalty, lo.penalty, real_in))
@@ -821,6 +840,7 @@ class Trainer:
                 "hist_g": self.hist_g.state_dict() if self.hist_g is not None else None,
                 "hist_d": self.hist_d.state_dict() if self.hist_d is not None else None,
                 "penalty": self.penalty.state_dict() if self.penalty is not None else None,
+                "noise_decay_steps": self.noise_decay_steps,
             },
             "fixed": {"z": self.fixed_z.cpu(), "labels": None if self.fixed_labels is None else self.fixed_labels.cpu(),
                       "vbn_z": None if self.vbn_z is None else self.vbn_z.cpu(),
@@ -848,6 +868,11 @@ class Trainer:
             if scaler is not None and saved:
                 scaler.load_state_dict(saved)
         tr = state.get("tricks", {})
+        saved_config = state.get("config") or {}
+        # (a checkpoint from before the horizon was saved: its own run length, what it decayed over)
+        self.noise_decay_steps = int(tr.get("noise_decay_steps")
+                                     or (saved_config.get("tricks") or {}).get("instance_noise_decay")
+                                     or (saved_config.get("run") or {}).get("steps") or self.noise_decay_steps)
         for name in ("replay", "g_pool", "d_pool"):
             obj = getattr(self, name)
             if obj is not None and tr.get(name) is not None:
@@ -935,6 +960,11 @@ class Trainer:
                  f"{', penalty ' + cfg.loss.penalty if cfg.loss.penalty != 'none' else ''}, "
                  f"steps {self.step} -> {end} of batch {r.batch_size} on {self.device} (impl={cfg.model.impl}, "
                  f"fused={cfg.model.fused}, {torch.get_num_threads()} threads); out: {self.out}")
+        if cfg.model.minibatch != "none" and not cfg.tricks.separate_batches:
+            # the layer's batch statistic then spans real and fake together: what tells them apart is diluted
+            self.log(f"fastgan train: note: model.minibatch={cfg.model.minibatch} sees one mixed real + fake batch "
+                     "(its statistic averages both); tricks.separate_batches=true gives it pure batches as its "
+                     "authors used it (the presets with it do)")
         status = "done"
         phase = "the training step"
         start_step = self.step

@@ -87,10 +87,12 @@ def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
 def _optimizer_rule(opt: Optional[torch.optim.Optimizer]) -> str:
     if opt is None or isinstance(opt, torch.optim.SGD):
         return "sgd"
+    if type(opt) is torch.optim.AdamW:  # (optim.weight_decay_d > 0 with the default decoupled mode)
+        return "adamw"
     if type(opt) is torch.optim.Adam:
-        return "adam"
+        return "adamw" if any(g.get("decoupled_weight_decay") for g in opt.param_groups) else "adam"
     raise ValueError(f"loss.unrolled_steps: D's optimiser {type(opt).__name__} has no unrolled rule "
-                     "(SGD and Adam do)")
+                     "(SGD, Adam and AdamW do)")
 
 
 def unroll(d: nn.Module, d_loss: Callable[[FunctionalD], torch.Tensor], steps: int,
@@ -99,7 +101,7 @@ def unroll(d: nn.Module, d_loss: Callable[[FunctionalD], torch.Tensor], steps: i
 
     ``d_loss(fd)`` computes D's loss with the functional D ``fd`` (its inputs -- e.g. G's fakes -- keep their
     graph, so the result is differentiable w.r.t. them).  ``opt`` is D's real optimiser: its rule (SGD with
-    momentum / dampening / weight decay, or Adam with weight decay), hyper-parameters and current state are
+    momentum / dampening / weight decay, Adam with weight decay, or AdamW), hyper-parameters and current state are
     reproduced; without one, plain SGD with learning rate ``lr``.  D's own weights, buffers and optimiser
     state are not changed (buffers such as batch-norm running statistics are cloned).
     """
@@ -146,7 +148,9 @@ def _step(rule: str, p: torch.Tensor, g: torch.Tensor, slot: dict, group: Option
     if group is None:
         return p - lr * g
     lr, wd = group["lr"], group.get("weight_decay", 0.0)
-    if wd:
+    if wd and rule == "adamw":  # torch.optim.AdamW: decay the weights first, then Adam without it
+        p = p * (1.0 - lr * wd)
+    elif wd:
         g = g + wd * p
     if rule == "sgd":  # torch.optim.SGD: buf = momentum * buf + (1 - dampening) * g (buf = g at first)
         mom, damp = group.get("momentum", 0.0), group.get("dampening", 0.0)
@@ -156,7 +160,7 @@ def _step(rule: str, p: torch.Tensor, g: torch.Tensor, slot: dict, group: Option
             slot["momentum_buffer"] = buf
             g = buf
         return p - lr * g
-    # torch.optim.Adam (no amsgrad): bias-corrected first / second moments.
+    # torch.optim.Adam / AdamW (no amsgrad): bias-corrected first / second moments.
     b1, b2 = group["betas"]
     eps = group["eps"]
     t = float(slot.get("step", 0)) + 1.0
