@@ -137,13 +137,18 @@ void set_upscale(const char* op, Geometry& g, const Tensor& x, int64_t upscale) 
   g.problem.upscale = upscale;
   if (upscale == 1) return;
   FASTGAN_CHECK_VALUE(x.dim() == 4 && x.is_contiguous(), op, ": upscale = ", upscale,
-                      " (pixel shuffle) needs x contiguous with shape (N, C, H, W), got shape ", x.sizes(),
+                      " (pixel shuffle) needs x with shape (N, C, H, W), got shape ", x.sizes(),
                       " and strides ", x.strides());
   FASTGAN_CHECK_VALUE(x.size(1) % (upscale * upscale) == 0, op, ": upscale = ", upscale, " needs x's channels (",
                       x.size(1), ") divisible by upscale^2 = ", upscale * upscale, ", got x of shape ", x.sizes());
   g.problem.H = x.size(2);
   g.problem.W = x.size(3);
 }
+
+// The pixel-shuffle (upscale > 1) kernels read x, u and gy as contiguous NCHW.  Eager callers pass them so;
+// under torch.compile Inductor may hand these ops a channels-last copy instead (its layout optimisation of
+// convolution outputs, e.g. the x a backward saved), which is made contiguous here rather than refused.
+Tensor upscale_input(const Tensor& t, int64_t upscale) { return upscale > 1 ? t.contiguous() : t; }
 
 // The shape of the y-side tensors: x's, or (N, C / r^2, H*r, W*r) when upscale = r > 1.
 std::vector<int64_t> y_shape(const Tensor& x, const Geometry& g) {
@@ -364,9 +369,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> row_stats_affine(const Tensor& x, con
                                 rows > 0 ? x.numel() / rows : 0, eps);
 }
 
-Tensor norm_act_forward(const Tensor& x, const Tensor& scale, const Tensor& shift, int64_t act, double slope,
+Tensor norm_act_forward(const Tensor& x_arg, const Tensor& scale, const Tensor& shift, int64_t act, double slope,
                         int64_t upscale) {
   const char* op = "fastgan::norm_act_forward";
+  const Tensor x = upscale_input(x_arg, upscale);
   Geometry g = geometry(op, x);
   set_upscale(op, g, x, upscale);
   check_act(op, act);
@@ -383,9 +389,12 @@ Tensor norm_act_forward(const Tensor& x, const Tensor& scale, const Tensor& shif
 }
 
 // The gradient sums of norm_act_backward_reduce (u undefined) and norm_act_double_reduce.
-std::vector<Tensor> grad_sums(const char* op, const Tensor* u, const Tensor& gy, const Tensor& x,
+std::vector<Tensor> grad_sums(const char* op, const Tensor* u_arg, const Tensor& gy_arg, const Tensor& x_arg,
                               const Tensor& scale, const Tensor& shift, const Tensor& mean, const Tensor& invstd,
                               int64_t act, double slope, int64_t upscale) {
+  const Tensor x = upscale_input(x_arg, upscale), gy = upscale_input(gy_arg, upscale);
+  const Tensor u_held = u_arg != nullptr ? upscale_input(*u_arg, upscale) : Tensor();
+  const Tensor* u = u_arg != nullptr ? &u_held : nullptr;
   Geometry g = geometry(op, x);
   set_upscale(op, g, x, upscale);
   check_y_side(op, "gy", gy, x, g);
@@ -448,10 +457,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> norm_act_double_reduce(const 
   return {s[0], s[1], s[2], s[3], s[4]};
 }
 
-Tensor norm_act_backward_apply(const Tensor& gy, const Tensor& x, const Tensor& scale, const Tensor& shift,
+Tensor norm_act_backward_apply(const Tensor& gy_arg, const Tensor& x_arg, const Tensor& scale, const Tensor& shift,
                                const Tensor& mean, const Tensor& invstd, const Tensor& k1, const Tensor& k2,
                                const Tensor& k3, int64_t act, double slope, int64_t upscale) {
   const char* op = "fastgan::norm_act_backward_apply";
+  const Tensor x = upscale_input(x_arg, upscale), gy = upscale_input(gy_arg, upscale);
   Geometry g = geometry(op, x);
   set_upscale(op, g, x, upscale);
   check_y_side(op, "gy", gy, x, g);
@@ -471,13 +481,15 @@ Tensor norm_act_backward_apply(const Tensor& gy, const Tensor& x, const Tensor& 
   return dx;
 }
 
-std::tuple<Tensor, Tensor> norm_act_double_apply(const Tensor& u, const Tensor& gy, const Tensor& x,
+std::tuple<Tensor, Tensor> norm_act_double_apply(const Tensor& u_arg, const Tensor& gy_arg, const Tensor& x_arg,
                                                  const Tensor& scale, const Tensor& shift, const Tensor& mean,
                                                  const Tensor& invstd, const Tensor& a1, const Tensor& a2,
                                                  const Tensor& a3, const Tensor& b1, const Tensor& b2,
                                                  const Tensor& b3, const Tensor& b4, int64_t act, double slope,
                                                  int64_t upscale) {
   const char* op = "fastgan::norm_act_double_apply";
+  const Tensor x = upscale_input(x_arg, upscale), gy = upscale_input(gy_arg, upscale);
+  const Tensor u = upscale_input(u_arg, upscale);
   Geometry g = geometry(op, x);
   set_upscale(op, g, x, upscale);
   check_like_x(op, "u", u, x, g);

@@ -136,7 +136,7 @@ def _check_weight(weight, default: float) -> float:
         return default
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise TypeError(f"weight must be a float (or None for the default {default}), got {type(weight).__name__}")
-    if not math.isfinite(weight) or weight < 0:
+    if not abs(weight) < math.inf or weight < 0:  # (finite and not NaN, traceable by torch.compile)
         raise ValueError(f"weight must be a finite number >= 0 (or None for the default {default}), got {weight}")
     return float(weight)
 

@@ -681,9 +681,12 @@ def test_fake_impls_upscale_errors_and_fake_tensor_mode():
     v6, v8 = torch.empty(6, device="meta"), torch.empty(8, device="meta")
     with pytest.raises(ValueError, match=r"divisible by upscale\^2 = 4"):
         op.norm_act_forward(torch.empty(2, 6, 3, 3, device="meta"), v6, v6, 2, 0.2, upscale=2)
-    with pytest.raises(ValueError, match=r"needs x contiguous with shape \(N, C, H, W\)"):
-        op.norm_act_forward(torch.empty(2, 8, 3, 3, device="meta").contiguous(memory_format=torch.channels_last),
+    # a channels-last x is read as its contiguous copy (torch.compile may pass one): a contiguous y-side output
+    y = op.norm_act_forward(torch.empty(2, 8, 3, 3, device="meta").contiguous(memory_format=torch.channels_last),
                             v8, v8, 2, 0.2, upscale=2)
+    assert y.shape == (2, 2, 6, 6) and y.is_contiguous()
+    with pytest.raises(ValueError, match=r"needs x with shape \(N, C, H, W\)"):
+        op.norm_act_forward(torch.empty(2, 8, 3, device="meta"), v8, v8, 2, 0.2, upscale=2)
     with pytest.raises(ValueError, match="upscale must be a positive int"):
         op.norm_act_forward(torch.empty(2, 8, 3, 3, device="meta"), v8, v8, 2, 0.2, upscale=0)
     with FakeTensorMode():
@@ -815,14 +818,22 @@ def test_upscale_bad_input_raises_clear_errors(dev):
     v6 = torch.ones(6, device=dev)
     with pytest.raises(ValueError, match=r"x's channels \(6\) divisible by upscale\^2 = 4"):
         op.norm_act_forward(torch.randn(4, 6, 5, 5, device=dev), v6, v6, 2, 0.2, upscale=2)
-    with pytest.raises(ValueError, match=r"needs x contiguous with shape \(N, C, H, W\)"):
-        op.norm_act_forward(x.contiguous(memory_format=torch.channels_last), v, v, 2, 0.2, upscale=2)
-    with pytest.raises(ValueError, match=r"needs x contiguous with shape \(N, C, H, W\)"):
+    # x, u and gy in another layout (torch.compile's Inductor may pass a channels-last x to a backward) are read
+    # as their contiguous copies: the same results as contiguous ones
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    gy_nc = gy.transpose(2, 3).contiguous().transpose(2, 3)  # gy's values, not contiguous
+    y = op.norm_act_forward(x, v, v, 2, 0.2, upscale=2)
+    assert torch.equal(op.norm_act_forward(x_cl, v, v, 2, 0.2, upscale=2), y)
+    dx = op.norm_act_backward_apply(gy, x, v, v, v, v, v, v, v, 2, 0.2, upscale=2)
+    dx_other = op.norm_act_backward_apply(gy_nc, x_cl, v, v, v, v, v, v, v, 2, 0.2, upscale=2)
+    assert torch.equal(dx, dx_other) and dx_other.is_contiguous()
+    sums = op.norm_act_double_reduce(x, gy, x, v, v, v, v, 2, 0.2, upscale=2)
+    for a, b in zip(sums, op.norm_act_double_reduce(x_cl, gy_nc, x_cl, v, v, v, v, 2, 0.2, upscale=2)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"needs x with shape \(N, C, H, W\)"):
         op.norm_act_forward(torch.randn(4, 8, 5, device=dev), v, v, 2, 0.2, upscale=2)
     with pytest.raises(ValueError, match="gy must have the pixel-shuffled shape"):
         op.norm_act_backward_reduce(x, x, v, v, v, v, 2, 0.2, upscale=2)  # gy in x's shape
-    with pytest.raises(ValueError, match="gy must be contiguous"):
-        op.norm_act_backward_apply(gy.transpose(2, 3), x, v, v, v, v, v, v, v, 2, 0.2, upscale=2)
     with pytest.raises(TypeError, match="gy must have x's dtype"):
         op.norm_act_double_apply(x, gy.double(), x, v, v, v, v, v, v, v, v, v, v, v, 2, 0.2, upscale=2)
     with pytest.raises(ValueError, match="u must have x's shape"):

@@ -10,6 +10,7 @@ backend through Inductor.  The Triton backend is not used under torch.compile: o
 kernels, traced into Inductor's graph, gave wrong gradients (``_backend.TRITON_UNDER_COMPILE``), so
 ``auto`` falls back to the reference ops there and ``impl="triton"`` raises.
 """
+import copy
 import subprocess
 import sys
 
@@ -199,3 +200,49 @@ def test_virtual_batch_norm(impl, device, compile_backend):
         return F.virtual_batch_norm(x, ref_mean, ref_sq_mean, 5, w, b, activation="leaky_relu", impl=impl)
 
     _check_compiled(step, (x, w, b), compile_backend)
+
+
+def _fused_stack(impl, device):
+    from fastgan import nn as fnn
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), fnn.BatchNormAct2d(8, impl=impl), fnn.GroupNormAct(2, 8, impl=impl),
+        fnn.PixelShuffleUpsample(8, 4, scale=2, impl=impl)).to(device)
+
+
+def _compare_steps(model, compiled, batches, device):
+    twin = copy.deepcopy(model)
+    for n in batches:
+        x = torch.randn(n, 3, 4, 4, device=device, requires_grad=True)
+        got = compiled(x)
+        (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+        expected = twin(x)
+        (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+        assert_close(got, expected, name=f"output at batch {n}")
+        assert_close(got_grad, expected_grad, name=f"input grad at batch {n}")
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert_close(a.float(), b.float(), name=name)  # running stats updated once per call, as eager
+
+
+@pytest.mark.parametrize("dynamic", [None, True], ids=["automatic-dynamic", "dynamic"])
+@pytest.mark.parametrize("impl,device", CASES + [pytest.param("ref", "cpu", id="ref")])
+def test_modules_compile_with_dynamic_shapes(impl, device, dynamic, compile_backend):
+    """A batch size that changes recompiles with symbolic shapes (torch.compile's automatic dynamic, e.g. the
+    last, smaller batch of an epoch; or dynamic=True from the start): the CUDA backend's C++ autograd read
+    concrete sizes there (RuntimeError: Cannot call numel() on tensor with symbolic sizes), and the
+    activation check's math.isfinite did not trace on a symbolic float (every layer, every backend)."""
+    model = _fused_stack(impl, device)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=compile_backend, dynamic=dynamic)
+    _compare_steps(model, compiled, (4, 6, 5), device)
+
+
+@pytest.mark.parametrize("impl,device", CASES)
+def test_pixel_shuffle_layer_under_inductor_layouts(impl, device, compile_backend):
+    """Inductor lays a convolution's output out channels-last and may hand the pixel-shuffle backward that
+    copy of x (the forward's was contiguous): the upscale ops read any layout (they refused it)."""
+    model = _fused_stack(impl, device)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    _compare_steps(model, compiled, (4,), device)

@@ -70,8 +70,8 @@ def _check_upscale(op: str, x: torch.Tensor, upscale: int) -> None:
         raise ValueError(f"fastgan::{op}: upscale must be a positive int, got {upscale}")
     if upscale == 1:
         return
-    if x.dim() != 4 or not x.is_contiguous():
-        raise ValueError(f"fastgan::{op}: upscale = {upscale} (pixel shuffle) needs x contiguous with shape "
+    if x.dim() != 4:  # (any layout: the ops read a contiguous copy, csrc/batch_norm_act.cpp upscale_input)
+        raise ValueError(f"fastgan::{op}: upscale = {upscale} (pixel shuffle) needs x with shape "
                          f"(N, C, H, W), got shape {tuple(x.shape)} and strides {x.stride()}")
     if x.shape[1] % (upscale * upscale) != 0:
         raise ValueError(f"fastgan::{op}: upscale = {upscale} needs x's channels ({x.shape[1]}) divisible by "
@@ -103,9 +103,14 @@ def _norm_act_backward_reduce_coefficients(gy, x, scale, shift, mean, invstd, ac
     return (*(_table(x, scale) for _ in range(4)), *channels)
 
 
+def _x_side(x: torch.Tensor, upscale: int) -> torch.Tensor:
+    """An x-side output: like x, or (upscale > 1) contiguous, as the op's contiguous copy of x."""
+    return torch.empty_like(x) if upscale == 1 else x.new_empty(x.shape)
+
+
 def _norm_act_backward_apply(gy, x, scale, shift, mean, invstd, k1, k2, k3, act, slope, upscale=1):
     _check_upscale("norm_act_backward_apply", x, upscale)
-    return torch.empty_like(x)
+    return _x_side(x, upscale)
 
 
 def _norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope, upscale=1):
@@ -116,7 +121,7 @@ def _norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope, up
 def _norm_act_double_apply(u, gy, x, scale, shift, mean, invstd, a1, a2, a3, b1, b2, b3, b4, act, slope,
                            upscale=1):
     _check_upscale("norm_act_double_apply", x, upscale)
-    return torch.empty_like(x), (torch.empty_like(gy) if upscale == 1 else _y_side(x, upscale))
+    return _x_side(x, upscale), (torch.empty_like(gy) if upscale == 1 else _y_side(x, upscale))
 
 
 def _norm_act(x, weight, bias, mean, invstd, scale, shift, groups, batch_stats, act, slope, upscale=1):

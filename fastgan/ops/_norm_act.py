@@ -157,6 +157,10 @@ def cpp_autograd_fits(weight, bias, rows: int = 1, batch_stats: bool = True) -> 
     the double backward's few coefficients itself for (N, C) parameter tables, virtual batch norm's);
     with the batch's statistics, weight and bias None or (C,) vectors and at most 65535 rows of
     statistics (samples, with per-sample statistics) for its double backward's coefficient kernel."""
+    if torch.compiler.is_compiling():
+        # under torch.compile the host path is compiled away, and the Python Functions trace with symbolic
+        # shapes (a changed batch size recompiles dynamic), where the C++ autograd reads concrete sizes
+        return False
     if not batch_stats:
         return True
     return (weight is None or weight.dim() == 1) and (bias is None or bias.dim() == 1) and rows <= 65535
@@ -192,9 +196,17 @@ class NormActFn(torch.autograd.Function):
                 None, None, None, None, None, None, None, None)
 
 
+def _upscale_input(x: torch.Tensor, grouping: Grouping) -> torch.Tensor:
+    """x for the pixel-shuffle (upscale > 1) kernels, which read it contiguous: the forward's x always is, but
+    under torch.compile Inductor may hand the backward a channels-last copy of it (its layout optimisation
+    of convolution outputs)."""
+    return x if grouping.upscale == 1 else x.contiguous()
+
+
 def _backward(gy, x, weight, bias, mean, invstd, scale, shift, grouping, act, slope, backend):
     """(dx, dw, db): one reduction, its coefficients, one elementwise pass (see the module docstring)."""
     k = _backend.kernels(backend, "batch_norm_act")
+    x = _upscale_input(x, grouping)
     gy = grouping.as_y_layout(gy, x)
     kw = grouping.kernel_kwargs()
     if grouping.batch_stats:
@@ -248,6 +260,7 @@ def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd, 
     ``docs/norm_act_double_backward.md``), then one elementwise kernel."""
     grouping, act, slope, backend = config
     k = _backend.kernels(backend, "batch_norm_act")
+    x = _upscale_input(x, grouping)
     u = torch.zeros_like(x) if u is None else like(u, x)
     kw = grouping.kernel_kwargs()
     sums = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope, **kw)
