@@ -454,6 +454,53 @@ def test_monitor_reports_d_winning_during_training(tmp_path, capsys):
     assert "[fastgan monitor]" in capsys.readouterr().out
 
 
+def _interrupt_inside_step(tr, monkeypatch, at_step, times=1):
+    """Send Ctrl-C (SIGINT) ``times`` times from inside D's update of step ``at_step``: after D's optimiser
+    step, before G's -- the middle of a step."""
+    step_d = tr.opt_d.step
+
+    def step(*args, **kwargs):
+        out = step_d(*args, **kwargs)
+        if tr.step == at_step - 1:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(tr.opt_d, "step", step)
+
+
+def test_ctrl_c_mid_step_stops_after_the_step_and_resumes_exactly(tmp_path, monkeypatch):
+    # a KeyboardInterrupt mid-step used to be saved as step N with D updated once more, G's batch-norm stats and
+    # the data stream advanced: the resumed run differed from the uninterrupted one in every tensor
+    straight = _trainer("toy-ring8", tmp_path / "a", "steps=6")
+    straight.train()
+    tr = _trainer("toy-ring8", tmp_path / "b", "steps=6")
+    _interrupt_inside_step(tr, monkeypatch, at_step=3)
+    summary = tr.train()
+    assert summary["status"] == "interrupted" and summary["step"] == 3  # the step in progress finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    state = load_checkpoint(str(tmp_path / "b" / "checkpoints" / "last.pt"))
+    assert state["step"] == 3
+    resumed = _trainer("toy-ring8", tmp_path / "b", "steps=6", resume=state)
+    resumed.train()
+    assert _same_weights(straight.G, resumed.G) == [] and _same_weights(straight.D, resumed.D) == []
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 6
+
+
+def test_second_ctrl_c_stops_at_once_without_saving_the_half_step(tmp_path, monkeypatch):
+    tr = _trainer("toy-ring8", tmp_path, "steps=6", "checkpoint_every=1")
+    _interrupt_inside_step(tr, monkeypatch, at_step=3, times=2)
+    summary = tr.train()
+    assert summary["status"] == "interrupted"
+    kept = load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))
+    assert kept["step"] == 2  # the last whole step's checkpoint, not the half step labelled 2
+    two_steps = _trainer("toy-ring8", tmp_path / "two", "steps=2")
+    two_steps.train()
+    for part, model in (("generator", two_steps.G), ("discriminator", two_steps.D)):
+        assert all(torch.equal(v, kept[part][k]) for k, v in model.state_dict().items()), part
+
+
 def test_sigterm_saves_and_stops(tmp_path, monkeypatch):
     tr = _trainer("toy-ring8", tmp_path, "steps=50")
     original = tr.train_step

@@ -134,6 +134,9 @@ def cmd_train(args) -> int:
     except ValueError as exc:  # bad arguments found while building (device, batch size > data set, ...)
         _err(prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return 2
+    except KeyboardInterrupt:  # (Ctrl-C while starting up; once training, the trainer stops between steps)
+        _err(prog, "interrupted before training started (no step was taken)")
+        return 130
     return {"done": 0, "interrupted": 130, "diverged": 3, "out_of_memory": 4}[summary["status"]]
 
 

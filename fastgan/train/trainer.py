@@ -50,7 +50,8 @@ from ..nn import separate_batches, virtual_batch_reference
 from ..nn.one_pass import unsupported_reason
 from . import algos
 from . import losses as L
-from .checkpoint import CheckpointError, capture_rng, load_resume_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_resume_checkpoint, restore_rng,
+                         save_checkpoint)
 from .config import ConfigError, TrainConfig, validate
 from .config_checks import check_against_data
 from .faults import BufferGuard, is_out_of_memory, out_of_memory_message, save_after_fault
@@ -928,19 +929,38 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # The loop
     # ------------------------------------------------------------------------------------------
-    def _install_signals(self):
+    def _install_signals(self) -> dict:
+        """SIGTERM and Ctrl-C (SIGINT) stop the run at the next step boundary, so the checkpoint written on
+        stopping holds whole steps (a KeyboardInterrupt raised mid-step would leave D updated and G not, the
+        data stream and RNG advanced: not the state of any step).  A second Ctrl-C stops at once.  Returns
+        the handlers replaced, {signal: previous}, for :meth:`_restore_signals`."""
         if threading.current_thread() is not threading.main_thread():
-            return None
-        previous = signal.getsignal(signal.SIGTERM)
+            return {}
 
-        def handler(signum, frame):
+        def on_sigterm(signum, frame):
             self._stop_reason = "SIGTERM"
 
-        try:
-            signal.signal(signal.SIGTERM, handler)
-        except (ValueError, OSError):
-            return None
+        def on_sigint(signum, frame):
+            if self._stop_reason == "Ctrl-C":  # the second one: stop now (the step in progress is not saved)
+                raise KeyboardInterrupt
+            self._stop_reason = "Ctrl-C"
+            self._write("[fastgan train] Ctrl-C: stopping after this step (Ctrl-C again to stop at once)")
+
+        previous = {}
+        for sig, handler in ((signal.SIGTERM, on_sigterm), (signal.SIGINT, on_sigint)):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
         return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict) -> None:
+        for sig, handler in previous.items():
+            try:
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            except (ValueError, OSError, TypeError):
+                pass
 
     def train(self, stop_after: Optional[int] = None) -> dict:
         """Train to ``run.steps`` (or stop once ``stop_after`` steps are done; for tests of resuming).
@@ -967,6 +987,7 @@ class Trainer:
                      "authors used it (the presets with it do)")
         status = "done"
         phase = "the training step"
+        cut_short = False
         start_step = self.step
         t0 = time.perf_counter()
         acc: dict[str, list] = {}
@@ -1015,10 +1036,15 @@ class Trainer:
                         plot_metrics(self.metrics.path, os.path.join(self.out, "losses.png"))
                 if r.checkpoint_every and self.step % r.checkpoint_every == 0 and self.step != end:
                     self.save(periodic=True)
-        except (KeyboardInterrupt, Interrupted) as exc:
+        except Interrupted as exc:
             status = "interrupted"
-            self._write(f"[fastgan train] {'Ctrl-C' if isinstance(exc, KeyboardInterrupt) else exc} at step "
-                        f"{self.step}: saving a checkpoint and stopping")
+            self._write(f"[fastgan train] {exc} at step {self.step}: saving a checkpoint and stopping")
+        except KeyboardInterrupt:  # a second Ctrl-C (or one with no handler of ours): stop at once
+            status = "interrupted"
+            cut_short = phase == "the training step"
+            self._write(f"[fastgan train] Ctrl-C at step {self.step}: "
+                        + ("the step in progress was cut short, so no checkpoint is written for it"
+                           if cut_short else "saving a checkpoint and stopping"))
         except TrainingDiverged as exc:
             status = "diverged"
             self._write(f"[fastgan monitor] {exc}")
@@ -1030,17 +1056,16 @@ class Trainer:
         finally:
             self._bar.close()
             self._bar = None
-            if previous_handler is not None:
-                try:
-                    signal.signal(signal.SIGTERM, previous_handler)
-                except (ValueError, OSError):
-                    pass
+            self._restore_signals(previous_handler)
         seconds = time.perf_counter() - t0
         paths = {}
         if status in ("diverged", "out_of_memory"):
             ckpt = save_after_fault(self, status, in_step=phase == "the training step")
             if ckpt:
                 paths["checkpoint"] = ckpt
+        elif status == "interrupted" and cut_short:
+            kept = self.last_good_checkpoint or find_resume_checkpoint(self.out) or "none written yet"
+            self._write(f"[fastgan train] the last good checkpoint stays: {kept}")
         else:
             paths["samples"] = self.write_samples()
             ckpt = self.save(periodic=status == "done" and r.checkpoint_every > 0)
