@@ -65,13 +65,27 @@ def atomic_write(path: str, write: Callable, *, before_replace: Optional[Callabl
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        cause = _os_error_cause(exc)
+        if cause is not None and cause is not exc:  # (torch.save reports a full disk as a RuntimeError)
+            raise cause from exc
         raise
     fsync_dir(directory)
+
+
+def _os_error_cause(exc: BaseException) -> Optional[OSError]:
+    """The OSError (disk full, read-only, ...) behind ``exc``, following its chain of causes; None if none."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_torch_save(obj, path: str) -> None:

@@ -872,3 +872,33 @@ def test_checkpoints_from_before_the_new_run_checks_still_resume(tricks, tmp_pat
     assert load_checkpoint(path)["step"] == 2
     sets = [f"{k}={v}".replace("True", "true") for k, v in tricks.items()]
     assert cli_main(base + ["--steps", "1", "--out", str(tmp_path / "new"), "--set", *sets]) == 2  # a new run: refused
+
+
+def test_resume_reads_the_config_file_and_preset_given_with_it(tmp_path, capsys):
+    # --config / --preset with --resume were silently ignored: a run option changed there (steps) did nothing and a
+    # locked one (model width) was not refused -- the README's `--config my.yaml --resume` form
+    import yaml
+
+    run = tmp_path / "run"
+    cfg = {"preset": "toy-ring8", "run": {"steps": 2, "out": str(run), "log_every": 1, "checkpoint_every": 0,
+                                          "sample_every": 0, "progress": False, "threads": 1},
+           "model": {"impl": "ref"}}
+    for item in TINY_TOY:
+        key, value = item.split("=", 1)
+        cfg.setdefault("flat", {})[key] = yaml.safe_load(value)
+    flat = cfg.pop("flat")
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump({**cfg, **{k: v for k, v in flat.items()}}))
+    assert cli_main(["train", "--config", str(path)]) == 0
+    edited = yaml.safe_load(path.read_text())
+    edited["run"]["steps"] = 4  # a run option: may change
+    path.write_text(yaml.safe_dump(edited))
+    assert cli_main(["train", "--config", str(path), "--resume"]) == 0
+    assert load_checkpoint(str(run / "checkpoints" / "last.pt"))["step"] == 4
+    edited["run"]["steps"], edited["hidden"] = 6, 48  # a model option: locked
+    path.write_text(yaml.safe_dump(edited))
+    capsys.readouterr()
+    assert cli_main(["train", "--config", str(path), "--resume"]) == 2
+    assert "model.hidden cannot change when resuming" in capsys.readouterr().err
+    assert cli_main(["train", "--preset", "toy-grid25", "--out", str(run), "--resume", "--steps", "6"]) == 2
+    assert "cannot change when resuming" in capsys.readouterr().err  # another preset: another run

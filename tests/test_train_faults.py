@@ -2,6 +2,7 @@
 clear errors for damaged / foreign checkpoint files and unreadable data files, NaN / Inf steps that never reach
 the weights, out-of-memory hints, and configuration validation (YAML, --set, the Python API)."""
 import gzip
+import json
 import os
 import signal
 import struct
@@ -18,7 +19,7 @@ from fastgan.cli import main as cli_main
 from fastgan.data import DatasetUnavailableError, DataFileError, load_dataset
 from fastgan.train import ConfigError, Trainer, load_checkpoint, load_config, load_generator
 from fastgan.train import trainer as trainer_mod
-from fastgan.train.checkpoint import CheckpointError, load_resume_checkpoint, save_checkpoint
+from fastgan.train.checkpoint import CheckpointError, load_resume_checkpoint, periodic_checkpoints, save_checkpoint
 from fastgan.train.config import TrainConfig, validate
 from fastgan.train.config_checks import check_against_data
 from fastgan.train.faults import is_out_of_memory
@@ -156,9 +157,66 @@ def test_resume_falls_back_to_the_previous_good_checkpoint(tmp_path, capsys):
     assert messages == [f"fastgan: warning: checkpoint {ck / 'last.pt'} is missing (the run was stopped while "
                         f"replacing it?); falling back to the previous good checkpoint {ck / 'last.prev.pt'}"]
     (ck / "last.prev.pt").write_bytes(b"")
+    path, state = load_resume_checkpoint(str(run), log=messages.append)  # then the newest periodic one
+    assert path == str(ck / "step_000003.pt") and state["step"] == 3
+    for _, path in periodic_checkpoints(str(ck)):
+        os.unlink(path)
     with pytest.raises(CheckpointError, match="is missing .*; checkpoint .*last.prev.pt cannot be read: the file is "
                                               "empty"):
         load_resume_checkpoint(str(run))
+
+
+def test_resume_falls_back_to_the_newest_periodic_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
+            "--set", *TINY_TOY, "checkpoint_every=2", "sample_every=0", "plots=false"]
+    assert cli_main(args + ["--steps", "5"]) == 0
+    ck = run / "checkpoints"
+    for name in ("last.pt", "last.prev.pt"):
+        os.unlink(ck / name)
+    capsys.readouterr()
+    # (it started from scratch with the default preset's data, over the run's metrics)
+    assert cli_main(args + ["--steps", "6", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"falling back to the previous good checkpoint {ck / 'step_000005.pt'}" in out and "at step 5" in out
+    assert load_checkpoint(str(ck / "last.pt"))["step"] == 6
+
+
+def test_periodic_checkpoints_are_kept_by_step_number(tmp_path):
+    for step in (997_000, 998_000, 999_000, 1_000_000, 1_001_000):
+        (tmp_path / f"step_{step:06d}.pt").write_bytes(b"x")
+    (tmp_path / "step_notes.pt").write_bytes(b"x")  # not a periodic checkpoint
+    assert [s for s, _ in periodic_checkpoints(str(tmp_path))] == [997_000, 998_000, 999_000, 1_000_000, 1_001_000]
+    tr = _trainer("toy-ring8", tmp_path.parent / (tmp_path.name + "-run"), "keep_checkpoints=2")
+    tr.ckpt_dir = str(tmp_path)
+    tr._prune_periodic()  # as text, step_1000000.pt sorted first: the newest were deleted as they were written
+    assert sorted(os.listdir(tmp_path)) == ["step_1000000.pt", "step_1001000.pt", "step_notes.pt"]
+
+
+def test_a_new_run_does_not_overwrite_an_existing_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
+            "--set", *TINY_TOY, "checkpoint_every=1", "sample_every=0", "plots=false", "log_every=1"]
+    assert cli_main(args + ["--steps", "3"]) == 0
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    metrics = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert cli_main(args + ["--steps", "2"]) == 2  # the same command without --resume
+    err = capsys.readouterr().err
+    assert f"{run} already holds a run (checkpoints/last.pt" in err and "--resume" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
+    assert (run / "metrics.jsonl").read_text() == metrics
+    # --resume in a run folder whose checkpoints are all gone: refused, not a silent new run over its files
+    for path in (run / "checkpoints").iterdir():
+        path.unlink()
+    assert cli_main(args + ["--steps", "4", "--resume"]) == 2
+    assert "holds a run (metrics.jsonl, config.yaml) but no loadable checkpoint" in capsys.readouterr().err
+    # --overwrite starts over (the old run's checkpoints gone)
+    (run / "checkpoints" / "step_000009.pt").write_bytes(b"old")
+    assert cli_main(args + ["--steps", "2", "--overwrite"]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.prev.pt", "last.pt", "step_000001.pt",
+                                                                       "step_000002.pt"]
+    assert [json.loads(line)["step"] for line in open(run / "metrics.jsonl")] == [1, 2]
 
 
 # ----------------------------------------------------------------------------
@@ -546,3 +604,36 @@ def test_fastgan_eval_verifies_the_checksum_too(tmp_path, toy_checkpoint):
     _flip_tensor_byte(path, next(iter(state["discriminator"].values())))
     with pytest.raises(fg_eval.CheckpointError, match=f"checkpoint {path} is corrupt: its contents do not match"):
         fg_eval.load_checkpoint(path)
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    args = ["train", "--preset", "toy-ring8", "--no-progress", "--impl", "ref", "--threads", "1", "--steps", "2",
+            "--set", *TINY_TOY, "checkpoint_every=1", "sample_every=0", "plots=false"]
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    assert cli_main(args + ["--out", str(blocker)]) == 2  # --out names a file
+    err = capsys.readouterr().err
+    assert err.startswith("fastgan train: error: cannot write") and "Traceback" not in err
+
+    # a full disk while torch.save writes the second checkpoint: torch reports it as a RuntimeError
+    from fastgan import _io
+
+    real_replace, calls = os.replace, []
+
+    def full_disk(src, dst):
+        calls.append(dst)
+        if len(calls) > 2:
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device", src)
+            except OSError as exc:
+                raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from exc
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(_io.os, "replace", full_disk)
+    assert cli_main(args + ["--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "the last good checkpoint stays" in err and "Traceback" not in err
+    monkeypatch.setattr(_io.os, "replace", real_replace)
+    assert load_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.pt"))["step"] >= 1

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Optional
 
 import numpy as np
@@ -142,6 +143,20 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return state
 
 
+_PERIODIC = re.compile(r"step_(\d+)\.pt")
+
+
+def periodic_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of the periodic ``step_N.pt`` checkpoints in ``ckpt_dir``, oldest first -- by step number,
+    not name (``step_1000000.pt`` sorts before ``step_999000.pt`` as text)."""
+    try:
+        names = os.listdir(ckpt_dir)
+    except OSError:
+        return []
+    found = [(int(m.group(1)), os.path.join(ckpt_dir, name)) for name in names if (m := _PERIODIC.fullmatch(name))]
+    return sorted(found)
+
+
 def find_resume_checkpoint(out_dir: str) -> Optional[str]:
     """``checkpoints/last.pt`` under ``out_dir``, else its ``.prev.pt``, else None."""
     last = os.path.join(out_dir, "checkpoints", "last.pt")
@@ -152,16 +167,18 @@ def find_resume_checkpoint(out_dir: str) -> Optional[str]:
 
 
 def load_resume_checkpoint(out_dir: str, log=print, quarantine: bool = True) -> Optional[tuple[str, dict]]:
-    """(path, state) of the newest readable checkpoint under ``out_dir`` (``last.pt``, else its ``.prev.pt``
-    with a warning), None when there is none; CheckpointError when every candidate is unreadable.
+    """(path, state) of the newest readable checkpoint under ``out_dir`` (``last.pt``, else its ``.prev.pt``,
+    else the newest periodic ``step_N.pt``, with a warning), None when there is none; CheckpointError when
+    every candidate is unreadable.
 
     With ``quarantine`` an unreadable ``last.pt`` is renamed ``last.damaged.pt`` (kept for inspection) before
-    resuming from ``.prev.pt``: otherwise the next save would rotate the damaged file over the good ``.prev``."""
+    resuming from an older one: otherwise the next save would rotate the damaged file over the good ``.prev``."""
     last = os.path.join(out_dir, "checkpoints", "last.pt")
+    periodic = [path for _, path in reversed(periodic_checkpoints(os.path.dirname(last)))]
     errors = []
-    for path in (last, previous_path(last)):
+    for path in (last, previous_path(last), *periodic):
         if not os.path.isfile(path):
-            if path == last and os.path.isfile(previous_path(last)):  # killed between rotating and replacing
+            if path == last and (os.path.isfile(previous_path(last)) or periodic):
                 errors.append(f"checkpoint {last} is missing (the run was stopped while replacing it?)")
             continue
         try:

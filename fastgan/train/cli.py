@@ -18,6 +18,7 @@ run kept them): toy data -> .npy (or a .png scatter); images -> a PNG grid (PATH
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -59,10 +60,19 @@ def _sets(args) -> list:
 
 def _resume_config(args, cfg, state):
     """The checkpoint's configuration with the explicitly given run / monitor options (and impl) applied."""
-    from .config import ConfigError, TrainConfig, apply_overrides, coerce_option, parse_set, resolve_key
+    from .config import ConfigError, TrainConfig, apply_overrides, coerce_option, field_table, parse_set, resolve_key
 
     base = TrainConfig.from_dict(state["config"])
-    explicit = {k: v for k, v in _flag_overrides(args).items() if v is not None}
+    explicit = {}
+    if args.config or args.preset:
+        # the file / preset given with --resume says what the run is: its values that differ from the
+        # checkpoint's are applied where they may change and refused where they may not, as flags are
+        for key in field_table():
+            section, name = key.split(".", 1)
+            given, saved = getattr(getattr(cfg, section), name), getattr(getattr(base, section), name)
+            if given != saved and key != "run.out":
+                explicit[key] = given
+    explicit.update({k: v for k, v in _flag_overrides(args).items() if v is not None})
     explicit.update({resolve_key(k): v for k, v in parse_set(_sets(args)).items()})
     errors = []
     for key in explicit:
@@ -84,9 +94,41 @@ def _resume_config(args, cfg, state):
     return base
 
 
+#: errors writing the run directory that get one line (exit 2) rather than a traceback
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
+                 errno.EISDIR}
+
+
+def run_files(out: str) -> list[str]:
+    """What in ``out`` belongs to an earlier run (checkpoints, metrics, configuration), relative to ``out``."""
+    from .checkpoint import periodic_checkpoints
+
+    ckpt = os.path.join(out, "checkpoints")
+    held = [os.path.join("checkpoints", name) for name in ("last.pt", "last.prev.pt") if os.path.isfile(
+        os.path.join(ckpt, name))]
+    held += [os.path.relpath(path, out) for _, path in periodic_checkpoints(ckpt)[-1:]]
+    for name in ("metrics.jsonl", "config.yaml"):
+        path = os.path.join(out, name)
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            held.append(name)
+    return held
+
+
+def remove_checkpoints(out: str) -> None:
+    """--overwrite: an earlier run's checkpoints go (a new run's would otherwise mix with them: its retention
+    and --resume pick files by step number); its other files are rewritten by the new run."""
+    from .checkpoint import periodic_checkpoints
+
+    ckpt = os.path.join(out, "checkpoints")
+    paths = [os.path.join(ckpt, name) for name in ("last.pt", "last.prev.pt", "last.damaged.pt")]
+    for path in paths + [p for _, p in periodic_checkpoints(ckpt)]:
+        if os.path.isfile(path):
+            os.unlink(path)
+
+
 def cmd_train(args) -> int:
     from ..data import DatasetUnavailableError
-    from .checkpoint import CheckpointError, load_resume_checkpoint
+    from .checkpoint import CheckpointError, find_resume_checkpoint, load_resume_checkpoint
     from .config import ConfigError, describe_options, load_config, preset_names, to_yaml, validate
     from .trainer import Trainer
 
@@ -101,14 +143,22 @@ def cmd_train(args) -> int:
             p = PRESETS[name]
             print(f"{name:18s} {p.get('data', {}).get('dataset', '')}, loss {p.get('loss', {}).get('loss', '')}")
         return 0
+    cfg = None
     try:
         cfg = load_config(args.config, args.preset, _flag_overrides(args), _sets(args))
         state = None
         # Under torchrun every rank reads the checkpoint; only rank 0 says so (the process group is not up yet).
         main_rank = os.environ.get("RANK", "0") == "0"
         say = print if main_rank else (lambda *a, **k: None)
+        held = [] if args.print_config else run_files(cfg.run.out)
+        if args.overwrite and held and main_rank and not args.resume:
+            remove_checkpoints(cfg.run.out)
         if args.resume:
             found = load_resume_checkpoint(cfg.run.out, log=say, quarantine=main_rank)
+            if found is None and held and not args.overwrite:
+                _err(prog, f"--resume: {cfg.run.out} holds a run ({', '.join(held)}) but no loadable checkpoint; "
+                           "pass --overwrite to start a new run there, or another --out")
+                return 2
             if found is None:
                 say(f"{prog}: nothing to resume under {cfg.run.out}; starting from scratch")
             else:
@@ -118,6 +168,11 @@ def cmd_train(args) -> int:
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
+        if held and not args.resume and not args.overwrite:
+            # a new run would truncate metrics.jsonl and rotate its checkpoints over the old run's
+            _err(prog, f"{cfg.run.out} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+                       "--overwrite to start over there, or another --out")
+            return 2
         trainer = Trainer(cfg, resume=state)
         if state is None and trainer.dist.is_main:  # under torchrun, rank 0 writes
             from .._io import atomic_write
@@ -133,6 +188,14 @@ def cmd_train(args) -> int:
         return 2
     except ValueError as exc:  # bad arguments found while building (device, batch size > data set, ...)
         _err(prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return 2
+    except OSError as exc:  # the run directory cannot be written: disk full, read-only, a file in the way, ...
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        kept = find_resume_checkpoint(cfg.run.out) if cfg is not None else None
+        _err(prog, f"cannot write {exc.filename or (cfg.run.out if cfg is not None else args.out)}: "
+                   f"{exc.strerror or exc}"
+                   + (f"; the last good checkpoint stays: {kept}" if kept else ""))
         return 2
     except KeyboardInterrupt:  # (Ctrl-C while starting up; once training, the trainer stops between steps)
         _err(prog, "interrupted before training started (no step was taken)")
@@ -233,7 +296,10 @@ def add_command(subparsers) -> None:
     p.add_argument("--dataset", metavar="NAME", help=f"data set: {', '.join(DATASETS)} (default: the preset's)")
     p.add_argument("--steps", type=int, help="G steps to train to")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/train)")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints/last.pt (else its .prev.pt, "
+                   "else the newest step_N.pt)")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in a DIR that holds one (its "
+                   "checkpoints are deleted); without it that is refused")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--impl", choices=IMPLS, help="backend of every fused layer (ref | triton | cuda | auto)")
     p.add_argument("--batch-size", type=int)

@@ -50,8 +50,8 @@ from ..nn import separate_batches, virtual_batch_reference
 from ..nn.one_pass import unsupported_reason
 from . import algos
 from . import losses as L
-from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_resume_checkpoint, restore_rng,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_resume_checkpoint,
+                         periodic_checkpoints, restore_rng, save_checkpoint)
 from .config import ConfigError, TrainConfig, validate
 from .config_checks import check_against_data
 from .faults import BufferGuard, is_out_of_memory, out_of_memory_message, save_after_fault
@@ -919,10 +919,9 @@ class Trainer:
         keep = self.cfg.run.keep_checkpoints
         if keep <= 0:
             return
-        files = sorted(f for f in os.listdir(self.ckpt_dir) if f.startswith("step_") and f.endswith(".pt"))
-        for f in files[:-keep]:
+        for _, path in periodic_checkpoints(self.ckpt_dir)[:-keep]:  # (by step number, not name)
             try:
-                os.unlink(os.path.join(self.ckpt_dir, f))
+                os.unlink(path)
             except OSError:
                 pass
 
