@@ -323,3 +323,35 @@ def test_convert_untraceable_swaps_and_warns():
     assert isinstance(converted.bn, BatchNormAct2d) and converted.bn.activation == "identity"
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         fastgan.convert("not a model")
+
+
+@pytest.mark.parametrize("impl,device", all_backend_params() + [pytest.param("ref", "cpu", id="ref")])
+def test_bias_false_layers_match_torch_and_convert(impl, device):
+    """torch's norm layers take bias=False (a scale, no shift): the fused ones do, state dicts load both ways,
+    and fastgan.convert takes such layers over (it raised: the fused module always had a bias)."""
+    from fastgan.nn import GroupNormAct, InstanceNormAct2d, LayerNormAct2d
+
+    torch.manual_seed(0)
+    pairs = [(nn.BatchNorm2d(6, bias=False), BatchNormAct2d(6, activation="relu", impl=impl, bias=False)),
+             (nn.GroupNorm(2, 6, bias=False), GroupNormAct(2, 6, activation="relu", impl=impl, bias=False)),
+             (nn.GroupNorm(1, 6, bias=False), LayerNormAct2d(6, activation="relu", impl=impl, bias=False)),
+             (nn.InstanceNorm2d(6, affine=True, bias=False),
+              InstanceNormAct2d(6, affine=True, activation="relu", impl=impl, bias=False))]
+    for torch_layer, fused in pairs:
+        with torch.no_grad():
+            torch_layer.weight.uniform_(0.5, 1.5)
+        torch_layer, fused = torch_layer.to(device), fused.to(device)
+        assert fused.bias is None and "bias" not in fused.state_dict()
+        fused.load_state_dict(torch_layer.state_dict())
+        converted = fastgan.convert(nn.Sequential(copy.deepcopy(torch_layer), nn.ReLU()), impl=impl)
+        x = torch.randn(4, 6, 5, 5, device=device, requires_grad=True)
+        expected = F.relu(torch_layer(x))
+        for model in (fused, converted):
+            got = model(x)
+            assert_close(got, expected, name=type(fused).__name__)
+            gx, gw = torch.autograd.grad(got.square().sum(), (x, next(model.parameters())))
+            ex, ew = torch.autograd.grad(expected.square().sum(), (x, torch_layer.weight), retain_graph=True)
+            assert_close(gx, ex, name="input grad")
+            assert_close(gw, ew, name="weight grad")
+    with pytest.raises(TypeError, match="bias must be a bool"):
+        BatchNormAct2d(6, bias=None)

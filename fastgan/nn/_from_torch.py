@@ -11,3 +11,12 @@ def take_over(source: nn.Module, fused: nn.Module) -> nn.Module:
     for name, p in source.named_parameters(recurse=False):
         getattr(fused, name).requires_grad_(p.requires_grad)
     return fused.train(source.training)
+
+
+def drop_bias(module: nn.Module, bias: bool) -> None:
+    """``bias=False`` (as torch's norm layers take it): an affine layer with a scale and no shift, its
+    ``bias`` None -- the state dict of ``nn.BatchNorm2d(C, bias=False)`` and the others loads both ways."""
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+    if not bias and getattr(module, "affine", False):
+        module.register_parameter("bias", None)

@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from .._activation import activation_code, activation_repr
 from ..ops.batch_norm_act import batch_norm_act
 from ._checks import check_eps, check_impl, check_input_rank, check_momentum, positive_int
-from ._from_torch import take_over
+from ._from_torch import drop_bias, take_over
 
 
 def batch_norm_step(bn: _NormBase):
@@ -39,12 +39,14 @@ class _BatchNormAct(_NormBase):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
-                 activation: str = "leaky_relu", negative_slope: float = 0.2, impl: str = "auto"):
+                 activation: str = "leaky_relu", negative_slope: float = 0.2, impl: str = "auto", *,
+                 bias: bool = True):
         activation_code(activation, negative_slope)  # validate early
         positive_int("num_features", num_features)
         check_eps(eps)
         check_momentum(momentum)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        drop_bias(self, bias)
         self.activation = activation
         self.negative_slope = negative_slope
         self.impl = check_impl(impl)
@@ -111,6 +113,6 @@ def from_batch_norm(bn: nn.modules.batchnorm._BatchNorm, activation: str = "iden
     ref = bn.weight if bn.weight is not None else bn.running_mean
     fused = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
                 device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
-                activation=activation, negative_slope=negative_slope, impl=impl)
+                activation=activation, negative_slope=negative_slope, impl=impl, bias=bn.bias is not None)
     return take_over(bn, fused)
 

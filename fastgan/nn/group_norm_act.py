@@ -16,7 +16,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from .._activation import activation_code, activation_repr
 from ..ops.group_norm_act import group_norm_act, instance_norm_act
 from ._checks import check_eps, check_impl, check_input_rank, check_momentum, positive_int
-from ._from_torch import take_over
+from ._from_torch import drop_bias, take_over
 
 
 class GroupNormAct(nn.GroupNorm):
@@ -24,12 +24,13 @@ class GroupNormAct(nn.GroupNorm):
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device=None, dtype=None, activation: str = "leaky_relu", negative_slope: float = 0.2,
-                 impl: str = "auto"):
+                 impl: str = "auto", *, bias: bool = True):
         activation_code(activation, negative_slope)
         positive_int("num_groups", num_groups)
         positive_int("num_channels", num_channels)
         check_eps(eps)
         super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+        drop_bias(self, bias)
         self.activation, self.negative_slope, self.impl = activation, negative_slope, check_impl(impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,8 +51,14 @@ class LayerNormAct2d(GroupNormAct):
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None, dtype=None,
-                 activation: str = "leaky_relu", negative_slope: float = 0.2, impl: str = "auto"):
-        super().__init__(1, num_channels, eps, affine, device, dtype, activation, negative_slope, impl)
+                 activation: str = "leaky_relu", negative_slope: float = 0.2, impl: str = "auto", *,
+                 bias: bool = True):
+        super().__init__(1, num_channels, eps, affine, device, dtype, activation, negative_slope, impl, bias=bias)
+
+    def extra_repr(self) -> str:  # (its own arguments: GroupNorm's repr would read as LayerNormAct2d(1, C))
+        return (f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
+                + ("" if self.bias is not None or not self.affine else ", bias=False")
+                + f", {activation_repr(self)}")
 
 
 class InstanceNormAct2d(_InstanceNorm):
@@ -59,12 +66,13 @@ class InstanceNormAct2d(_InstanceNorm):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
                  track_running_stats: bool = False, device=None, dtype=None, activation: str = "leaky_relu",
-                 negative_slope: float = 0.2, impl: str = "auto"):
+                 negative_slope: float = 0.2, impl: str = "auto", *, bias: bool = True):
         activation_code(activation, negative_slope)
         positive_int("num_features", num_features)
         check_eps(eps)
         check_momentum(momentum)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        drop_bias(self, bias)
         self.activation, self.negative_slope, self.impl = activation, negative_slope, check_impl(impl)
 
     def _get_no_batch_dim(self):
@@ -95,7 +103,8 @@ def from_group_norm(gn: nn.GroupNorm, activation: str = "identity", negative_slo
     ref = gn.weight
     fused = GroupNormAct(gn.num_groups, gn.num_channels, gn.eps, gn.affine,
                          device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
-                         activation=activation, negative_slope=negative_slope, impl=impl)
+                         activation=activation, negative_slope=negative_slope, impl=impl,
+                         bias=gn.bias is not None)
     return take_over(gn, fused)
 
 
@@ -106,5 +115,5 @@ def from_instance_norm(inorm: nn.InstanceNorm2d, activation: str = "identity", n
     fused = InstanceNormAct2d(inorm.num_features, inorm.eps, inorm.momentum, inorm.affine,
                               inorm.track_running_stats, device=None if ref is None else ref.device,
                               dtype=None if ref is None else ref.dtype, activation=activation,
-                              negative_slope=negative_slope, impl=impl)
+                              negative_slope=negative_slope, impl=impl, bias=inorm.bias is not None)
     return take_over(inorm, fused)
