@@ -895,6 +895,7 @@ def test_resume_reads_the_config_file_and_preset_given_with_it(tmp_path, capsys)
     path.write_text(yaml.safe_dump(edited))
     assert cli_main(["train", "--config", str(path), "--resume"]) == 0
     assert load_checkpoint(str(run / "checkpoints" / "last.pt"))["step"] == 4
+    assert yaml.safe_load((run / "config.yaml").read_text())["run"]["steps"] == 4  # the run's file follows
     edited["run"]["steps"], edited["hidden"] = 6, 48  # a model option: locked
     path.write_text(yaml.safe_dump(edited))
     capsys.readouterr()

@@ -637,3 +637,37 @@ def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capsys, mo
     assert "No space left on device" in err and "the last good checkpoint stays" in err and "Traceback" not in err
     monkeypatch.setattr(_io.os, "replace", real_replace)
     assert load_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.pt"))["step"] >= 1
+
+
+def test_two_runs_on_one_directory_are_refused(tmp_path, capsys):
+    # both used to crash (each deleting the other's temporary checkpoint file) and leave last.pt missing
+    run = tmp_path / "run"
+    code = ("import fcntl, os, sys, time; os.makedirs(sys.argv[1], exist_ok=True); "
+            "f = open(os.path.join(sys.argv[1], '.fastgan.lock'), 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush(); print('locked', flush=True); "
+            "time.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads",
+                "1", "--steps", "1", "--set", *TINY_TOY, "sample_every=0", "plots=false"]
+        assert cli_main(args) == 2
+        assert f"{run} is in use by another fastgan train (pid {other.pid})" in capsys.readouterr().err
+        assert not (run / "checkpoints").exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert cli_main(args) == 0  # the lock went with its process
+    assert cli_main(args + ["--resume", "--steps", "2"]) == 0  # and a run's own lock with the run
+
+
+def test_a_resume_with_nothing_to_train_rewrites_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
+            "--set", *TINY_TOY, "checkpoint_every=1", "sample_every=0", "plots=false"]
+    assert cli_main(args + ["--steps", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    capsys.readouterr()
+    assert cli_main(args + ["--steps", "2", "--resume"]) == 0
+    assert "already at step 2: nothing to train" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before  # .prev kept its step 1

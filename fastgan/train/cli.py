@@ -99,6 +99,44 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
                  errno.EISDIR}
 
 
+_LOCKS = {}  # run directory -> its open lock file (the lock lasts as long as the process)
+
+
+def lock_run_directory(out: str):
+    """An exclusive lock on ``out`` for this process (``out/.fastgan.lock``): two runs writing one directory
+    delete each other's temporary checkpoint files and rotate over each other's checkpoints.  Returns the
+    lock file, or a message naming the process holding it.  (No lock where ``fcntl`` is missing: Windows.)"""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    key = os.path.abspath(out)
+    if key in _LOCKS:
+        return _LOCKS[key]
+    os.makedirs(out, exist_ok=True)
+    f = open(os.path.join(out, ".fastgan.lock"), "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        return (f"{out} is in use by another fastgan train (pid {holder}); wait for it to end, or use "
+                "another --out")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _LOCKS[key] = f
+    return f
+
+
+def release_run_directory(out: str) -> None:
+    f = _LOCKS.pop(os.path.abspath(out), None)
+    if f is not None:
+        f.close()  # (closing the file releases the lock)
+
+
 def run_files(out: str) -> list[str]:
     """What in ``out`` belongs to an earlier run (checkpoints, metrics, configuration), relative to ``out``."""
     from .checkpoint import periodic_checkpoints
@@ -150,6 +188,11 @@ def cmd_train(args) -> int:
         # Under torchrun every rank reads the checkpoint; only rank 0 says so (the process group is not up yet).
         main_rank = os.environ.get("RANK", "0") == "0"
         say = print if main_rank else (lambda *a, **k: None)
+        if main_rank and not args.print_config:
+            lock = lock_run_directory(cfg.run.out)  # held until this process ends
+            if isinstance(lock, str):
+                _err(prog, lock)
+                return 2
         held = [] if args.print_config else run_files(cfg.run.out)
         if args.overwrite and held and main_rank and not args.resume:
             remove_checkpoints(cfg.run.out)
@@ -174,7 +217,7 @@ def cmd_train(args) -> int:
                        "--overwrite to start over there, or another --out")
             return 2
         trainer = Trainer(cfg, resume=state)
-        if state is None and trainer.dist.is_main:  # under torchrun, rank 0 writes
+        if trainer.dist.is_main:  # under torchrun, rank 0 writes; on --resume with the options changed there
             from .._io import atomic_write
 
             atomic_write(os.path.join(cfg.run.out, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))
@@ -200,6 +243,9 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:  # (Ctrl-C while starting up; once training, the trainer stops between steps)
         _err(prog, "interrupted before training started (no step was taken)")
         return 130
+    finally:
+        if cfg is not None:
+            release_run_directory(cfg.run.out)
     return {"done": 0, "interrupted": 130, "diverged": 3, "out_of_memory": 4}[summary["status"]]
 
 

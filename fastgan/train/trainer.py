@@ -1062,6 +1062,9 @@ class Trainer:
             ckpt = save_after_fault(self, status, in_step=phase == "the training step")
             if ckpt:
                 paths["checkpoint"] = ckpt
+        elif status == "done" and self.step == start_step:
+            # (a --resume at or past --steps: rewriting the checkpoint would rotate the older .prev away)
+            self._write(f"[fastgan train] already at step {self.step}: nothing to train, nothing rewritten")
         elif status == "interrupted" and cut_short:
             kept = self.last_good_checkpoint or find_resume_checkpoint(self.out) or "none written yet"
             self._write(f"[fastgan train] the last good checkpoint stays: {kept}")
