@@ -150,7 +150,9 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100
     """KID (mean, std over subsets) between two feature sets, by torchmetrics' ``KernelInceptionDistance``.
 
     ``subset_size`` is capped at the size of the smaller set; subsets are
-    drawn with a fixed ``seed`` (the global RNG is left untouched).
+    drawn with a fixed ``seed`` (the global RNG is left untouched).  When that
+    cap takes both whole sets every subset is the same pair of sets, so their
+    spread says nothing: the std is then NaN (not a misleading ~1e-16).
     """
     real = _check_features("real features", real)
     fake = _check_features("fake features", fake)
@@ -171,6 +173,8 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         mean, std = metric.compute()
+    if size == real.shape[0] == fake.shape[0]:
+        return float(mean), float("nan")  # (every subset was both whole sets)
     return float(mean), float(std)
 
 
