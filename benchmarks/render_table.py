@@ -89,6 +89,9 @@ def _header(data, source=None) -> list[str]:
     if source:
         line += f"; from `{source}`"
     lines = [line + "."]
+    if data.get("git", {}).get("commit"):  # (static text: the rendered table must not change with each commit)
+        lines += ["", "These numbers are that commit's: work landed since (listed in the notes below the tables) "
+                      "is not in them until the GPU suite runs again."]
     tests = (data.get("stages") or {}).get("tests") or {}
     summary = tests.get("summary")
     if summary:

@@ -108,3 +108,8 @@ def json_safe(value):
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def plural(n: int, word: str) -> str:
+    """``1 step``, ``2 steps``: counts in log lines."""
+    return f"{n} {word}" + ("" if n == 1 else "s")

@@ -13,7 +13,9 @@ def _cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastgan", description=__doc__)
+    from ._help import plain_help
+
+    parser = argparse.ArgumentParser(prog="fastgan", description=plain_help(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, and which backends are live and why")
     p.set_defaults(func=_cmd_info)

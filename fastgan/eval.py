@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from ._device import resolve_device
+from ._help import plain_help
 from ._io import atomic_write, json_safe
 
 METRICS = ("fid", "kid", "cfid", "is", "modes")
@@ -538,13 +539,15 @@ def add_command(subparsers) -> argparse.ArgumentParser:
     from .metrics.inception import INCEPTION_KINDS
 
     p = subparsers.add_parser("eval", help="score a generator checkpoint: FID, KID, classifier scores, mode coverage",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint file (fastgan demo / train)")
+                              description=plain_help(__doc__, stop_at="For training loops"),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint file (fastgan demo / train), or a train run directory")
     p.add_argument("--metrics", default="auto",
                    help=f"comma-separated: {','.join(METRICS)}, or auto (default: what fits the data)")
     p.add_argument("--n", type=int, default=None,
                    help="generated samples (and reference images) per metric (default 5000; 2500 for toy data)")
-    p.add_argument("--out", default=None, help="output directory (default: eval/ next to the checkpoint)")
+    p.add_argument("--out", default=None, help="output directory (default: eval/ in the run directory, or next to "
+                   "a checkpoint file outside one)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i] (default %(default)s)")
     p.add_argument("--dataset", default=None, help="data set to compare with (default: the checkpoint's)")
     p.add_argument("--root", default=None, help="data directory, for data sets that need one")

@@ -902,4 +902,4 @@ def test_resume_reads_the_config_file_and_preset_given_with_it(tmp_path, capsys)
     assert cli_main(["train", "--config", str(path), "--resume"]) == 2
     assert "model.hidden cannot change when resuming" in capsys.readouterr().err
     assert cli_main(["train", "--preset", "toy-grid25", "--out", str(run), "--resume", "--steps", "6"]) == 2
-    assert "cannot change when resuming" in capsys.readouterr().err  # another preset: another run
+    assert "the preset cannot change when resuming" in capsys.readouterr().err  # another preset: another run

@@ -6,10 +6,12 @@ fastgan train [--config FILE.yaml] [--preset NAME] [--dataset NAME] [--steps N] 
 Without --preset / --config the preset follows the data set (toy-ring8, toy-grid25, else dcgan-mnist).
 The run directory gets samples/step_XXXXXX.png (toy data: a scatter PNG and the points as .npy),
 checkpoints/last.pt (+ its .prev.pt and periodic step_XXXXXX.pt), metrics.jsonl, events.jsonl (failure
-watch) and losses.png.  --resume continues from DIR/checkpoints/last.pt with the checkpoint's own
-configuration (only run / monitor options, --impl and --device may change).  Exit codes: 0 done,
-2 bad configuration / data / checkpoint, 3 stopped on NaN / Inf, 4 out of memory (with a hint),
-130 interrupted (a checkpoint was saved).
+watch), losses.png and config.yaml.  --resume continues from DIR/checkpoints/last.pt (else the newest
+readable older one) with the checkpoint's own configuration: only run / monitor options (not
+run.batch_size or run.seed), --impl and --device may change.  A new run in a DIR that holds one is
+refused unless --overwrite.  Exit codes: 0 done, 2 bad configuration / data / checkpoint / run directory,
+3 stopped on NaN / Inf, 4 out of memory (with a hint), 130 interrupted (Ctrl-C or SIGTERM: stopped after
+the step in progress, which is saved).
 
 fastgan sample CHECKPOINT --n N --out PATH: N samples from a checkpoint's generator (EMA weights when the
 run kept them): toy data -> .npy (or a .png scatter); images -> a PNG grid (PATH.png), an .npy array in
@@ -60,21 +62,32 @@ def _sets(args) -> list:
 
 def _resume_config(args, cfg, state):
     """The checkpoint's configuration with the explicitly given run / monitor options (and impl) applied."""
-    from .config import ConfigError, TrainConfig, apply_overrides, coerce_option, field_table, parse_set, resolve_key
+    from .config import (PRESETS, ConfigError, TrainConfig, apply_overrides, coerce_option, flatten, parse_set,
+                         read_yaml, resolve_key)
 
     base = TrainConfig.from_dict(state["config"])
     explicit = {}
+    errors = []
     if args.config or args.preset:
-        # the file / preset given with --resume says what the run is: its values that differ from the
-        # checkpoint's are applied where they may change and refused where they may not, as flags are
-        for key in field_table():
+        # what the file / preset given with --resume sets says what the run is: the values that differ from the
+        # checkpoint's are applied where they may change and refused where they may not, as flags are (options
+        # they leave at a default are not compared: a default may have changed since the run started)
+        file_data = read_yaml(args.config) if args.config else {}
+        preset = args.preset or file_data.get("preset") or file_data.get("base")
+        saved_preset = state["config"].get("preset")
+        if preset is not None and preset != "none" and preset != saved_preset:
+            errors.append(f"preset {preset!r}: the run was trained with preset {saved_preset!r}; the preset cannot "
+                          "change when resuming (start a new run in another --out)")
+        keys = {resolve_key(k) for k, _ in flatten(file_data, where=args.config or "config")}
+        if preset in PRESETS:
+            keys |= {resolve_key(k) for k, _ in flatten(PRESETS[preset], where=f"preset {preset}")}
+        for key in sorted(keys - {"run.out"}):
             section, name = key.split(".", 1)
             given, saved = getattr(getattr(cfg, section), name), getattr(getattr(base, section), name)
-            if given != saved and key != "run.out":
+            if given != saved:
                 explicit[key] = given
     explicit.update({k: v for k, v in _flag_overrides(args).items() if v is not None})
     explicit.update({resolve_key(k): v for k, v in parse_set(_sets(args)).items()})
-    errors = []
     for key in explicit:
         section = key.split(".", 1)[0]
         if key in RESUME_LOCKED_KEYS or (section not in RESUME_MUTABLE_SECTIONS and key not in RESUME_MUTABLE_KEYS):
@@ -334,8 +347,12 @@ def add_command(subparsers) -> None:
     from .._backend import IMPLS
     from ..data import DATASETS
 
+    from .._help import plain_help
+
     p = subparsers.add_parser("train", help="train a GAN (DCGAN / WGAN-GP / LSGAN / hinge; images or 2D toys)",
-                              description=__doc__, epilog=TRAIN_EXAMPLES,
+                              description=plain_help("fastgan train: train a GAN.\n" + __doc__.split("\n", 1)[1],
+                                                     stop_at="fastgan sample CHECKPOINT"),
+                              epilog=TRAIN_EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE.yaml", help="YAML configuration (nested by section or flat)")
     p.add_argument("--preset", help="named preset (--list-presets); 'none' = plain defaults")

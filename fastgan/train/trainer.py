@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from .._device import resolve_device
+from .._io import plural
 from ..models import has_vbn
 from ..nn import separate_batches, virtual_batch_reference
 from ..nn.one_pass import unsupported_reason
@@ -978,7 +979,7 @@ class Trainer:
         self.log(f"fastgan train: {what}, loss {cfg.loss.loss}"
                  f"{', penalty ' + cfg.loss.penalty if cfg.loss.penalty != 'none' else ''}, "
                  f"steps {self.step} -> {end} of batch {r.batch_size} on {self.device} (impl={cfg.model.impl}, "
-                 f"fused={cfg.model.fused}, {torch.get_num_threads()} threads); out: {self.out}")
+                 f"fused={cfg.model.fused}, {plural(torch.get_num_threads(), 'thread')}); out: {self.out}")
         if cfg.model.minibatch != "none" and not cfg.tricks.separate_batches:
             # the layer's batch statistic then spans real and fake together: what tells them apart is diluted
             self.log(f"fastgan train: note: model.minibatch={cfg.model.minibatch} sees one mixed real + fake batch "
@@ -1083,7 +1084,7 @@ class Trainer:
         if status in ("done", "interrupted"):  # (the statuses every rank reaches together)
             self.dist.wait_for_all(self.device)
         steps_done = self.step - start_step
-        self.log(f"fastgan train: {status} at step {self.step} ({steps_done} steps in {seconds:.1f}s, "
+        self.log(f"fastgan train: {status} at step {self.step} ({plural(steps_done, 'step')} in {seconds:.1f}s, "
                  f"{steps_done / max(seconds, 1e-9):.2f} steps/s); wrote {', '.join(p for p in paths.values() if p)}")
         return {"status": status, "step": self.step, "steps": steps_done, "seconds": seconds, "paths": paths,
                 "final": last_row, "events": list(self.monitor.events)}
