@@ -295,6 +295,20 @@ def test_monitor_d_loss_floor_counts_from_what_label_tricks_allow():
     assert not events
 
 
+def test_monitor_hints_leave_out_what_the_run_already_does():
+    from fastgan.train import load_config
+    from fastgan.train.monitor import HINTS, hint
+
+    wgan = load_config(preset="wgan-gp-mnist")  # a gradient penalty already: not suggested again
+    assert hint("grad_norm", wgan) == "exploding gradients; try a lower learning rate or spectral norm"
+    assert "gradient penalty" not in hint("nonfinite", wgan) and "gradient penalty" in HINTS["nonfinite"]
+    events = []
+    mon = FailureMonitor(MonitorConfig(), "wasserstein", report=events.append, train_cfg=wgan)
+    mon.check_step(1, {"grad_d": 500.0})
+    assert events and events[0]["message"].endswith("Hint: exploding gradients; try a lower learning rate or "
+                                                    "spectral norm")
+
+
 def test_monitor_nonfinite_stops_after_patience():
     mon, events = _monitor(nonfinite_patience=2)
     mon.nonfinite(3, "D's loss")

@@ -31,18 +31,54 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
-HINTS = {
-    "d_loss_zero": "D wins and G's gradients vanish; try one-sided label smoothing, instance noise, a lower lr_d, "
-                   "a gradient penalty, or a non-saturating / Wasserstein loss",
-    "grad_norm": "exploding gradients; try a lower learning rate, a gradient penalty or spectral norm",
-    "collapse": "likely mode collapse (G fools D with a few samples); try minibatch discrimination / stddev, "
-                "PacGAN packing, feature matching, or a lower lr_g",
-    "low_diversity": "the samples are much less diverse than the data (mode collapse); try the mode-seeking "
-                     "loss, minibatch discrimination / stddev, PacGAN packing or unrolled D steps",
-    "class_collapse": "G covers only a few classes (mode collapse); try the mode-seeking loss, minibatch "
-                      "discrimination, PacGAN packing, or a conditional GAN",
-    "nonfinite": "lower the learning rates, use a gradient penalty, check the data for NaN",
+# kind -> (what it means, [(a remedy, whether it is one for this run: a function of the training config)]);
+# a remedy the run already uses is left out of the hint (a WGAN-GP run is not told to add a gradient penalty)
+_ALWAYS = None
+HINT_PARTS = {
+    "d_loss_zero": ("D wins and G's gradients vanish", [
+        ("one-sided label smoothing", lambda c: c.tricks.label_smoothing == 0 and not c.tricks.random_labels),
+        ("instance noise", lambda c: c.tricks.instance_noise == 0),
+        ("a lower lr_d", _ALWAYS),
+        ("a gradient penalty", lambda c: c.loss.penalty == "none"),
+        ("a non-saturating / Wasserstein loss", lambda c: c.loss.loss not in ("nonsaturating", "wasserstein"))]),
+    "grad_norm": ("exploding gradients", [
+        ("a lower learning rate", _ALWAYS),
+        ("a gradient penalty", lambda c: c.loss.penalty == "none"),
+        ("spectral norm", lambda c: not c.model.spectral_norm)]),
+    "collapse": ("likely mode collapse (G fools D with a few samples)", [
+        ("minibatch discrimination / stddev", lambda c: c.model.minibatch == "none"),
+        ("PacGAN packing", lambda c: c.tricks.pack == 1),
+        ("feature matching", lambda c: c.loss.feature_matching == 0),
+        ("a lower lr_g", _ALWAYS)]),
+    "low_diversity": ("the samples are much less diverse than the data (mode collapse)", [
+        ("the mode-seeking loss", lambda c: c.loss.mode_seeking == 0),
+        ("minibatch discrimination / stddev", lambda c: c.model.minibatch == "none"),
+        ("PacGAN packing", lambda c: c.tricks.pack == 1),
+        ("unrolled D steps", lambda c: c.loss.unrolled_steps == 0)]),
+    "class_collapse": ("G covers only a few classes (mode collapse)", [
+        ("the mode-seeking loss", lambda c: c.loss.mode_seeking == 0),
+        ("minibatch discrimination", lambda c: c.model.minibatch == "none"),
+        ("PacGAN packing", lambda c: c.tricks.pack == 1),
+        ("a conditional GAN", lambda c: c.model.conditional == "none")]),
+    "nonfinite": ("", [
+        ("lower the learning rates", _ALWAYS),
+        ("use a gradient penalty", lambda c: c.loss.penalty == "none"),
+        ("check the data for NaN", _ALWAYS)]),
 }
+
+
+def hint(kind: str, train_cfg=None) -> str:
+    """The one-line hint for ``kind``: its remedies, less those ``train_cfg`` (a TrainConfig) already uses."""
+    meaning, remedies = HINT_PARTS[kind]
+    chosen = [text for text, applies in remedies
+              if applies is _ALWAYS or train_cfg is None or applies(train_cfg)]
+    last = (" or " if len(chosen) == 2 else ", or ") if kind != "nonfinite" else ", "
+    listed = last.join([", ".join(chosen[:-1]), chosen[-1]]) if len(chosen) > 1 else chosen[0]
+    return f"{meaning}; try {listed}" if meaning else listed
+
+
+#: the hints with every remedy (no configuration to leave any out)
+HINTS = {kind: hint(kind) for kind in HINT_PARTS}
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,8 +98,9 @@ def _slope(values) -> float:
 
 class FailureMonitor:
     def __init__(self, cfg, loss_kind: str, report: Optional[Callable[[dict], None]] = None,
-                 loss_d_minimum: float = 0.0):
+                 loss_d_minimum: float = 0.0, train_cfg=None):
         self.cfg = cfg
+        self.train_cfg = train_cfg  # (the whole training configuration: hints leave out what the run already does)
         self.loss_kind = loss_kind
         self.loss_d_minimum = loss_d_minimum  # what a perfect D's loss is (label tricks raise it above 0)
         self.report = report or (lambda event: None)
@@ -81,7 +118,7 @@ class FailureMonitor:
         if not force and last is not None and step - last < self.cfg.hint_every:
             return None
         self.last_reported[kind] = step
-        event = {"step": step, "kind": kind, "message": f"{message}. Hint: {HINTS[kind]}"}
+        event = {"step": step, "kind": kind, "message": f"{message}. Hint: {hint(kind, self.train_cfg)}"}
         self.events.append(event)
         self.report(event)
         return event

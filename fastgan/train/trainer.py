@@ -267,7 +267,7 @@ class Trainer:
         least = L.d_loss_minimum(lo.loss, smoothing=t.label_smoothing, random=t.random_labels,
                                  real_range=t.real_label_range, fake_range=t.fake_label_range,
                                  flip=t.label_flip) if targets_on else 0.0
-        self.monitor = FailureMonitor(cfg.monitor, lo.loss, report=self._report, loss_d_minimum=least)
+        self.monitor = FailureMonitor(cfg.monitor, lo.loss, report=self._report, loss_d_minimum=least, train_cfg=cfg)
         self.class_probe = None
         if cfg.monitor.class_histogram:
             from .collapse import ClassHistogramProbe, metrics_classifier
