@@ -9,7 +9,12 @@ from . import _backend, _ext
 
 
 def info(print_it: bool = True) -> dict:
-    """Report torch / Triton / CUDA versions and the state of each backend."""
+    """Report torch / Triton / CUDA versions and the state of each backend (printed with ``print_it``).
+
+    Returns a dict: ``fastgan``, ``python``, ``torch``, ``torch_cuda``, ``triton`` (version or None),
+    ``gpu`` (name or None), ``extension_built``, ``TRITON_INTERPRET``, ``FASTGAN_IMPL``; ``backends``:
+    {"ref" | "triton" | "cuda": (usable, why)}; ``auto``: {"cpu tensors" / "cuda tensors": the backend
+    ``impl="auto"`` picks there}."""
     ok_triton, triton_msg = _backend.triton_status()
     cuda_dev = torch.cuda.is_available()
     built = _ext.prebuilt_available()

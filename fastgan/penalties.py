@@ -191,7 +191,7 @@ def gradient_penalty(critic: Callable, real: torch.Tensor, fake: Optional[torch.
             given, plus ``**critic_kwargs``.
         real, fake: (N, ...) batches of one shape; ``fake`` is needed by
             wgan-gp, wgan-lp and r2.
-        kind: ``"wgan-gp" | "wgan-lp" | "r1" | "r2" | "dragan"`` (table above).
+        kind: ``"wgan-gp" | "wgan-lp" | "r1" | "r2" | "dragan"`` (the table in this module's docstring).
         weight: lambda (gamma for r1 / r2, applied as gamma / 2); default 10.
         epsilon: interpolation weights (one per sample, or a float) for
             wgan-gp / wgan-lp (the weight of ``real``) and dragan (the weight

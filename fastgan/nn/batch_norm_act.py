@@ -79,12 +79,18 @@ class _BatchNormAct(_NormBase):
 
 
 class BatchNormAct2d(_BatchNormAct):
-    """``nn.BatchNorm2d`` followed by an activation, fused.  x: (N, C, H, W)."""
+    """``nn.BatchNorm2d`` followed by an activation, fused.  x: (N, C, H, W).
+
+    ``nn.BatchNorm2d``'s arguments (``bias=False`` too), then ``activation`` -- by default
+    ``"leaky_relu"`` with ``negative_slope`` 0.2, a DCGAN discriminator's; ``"relu"`` for a
+    generator, ``"identity"`` for the plain layer -- and ``impl`` (``"auto" | "ref" | "triton" |
+    "cuda"``).  ``momentum=None`` is the cumulative average, as torch's."""
     _expected_dims = (4,)
 
 
 class BatchNormAct1d(_BatchNormAct):
-    """``nn.BatchNorm1d`` followed by an activation, fused.  x: (N, C) or (N, C, L)."""
+    """``nn.BatchNorm1d`` followed by an activation, fused.  x: (N, C) or (N, C, L).  Arguments as
+    :class:`BatchNormAct2d`'s (default activation ``"leaky_relu"``, slope 0.2)."""
     _expected_dims = (2, 3)
 
 

@@ -20,7 +20,9 @@ from ._from_torch import drop_bias, take_over
 
 
 class GroupNormAct(nn.GroupNorm):
-    """``nn.GroupNorm`` followed by an activation, fused."""
+    """``nn.GroupNorm`` followed by an activation, fused.  ``nn.GroupNorm``'s arguments (``bias=False`` too),
+    then ``activation`` (default ``"leaky_relu"`` with ``negative_slope`` 0.2; ``"relu"``, ``"identity"``)
+    and ``impl``."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device=None, dtype=None, activation: str = "leaky_relu", negative_slope: float = 0.2,
@@ -62,7 +64,9 @@ class LayerNormAct2d(GroupNormAct):
 
 
 class InstanceNormAct2d(_InstanceNorm):
-    """``nn.InstanceNorm2d`` followed by an activation, fused (running stats when tracked)."""
+    """``nn.InstanceNorm2d`` followed by an activation, fused (running stats when tracked).
+    ``nn.InstanceNorm2d``'s arguments and defaults (affine=False, no running stats; ``bias=False`` too),
+    then ``activation`` (default ``"leaky_relu"`` with ``negative_slope`` 0.2) and ``impl``."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
                  track_running_stats: bool = False, device=None, dtype=None, activation: str = "leaky_relu",

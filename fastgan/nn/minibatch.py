@@ -115,7 +115,10 @@ class MinibatchStdDev(nn.Module):
     is averaged over the channels of a channel group and all positions, and
     the result is broadcast as an extra constant feature map of each sample
     of the group: output (N, C + num_channels, *spatial).  ``group_size=None``
-    uses the whole batch.  Statistics in float32 (float64 for float64 x).
+    uses the whole batch.  N must be a multiple of G (a ValueError otherwise,
+    as StyleGAN's reshape would fail).  Statistics in float32 (float64 for
+    float64 x).  Pure PyTorch (a few reductions; no fused kernel, so no
+    ``impl``).
     """
 
     def __init__(self, group_size: Optional[int] = 4, num_channels: int = 1, eps: float = 1e-8):

@@ -84,12 +84,15 @@ class _VirtualBatchNorm(nn.Module):
 
 
 class VirtualBatchNorm2d(_VirtualBatchNorm):
-    """Virtual batch norm (+ activation) for (N, C, H, W)."""
+    """Virtual batch norm (+ activation) for (N, C, H, W): each batch normalised with the statistics of a
+    fixed reference batch recorded by a pass inside :func:`virtual_batch_reference` (see the module
+    docstring; a live pass before any reference pass raises).  Default activation ``"identity"``;
+    ``detach_reference=True`` keeps no graph through the reference statistics."""
     _expected_dims = (4,)
 
 
 class VirtualBatchNorm1d(_VirtualBatchNorm):
-    """Virtual batch norm (+ activation) for (N, C) or (N, C, L)."""
+    """Virtual batch norm (+ activation) for (N, C) or (N, C, L); as :class:`VirtualBatchNorm2d`."""
     _expected_dims = (2, 3)
 
 

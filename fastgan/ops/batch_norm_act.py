@@ -91,7 +91,8 @@ def batch_norm_act(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     x is (N, C) or (N, C, *spatial), float32 / float16 / bfloat16 (float64
     too), contiguous or channels-last.  With ``training=True`` batch
     statistics are used and, when given, ``running_mean`` / ``running_var``
-    are updated in place (unbiased variance, factor ``momentum``).
+    are updated in place (unbiased variance, factor ``momentum``: a float in [0, 1]; the
+    modules' ``momentum=None``, a cumulative average, passes 1 / num_batches_tracked here).
     ``activation`` is ``"leaky_relu"`` (``negative_slope``), ``"relu"`` or
     ``"identity"``.  Differentiable twice (gradient penalties).
 
