@@ -383,7 +383,8 @@ def add_command(subparsers) -> None:
                               description="Write N samples of a `fastgan train` checkpoint's generator: toy data "
                               "-> .npy (or a .png scatter); images -> PATH.png grid, PATH.npy array in [-1, 1], "
                               "or a folder of PNGs.")
-    s.add_argument("checkpoint", help="checkpoint file (or a run directory: its checkpoints/last.pt)")
+    s.add_argument("checkpoint", help="a fastgan train checkpoint file, or a run directory (its checkpoints/last.pt); "
+                   "fastgan demo's checkpoints: fastgan eval scores them, its samples.png holds its grid")
     s.add_argument("--n", type=int, default=64, help="number of samples (default %(default)s)")
     s.add_argument("--out", required=True, help="output path (.npy, .png, or a folder)")
     s.add_argument("--seed", type=int, default=0, help="seed of z (default %(default)s)")
