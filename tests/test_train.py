@@ -132,6 +132,36 @@ def test_resume_is_bit_identical(preset, tricks, steps, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_between_log_points_logs_the_same_averages(tmp_path, monkeypatch):
+    # the statistics of the steps since the last metrics row were lost on stopping (SIGTERM, Ctrl-C): the first
+    # row after a resume averaged fewer steps than the uninterrupted run's
+    sets = ("steps=10", "log_every=5")
+    straight = _trainer("toy-ring8", tmp_path / "a", *sets)
+    straight.train()
+    first = _trainer("toy-ring8", tmp_path / "b", *sets)
+    original = first.train_step
+
+    def step():
+        out = original()
+        if first.step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(first, "train_step", step)
+    assert first.train()["status"] == "interrupted"
+    state = load_checkpoint(str(tmp_path / "b" / "checkpoints" / "last.pt"))
+    assert len(state["log_acc"]["loss_d"]) == 2  # steps 6 and 7
+    _trainer("toy-ring8", tmp_path / "b", *sets, resume=state).train()
+
+    def rows(run):
+        return {r["step"]: r for r in map(json.loads, open(tmp_path / run / "metrics.jsonl"))}
+
+    a, b = rows("a"), rows("b")
+    assert sorted(a) == sorted(b) == [5, 10]
+    for key in ("loss_d", "loss_g"):
+        assert a[10][key] == b[10][key], key
+
+
 def test_cli_resume_continues_exactly(tmp_path, capsys):
     base = ["train", "--preset", "toy-ring8", "--no-progress", "--impl", "ref", "--threads", "1",
             "--set", *TINY_TOY, "log_every=2", "checkpoint_every=0", "sample_every=0"]

@@ -277,6 +277,7 @@ class Trainer:
                 metrics_classifier(d.dataset, self.device, log=self.log),
                 sample_z(cfg.monitor.class_samples, m.nz, m.z_dist, generator=gc).to(self.device))
         self._stop_reason: Optional[str] = None
+        self._log_acc: dict[str, list] = {}
         self._last_real = None
         self._last_fake = None
         self._toy_eval_z = None
@@ -848,6 +849,7 @@ class Trainer:
                       "vbn_z": None if self.vbn_z is None else self.vbn_z.cpu(),
                       "vbn_labels": None if self.vbn_labels is None else self.vbn_labels.cpu()},
             "monitor": self.monitor.state_dict(),
+            "log_acc": {k: [float(x) for x in v] for k, v in self._log_acc.items()},
             "best_value": self.best_value,
             "algos": algos.state_dict(self),
             "meta": {"torch": str(torch.__version__), "time": time.time(), "device": str(self.device)},
@@ -885,6 +887,7 @@ class Trainer:
                 obj.load_state_dict(tr[name])
         self.stream.load_state_dict(state["data"])
         self.monitor.load_state_dict(state.get("monitor", {}))
+        self._log_acc = {k: list(v) for k, v in (state.get("log_acc") or {}).items()}
         self.best_value = state.get("best_value")
         algos.load_state_dict(self, state.get("algos"))
         self.step = int(state["step"])
@@ -990,7 +993,9 @@ class Trainer:
         cut_short = False
         start_step = self.step
         t0 = time.perf_counter()
-        acc: dict[str, list] = {}
+        # the statistics of the steps since the last metrics row (saved with a checkpoint: a run stopped between
+        # log points logs the same averages after --resume as it would have without stopping)
+        acc: dict[str, list] = self._log_acc
         self._bar = tqdm(total=end, initial=self.step, desc="train", unit="step",
                          disable=not r.progress or not self.dist.is_main, dynamic_ncols=True, file=sys.stderr)
         last_row = {}
@@ -1021,7 +1026,7 @@ class Trainer:
                     if r.eval_every and self.step % r.eval_every == 0:
                         row.update(self.evaluate())
                         self._keep_best(row)
-                    acc = {}
+                    acc = self._log_acc = {}
                     self.metrics.write(row)
                     if self.tb is not None:
                         for k, v in row.items():
