@@ -246,3 +246,28 @@ def test_pixel_shuffle_layer_under_inductor_layouts(impl, device, compile_backen
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="inductor")
     _compare_steps(model, compiled, (4,), device)
+
+
+@pytest.mark.parametrize("impl,device", CASES + [pytest.param("ref", "cpu", id="ref")])
+def test_cumulative_average_batch_norm_compiles_once(impl, device, compile_backend):
+    """momentum=None (a cumulative average): its factor 1 / num_batches_tracked as a Python float made every
+    training step a recompile, until the recompile limit and then eager.  Same outputs and running stats as
+    the eager layer, one compiled frame."""
+    from torch._dynamo.utils import counters
+
+    from fastgan.nn import BatchNormAct2d
+
+    torch.manual_seed(0)
+    model = BatchNormAct2d(4, momentum=None, impl=impl).to(device)
+    twin = copy.deepcopy(model)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend=compile_backend)
+    for _ in range(5):
+        x = torch.randn(6, 4, 3, 3, device=device, requires_grad=True)
+        got, expected = compiled(x), twin(x)
+        assert_close(got, expected, name="output")
+        assert_close(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(expected.sum(), x)[0], name="grad")
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert_close(getattr(model, name).float(), getattr(twin, name).float(), name=name)
+    assert counters["frames"]["ok"] == 1 and not counters["stats"].get("unique_graphs", 0) > 1

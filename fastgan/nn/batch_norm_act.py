@@ -70,9 +70,28 @@ class _BatchNormAct(_NormBase):
         if segments != 1 and self.momentum is None and self.training and self.track_running_stats:
             raise ValueError(f"{type(self).__name__}: segments={segments} needs a momentum: momentum=None "
                              "(a cumulative average) would need a factor per segment")
+        if self.momentum is None and self.training and self.track_running_stats and torch.compiler.is_compiling():
+            return self._cumulative_average_compiled(x)
         running_mean, running_var, use_batch_stats, factor = batch_norm_step(self)
         return batch_norm_act(x, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor,
                               self.eps, self.activation, self.negative_slope, impl=self.impl, segments=segments)
+
+    def _cumulative_average_compiled(self, x: torch.Tensor) -> torch.Tensor:
+        """momentum=None (a cumulative average) under torch.compile: its factor 1 / num_batches_tracked as a
+        Python float changed every step, and the op's float argument made each step a recompile (until the
+        recompile limit, then eager).  Here the factor stays a tensor: the layer runs on batch statistics
+        without running stats, and the update is tensor ops on the batch's own (unbiased) statistics."""
+        self.num_batches_tracked.add_(1)
+        y = batch_norm_act(x, None, None, self.weight, self.bias, True, 0.0, self.eps, self.activation,
+                           self.negative_slope, impl=self.impl)
+        with torch.no_grad():
+            dims = [0] + list(range(2, x.dim()))
+            var, mean = torch.var_mean(x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32),
+                                       dim=dims, correction=1)
+            factor = 1.0 / self.num_batches_tracked.to(mean.dtype)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor.to(self.running_mean.dtype))
+            self.running_var.lerp_(var.to(self.running_var.dtype), factor.to(self.running_var.dtype))
+        return y
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {activation_repr(self)}"
