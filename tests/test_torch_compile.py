@@ -271,3 +271,23 @@ def test_cumulative_average_batch_norm_compiles_once(impl, device, compile_backe
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         assert_close(getattr(model, name).float(), getattr(twin, name).float(), name=name)
     assert counters["frames"]["ok"] == 1 and not counters["stats"].get("unique_graphs", 0) > 1
+
+
+@pytest.mark.parametrize("impl,device", CASES)
+def test_opcheck_of_the_cpp_autograd_ops(impl, device, compile_backend):
+    """torch.library.opcheck on the C++ autograd ops with inputs requiring grad (schema, autograd registration,
+    fake tensors, static AOT dispatch): float32 weights used to be passed on through a same-dtype .to(), an
+    alias the schema test reported.  (Dynamic-shape AOT dispatch is not claimed for them: under torch.compile
+    the layers take the Python Functions, test_modules_compile_with_dynamic_shapes.)"""
+    from conftest import emulated_cuda_ops
+
+    op = torch.ops.fastgan if device == "cuda" else emulated_cuda_ops()
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 3, 2, device=device, requires_grad=True)
+    w = (torch.rand(4, device=device) + 0.5).requires_grad_()
+    b = torch.randn(4, device=device).requires_grad_()
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_static")
+    for per_sample, groups, running in ((False, 4, (torch.zeros(4, device=device), torch.ones(4, device=device))),
+                                       (True, 2, (None, None))):
+        args = (x, w, b, *running, 0.1, 1e-5, groups, per_sample, 2, 0.2)
+        torch.library.opcheck(op.norm_act_stats.default, args, test_utils=tests)
