@@ -1,10 +1,10 @@
 """The activations a fused kernel can apply, and their codes for the kernels."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from ._validation import is_finite_number
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2}
 
@@ -21,8 +21,7 @@ def activation_code(activation: str, negative_slope: float) -> tuple[int, float]
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
         raise TypeError(f"negative_slope must be a float, got {type(negative_slope).__name__}")
-    # finite (NaN fails the comparison too); math.isfinite cannot be traced by torch.compile on a symbolic float
-    if not abs(negative_slope) < math.inf:  # inf * z would make finite inputs non-finite
+    if not is_finite_number(negative_slope):  # inf * z would make finite inputs non-finite
         raise ValueError(f"negative_slope must be finite, got {negative_slope}")
     code = ACTIVATIONS[activation]
     slope = {0: 1.0, 1: 0.0, 2: float(negative_slope)}[code]

@@ -1,6 +1,7 @@
 """Input checks shared by every op: clear errors that name the argument."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -26,6 +27,12 @@ def usual_norm_arguments(x, vectors, eps, min_dim: int = 2, channels: Optional[i
                                   and t.device == device):
             return False
     return True
+
+
+def is_finite_number(value) -> bool:
+    """``value`` is finite (not inf, not NaN): ``math.isfinite`` without the call torch.compile cannot trace
+    on a symbolic float (dynamic shapes make float arguments symbolic)."""
+    return abs(value) < math.inf
 
 
 def check_tensor(name: str, t, *, min_dim: int = 1, max_dim: Optional[int] = None) -> None:

@@ -58,11 +58,11 @@ finite and ``scaler.step`` skips the step, as the recipe intends.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional, Union
 
 import torch
 
+from ._validation import is_finite_number
 from .ops.penalty import interpolate, penalty_from_grad
 
 __all__ = ["KINDS", "gradient_penalty", "penalty_from_outputs", "perturb", "LazyRegularizer"]
@@ -136,7 +136,7 @@ def _check_weight(weight, default: float) -> float:
         return default
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise TypeError(f"weight must be a float (or None for the default {default}), got {type(weight).__name__}")
-    if not abs(weight) < math.inf or weight < 0:  # (finite and not NaN, traceable by torch.compile)
+    if not is_finite_number(weight) or weight < 0:
         raise ValueError(f"weight must be a finite number >= 0 (or None for the default {default}), got {weight}")
     return float(weight)
 

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import json
 
@@ -241,6 +242,28 @@ def test_spectral_norm_reaches_the_discriminators_heads(sets, tmp_path):
     rebuilt = Trainer(_cfg("toy-ring8", tmp_path / "r", "steps=2", "spectral_norm=true", "loss=wasserstein",
                            "d_norm=none", "batch_size=16", *sets), resume=state, log=lambda s: None)
     assert _same_weights(rebuilt.D, tr.D) == []
+
+
+def test_a_checkpoint_from_before_spectral_norm_heads_resumes(tmp_path, monkeypatch):
+    # written when D's heads were not normalised (its spec without spectral_norm_heads): resumed as it trained
+    sets = ("spectral_norm=true", "loss=wasserstein", "d_norm=none", "batch_size=16", "conditional=embedding")
+    real_specs = trainer_mod.model_specs
+
+    def old_specs(cfg, data_info):
+        spec = real_specs(cfg, data_info)
+        spec["discriminator"].pop("spectral_norm_heads", None)
+        return spec
+
+    monkeypatch.setattr(trainer_mod, "model_specs", old_specs)
+    old = _trainer("toy-ring8", tmp_path, "steps=1", *sets)
+    old.train()
+    assert not hasattr(old.D.projection, "parametrizations")
+    monkeypatch.setattr(trainer_mod, "model_specs", real_specs)
+    state = load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))
+    resumed = _trainer("toy-ring8", tmp_path, "steps=2", *sets, resume=state)
+    assert _same_weights(resumed.D, old.D) == [] and not hasattr(resumed.D.projection, "parametrizations")
+    resumed.train()
+    assert resumed.step == 2
 
 
 def test_replay_is_refused_with_a_conditional_interpolating_penalty():
@@ -492,7 +515,9 @@ def _interrupt_inside_step(tr, monkeypatch, at_step, times=1):
     def step(*args, **kwargs):
         out = step_d(*args, **kwargs)
         if tr.step == at_step - 1:
-            for _ in range(times):
+            for i in range(times):
+                if i:
+                    time.sleep(1.1)  # (a second Ctrl-C within a second of the first is the same keypress's copy)
                 os.kill(os.getpid(), signal.SIGINT)
         return out
 
@@ -529,6 +554,26 @@ def test_second_ctrl_c_stops_at_once_without_saving_the_half_step(tmp_path, monk
     two_steps.train()
     for part, model in (("generator", two_steps.G), ("discriminator", two_steps.D)):
         assert all(torch.equal(v, kept[part][k]) for k, v in model.state_dict().items()), part
+
+
+def test_train_after_an_interrupted_train_continues(tmp_path, monkeypatch):
+    tr = _trainer("toy-ring8", tmp_path, "steps=5")
+    _interrupt_inside_step(tr, monkeypatch, at_step=2)
+    assert tr.train()["status"] == "interrupted" and tr.step == 2
+    summary = tr.train()  # (the stop request was kept: it returned at once, "interrupted" again)
+    assert summary["status"] == "done" and tr.step == 5
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path, monkeypatch):
+    # a background job of a script starts with SIGINT ignored: the run must not start reacting to it
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        tr = _trainer("toy-ring8", tmp_path, "steps=4")
+        _interrupt_inside_step(tr, monkeypatch, at_step=2)
+        assert tr.train()["status"] == "done" and tr.step == 4
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_sigterm_saves_and_stops(tmp_path, monkeypatch):

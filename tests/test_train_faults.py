@@ -639,6 +639,7 @@ def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capsys, mo
     assert load_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.pt"))["step"] >= 1
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the run-directory lock uses fcntl (none on Windows)")
 def test_two_runs_on_one_directory_are_refused(tmp_path, capsys):
     # both used to crash (each deleting the other's temporary checkpoint file) and leave last.pt missing
     run = tmp_path / "run"
@@ -671,3 +672,79 @@ def test_a_resume_with_nothing_to_train_rewrites_nothing(tmp_path, capsys):
     assert cli_main(args + ["--steps", "2", "--resume"]) == 0
     assert "already at step 2: nothing to train" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before  # .prev kept its step 1
+
+
+def test_overwrite_keeps_the_old_checkpoints_when_the_new_run_cannot_start(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
+            "--set", *TINY_TOY, "checkpoint_every=1", "sample_every=0", "plots=false"]
+    assert cli_main(args + ["--steps", "2"]) == 0
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    capsys.readouterr()
+    # a new run that fails while the trainer is built (its data, its device, memory, ...)
+    def fails(self, *args, **kwargs):
+        raise ValueError("run.device: no such device")
+
+    monkeypatch.setattr(trainer_mod.Trainer, "__init__", fails)
+    assert cli_main(args + ["--steps", "2", "--overwrite"]) == 2
+    assert "no such device" in capsys.readouterr().err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before  # (they were deleted first)
+
+
+def test_resume_with_the_run_s_own_config_file(tmp_path, capsys):
+    # config.yaml as an earlier version wrote it: every option, the former default real_label_range included
+    run = tmp_path / "run"
+    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
+            "--set", *TINY_TOY, "checkpoint_every=0", "sample_every=0", "plots=false"]
+    assert cli_main(args + ["--steps", "2"]) == 0
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    written["tricks"]["real_label_range"] = [0.7, 1.2]
+    (run / "config.yaml").write_text(yaml.safe_dump(written))
+    path = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(str(path))
+    state["config"]["tricks"]["real_label_range"] = [0.7, 1.2]
+    save_checkpoint(state, str(path))
+    capsys.readouterr()
+    assert cli_main(["train", "--config", str(run / "config.yaml"), "--resume", "--steps", "3"]) == 0, \
+        capsys.readouterr().err
+    assert load_checkpoint(str(path))["step"] == 3
+    # and a new run from that file: the former default is no option "without effect"
+    assert cli_main(["train", "--config", str(run / "config.yaml"), "--out", str(tmp_path / "new"), "--steps",
+                     "1"]) == 0
+    # nothing left to train: config.yaml stays as it was
+    before = (run / "config.yaml").read_bytes()
+    assert cli_main(args + ["--steps", "2", "--resume"]) == 0
+    assert (run / "config.yaml").read_bytes() == before
+
+
+def test_api_resume_checks_options_changed_on_resume(tmp_path):
+    # the Python API does not lock options: a value changed on resume is checked as a new run's
+    tr = _trainer("toy-ring8", tmp_path, "steps=1")
+    tr.train()
+    state = load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))
+    cfg = _cfg("toy-ring8", tmp_path, "steps=2")
+    cfg.tricks.random_labels, cfg.tricks.real_label_range = True, [0.7, 1.2]
+    with pytest.raises(ConfigError, match="binary cross-entropy"):
+        Trainer(cfg, resume=state, log=lambda s: None)
+
+
+def test_replay_with_acgan_and_a_gradient_penalty_is_allowed(tmp_path):
+    # AC-GAN's adversarial output does not read the labels: no class pairing to break
+    tr = _trainer("toy-ring8", tmp_path, "steps=1", "conditional=acgan", "penalty=wgan-gp", "loss=wasserstein",
+                  "d_norm=none", "replay_size=64")
+    stats = tr.d_step(keep_fake=False)
+    assert not torch.equal(stats["_y_fake"], stats["_y_real"])  # fresh labels for the fakes, as before
+
+
+def test_a_file_system_without_locks_still_trains(tmp_path, capsys, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    args = ["train", "--preset", "toy-ring8", "--out", str(tmp_path / "run"), "--no-progress", "--impl", "ref",
+            "--threads", "1", "--steps", "1", "--set", *TINY_TOY, "sample_every=0", "plots=false"]
+    assert cli_main(args) == 0
+    assert "cannot be locked (No locks available)" in capsys.readouterr().err

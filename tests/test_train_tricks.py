@@ -307,6 +307,9 @@ def test_monitor_hints_leave_out_what_the_run_already_does():
     mon.check_step(1, {"grad_d": 500.0})
     assert events and events[0]["message"].endswith("Hint: exploding gradients; try a lower learning rate or "
                                                     "spectral norm")
+    # a run with every remedy of a kind already on still gets its meaning (it raised IndexError mid-run)
+    every = load_config(preset="toy-ring8", sets=["mode_seeking=1", "minibatch=stddev", "pack=2", "unrolled_steps=1"])
+    assert hint("low_diversity", every).startswith("the samples are much less diverse than the data")
 
 
 def test_monitor_nonfinite_stops_after_patience():

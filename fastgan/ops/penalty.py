@@ -22,13 +22,12 @@ raises rather than return wrong zeros
 from __future__ import annotations
 
 import functools
-import math
 from typing import Union
 
 import torch
 
 from .. import _backend
-from .._validation import check_tensor
+from .._validation import check_tensor, is_finite_number
 from ..reference import penalty as _ref
 from ._autograd import reference_vjp, twice_differentiable_backward
 from ._layout import kernel_layout, like
@@ -84,9 +83,8 @@ def _epsilon_vector(name: str, epsilon, n: int, like_t: torch.Tensor) -> torch.T
     """epsilon as an (N,) tensor in the accumulator dtype (differentiable)."""
     acc = _acc_dtype(like_t)
     if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool):
-        # every interpolate would be NaN (a tensor's values are not read: no sync); not math.isfinite, which
-        # torch.compile cannot trace on a symbolic float
-        if not abs(epsilon) < math.inf:
+        # every interpolate would be NaN (a tensor's values are not read: no sync)
+        if not is_finite_number(epsilon):
             raise ValueError(f"{name} must be finite, got {epsilon}")
         return torch.full((n,), float(epsilon), dtype=acc, device=like_t.device)
     if not isinstance(epsilon, torch.Tensor):
@@ -190,7 +188,7 @@ def penalty_from_grad(grad: torch.Tensor, mode: str = "two-sided", center: float
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
     if isinstance(center, bool) or not isinstance(center, (int, float)):
         raise TypeError(f"center must be a float, got {type(center).__name__}")
-    if not abs(center) < math.inf:  # finite, NaN refused (math.isfinite does not trace under torch.compile)
+    if not is_finite_number(center):
         raise ValueError(f"center must be finite, got {center}")
     if grad.shape[0] == 0:
         raise ValueError("grad must hold at least one sample (its first dimension is 0)")

@@ -130,7 +130,12 @@ def lock_run_directory(out: str):
     f = open(os.path.join(out, ".fastgan.lock"), "a+")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without locks
+            f.close()
+            print(f"fastgan train: warning: {out} cannot be locked ({exc.strerror}); two runs on it would not be "
+                  "told apart", file=sys.stderr)
+            return None
         f.seek(0)
         holder = f.read().strip() or "?"
         f.close()
@@ -194,9 +199,10 @@ def cmd_train(args) -> int:
             p = PRESETS[name]
             print(f"{name:18s} {p.get('data', {}).get('dataset', '')}, loss {p.get('loss', {}).get('loss', '')}")
         return 0
-    cfg = None
+    cfg = trainer = None
     try:
-        cfg = load_config(args.config, args.preset, _flag_overrides(args), _sets(args))
+        # (validated below: a resumed run's options against its checkpoint, a new run's in full)
+        cfg = load_config(args.config, args.preset, _flag_overrides(args), _sets(args), validate_it=False)
         state = None
         # Under torchrun every rank reads the checkpoint; only rank 0 says so (the process group is not up yet).
         main_rank = os.environ.get("RANK", "0") == "0"
@@ -207,8 +213,6 @@ def cmd_train(args) -> int:
                 _err(prog, lock)
                 return 2
         held = [] if args.print_config else run_files(cfg.run.out)
-        if args.overwrite and held and main_rank and not args.resume:
-            remove_checkpoints(cfg.run.out)
         if args.resume:
             found = load_resume_checkpoint(cfg.run.out, log=say, quarantine=main_rank)
             if found is None and held and not args.overwrite:
@@ -219,8 +223,10 @@ def cmd_train(args) -> int:
                 say(f"{prog}: nothing to resume under {cfg.run.out}; starting from scratch")
             else:
                 path, state = found
-                cfg = validate(_resume_config(args, cfg, state), resumed=True)
+                cfg = validate(_resume_config(args, cfg, state), resumed_from=state["config"])
                 say(f"{prog}: resuming from {path} at step {state['step']}")
+        if state is None:
+            cfg = validate(cfg)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
@@ -230,7 +236,11 @@ def cmd_train(args) -> int:
                        "--overwrite to start over there, or another --out")
             return 2
         trainer = Trainer(cfg, resume=state)
-        if trainer.dist.is_main:  # under torchrun, rank 0 writes; on --resume with the options changed there
+        if args.overwrite and held and main_rank and state is None:
+            # (only now: a run that fails to start keeps the old one's checkpoints)
+            remove_checkpoints(cfg.run.out)
+        if trainer.dist.is_main and (state is None or cfg.run.steps > int(state["step"])):
+            # the run's options, on --resume as changed there (not when there is nothing left to train)
             from .._io import atomic_write
 
             atomic_write(os.path.join(cfg.run.out, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))
@@ -245,16 +255,22 @@ def cmd_train(args) -> int:
     except ValueError as exc:  # bad arguments found while building (device, batch size > data set, ...)
         _err(prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return 2
-    except OSError as exc:  # the run directory cannot be written: disk full, read-only, a file in the way, ...
+    except OSError as exc:  # a file that cannot be written or read: disk full, read-only, a file in the way, ...
         if exc.errno not in _WRITE_ERRNOS:
             raise
         kept = find_resume_checkpoint(cfg.run.out) if cfg is not None else None
-        _err(prog, f"cannot write {exc.filename or (cfg.run.out if cfg is not None else args.out)}: "
+        _err(prog, f"cannot access {exc.filename or (cfg.run.out if cfg is not None else args.out)}: "
                    f"{exc.strerror or exc}"
                    + (f"; the last good checkpoint stays: {kept}" if kept else ""))
         return 2
-    except KeyboardInterrupt:  # (Ctrl-C while starting up; once training, the trainer stops between steps)
-        _err(prog, "interrupted before training started (no step was taken)")
+    except KeyboardInterrupt:  # Ctrl-C while starting up (once training, the trainer stops between steps), or a
+        # second Ctrl-C while it stopped
+        if trainer is None:
+            _err(prog, "interrupted before training started (no step was taken)")
+        else:
+            kept = find_resume_checkpoint(cfg.run.out)
+            _err(prog, f"interrupted at step {trainer.step}" + (f"; the last good checkpoint stays: {kept}"
+                                                                  if kept else ""))
         return 130
     finally:
         if cfg is not None:

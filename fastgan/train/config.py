@@ -782,12 +782,23 @@ def _check_fields(cfg: TrainConfig) -> list[str]:
     return errors
 
 
-def validate(cfg: TrainConfig, *, resumed: bool = False) -> TrainConfig:
+def _as_saved(error: str, cfg: TrainConfig, saved: Optional[dict]) -> bool:
+    """Whether the option an error line names ("section.name: ...") holds the value it has in ``saved``."""
+    if saved is None:
+        return False
+    section, _, name = error.split(":", 1)[0].partition(".")
+    value = getattr(getattr(cfg, section, None), name, None)
+    before = (saved.get(section) or {}).get(name)
+    return value == before or (isinstance(value, (list, tuple)) and list(value) == list(before or []))
+
+
+def validate(cfg: TrainConfig, *, resumed_from: Optional[dict] = None) -> TrainConfig:
     """Raise ConfigError (one line per problem) for bad values and impossible combinations.
 
-    ``resumed``: the configuration of a checkpoint being resumed, whose model, loss and tricks options are
-    locked: the checks added for new runs only (options without effect, BCE targets above 1) are left out,
-    so a checkpoint written before them still resumes as it trained."""
+    ``resumed_from``: the configuration (a dict) of the checkpoint ``cfg`` resumes.  The checks for new runs
+    only (options without effect, BCE targets above 1) then leave out the options whose value is the
+    checkpoint's: a checkpoint written before them resumes as it trained, while a value changed on resume
+    (through the Python API, which does not lock options) is checked as a new run's."""
     from .config_checks import check_combinations, check_new_run, check_types
 
     type_errors = check_types(cfg)
@@ -855,8 +866,7 @@ def validate(cfg: TrainConfig, *, resumed: bool = False) -> TrainConfig:
     if r.device not in ("auto", "cpu") and not r.device.startswith("cuda"):
         errors.append(f"run.device: expected auto, cpu, cuda or cuda:N, got {r.device!r}")
     errors += check_combinations(cfg)
-    if not resumed:
-        errors += check_new_run(cfg)
+    errors += [line for line in check_new_run(cfg) if not _as_saved(line, cfg, resumed_from)]
     errors += issue13_checks(cfg)
     from .algos import config_errors  # issue 13's options
     from .graph_step import config_errors as cuda_graph_errors

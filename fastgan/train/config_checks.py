@@ -104,7 +104,7 @@ def check_combinations(cfg) -> list[str]:
     if lo.penalty_weight is not None and lo.penalty == "none":
         errors.append("loss.penalty_weight: set loss.penalty too (the weight of which penalty?)")
     # -- tricks -------------------------------------------------------------------------------------------
-    if t.replay_size > 0 and m.conditional not in ("none", "semi") and lo.penalty in ("wgan-gp", "wgan-lp"):
+    if t.replay_size > 0 and m.conditional == "embedding" and lo.penalty in ("wgan-gp", "wgan-lp"):
         errors.append(f"tricks.replay_size: replayed fakes keep their own classes, but penalty {lo.penalty!r} of a "
                       "conditional critic interpolates real / fake pairs of one class; turn replay off or use "
                       "another penalty (r1, dragan)")
@@ -137,8 +137,12 @@ def check_against_data(cfg, dataset) -> list[str]:
     return errors
 
 
+#: defaults of earlier versions, which a run's written config.yaml may hold without the user having set them
+FORMER_DEFAULTS = {"tricks.real_label_range": ([0.7, 1.2],)}
+
+
 def _differs(cfg, key: str) -> bool:
-    """Whether option ``key`` ('section.name') holds a value other than its default."""
+    """Whether option ``key`` ('section.name') holds a value other than its default (or a former one)."""
     import dataclasses
 
     from .config import field_table
@@ -147,7 +151,9 @@ def _differs(cfg, key: str) -> bool:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     section, name = key.split(".", 1)
     value = getattr(getattr(cfg, section), name)
-    return (list(value) != list(default)) if isinstance(default, list) else value != default
+    if isinstance(default, list):
+        value = list(value)
+    return value != default and value not in FORMER_DEFAULTS.get(key, ())
 
 
 def check_new_run(cfg) -> list[str]:

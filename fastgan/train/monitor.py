@@ -72,6 +72,8 @@ def hint(kind: str, train_cfg=None) -> str:
     meaning, remedies = HINT_PARTS[kind]
     chosen = [text for text, applies in remedies
               if applies is _ALWAYS or train_cfg is None or applies(train_cfg)]
+    if not chosen:  # (the run uses every listed remedy already)
+        return f"{meaning}; the run already uses every remedy listed for it"
     last = (" or " if len(chosen) == 2 else ", or ") if kind != "nonfinite" else ", "
     listed = last.join([", ".join(chosen[:-1]), chosen[-1]]) if len(chosen) > 1 else chosen[0]
     return f"{meaning}; try {listed}" if meaning else listed

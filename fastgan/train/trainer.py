@@ -145,7 +145,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: Optional[dict] = None, log: Callable[[str], None] = print):
-        validate(cfg, resumed=resume is not None)
+        validate(cfg, resumed_from=None if resume is None else resume.get("config"))
         self.cfg, self.log = cfg, log
         r, m, t, lo, o = cfg.run, cfg.model, cfg.tricks, cfg.loss, cfg.optim
         self.device = resolve_device(r.device, "run.device")
@@ -205,6 +205,10 @@ class Trainer:
 
         # -- models ----------------------------------------------------------------------------
         self.spec = model_specs(cfg, self.data_info)
+        saved_d = ((resume or {}).get("spec") or {}).get("discriminator") or {}
+        if resume is not None and not saved_d.get("spectral_norm_heads"):
+            # a checkpoint from before D's heads were spectrally normalised: its D, as it trained
+            self.spec["discriminator"].pop("spectral_norm_heads", None)
         self.G = build_generator(self.spec["generator"]).to(self.device, memory_format=self.memory_format)
         self.D = build_discriminator(self.spec["discriminator"]).to(self.device, memory_format=self.memory_format)
         self.G, self.D = self.dist.sync_batch_norm(self.G), self.dist.sync_batch_norm(self.D)
@@ -251,8 +255,9 @@ class Trainer:
         # the instance noise's horizon: "the whole run" is the run's length when it started, kept in the
         # checkpoint (a --resume with more --steps must not bring the noise back)
         self.noise_decay_steps = t.instance_noise_decay or self.cfg.run.steps
-        # a conditional critic penalised at interpolates of real and fake needs each pair to share a class
-        self._pairs_labels = (self.conditional not in ("none", "semi") and lo.penalty in ("wgan-gp", "wgan-lp"))
+        # a critic whose output depends on the class (the projection D), penalised at interpolates of real and
+        # fake, needs each pair to share a class (AC-GAN's adversarial output does not read the labels)
+        self._pairs_labels = self.conditional == "embedding" and lo.penalty in ("wgan-gp", "wgan-lp")
         self.penalty = None
         if lo.penalty != "none":
             from ..penalties import LazyRegularizer
@@ -943,15 +948,26 @@ class Trainer:
         def on_sigterm(signum, frame):
             self._stop_reason = "SIGTERM"
 
+        first_at = []
+
         def on_sigint(signum, frame):
-            if self._stop_reason == "Ctrl-C":  # the second one: stop now (the step in progress is not saved)
+            # A second Ctrl-C stops now (the step in progress is not saved) -- but not one that follows the
+            # first within a second (a terminal's and a launcher's copies of one), and not under torchrun:
+            # there a rank stopping alone would leave the others waiting in a collective.
+            if (self._stop_reason == "Ctrl-C" and not self.dist.enabled and first_at
+                    and time.monotonic() - first_at[0] > 1.0):
                 raise KeyboardInterrupt
-            self._stop_reason = "Ctrl-C"
-            self._write("[fastgan train] Ctrl-C: stopping after this step (Ctrl-C again to stop at once)")
+            if self._stop_reason != "Ctrl-C":
+                first_at[:] = [time.monotonic()]
+                self._stop_reason = "Ctrl-C"
+                again = "" if self.dist.enabled else " (Ctrl-C again to stop at once)"
+                self._write(f"[fastgan train] Ctrl-C: stopping after this step{again}")
 
         previous = {}
         for sig, handler in ((signal.SIGTERM, on_sigterm), (signal.SIGINT, on_sigint)):
             try:
+                if signal.getsignal(sig) is signal.SIG_IGN:  # (e.g. a background job of a script): left so
+                    continue
                 previous[sig] = signal.signal(sig, handler)
             except (ValueError, OSError):
                 pass
@@ -969,13 +985,21 @@ class Trainer:
         """Train to ``run.steps`` (or stop once ``stop_after`` steps are done; for tests of resuming).
 
         Returns a summary dict: steps, seconds, status ("done" | "interrupted" | "diverged" | "out_of_memory"),
-        paths.
+        paths.  SIGTERM and Ctrl-C stop it between steps (:meth:`_install_signals`) until it returns, its
+        final samples and checkpoint included.
         """
+        self._stop_reason = None  # (a train() after an interrupted one continues)
+        previous_handlers = self._install_signals()
+        try:
+            return self._train(stop_after)
+        finally:
+            self._restore_signals(previous_handlers)
+
+    def _train(self, stop_after: Optional[int]) -> dict:
         from tqdm.auto import tqdm
 
         cfg, r = self.cfg, self.cfg.run
         end = r.steps if stop_after is None else min(r.steps, stop_after)
-        previous_handler = self._install_signals()
         n_params = sum(p.numel() for p in self.G.parameters()), sum(p.numel() for p in self.D.parameters())
         what = (f"{cfg.resolved_arch().upper()} ({n_params[0] / 1e6:.2f}M + {n_params[1] / 1e6:.2f}M params)"
                 f" on {self.data_info['dataset']} ({len(self.dataset)} samples)")
@@ -1061,7 +1085,6 @@ class Trainer:
         finally:
             self._bar.close()
             self._bar = None
-            self._restore_signals(previous_handler)
         seconds = time.perf_counter() - t0
         paths = {}
         if status in ("diverged", "out_of_memory"):
