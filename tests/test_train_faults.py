@@ -48,6 +48,15 @@ def _env():
     return env
 
 
+def _toy_cli(out, *sets, steps=None):
+    """``fastgan train`` arguments of a quiet tiny toy run into ``out`` (None: none given), more ``--set``
+    options ``sets``."""
+    args = ["train", "--preset", "toy-ring8", "--no-progress", "--impl", "ref", "--threads", "1"]
+    args += [] if out is None else ["--out", str(out)]
+    args += [] if steps is None else ["--steps", str(steps)]
+    return args + ["--set", *TINY_TOY, "sample_every=0", "plots=false", *sets]
+
+
 def _flip_tensor_byte(path, tensor):
     """Flip one byte inside ``tensor``'s stored bytes in the checkpoint file (the zip stores them raw)."""
     data = bytearray(open(path, "rb").read())
@@ -131,8 +140,7 @@ def test_unreadable_and_foreign_files_give_one_line_naming_file_and_reason(tmp_p
 
 def test_resume_falls_back_to_the_previous_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
-            "--set", *TINY_TOY, "checkpoint_every=1", "sample_every=0", "plots=false"]
+    args = _toy_cli(run, "checkpoint_every=1")
     assert cli_main(args + ["--steps", "2"]) == 0
     ck = run / "checkpoints"
     last = load_checkpoint(str(ck / "last.pt"))
@@ -168,8 +176,7 @@ def test_resume_falls_back_to_the_previous_good_checkpoint(tmp_path, capsys):
 
 def test_resume_falls_back_to_the_newest_periodic_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
-            "--set", *TINY_TOY, "checkpoint_every=2", "sample_every=0", "plots=false"]
+    args = _toy_cli(run, "checkpoint_every=2")
     assert cli_main(args + ["--steps", "5"]) == 0
     ck = run / "checkpoints"
     for name in ("last.pt", "last.prev.pt"):
@@ -195,8 +202,7 @@ def test_periodic_checkpoints_are_kept_by_step_number(tmp_path):
 
 def test_a_new_run_does_not_overwrite_an_existing_one(tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
-            "--set", *TINY_TOY, "checkpoint_every=1", "sample_every=0", "plots=false", "log_every=1"]
+    args = _toy_cli(run, "checkpoint_every=1", "log_every=1")
     assert cli_main(args + ["--steps", "3"]) == 0
     before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
     metrics = (run / "metrics.jsonl").read_text()
@@ -609,13 +615,12 @@ def test_fastgan_eval_verifies_the_checksum_too(tmp_path, toy_checkpoint):
 def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
     import errno
 
-    args = ["train", "--preset", "toy-ring8", "--no-progress", "--impl", "ref", "--threads", "1", "--steps", "2",
-            "--set", *TINY_TOY, "checkpoint_every=1", "sample_every=0", "plots=false"]
+    args = _toy_cli(None, "checkpoint_every=1", steps=2)
     blocker = tmp_path / "afile"
     blocker.write_text("not a folder")
     assert cli_main(args + ["--out", str(blocker)]) == 2  # --out names a file
     err = capsys.readouterr().err
-    assert err.startswith("fastgan train: error: cannot write") and "Traceback" not in err
+    assert err.startswith(f"fastgan train: error: cannot access {blocker}") and "Traceback" not in err
 
     # a full disk while torch.save writes the second checkpoint: torch reports it as a RuntimeError
     from fastgan import _io
@@ -650,8 +655,7 @@ def test_two_runs_on_one_directory_are_refused(tmp_path, capsys):
     other = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "locked"
-        args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads",
-                "1", "--steps", "1", "--set", *TINY_TOY, "sample_every=0", "plots=false"]
+        args = _toy_cli(run, steps=1)
         assert cli_main(args) == 2
         assert f"{run} is in use by another fastgan train (pid {other.pid})" in capsys.readouterr().err
         assert not (run / "checkpoints").exists()
@@ -664,8 +668,7 @@ def test_two_runs_on_one_directory_are_refused(tmp_path, capsys):
 
 def test_a_resume_with_nothing_to_train_rewrites_nothing(tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
-            "--set", *TINY_TOY, "checkpoint_every=1", "sample_every=0", "plots=false"]
+    args = _toy_cli(run, "checkpoint_every=1")
     assert cli_main(args + ["--steps", "2"]) == 0
     before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
     capsys.readouterr()
@@ -676,8 +679,7 @@ def test_a_resume_with_nothing_to_train_rewrites_nothing(tmp_path, capsys):
 
 def test_overwrite_keeps_the_old_checkpoints_when_the_new_run_cannot_start(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
-            "--set", *TINY_TOY, "checkpoint_every=1", "sample_every=0", "plots=false"]
+    args = _toy_cli(run, "checkpoint_every=1")
     assert cli_main(args + ["--steps", "2"]) == 0
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     capsys.readouterr()
@@ -694,8 +696,7 @@ def test_overwrite_keeps_the_old_checkpoints_when_the_new_run_cannot_start(tmp_p
 def test_resume_with_the_run_s_own_config_file(tmp_path, capsys):
     # config.yaml as an earlier version wrote it: every option, the former default real_label_range included
     run = tmp_path / "run"
-    args = ["train", "--preset", "toy-ring8", "--out", str(run), "--no-progress", "--impl", "ref", "--threads", "1",
-            "--set", *TINY_TOY, "checkpoint_every=0", "sample_every=0", "plots=false"]
+    args = _toy_cli(run, "checkpoint_every=0")
     assert cli_main(args + ["--steps", "2"]) == 0
     written = yaml.safe_load((run / "config.yaml").read_text())
     written["tricks"]["real_label_range"] = [0.7, 1.2]
@@ -744,7 +745,6 @@ def test_a_file_system_without_locks_still_trains(tmp_path, capsys, monkeypatch)
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    args = ["train", "--preset", "toy-ring8", "--out", str(tmp_path / "run"), "--no-progress", "--impl", "ref",
-            "--threads", "1", "--steps", "1", "--set", *TINY_TOY, "sample_every=0", "plots=false"]
+    args = _toy_cli(tmp_path / "run", steps=1)
     assert cli_main(args) == 0
     assert "cannot be locked (No locks available)" in capsys.readouterr().err

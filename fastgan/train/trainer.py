@@ -268,10 +268,12 @@ class Trainer:
         self.step = 0
         # run.cuda_graph: eager for the first steps, then one captured step replayed (graph_step.py)
         self.captured = CapturedStep(self._step_tensors, self._graph_ready, self.device) if r.cuda_graph else None
-        targets_on = t.label_smoothing > 0 or t.random_labels or t.label_flip > 0
-        least = L.d_loss_minimum(lo.loss, smoothing=t.label_smoothing, random=t.random_labels,
-                                 real_range=t.real_label_range, fake_range=t.fake_label_range,
-                                 flip=t.label_flip) if targets_on else 0.0
+        # D's target tricks (d_targets' arguments), or None where D's targets are the plain 1 / 0
+        self._target_tricks = (dict(smoothing=t.label_smoothing, random=t.random_labels,
+                                    real_range=t.real_label_range, fake_range=t.fake_label_range, flip=t.label_flip)
+                               if lo.loss in L.WITH_TARGETS and (t.label_smoothing > 0 or t.random_labels
+                                                                 or t.label_flip > 0) else None)
+        least = L.d_loss_minimum(lo.loss, **self._target_tricks) if self._target_tricks else 0.0
         self.monitor = FailureMonitor(cfg.monitor, lo.loss, report=self._report, loss_d_minimum=least, train_cfg=cfg)
         self.class_probe = None
         if cfg.monitor.class_histogram:
@@ -462,12 +464,10 @@ class Trainer:
             sigma = self.noise_std()
             real_in, fake_in = self._d_input(real, sigma), self._d_input(fake, sigma)
             npk = real_in.shape[0]
-            smooth = dict(smoothing=t.label_smoothing, random=t.random_labels, real_range=t.real_label_range,
-                          fake_range=t.fake_label_range, flip=t.label_flip, device=self.device)
-            targets_on = lo.loss in L.WITH_TARGETS and (t.label_smoothing > 0 or t.random_labels or t.label_flip > 0)
+            tricks = self._target_tricks
             w = self.dist.world_size  # targets drawn for the global batch, this rank's share kept
-            t_real = self.dist.shard(d_targets(npk * w, True, **smooth)) if targets_on else None
-            t_fake = self.dist.shard(d_targets(npk * w, False, **smooth)) if targets_on else None
+            t_real = self.dist.shard(d_targets(npk * w, True, device=self.device, **tricks)) if tricks else None
+            t_fake = self.dist.shard(d_targets(npk * w, False, device=self.device, **tricks)) if tricks else None
 
             self._vbn_ref_d(self.D)
             yr, yf = self._labels_for_d(y_real), self._labels_for_d(y_fake_d)
