@@ -20,3 +20,10 @@ def drop_bias(module: nn.Module, bias: bool) -> None:
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     if not bias and getattr(module, "affine", False):
         module.register_parameter("bias", None)
+
+
+def placement(source: nn.Module) -> dict:
+    """``device`` and ``dtype`` of ``source``'s weight (or running mean): a fused twin is built like it."""
+    ref = getattr(source, "weight", None)
+    ref = ref if ref is not None else getattr(source, "running_mean", None)
+    return dict(device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype)

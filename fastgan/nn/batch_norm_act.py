@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from .._activation import activation_code, activation_repr
 from ..ops.batch_norm_act import batch_norm_act
 from ._checks import check_eps, check_impl, check_input_rank, check_momentum, positive_int
-from ._from_torch import drop_bias, take_over
+from ._from_torch import drop_bias, placement, take_over
 
 
 def batch_norm_step(bn: _NormBase):
@@ -135,9 +135,7 @@ def from_batch_norm(bn: nn.modules.batchnorm._BatchNorm, activation: str = "iden
                     negative_slope: float = 0.2, impl: str = "auto") -> _BatchNormAct:
     """A fused module with ``bn``'s configuration, weights, buffers and mode."""
     cls = BatchNormAct2d if isinstance(bn, nn.BatchNorm2d) else BatchNormAct1d
-    ref = bn.weight if bn.weight is not None else bn.running_mean
-    fused = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
+    fused = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **placement(bn),
                 activation=activation, negative_slope=negative_slope, impl=impl, bias=bn.bias is not None)
     return take_over(bn, fused)
 

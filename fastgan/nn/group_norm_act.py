@@ -16,7 +16,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from .._activation import activation_code, activation_repr
 from ..ops.group_norm_act import group_norm_act, instance_norm_act
 from ._checks import check_eps, check_impl, check_input_rank, check_momentum, positive_int
-from ._from_torch import drop_bias, take_over
+from ._from_torch import drop_bias, placement, take_over
 
 
 class GroupNormAct(nn.GroupNorm):
@@ -104,20 +104,15 @@ class InstanceNormAct2d(_InstanceNorm):
 def from_group_norm(gn: nn.GroupNorm, activation: str = "identity", negative_slope: float = 0.2,
                     impl: str = "auto") -> GroupNormAct:
     """A fused module with ``gn``'s configuration and weights."""
-    ref = gn.weight
-    fused = GroupNormAct(gn.num_groups, gn.num_channels, gn.eps, gn.affine,
-                         device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
-                         activation=activation, negative_slope=negative_slope, impl=impl,
-                         bias=gn.bias is not None)
+    fused = GroupNormAct(gn.num_groups, gn.num_channels, gn.eps, gn.affine, **placement(gn), activation=activation,
+                         negative_slope=negative_slope, impl=impl, bias=gn.bias is not None)
     return take_over(gn, fused)
 
 
 def from_instance_norm(inorm: nn.InstanceNorm2d, activation: str = "identity", negative_slope: float = 0.2,
                        impl: str = "auto") -> InstanceNormAct2d:
     """A fused module with ``inorm``'s configuration, weights and buffers."""
-    ref = inorm.weight if inorm.weight is not None else inorm.running_mean
     fused = InstanceNormAct2d(inorm.num_features, inorm.eps, inorm.momentum, inorm.affine,
-                              inorm.track_running_stats, device=None if ref is None else ref.device,
-                              dtype=None if ref is None else ref.dtype, activation=activation,
+                              inorm.track_running_stats, **placement(inorm), activation=activation,
                               negative_slope=negative_slope, impl=impl, bias=inorm.bias is not None)
     return take_over(inorm, fused)

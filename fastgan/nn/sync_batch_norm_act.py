@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..ops.sync_batch_norm_act import sync_batch_norm_act
+from ._from_torch import placement
 from .batch_norm_act import BatchNormAct2d, _BatchNormAct, batch_norm_step
 
 
@@ -56,10 +57,9 @@ class SyncBatchNormAct2d(SyncBatchNormAct):
 
 def _sync_twin(module: _BatchNormAct, process_group) -> SyncBatchNormAct:
     cls = SyncBatchNormAct2d if isinstance(module, BatchNormAct2d) else SyncBatchNormAct1d
-    ref = module.weight if module.weight is not None else module.running_mean
     out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
-              process_group, device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
-              activation=module.activation, negative_slope=module.negative_slope, impl=module.impl)
+              process_group, **placement(module), activation=module.activation,
+              negative_slope=module.negative_slope, impl=module.impl)
     if module.affine:  # the same Parameter objects: optimisers and DDP built on them keep working
         out.weight, out.bias = module.weight, module.bias
     out.running_mean, out.running_var = module.running_mean, module.running_var

@@ -157,9 +157,27 @@ def periodic_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def last_path(out_dir: str) -> str:
+    """A run directory's newest checkpoint: ``checkpoints/last.pt`` (its older one: :func:`previous_path`)."""
+    return os.path.join(out_dir, "checkpoints", "last.pt")
+
+
+def damaged_path(last: str) -> str:
+    """Where an unreadable ``last.pt`` is moved aside (kept for inspection)."""
+    return os.path.splitext(last)[0] + ".damaged.pt"
+
+
+def checkpoint_files(out_dir: str) -> list[str]:
+    """Every checkpoint file of the run in ``out_dir`` that exists: last, previous, damaged, then the
+    periodic ones oldest first."""
+    last = last_path(out_dir)
+    named = [p for p in (last, previous_path(last), damaged_path(last)) if os.path.isfile(p)]
+    return named + [p for _, p in periodic_checkpoints(os.path.dirname(last))]
+
+
 def find_resume_checkpoint(out_dir: str) -> Optional[str]:
     """``checkpoints/last.pt`` under ``out_dir``, else its ``.prev.pt``, else None."""
-    last = os.path.join(out_dir, "checkpoints", "last.pt")
+    last = last_path(out_dir)
     for path in (last, previous_path(last)):
         if os.path.isfile(path):
             return path
@@ -173,7 +191,7 @@ def load_resume_checkpoint(out_dir: str, log=print, quarantine: bool = True) -> 
 
     With ``quarantine`` an unreadable ``last.pt`` is renamed ``last.damaged.pt`` (kept for inspection) before
     resuming from an older one: otherwise the next save would rotate the damaged file over the good ``.prev``."""
-    last = os.path.join(out_dir, "checkpoints", "last.pt")
+    last = last_path(out_dir)
     periodic = [path for _, path in reversed(periodic_checkpoints(os.path.dirname(last)))]
     errors = []
     for path in (last, previous_path(last), *periodic):
@@ -189,7 +207,7 @@ def load_resume_checkpoint(out_dir: str, log=print, quarantine: bool = True) -> 
         if errors:
             note = ""
             if quarantine and path != last and os.path.isfile(last):
-                damaged = os.path.splitext(last)[0] + ".damaged.pt"
+                damaged = damaged_path(last)
                 os.replace(last, damaged)
                 note = f" (the damaged file is kept as {damaged})"
             log(f"fastgan: warning: {errors[0]}; falling back to the previous good checkpoint {path}{note}")

@@ -157,12 +157,9 @@ def release_run_directory(out: str) -> None:
 
 def run_files(out: str) -> list[str]:
     """What in ``out`` belongs to an earlier run (checkpoints, metrics, configuration), relative to ``out``."""
-    from .checkpoint import periodic_checkpoints
+    from .checkpoint import checkpoint_files
 
-    ckpt = os.path.join(out, "checkpoints")
-    held = [os.path.join("checkpoints", name) for name in ("last.pt", "last.prev.pt") if os.path.isfile(
-        os.path.join(ckpt, name))]
-    held += [os.path.relpath(path, out) for _, path in periodic_checkpoints(ckpt)[-1:]]
+    held = [os.path.relpath(path, out) for path in checkpoint_files(out)][:3]  # (a few: they name the run)
     for name in ("metrics.jsonl", "config.yaml"):
         path = os.path.join(out, name)
         if os.path.isfile(path) and os.path.getsize(path) > 0:
@@ -173,13 +170,10 @@ def run_files(out: str) -> list[str]:
 def remove_checkpoints(out: str) -> None:
     """--overwrite: an earlier run's checkpoints go (a new run's would otherwise mix with them: its retention
     and --resume pick files by step number); its other files are rewritten by the new run."""
-    from .checkpoint import periodic_checkpoints
+    from .checkpoint import checkpoint_files
 
-    ckpt = os.path.join(out, "checkpoints")
-    paths = [os.path.join(ckpt, name) for name in ("last.pt", "last.prev.pt", "last.damaged.pt")]
-    for path in paths + [p for _, p in periodic_checkpoints(ckpt)]:
-        if os.path.isfile(path):
-            os.unlink(path)
+    for path in checkpoint_files(out):
+        os.unlink(path)
 
 
 def cmd_train(args) -> int:

@@ -51,7 +51,7 @@ from ..nn import separate_batches, virtual_batch_reference
 from ..nn.one_pass import unsupported_reason
 from . import algos
 from . import losses as L
-from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, load_resume_checkpoint,
+from .checkpoint import (CheckpointError, capture_rng, find_resume_checkpoint, last_path, load_resume_checkpoint,
                          periodic_checkpoints, restore_rng, save_checkpoint)
 from .config import ConfigError, TrainConfig, validate
 from .config_checks import check_against_data
@@ -908,7 +908,7 @@ class Trainer:
             self._write(f"[fastgan train] not writing a checkpoint at step {self.step}: the weights are not finite "
                         f"(the last good one stays: {self.last_good_checkpoint})")
             return None
-        path = os.path.join(self.ckpt_dir, "last.pt")
+        path = last_path(self.out)
         save_checkpoint(self.state_dict(), path)
         self.last_good_checkpoint = path
         if periodic:
