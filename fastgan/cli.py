@@ -15,7 +15,10 @@ def _cmd_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ._help import plain_help
 
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fastgan", description=plain_help(__doc__))
+    parser.add_argument("--version", action="version", version=f"fastgan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, and which backends are live and why")
     p.set_defaults(func=_cmd_info)

@@ -92,3 +92,19 @@ def test_cli_info_runs():
     out = subprocess.run([sys.executable, "-m", "fastgan", "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "fastgan._C built:" in out.stdout and "triton" in out.stdout
+
+
+def test_cli_version_and_plain_help(capsys):
+    from fastgan.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"fastgan {fastgan.__version__}"
+    for command in ("eval", "train", "demo"):  # --help in plain text: no Sphinx roles or ``literals``
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert ":class:" not in out and "``" not in out and ":data:" not in out, command
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "fastgan sample CHECKPOINT --n N" not in capsys.readouterr().out  # (sample's own --help has it)
