@@ -196,17 +196,9 @@ class NormActFn(torch.autograd.Function):
                 None, None, None, None, None, None, None, None)
 
 
-def _upscale_input(x: torch.Tensor, grouping: Grouping) -> torch.Tensor:
-    """x for the pixel-shuffle (upscale > 1) kernels, which read it contiguous: the forward's x always is, but
-    under torch.compile Inductor may hand the backward a channels-last copy of it (its layout optimisation
-    of convolution outputs)."""
-    return x if grouping.upscale == 1 else x.contiguous()
-
-
 def _backward(gy, x, weight, bias, mean, invstd, scale, shift, grouping, act, slope, backend):
     """(dx, dw, db): one reduction, its coefficients, one elementwise pass (see the module docstring)."""
     k = _backend.kernels(backend, "batch_norm_act")
-    x = _upscale_input(x, grouping)
     gy = grouping.as_y_layout(gy, x)
     kw = grouping.kernel_kwargs()
     if grouping.batch_stats:
@@ -260,7 +252,6 @@ def _double_backward(config, u, alpha, beta, gy, x, weight, bias, mean, invstd, 
     ``docs/norm_act_double_backward.md``), then one elementwise kernel."""
     grouping, act, slope, backend = config
     k = _backend.kernels(backend, "batch_norm_act")
-    x = _upscale_input(x, grouping)
     u = torch.zeros_like(x) if u is None else like(u, x)
     kw = grouping.kernel_kwargs()
     sums = k.norm_act_double_reduce(u, gy, x, scale, shift, mean, invstd, act, slope, **kw)

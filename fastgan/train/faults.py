@@ -91,9 +91,7 @@ def save_after_fault(trainer, status: str, in_step: bool):
     the OOM came between steps (sampling, evaluation, logging); a step cut short is half applied (D updated,
     G not), so then the last good checkpoint stays as it is.
     """
-    from .checkpoint import find_resume_checkpoint
-
-    kept = trainer.last_good_checkpoint or find_resume_checkpoint(trainer.out) or "none written yet"
+    kept = trainer.kept_checkpoint()
     if status == "out_of_memory":
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

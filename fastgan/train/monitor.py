@@ -34,35 +34,39 @@ from typing import Callable, Optional
 # kind -> (what it means, [(a remedy, whether it is one for this run: a function of the training config)]);
 # a remedy the run already uses is left out of the hint (a WGAN-GP run is not told to add a gradient penalty)
 _ALWAYS = None
+_NO_PENALTY = ("a gradient penalty", lambda c: c.loss.penalty == "none")
+_NO_PACKING = ("PacGAN packing", lambda c: c.tricks.pack == 1)
+_NO_MODE_SEEKING = ("the mode-seeking loss", lambda c: c.loss.mode_seeking == 0)
+_NO_MINIBATCH = lambda c: c.model.minibatch == "none"  # noqa: E731
 HINT_PARTS = {
     "d_loss_zero": ("D wins and G's gradients vanish", [
         ("one-sided label smoothing", lambda c: c.tricks.label_smoothing == 0 and not c.tricks.random_labels),
         ("instance noise", lambda c: c.tricks.instance_noise == 0),
         ("a lower lr_d", _ALWAYS),
-        ("a gradient penalty", lambda c: c.loss.penalty == "none"),
+        _NO_PENALTY,
         ("a non-saturating / Wasserstein loss", lambda c: c.loss.loss not in ("nonsaturating", "wasserstein"))]),
     "grad_norm": ("exploding gradients", [
         ("a lower learning rate", _ALWAYS),
-        ("a gradient penalty", lambda c: c.loss.penalty == "none"),
+        _NO_PENALTY,
         ("spectral norm", lambda c: not c.model.spectral_norm)]),
     "collapse": ("likely mode collapse (G fools D with a few samples)", [
-        ("minibatch discrimination / stddev", lambda c: c.model.minibatch == "none"),
-        ("PacGAN packing", lambda c: c.tricks.pack == 1),
+        ("minibatch discrimination / stddev", _NO_MINIBATCH),
+        _NO_PACKING,
         ("feature matching", lambda c: c.loss.feature_matching == 0),
         ("a lower lr_g", _ALWAYS)]),
     "low_diversity": ("the samples are much less diverse than the data (mode collapse)", [
-        ("the mode-seeking loss", lambda c: c.loss.mode_seeking == 0),
-        ("minibatch discrimination / stddev", lambda c: c.model.minibatch == "none"),
-        ("PacGAN packing", lambda c: c.tricks.pack == 1),
+        _NO_MODE_SEEKING,
+        ("minibatch discrimination / stddev", _NO_MINIBATCH),
+        _NO_PACKING,
         ("unrolled D steps", lambda c: c.loss.unrolled_steps == 0)]),
     "class_collapse": ("G covers only a few classes (mode collapse)", [
-        ("the mode-seeking loss", lambda c: c.loss.mode_seeking == 0),
-        ("minibatch discrimination", lambda c: c.model.minibatch == "none"),
-        ("PacGAN packing", lambda c: c.tricks.pack == 1),
+        _NO_MODE_SEEKING,
+        ("minibatch discrimination", _NO_MINIBATCH),
+        _NO_PACKING,
         ("a conditional GAN", lambda c: c.model.conditional == "none")]),
     "nonfinite": ("", [
         ("lower the learning rates", _ALWAYS),
-        ("use a gradient penalty", lambda c: c.loss.penalty == "none"),
+        ("use a gradient penalty", _NO_PENALTY[1]),
         ("check the data for NaN", _ALWAYS)]),
 }
 

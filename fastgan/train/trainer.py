@@ -900,6 +900,11 @@ class Trainer:
         if self.captured is not None:  # run.cuda_graph: the graph holds the optimisers' replaced state tensors
             self.captured.reset()
 
+    def kept_checkpoint(self) -> str:
+        """The checkpoint a stop that writes none leaves to resume from (this run's last save, else the
+        directory's), for the message saying so."""
+        return self.last_good_checkpoint or find_resume_checkpoint(self.out) or "none written yet"
+
     def save(self, periodic: bool = False) -> Optional[str]:
         """Write checkpoints/last.pt (and step_N.pt when ``periodic``); refuses non-finite weights."""
         if not self.dist.is_main:
@@ -1095,8 +1100,7 @@ class Trainer:
             # (a --resume at or past --steps: rewriting the checkpoint would rotate the older .prev away)
             self._write(f"[fastgan train] already at step {self.step}: nothing to train, nothing rewritten")
         elif status == "interrupted" and cut_short:
-            kept = self.last_good_checkpoint or find_resume_checkpoint(self.out) or "none written yet"
-            self._write(f"[fastgan train] the last good checkpoint stays: {kept}")
+            self._write(f"[fastgan train] the last good checkpoint stays: {self.kept_checkpoint()}")
         else:
             paths["samples"] = self.write_samples()
             ckpt = self.save(periodic=status == "done" and r.checkpoint_every > 0)
